@@ -1,0 +1,1 @@
+"""One module per runtime. Each imports its runtime only inside functions."""

@@ -1,0 +1,360 @@
+"""ONNX Runtime: the CPU provider everywhere, and the CUDA, TensorRT, CoreML and OpenVINO
+execution providers where the installed build has them.
+
+Each provider is a variant of this backend (a row of its own in the selection table), so a
+provider that fails or claims no nodes falls back like any other candidate.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import tensors
+from ..cache import Cache
+from ..device import Device, cpu, probe_hardware
+from ..errors import CompileError
+from ..model import Model
+from ..options import Options
+from ..tensors import TensorSpec, dtype_info
+from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Session, register
+
+log = logging.getLogger(__name__)
+
+# variant -> (execution provider, device kinds it serves)
+PROVIDERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cpu": ("CPUExecutionProvider", ("cpu",)),
+    "cuda": ("CUDAExecutionProvider", ("cuda",)),
+    "tensorrt": ("TensorrtExecutionProvider", ("cuda",)),
+    "coreml": ("CoreMLExecutionProvider", ("ane", "gpu", "cpu")),
+    "openvino": ("OpenVINOExecutionProvider", ("cpu", "gpu", "npu")),
+}
+
+_COREML_UNITS = {"ane": "CPUAndNeuralEngine", "gpu": "CPUAndGPU", "cpu": "CPUOnly", "auto": "ALL"}
+_OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+
+# Element types ONNX Runtime's Python API converts to and from numpy itself.
+_NUMPY_BRIDGE = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float32,
+        np.float64,
+        np.float16,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+        object,
+    )
+)
+
+_OPTIONS = {
+    "graph_optimization_level": "all",  # "disable", "basic", "extended", "all"
+    "inter_op_threads": None,
+    "execution_mode": "sequential",  # or "parallel"
+    "enable_profiling": False,
+    "free_dimension_overrides": {},  # {"batch": 1}: fixes symbolic dims for speed
+}
+
+_logging_routed = False
+_logging_lock = threading.Lock()
+
+
+@register
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    install = 'pip install "infer[cpu]" (or "infer[gpu]" for CUDA/TensorRT)'
+
+    def _probe(self) -> BackendInfo:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            return BackendInfo(
+                self.name, False, reason=f"onnxruntime is not installed ({e})", install=self.install
+            )
+        available = set(ort.get_available_providers())
+        devices: list[Device] = [cpu()]
+        notes = []
+        hw = probe_hardware()
+        if available & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
+            gpus = [d for d in hw.devices if d.kind == "cuda"]
+            devices += gpus
+            if not gpus:
+                notes.append("this build has CUDA providers but " + "; ".join(hw.notes))
+        if "CoreMLExecutionProvider" in available:
+            devices += [
+                d
+                for d in hw.devices
+                if d.kind in ("ane", "gpu") and d.capabilities.vendor == "Apple"
+            ]
+        providers = ", ".join(sorted(available))
+        return BackendInfo(
+            self.name,
+            True,
+            ort.__version__,
+            tuple(devices),
+            reason="; ".join([f"providers: {providers}", *notes]),
+            install=self.install,
+        )
+
+    def providers(self) -> set[str]:
+        import onnxruntime as ort
+
+        return set(ort.get_available_providers())
+
+    def precisions(self, device: Device, variant: str | None = None) -> Mapping[str, str]:
+        variant = variant or "cpu"
+        if variant == "cpu":
+            return {"fp32": NATIVE, "int8": GRAPH}
+        if variant in ("cuda", "tensorrt"):
+            return {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}
+        if variant == "coreml":
+            return {"fp32": NATIVE, "fp16": GRAPH}
+        return {"fp32": NATIVE, "fp16": HINT, "int8": GRAPH}  # openvino
+
+    def supports(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        provider, kinds = PROVIDERS[variant or "cpu"]
+        if provider not in self.providers():
+            return f"{provider} is not in this onnxruntime build (install onnxruntime-gpu / onnxruntime-openvino)"
+        if device.kind not in kinds:
+            return f"{provider} does not drive {device.kind} devices"
+        return super().supports(model, device, options, variant)
+
+    def compile(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> Session:
+        import onnxruntime as ort
+
+        variant = variant or "cpu"
+        own = options.for_backend(self.name, _OPTIONS)
+        _route_logging(ort)
+        so = ort.SessionOptions()
+        so.log_severity_level = 1 if log.isEnabledFor(logging.DEBUG) else 3
+        so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[own["graph_optimization_level"]]
+        if options.threads:
+            so.intra_op_num_threads = options.threads
+        if own["inter_op_threads"]:
+            so.inter_op_num_threads = int(own["inter_op_threads"])
+        if own["execution_mode"] == "parallel":
+            so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        so.enable_profiling = bool(own["enable_profiling"])
+        for dim, value in dict(own["free_dimension_overrides"]).items():
+            so.add_free_dimension_override_by_name(dim, int(value))
+        providers = self._providers(variant, device, options, model)
+        source = str(model.path) if model.path is not None else model.data
+        try:
+            sess = ort.InferenceSession(source, so, providers=providers)
+        except Exception as e:
+            raise CompileError(
+                f"onnxruntime could not load {model!r} with {providers[0][0]}: {e}"
+            ) from e
+        claimed = _claimed_nodes(sess)
+        primary = PROVIDERS[variant][0]
+        total = sum(claimed.values())
+        if variant != "cpu" and total and claimed.get(primary, 0) == 0:
+            raise CompileError(
+                f"{primary} claimed none of the {total} nodes: the model would run entirely on the CPU"
+            )
+        share = ", ".join(
+            f"{p.replace('ExecutionProvider', '')} {n}/{total}" for p, n in claimed.most_common()
+        )
+        return OnnxRuntimeSession(
+            sess,
+            backend=self.name,
+            device=device,
+            options=options,
+            precision=options.precision,
+            details={
+                "providers": sess.get_providers(),
+                "nodes": dict(claimed),
+                "summary": f"nodes: {share}",
+            },
+        )
+
+    def _providers(
+        self, variant: str, device: Device, options: Options, model: Model
+    ) -> list[tuple[str, dict]]:
+        cache = Cache(options.cache_dir)
+        index = device.index or 0
+        chain: list[tuple[str, dict]] = []
+        if variant == "tensorrt":
+            trt: dict[str, Any] = {"device_id": index}
+            if options.cache:
+                folder = cache.folder("ort-tensorrt", model=model.digest, device=device.identity)
+                trt.update(
+                    trt_engine_cache_enable=True,
+                    trt_engine_cache_path=str(folder),
+                    trt_timing_cache_enable=True,
+                    trt_timing_cache_path=str(folder),
+                )
+            if options.precision == "int8":
+                trt["trt_int8_enable"] = True  # explicit Q/DQ graphs need it in TensorRT 10
+            profiles = _trt_profiles(options.shapes)
+            trt.update(profiles)
+            chain.append(("TensorrtExecutionProvider", trt))
+            chain.append(("CUDAExecutionProvider", {"device_id": index}))
+        elif variant == "cuda":
+            chain.append(("CUDAExecutionProvider", {"device_id": index}))
+        elif variant == "coreml":
+            coreml = {
+                "ModelFormat": "MLProgram",
+                "MLComputeUnits": _COREML_UNITS.get(device.kind, "ALL"),
+            }
+            if options.cache:
+                coreml["ModelCacheDirectory"] = str(cache.folder("ort-coreml", model=model.digest))
+            chain.append(("CoreMLExecutionProvider", coreml))
+        elif variant == "openvino":
+            ov = {
+                "device_type": _OPENVINO_DEVICES.get(device.kind, "CPU"),
+                "precision": "FP16" if options.precision == "fp16" else "FP32",
+            }
+            if options.cache:
+                ov["cache_dir"] = str(cache.folder("ort-openvino", model=model.digest))
+            chain.append(("OpenVINOExecutionProvider", ov))
+        chain.append(("CPUExecutionProvider", {}))
+        return chain
+
+
+def _trt_profiles(shapes: Mapping[str, Any]) -> dict[str, str]:
+    """TensorRT EP profile strings from {"input": (min, opt, max)} shapes."""
+    if not shapes:
+        return {}
+    mins, opts, maxs = [], [], []
+    for name, spec in shapes.items():
+        triple = (
+            spec
+            if len(spec) == 3 and all(isinstance(s, (tuple, list)) for s in spec)
+            else (spec,) * 3
+        )
+        for bucket, shape in zip((mins, opts, maxs), triple):
+            bucket.append(f"{name}:{'x'.join(str(int(d)) for d in shape)}")
+    return {
+        "trt_profile_min_shapes": ",".join(mins),
+        "trt_profile_opt_shapes": ",".join(opts),
+        "trt_profile_max_shapes": ",".join(maxs),
+    }
+
+
+def _claimed_nodes(sess: Any) -> Counter:
+    counts: Counter = Counter()
+    try:
+        for sub in sess.get_provider_graph_assignment_info():
+            counts[sub.ep_name] += len(sub.get_nodes())
+    except Exception:  # older onnxruntime: no assignment info
+        pass
+    return counts
+
+
+def _route_logging(ort: Any) -> None:
+    """Send ONNX Runtime's log through Python logging ('infer.backends.onnxruntime')."""
+    global _logging_routed
+    if _logging_routed or not hasattr(ort, "set_default_logger_callback"):
+        return
+    with _logging_lock:
+        if _logging_routed:
+            return
+        levels = {
+            0: logging.DEBUG,
+            1: logging.DEBUG,
+            2: logging.WARNING,
+            3: logging.ERROR,
+            4: logging.CRITICAL,
+        }
+        ort_log = logging.getLogger(__name__)
+
+        def forward(severity: int, category: str, logid: str, location: str, message: str) -> None:
+            ort_log.log(levels.get(severity, logging.INFO), "[ort %s] %s", category, message)
+
+        ort.set_default_logger_callback(forward, 1 if log.isEnabledFor(logging.DEBUG) else 2)
+        _logging_routed = True
+
+
+def _spec(arg: Any) -> TensorSpec:
+    try:
+        dtype = dtype_info(arg.type).numpy
+        shape = tensors.dims(arg.shape)
+    except KeyError:  # sequences, maps, optionals: handed through as ORT returns them
+        dtype, shape = np.dtype(object), None
+    return TensorSpec(arg.name, shape, dtype)
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, sess: Any, **kw: Any) -> None:
+        super().__init__(
+            inputs=[_spec(a) for a in sess.get_inputs()],
+            outputs=[_spec(a) for a in sess.get_outputs()],
+            **kw,
+        )
+        self._sess = sess
+        # The C session behind the public wrapper: its `run` repeats, in Python, checks that
+        # Session.run has already made, and costs ~1 us a call. Fall back if it ever moves.
+        inner = getattr(sess, "_sess", None)
+        self._call = inner.run if inner is not None and hasattr(inner, "run") else sess.run
+        # bfloat16, float8, int4, ... cross ORT's Python API only as raw OrtValues.
+        self._raw_io = any(s.dtype not in _NUMPY_BRIDGE for s in (*self.inputs, *self.outputs))
+        if self._raw_io:
+            self._run = self._run_ortvalues  # type: ignore[method-assign]
+
+    def _run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        names = outputs or self._output_names
+        return dict(zip(names, self._call(names, feeds, None)))
+
+    def _run_ortvalues(
+        self, feeds: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        values = {}
+        for name, arr in feeds.items():
+            if arr.dtype in _NUMPY_BRIDGE:
+                values[name] = ort.OrtValue.ortvalue_from_numpy(arr)
+            else:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(
+                    list(arr.shape), dtype_info(arr.dtype).onnx
+                )
+                raw = tensors.pack(arr)
+                if raw.size:
+                    ctypes.memmove(value.data_ptr(), raw.ctypes.data, raw.size)
+                values[name] = value
+        names = outputs or self._output_names
+        results = self._sess.run_with_ort_values(names, values)
+        return {name: _to_numpy(value) for name, value in zip(names, results)}
+
+    def _close(self) -> None:
+        self._sess = self._call = None
+
+
+def _to_numpy(value: Any) -> Any:
+    if not value.is_tensor():
+        return value.numpy()
+    dtype = dtype_info(value.data_type()).numpy
+    if dtype in _NUMPY_BRIDGE:
+        return value.numpy()
+    size = value.tensor_size_in_bytes()
+    raw = (
+        np.frombuffer((ctypes.c_uint8 * size).from_address(value.data_ptr()), np.uint8)
+        if size
+        else np.empty(0, np.uint8)
+    )
+    return tensors.unpack(raw, dtype, value.shape())

@@ -1,0 +1,216 @@
+"""Engine: the one object users hold. load -> select -> compile -> run / submit / close."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import selection
+from .backends.base import Attempt, Backend, Session
+from .cache import Cache
+from .device import Device
+from .errors import InputError
+from .model import Model, ModelSource
+from .options import Options
+from .tensors import TensorSpec, describe
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """A model compiled for one backend on one device.
+
+    Create it with `Engine.load`. It is safe to call `run` from many threads; `close()` (or a
+    `with` block) frees the runtime's resources.
+    """
+
+    def __init__(
+        self, session: Session, selection: Sequence[Attempt], model: Model, options: Options
+    ) -> None:
+        self._session = session
+        self._selection = tuple(selection)
+        self._model = model
+        self._options = options
+
+    @classmethod
+    def load(
+        cls,
+        model: ModelSource,
+        device: str | Device = "auto",
+        *,
+        backend: str | Sequence[str] | None = None,
+        precision: str = "fp32",
+        calibration: Any = None,
+        preprocess: Any = None,
+        shapes: Mapping[str, Any] | None = None,
+        cast: bool = False,
+        hint: str = "latency",
+        threads: int | None = None,
+        max_in_flight: int | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Engine:
+        """Load `model` (path, bytes or onnx.ModelProto) on the best backend for `device`.
+
+        device: "auto", "cpu", "cuda[:N]", "gpu[:N]", "npu" or "ane".
+        backend: force one backend ("onnxruntime", "openvino", "onnxruntime[cuda]", ...) —
+            its failure is then an error — or give a list to try in that order.
+        precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
+        shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
+        cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
+        hint: "latency" (default) or "throughput", for backends with performance hints.
+        backend_options: {backend name: {option: value}} for settings one backend has.
+        """
+        options = Options(
+            precision=precision,
+            calibration=calibration,
+            preprocess=preprocess,
+            shapes=dict(shapes or {}),
+            cast=cast,
+            hint=hint,
+            threads=threads,
+            max_in_flight=max_in_flight,
+            cache=cache,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            backend_options=dict(backend_options or {}),
+        )
+        request = Device.parse(device)
+        source = Model.load(model)
+        if options.preprocess is not None:
+            from .transforms import preprocess as pre
+
+            source = pre.fuse(
+                source, options.preprocess, Cache(options.cache_dir) if options.cache else None
+            )
+        session, attempts = selection.select(
+            source, request, options, backend, transform=_PrecisionTransform(options)
+        )
+        engine = cls(session, attempts, source, options)
+        log.info("loaded %s on %s with %s", source, session.device, session.backend)
+        return engine
+
+    # -- what was chosen ----------------------------------------------------------------------
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs the model ("onnxruntime", "openvino", ...)."""
+        return self._session.backend
+
+    @property
+    def device(self) -> Device:
+        return self._session.device
+
+    @property
+    def selection(self) -> tuple[Attempt, ...]:
+        """Every candidate considered, in order, with its verdict and reason."""
+        return self._selection
+
+    @property
+    def precision(self) -> str:
+        """The precision that actually runs, as the backend describes it."""
+        return self._session.precision
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._session.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._session.outputs
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """Backend-specific facts about the compiled model (providers, node counts, ...)."""
+        return self._session.details
+
+    @property
+    def model(self) -> Model:
+        """The model the backend compiled (after any preprocessing was fused in)."""
+        return self._model
+
+    @property
+    def options(self) -> Options:
+        return self._options
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(
+        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run once: {input name: array} -> {output name: array} (all outputs, or `outputs`)."""
+        return self._session.run(feeds, outputs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Shorthand: `engine(x)` or `engine(x=..., y=...)`; one output comes back bare."""
+        if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+            feeds = dict(args[0])
+        else:
+            names = [s.name for s in self.inputs]
+            if len(args) > len(names):
+                raise InputError(
+                    f"{len(args)} positional inputs given, the model takes {len(names)}: "
+                    + ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.inputs)
+                )
+            feeds = dict(zip(names, args))
+            clash = sorted(set(feeds) & set(kwargs))
+            if clash:
+                raise InputError(f"input(s) {clash} given both by position and by name")
+            feeds.update(kwargs)
+        out = self._session.run(feeds)
+        return next(iter(out.values())) if len(out) == 1 else out
+
+    def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
+        """Run in the background and return a `concurrent.futures.Future` of the outputs."""
+        return self._session.submit(feeds, outputs)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
+
+    def close(self) -> None:
+        """Free the compiled model; later calls to run raise EngineClosed."""
+        self._session.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " (closed)" if self.closed else ""
+        name = f" ({self.device.name})" if self.device.name else ""
+        ins = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.inputs)
+        outs = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.outputs)
+        return f"<Engine {self.backend} on {self.device}{name}{state}: ({ins}) -> ({outs})>"
+
+
+class _PrecisionTransform:
+    """Gives each backend the model to compile for the requested precision.
+
+    Backends that take precision from the graph get the shared ONNX transform, built once per
+    load (and cached on disk) however many candidates ask for it.
+    """
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._converted: Model | None = None
+
+    def __call__(
+        self, model: Model, backend: Backend, device: Device, variant: str | None
+    ) -> Model:
+        if not selection.needs_graph_precision(backend, device, self.options, variant):
+            return model
+        if self._converted is None:
+            from .transforms import precision
+
+            self._converted = precision.convert(model, self.options)
+        return self._converted

@@ -1,0 +1,75 @@
+"""The options `Engine.load` takes, parsed once into one frozen value every backend reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import OptionError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+HINTS = ("latency", "throughput")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything about how to load and run a model, except which model and device.
+
+    `backend_options` holds per-backend settings keyed by backend name; each backend
+    validates its own keys and names the unknown ones in an OptionError.
+    """
+
+    precision: str = "fp32"
+    calibration: Any = None
+    preprocess: Any = None
+    shapes: Mapping[str, Any] = field(default_factory=dict)
+    cast: bool = False
+    hint: str = "latency"
+    threads: int | None = None
+    max_in_flight: int | None = None
+    cache: bool = True
+    cache_dir: Path | None = None
+    backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise OptionError(
+                f"precision {self.precision!r} is not valid; use one of {', '.join(PRECISIONS)}"
+            )
+        if self.hint not in HINTS:
+            raise OptionError(f"hint {self.hint!r} is not valid; use one of {', '.join(HINTS)}")
+        for name, value in (("threads", self.threads), ("max_in_flight", self.max_in_flight)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise OptionError(f"{name} must be a positive integer, got {value!r}")
+        if self.calibration is not None and self.precision != "int8":
+            raise OptionError(
+                f"calibration data is only used with precision='int8', but precision is {self.precision!r}"
+            )
+        if not isinstance(self.shapes, Mapping):
+            raise OptionError(
+                f"shapes must be a dict of input name -> shape, got {type(self.shapes).__name__}"
+            )
+        if not isinstance(self.backend_options, Mapping) or not all(
+            isinstance(v, Mapping) for v in self.backend_options.values()
+        ):
+            raise OptionError(
+                "backend_options must map a backend name to a dict of its options, e.g. "
+                "{'openvino': {'num_streams': 2}}"
+            )
+
+    def for_backend(self, name: str, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """This backend's own options; with `known` (name -> default), unknown keys are refused."""
+        given = dict(self.backend_options.get(name, {}))
+        if known is None:
+            return given
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise OptionError(
+                f"backend_options[{name!r}]: unknown option(s) {unknown}; "
+                f"{name} takes {sorted(known)}"
+            )
+        return {**known, **given}

@@ -1,0 +1,1 @@
+"""ONNX -> ONNX rewrites that every ONNX-consuming backend receives (precision, preprocessing)."""
