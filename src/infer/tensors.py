@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -18,7 +18,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-Dim = Union[int, str, None]  # noqa: UP007 - a runtime alias must work on Python 3.10 too
+Dim = int | str | None
 """A dimension: a fixed size, a symbolic name (``"batch"``), or ``None`` when unknown."""
 
 
@@ -154,7 +154,7 @@ def spec_from_value_info(value_info: Any) -> TensorSpec:
         return TensorSpec(value_info.name, None, np.dtype(object))
     shape: tuple[Dim, ...] | None = None
     if ttype.HasField("shape"):
-        shape = tuple(
+        shape = dims(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in ttype.shape.dim
         )
@@ -168,7 +168,7 @@ def dims(shape: Iterable[Any] | None) -> tuple[Dim, ...] | None:
     out: list[Dim] = []
     for d in shape:
         if isinstance(d, str):
-            out.append(d or None)
+            out.append(None if d in ("", "?") else d)  # "?" is an exporter's "unknown", not a name
         elif d is None or int(d) < 0:
             out.append(None)
         else:

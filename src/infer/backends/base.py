@@ -206,6 +206,14 @@ class Session(abc.ABC):
         """Runs in flight for `submit` when the user set none."""
         return 2
 
+    def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
+        """I/O buffers allocated once and reused by every `Binding.run`.
+
+        outputs: "host" (numpy buffers the binding owns), "device" (device arrays, on backends
+        whose device is not the host), or {output name: preallocated array} to write into.
+        """
+        raise NotImplementedError  # replaced by the generic host binding (issue 7)
+
     # -- lifetime -----------------------------------------------------------------------------
 
     @property
@@ -223,6 +231,52 @@ class Session(abc.ABC):
 
     def _close(self) -> None:
         """Release backend resources (called once)."""
+
+
+class Binding(abc.ABC):
+    """Buffers bound to one session and reused across runs.
+
+    Not thread-safe: each thread binds its own. The arrays `run` returns are the bound output
+    buffers, overwritten by the next `run`, unless `copy=True`.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._closed = False
+
+    def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
+        """Validate `feeds` as `Session.run` does, run into the bound buffers, return them."""
+        if self._closed or self.session.closed:
+            raise EngineClosed(f"binding on {self.session.backend} is closed")
+        feeds = self.session._validate(feeds)
+        try:
+            out = self._run(feeds)
+        except InferError:
+            raise
+        except Exception as e:
+            raise RuntimeFailure(
+                f"{self.session.backend} failed to run on {self.session.device}: {e}"
+            ) from e
+        if copy:
+            return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in out.items()}
+        return out
+
+    @abc.abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]: ...
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        """Release bound buffers (called once)."""
+
+    def __enter__(self) -> Binding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _REGISTRY: dict[str, Backend] = {}
