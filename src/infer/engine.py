@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Engine:
         cache: bool = True,
         cache_dir: str | Path | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
     ) -> Engine:
         """Load `model` (path, bytes or onnx.ModelProto) on the best backend for `device`.
 
@@ -66,6 +67,7 @@ class Engine:
         cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
         hint: "latency" (default) or "throughput", for backends with performance hints.
         backend_options: {backend name: {option: value}} for settings one backend has.
+        progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
         options = Options(
             precision=precision,
@@ -79,6 +81,7 @@ class Engine:
             cache=cache,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             backend_options=dict(backend_options or {}),
+            progress=progress,
         )
         request = Device.parse(device)
         source = Model.load(model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ class Options:
     cache: bool = True
     cache_dir: Path | None = None
     backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    progress: Callable[[str, int, int | None], None] | None = field(default=None, compare=False)
+    """progress(stage, done, total): long steps (calibration, engine builds) report through it."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
