@@ -64,8 +64,8 @@ TABLE: dict[str, tuple[Choice, ...]] = {
     ),
     "npu": (Choice("onnxruntime", "npu", "openvino"),),
     "ane": (Choice("coreml", "ane"), *_ANE),
-    # Core ML on the CPU only (CPU_ONLY) for a Core ML package asked onto the CPU: the way to
-    # check a package's answers without fp16 GPU/Neural Engine arithmetic.
+    # A Core ML package asked onto the CPU runs on Core ML's CPU_ONLY units (no other backend
+    # reads packages, so the row costs ONNX models nothing).
     "cpu": (*_CPU, Choice("coreml", "cpu")),
     "auto": (*_CUDA, _COREML_AUTO, *_ANE, *_CPU),
 }
