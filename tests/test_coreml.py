@@ -450,6 +450,16 @@ def test_probe_says_core_ml_needs_macos():
 
 
 @not_mac
+@pytest.mark.parametrize("cache", [True, False])
+def test_compile_without_core_ml_is_a_compile_error(pkgs, tmp_path, cache):
+    # Called directly (selection never gets here off macOS): coremltools' MLModel hands back a
+    # model that cannot predict when Core ML fails to load it; the backend must refuse instead.
+    options = Options(cache=cache, cache_dir=tmp_path)
+    with pytest.raises(infer.CompileError, match=r"Core ML could not load Model\(coreml"):
+        BACKEND.compile(Model.load(pkgs["nn"]), cpu(), options)
+
+
+@not_mac
 def test_auto_passes_core_ml_over_with_the_reason(tmp_path):
     path = tmp_path / "mlp.onnx"
     onnx.save(mlp_onnx(), path)

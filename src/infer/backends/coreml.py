@@ -537,6 +537,10 @@ class CoreMlBackend(Backend):
             else:
                 with _source_path(model) as src:
                     loaded = ct.models.MLModel(str(src), **kwargs)
+                if getattr(loaded, "__proxy__", None) is None:
+                    # MLModel turns a load failure into a warning and a model that cannot predict.
+                    why = getattr(loaded, "_framework_error", None) or "Core ML did not load it"
+                    raise RuntimeError(why)
         except Exception as e:
             raise CompileError(f"Core ML could not load {model!r} with {units}: {e}") from e
         precision = _runs_in(sig, device, variant)
