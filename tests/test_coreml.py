@@ -20,7 +20,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
-import models
 from infer import BackendUnavailable, Engine, InputError, Model, ModelFormat, OptionError
 from infer.backends import base
 from infer.backends import coreml as cm
@@ -28,6 +27,8 @@ from infer.cache import Cache
 from infer.device import Device, cpu
 from infer.options import Options
 from infer.selection import TABLE, Choice
+
+from . import models
 
 ct = pytest.importorskip(
     "coremltools", reason="coremltools is not installed (the [test] extra has it)"

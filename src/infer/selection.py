@@ -36,7 +36,7 @@ class Choice:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("onnxruntime", "reference", "coreml")
+BACKENDS = ("onnxruntime", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
