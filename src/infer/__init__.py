@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from . import convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
+from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
+from .accuracy import AccuracyReport, OutputAccuracy, accuracy
 from .backends.base import Attempt, BackendInfo
+from .calibration import Calibration
 from .device import Capabilities, Device
 from .engine import Engine
 from .errors import (
@@ -30,10 +32,12 @@ from .tensors import TensorSpec
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyReport",
     "Attempt",
     "BackendInfo",
     "BackendUnavailable",
     "CacheError",
+    "Calibration",
     "Capabilities",
     "CompileError",
     "Device",
@@ -45,9 +49,12 @@ __all__ = [
     "ModelError",
     "ModelFormat",
     "OptionError",
+    "OutputAccuracy",
     "RuntimeFailure",
     "TensorSpec",
+    "accuracy",
     "backends",
+    "cache",
     "convert",
     "devices",
 ]

@@ -57,7 +57,7 @@ class ReferenceBackend(Backend):
             inputs=inputs,
             outputs=outputs,
             options=options,
-            precision=options.precision,
+            precision=model.precision or options.precision,
         )
 
 
