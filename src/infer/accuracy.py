@@ -27,7 +27,9 @@ class OutputAccuracy:
     name: str
     samples: int  # rows compared (feeds x batch)
     max_abs: float  # max |engine - reference|
-    max_rel: float  # max_abs / max |reference| (0 when the reference is all zeros and so is the error)
+    max_rel: (
+        float  # max_abs / max |reference| (0 when the reference is all zeros and so is the error)
+    )
     mean_abs: float
     cosine: float  # the lowest cosine similarity of one row (flattened) with its reference
     top1: float | None  # share of rows whose argmax agrees; None unless the output is [N, C>1]
@@ -116,7 +118,7 @@ def accuracy(
 
 def _feed_list(feeds: Any, engine: Engine) -> list[Any]:
     if isinstance(feeds, (Mapping, np.ndarray)):
-        return [feeds]
+        feeds = [feeds]
     if not isinstance(feeds, Iterable):
         raise OptionError(
             f"feeds must be an iterable of feeds (dicts or arrays), got {type(feeds).__name__}"

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import TensorProto
 
 from ..cache import Cache, Entry, Key
@@ -280,13 +281,11 @@ def _quantize_ort(
     symbolic = importlib.util.find_spec("sympy") is not None
     with tempfile.TemporaryDirectory(prefix="infer-int8-") as tmp:
         src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
-        _save(model.proto, src)
+        # Per-channel DequantizeLinear (its axis attribute) needs opset 13; the quantizer only
+        # raises opsets below 10 itself.
+        _save(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 11)), src)
         report("quantize", 0, 2)
-        try:
-            # Folds BatchNorm into Conv and fills in shapes. Symbolic shape inference needs sympy.
-            q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=not symbolic)
-        except Exception as e:
-            raise CompileError(f"int8 pre-processing of {model!r} failed: {e}") from e
+        _pre_process(q, model, src, pre, symbolic)
         report("quantize", 1, 2)
         ranges_key = Key.of(
             "calibration",
@@ -308,7 +307,12 @@ def _quantize_ort(
             )
             return {"samples": n}
 
-        ranges = _cached(options, ranges_key, calibrate)
+        if options.cache:
+            ranges = _cached(options, ranges_key, calibrate)
+        else:
+            scratch = Path(tmp) / "ranges"
+            scratch.mkdir()
+            ranges = Entry(scratch, calibrate(scratch))
         extra: dict[str, Any] = {"ActivationSymmetric": symmetric}
         try:
             q.quantize_static(
@@ -327,8 +331,81 @@ def _quantize_ort(
             )
         except Exception as e:
             raise CompileError(f"onnxruntime could not quantize {model!r} to int8: {e}") from e
+        quantized = onnx.load(str(out))
+        if _float_outputs(quantized.graph):
+            _save(quantized, out)
         report("quantize", 2, 2)
         return int(ranges.meta.get("samples", 0))
+
+
+def _at_least_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if current >= version:
+        return proto
+    try:
+        return onnx.version_converter.convert_version(proto, version)
+    except Exception as e:
+        raise CompileError(
+            f"int8 quantization needs opset {version}; converting the model from opset "
+            f"{current} failed: {e}"
+        ) from e
+
+
+def _pre_process(q: Any, model: Model, src: Path, pre: Path, symbolic: bool) -> None:
+    """quant_pre_process: folds BatchNorm into Conv and fills in shapes. Its symbolic shape
+    inference needs sympy and gives up on some graphs (PP-OCR's detector); ONNX's shape
+    inference is then enough for static quantization."""
+    try:
+        q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=not symbolic)
+        return
+    except Exception as e:
+        if not symbolic:
+            raise CompileError(f"int8 pre-processing of {model!r} failed: {e}") from e
+        log.debug("symbolic shape inference failed on %r; using ONNX's", model, exc_info=True)
+    try:
+        q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    except Exception as e:
+        raise CompileError(f"int8 pre-processing of {model!r} failed: {e}") from e
+
+
+def _float_outputs(graph: onnx.GraphProto) -> int:
+    """Drop the Q/DQ pair in front of each graph output, so outputs come straight from the
+    float (or QGemm/QLinear-fused) op. Quantizing an output only clips it to the calibrated
+    range: a held-out input whose logits leave that range would be flattened (NNCF leaves
+    outputs unquantized too). Returns how many pairs were removed."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    dropped: list[onnx.NodeProto] = []
+    renames: dict[str, str] = {}
+    for name in outputs:
+        dq = producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or readers.get(q.output[0], 0) != 1:
+            continue
+        source = q.input[0]
+        if source in outputs or source in {i.name for i in graph.input} or source not in producer:
+            continue
+        dropped += [q, dq]
+        renames[source] = name
+    if not dropped:
+        return 0
+    keep = [n for n in graph.node if all(n is not d for d in dropped)]
+    for n in keep:
+        for i, o in enumerate(n.output):
+            if o in renames:
+                n.output[i] = renames[o]
+        for i, x in enumerate(n.input):
+            if x in renames:
+                n.input[i] = renames[x]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return len(dropped) // 2
 
 
 def _calibrate_ort(
@@ -529,8 +606,26 @@ def _excluded_nodes(proto: onnx.ModelProto, exclude: Sequence[str]) -> list[str]
         n.name
         for g in _graphs(proto.graph)
         for n in g.node
-        if n.name and (n.name in wanted or n.op_type in wanted)
+        if n.name in wanted or n.op_type in wanted
     ]
+
+
+def _named(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose nodes all have names (the quantizer excludes nodes by name)."""
+    if all(n.name for g in _graphs(proto.graph) for n in g.node):
+        return proto
+    named = onnx.ModelProto()
+    named.CopyFrom(proto)
+    taken = {n.name for g in _graphs(named.graph) for n in g.node}
+    for g in _graphs(named.graph):
+        for i, n in enumerate(g.node):
+            if not n.name:
+                name = f"{n.op_type}_{i}"
+                while name in taken:
+                    name += "_"
+                n.name = name
+                taken.add(name)
+    return named
 
 
 def _versions(quantizer: str) -> dict[str, str]:
