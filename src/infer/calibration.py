@@ -96,6 +96,25 @@ class Calibration:
                 )
             )
 
+    def __repr__(self) -> str:
+        data = self.data
+        what = (
+            f"{type(data).__name__} of {len(data)}"
+            if hasattr(data, "__len__")
+            else getattr(data, "__name__", type(data).__name__)
+        )
+        extra = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name, default in (
+                ("exclude", ()),
+                ("per_channel", True),
+                ("quantizer", "auto"),
+                ("key", None),
+            )
+            if getattr(self, name) != default
+        )
+        return f"Calibration(<{what}>, method={self.method!r}, limit={self.limit!r}{extra})"
+
     @classmethod
     def of(cls, value: Any) -> Calibration:
         """`value` as a Calibration: one already, or the data for a default one."""

@@ -83,9 +83,9 @@ def convert(model: Model, options: Options, *, quantizer: str | None = None) -> 
             f"precision={options.precision!r} is applied to ONNX graphs; {model!r} is "
             f"{model.format.value}: give the ONNX model, or a model built at that precision"
         )
-    current = graph_precision(model.proto)
     if options.precision == "fp32":
         return model
+    current = graph_precision(model.proto)
     if options.precision == "fp16":
         return _fp16(model, options, current)
     if options.precision == "int8":
