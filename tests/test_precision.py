@@ -321,6 +321,27 @@ def test_generators_and_callables_feed_calibration():
     assert len(calls) == 2  # hashed once, calibrated once
 
 
+def test_a_preprocess_turns_raw_items_into_feeds():
+    feeds = image_feeds(6, 32, seed=0)
+    raw = [{"pixels": np.round(f * 40 + 128).clip(0, 255).astype(np.uint8)} for f in feeds]
+    seen = []
+
+    def preprocess(item):
+        seen.append(item["pixels"].dtype)
+        return {"input": (item["pixels"].astype(np.float32) - 128) / 40}
+
+    engine = _int8(calibration=Calibration(raw, preprocess=preprocess))
+    assert engine.precision == "int8 (QDQ, minmax, 6 samples)"
+    assert seen and set(seen) == {np.dtype(np.uint8)}
+    # The cache key hashes what the model saw: the same feeds given directly hit the entry.
+    events, progress = _events()
+    _int8(
+        calibration=[{"input": (r["pixels"].astype(np.float32) - 128) / 40} for r in raw],
+        progress=progress,
+    )
+    assert "calibrate" not in _stages(events)
+
+
 def test_calibration_reports_progress():
     events, progress = _events()
     _int8(calibration=image_feeds(20, 32, seed=0), progress=progress)
