@@ -35,10 +35,11 @@ class Choice:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("onnxruntime", "reference")
+BACKENDS = ("tensorrt", "onnxruntime", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
+    Choice("tensorrt", "cuda"),
     Choice("onnxruntime", "cuda", "tensorrt"),
     Choice("onnxruntime", "cuda", "cuda"),
 )
