@@ -410,8 +410,10 @@ def build_plan(
             )
         config.builder_optimization_level = settings.builder_optimization_level
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
-    if tf32 is not None:
-        (config.set_flag if settings.tf32 else config.clear_flag)(tf32)
+    if tf32 is not None and settings.tf32:
+        config.set_flag(tf32)
+    elif tf32 is not None:
+        config.clear_flag(tf32)  # on by default in TensorRT; fp32 should mean fp32
     if settings.precision_flags:
         if precision in ("fp16", "int8"):
             config.set_flag(_flag(trt, "FP16", "precision is set in the graph"))

@@ -508,12 +508,12 @@ class TensorRtSession(Session):
                     f"input {name!r} is a shape tensor (its values set other tensors' shapes); "
                     "the tensorrt backend feeds data tensors only: use onnxruntime"
                 )
-            kind = engine.get_tensor_dtype(name)
+            data_type = engine.get_tensor_dtype(name)
             try:
-                dtype = dtype_info(kind.name).numpy
+                dtype = dtype_info(data_type.name).numpy
             except KeyError:
                 raise CompileError(
-                    f"tensor {name!r} has TensorRT type {kind.name}, which infer cannot hold"
+                    f"tensor {name!r} has TensorRT type {data_type.name}, which infer cannot hold"
                 ) from None
             spec = TensorSpec(
                 name, _named_dims(engine.get_tensor_shape(name), names.get(name)), dtype
@@ -927,13 +927,13 @@ def _engine_profile(engine: Any, inputs: Sequence[TensorSpec], index: int) -> di
 
 
 def _device_memory(engine: Any) -> int | None:
-    for attr in ("device_memory_size_v2", "device_memory_size"):
-        if hasattr(engine, attr):
-            try:
-                return int(getattr(engine, attr))
-            except Exception:
-                return None
-    return None
+    """Bytes of scratch memory each execution context takes."""
+    try:
+        if hasattr(engine, "device_memory_size_v2"):  # TensorRT >= 10.1
+            return int(engine.device_memory_size_v2)
+        return int(engine.device_memory_size)
+    except Exception:
+        return None
 
 
 class TensorRtBinding(Binding):
