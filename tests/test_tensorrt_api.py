@@ -165,7 +165,13 @@ def api() -> Api:
     with zipfile.ZipFile(wheels[0]) as zf:
         bindings = zf.read("tensorrt_bindings/tensorrt.pyi").decode()
         package = zf.read("tensorrt/__init__.pyi").decode()
-    names = set(re.search(r"__all__ = \[(.*?)\]", package, re.S).group(1).replace("'", "").replace(" ", "").split(","))
+    names = set(
+        re.search(r"__all__ = \[(.*?)\]", package, re.S)
+        .group(1)
+        .replace("'", "")
+        .replace(" ", "")
+        .split(",")
+    )
     names |= set(re.findall(r"^(\w+): ", package, re.M))
     return Api(names, parse_stub(bindings))
 
@@ -309,13 +315,13 @@ def test_enum_members_named_in_strings_exist(api):
     members = set()
     for cls in api.classes.values():
         members |= {v for v in cls.values if v.isupper()}
+    enum_like = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{2,}[0-9]+")
     bad = []
     for path in TRT_MODULES:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if re.fullmatch(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+|[A-Z]{2,}[0-9]+|FP16|INT8|TF32", node.value):
-                    if node.value not in members:
-                        bad.append(f"{path.name}:{node.lineno}: {node.value!r}")
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and enum_like.fullmatch(text) and text not in members:
+                bad.append(f"{path.name}:{node.lineno}: {text!r}")
     assert not bad, f"not a TensorRT 10.13 enum member: {bad}"
 
 
@@ -378,9 +384,8 @@ def test_cuda_python_calls_exist():
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             v = node.value
-            if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "_runtime":
-                names.add(node.attr)
-            elif isinstance(v, ast.Name) and v.id in ("rt", "kind"):
+            from_call = isinstance(v, ast.Call) and getattr(v.func, "id", None) == "_runtime"
+            if from_call or (isinstance(v, ast.Name) and v.id in ("rt", "kind")):
                 names.add(node.attr)
     assert {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreateWithFlags"} <= names
     enum = runtime.cudaMemcpyKind

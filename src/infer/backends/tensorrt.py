@@ -539,9 +539,8 @@ class TensorRtSession(Session):
         self._check = ProfileCheck(self.profiles if dynamic else [], advice=advice)
         exclusive = dynamic and engine.num_optimization_profiles > 0
         count = len(self.profiles) if exclusive else 1
-        self._specs = {s.name: s for s in inputs}
         self._dtypes = {io.name: io for io in (*self._in, *self._out)}
-        self._subset_validators: dict[frozenset[str], FeedValidator] = {}
+        self._feeds = _Feeds(inputs, cast=options.cast, device=device.index or 0)
 
         ranges = summary(self.profiles[0]) if dynamic else "static shapes"
         contexts = (
@@ -607,7 +606,7 @@ class TensorRtSession(Session):
             raise EngineClosed(f"{self.backend} session on {self.device} is closed")
         if not _has_device_arrays(feeds):
             return super().run(feeds, outputs)
-        host, devices = self._split(feeds)
+        host, devices = self._feeds.split(feeds)
         names = None if outputs is None else self._check_outputs(outputs)
         try:
             return self._execute(host, devices, names, _HOST_COPY)
@@ -621,51 +620,6 @@ class TensorRtSession(Session):
     ) -> dict[str, np.ndarray]:
         return self._execute(feeds, {}, outputs, _HOST_COPY)
 
-    def _split(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Device arrays apart (checked against their specs), host arrays through the validator."""
-        names = set(feeds)
-        if names != set(self._specs):
-            self._validate(feeds)  # raises the missing/unknown-input error
-        devices = {n: v for n, v in feeds.items() if device_array.is_device_array(v)}
-        rest = frozenset(names - set(devices))
-        validator = self._subset_validators.get(rest)
-        if validator is None:
-            validator = FeedValidator([self._specs[n] for n in rest], cast=self.options.cast)
-            self._subset_validators[rest] = validator
-        host = validator({n: feeds[n] for n in rest}) if rest else {}
-        return host, devices
-
-    def _check_view(self, name: str, v: DeviceView) -> None:
-        spec = self._specs[name]
-        if v.dtype != spec.dtype:
-            raise InputError(
-                f"input {name!r}: the device array holds {dtype_info(v.dtype).name if v.dtype in _KNOWN else v.dtype}, "
-                f"the model takes {describe(spec.shape, spec.dtype)}; device arrays are read in "
-                "place, so cast them on the device first"
-            )
-        if spec.shape is not None:
-            if len(v.shape) != len(spec.shape):
-                raise InputError(
-                    f"input {name!r}: expected rank {len(spec.shape)} ({describe(spec.shape, spec.dtype)}), "
-                    f"got a device array of shape {list(v.shape)}"
-                )
-            for axis, (want, got) in enumerate(zip(spec.shape, v.shape)):
-                if isinstance(want, int) and want != got:
-                    raise InputError(
-                        f"input {name!r}: dimension {axis} must be {want} ({describe(spec.shape, spec.dtype)}), "
-                        f"got a device array of shape {list(v.shape)}"
-                    )
-        if not v.contiguous:
-            raise InputError(
-                f"input {name!r}: the device array is not C-contiguous (strides {list(v.strides or ())} "
-                f"bytes for shape {list(v.shape)}); make it contiguous on the device first"
-            )
-        where = v.device if v.device is not None else cuda.pointer_device(v.ptr)
-        if where is not None and where != (self.device.index or 0):
-            raise InputError(
-                f"input {name!r} is on cuda:{where}, but this engine runs on {self.device}"
-            )
-
     def _execute(
         self,
         host: Mapping[str, np.ndarray],
@@ -677,7 +631,7 @@ class TensorRtSession(Session):
     ) -> dict[str, Any]:
         shapes: dict[str, tuple[int, ...]] = {n: a.shape for n, a in host.items()}
         for name, value in devices.items():
-            shapes[name] = _device_shape(name, value)
+            shapes[name] = self._feeds.shape(name, value)
         fits = self._check.fitting(shapes) if self._check.names else (0,)
         index = self.device.index or 0
         cuda.set_device(index)
@@ -687,7 +641,7 @@ class TensorRtSession(Session):
             for name, value in devices.items():
                 v = device_array.view(value, slot.stream.handle)
                 views.append(v)
-                self._check_view(name, v)
+                self._feeds.check(name, v)
                 if v.shape != shapes[name]:
                     raise InputError(
                         f"input {name!r}: shape changed from {list(shapes[name])} to {list(v.shape)}"
@@ -861,6 +815,88 @@ class TensorRtSession(Session):
 _KNOWN = frozenset(row.numpy for row in tensors.DTYPES)
 
 
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype_info(dtype).name if dtype in _KNOWN else str(dtype)
+
+
+class _Feeds:
+    """Routes feeds: device arrays (CAI or DLPack) are read in place, so their dtype, shape and
+    layout must already match and are checked here; everything else goes through the
+    FeedValidator every backend uses (conversion, lossless casts, the same error messages)."""
+
+    def __init__(self, specs: Sequence[TensorSpec], *, cast: bool, device: int) -> None:
+        self.specs = {s.name: s for s in specs}
+        self.cast = cast
+        self.device = device
+        self._all = FeedValidator(list(specs), cast=cast)
+        self._subsets: dict[frozenset[str], FeedValidator] = {}
+
+    def split(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(validated host arrays, device arrays) from feeds holding at least one device array."""
+        if set(feeds) != set(self.specs):
+            self._all(feeds)  # raises the missing / unknown input error every backend gives
+        devices = {n: v for n, v in feeds.items() if device_array.is_device_array(v)}
+        rest = frozenset(feeds.keys() - devices.keys())
+        validator = self._subsets.get(rest)
+        if validator is None:
+            validator = self._subsets[rest] = FeedValidator(
+                [self.specs[n] for n in self.specs if n in rest], cast=self.cast
+            )
+        host = validator({n: feeds[n] for n in rest}) if rest else {}
+        return host, devices
+
+    def shape(self, name: str, value: Any) -> tuple[int, ...]:
+        """A device input's shape, checked against the model's rank and fixed dimensions."""
+        try:
+            cai = value.__cuda_array_interface__
+        except Exception:
+            cai = None
+        raw = cai["shape"] if cai is not None else getattr(value, "shape", None)
+        try:
+            shape = tuple(int(d) for d in raw)  # type: ignore[union-attr]
+        except TypeError:
+            raise InputError(
+                f"input {name!r}: {type(value).__name__} is a DLPack device array without a "
+                "shape attribute"
+            ) from None
+        spec = self.specs[name]
+        if spec.shape is not None:
+            if len(shape) != len(spec.shape):
+                raise InputError(
+                    f"input {name!r}: expected rank {len(spec.shape)} "
+                    f"({describe(spec.shape, spec.dtype)}), got a device array of shape {list(shape)}"
+                )
+            for axis, (want, got) in enumerate(zip(spec.shape, shape)):
+                if isinstance(want, int) and want != got:
+                    raise InputError(
+                        f"input {name!r}: dimension {axis} must be {want} "
+                        f"({describe(spec.shape, spec.dtype)}), got a device array of shape "
+                        f"{list(shape)}"
+                    )
+        return shape
+
+    def check(self, name: str, v: DeviceView) -> None:
+        """dtype, layout and device of a device input (its shape was checked by `shape`)."""
+        spec = self.specs[name]
+        if v.dtype != spec.dtype:
+            raise InputError(
+                f"input {name!r}: the device array holds {_dtype_name(v.dtype)}, the model takes "
+                f"{describe(spec.shape, spec.dtype)}; device arrays are read in place, so cast "
+                "it on the device first"
+            )
+        if not v.contiguous:
+            raise InputError(
+                f"input {name!r}: the device array is not C-contiguous (strides "
+                f"{list(v.strides or ())} bytes for shape {list(v.shape)}); make it contiguous "
+                "on the device first"
+            )
+        where = v.device if v.device is not None else cuda.pointer_device(v.ptr)
+        if where is not None and where != self.device:
+            raise InputError(
+                f"input {name!r} is on cuda:{where}, but this engine runs on cuda:{self.device}"
+            )
+
+
 def _has_device_arrays(feeds: Any) -> bool:
     if not isinstance(feeds, Mapping):
         return False
@@ -870,26 +906,12 @@ def _has_device_arrays(feeds: Any) -> bool:
     return False
 
 
-def _device_shape(name: str, value: Any) -> tuple[int, ...]:
-    try:
-        cai = value.__cuda_array_interface__
-    except Exception:
-        cai = None
-    shape = cai["shape"] if cai is not None else getattr(value, "shape", None)
-    try:
-        return tuple(int(d) for d in shape)  # type: ignore[union-attr]
-    except TypeError:
-        raise InputError(
-            f"input {name!r}: {type(value).__name__} is a DLPack device array without a shape attribute"
-        ) from None
-
-
 def _check_target(name: str, target: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     got_shape = tuple(target.shape)
     if got_shape != shape or target.dtype != dtype:
         raise InputError(
-            f"output {name!r}: the bound array is {dtype_info(target.dtype).name if target.dtype in _KNOWN else target.dtype}"
-            f"{list(got_shape)}, but this run produces {dtype_info(dtype).name}{list(shape)}"
+            f"output {name!r}: the bound array is {_dtype_name(target.dtype)}{list(got_shape)}, "
+            f"but this run produces {_dtype_name(dtype)}{list(shape)}"
         )
     if isinstance(target, np.ndarray) and not (
         target.flags.c_contiguous and target.flags.writeable
@@ -979,7 +1001,7 @@ class TensorRtBinding(Binding):
         if self._closed or session.closed:
             raise EngineClosed(f"binding on {session.backend} is closed")
         if _has_device_arrays(feeds):
-            host, devices = session._split(feeds)
+            host, devices = session._feeds.split(feeds)
         else:
             host, devices = session._validate(feeds), {}
         try:
