@@ -20,6 +20,7 @@ from infer import InputError
 from infer import device_array as da
 from infer.backends.tensorrt import _Feeds, _has_device_arrays
 from infer.cuda import CudaError
+from infer.device import probe_hardware
 from infer.tensors import TensorSpec
 
 
@@ -150,9 +151,24 @@ def test_a_numpy_dlpack_capsule_is_read_with_its_strides():
         def __dlpack__(self, **kw):
             return base.__dlpack__()
 
-    v = da.view(NumpyProducer())
+    with pytest.raises(TypeError, match="not a CUDA device array"):
+        da.view(NumpyProducer())  # host memory is not a device array...
+    v = da._from_dlpack(NumpyProducer(), None)  # ...but its capsule is read the same way
     assert v.shape == (4, 3) and v.strides == (48, 16) and not v.contiguous
     assert v.ptr == base.ctypes.data and v.device is None
+    v.close()
+
+
+def test_dlpack_is_preferred_to_cai():
+    """PyTorch offers both, and only DLPack carries the stream to order the producer's work."""
+    host = np.zeros((2, 2), np.float32)
+
+    class Both(DLPackOnly):
+        __cuda_array_interface__ = CAI((2, 2)).__cuda_array_interface__
+
+    producer = Both(host)
+    v = da.view(producer, stream=42)
+    assert producer.streams == [42] and v.ptr == host.ctypes.data
     v.close()
 
 
@@ -245,7 +261,11 @@ def test_a_device_array_speaks_both_protocols():
         arr.__dlpack__(dl_device=(da.DL_CUDA, 0))
 
 
+@pytest.mark.skipif(
+    any(d.kind == "cuda" for d in probe_hardware().devices), reason="this machine has a GPU"
+)
 def test_copying_a_device_array_to_the_host_needs_cuda():
+    pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
     arr = da.DeviceArray(0x1000, (2,), np.float32, 0, None)
     with pytest.raises(CudaError, match=r"cudaMemcpy\(D2H\) failed"):
         arr.numpy()

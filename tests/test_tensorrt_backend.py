@@ -4,6 +4,8 @@ test_tensorrt_gpu.py."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import subprocess
 import sys
 
@@ -50,11 +52,12 @@ def test_probe_says_why_it_is_unavailable():
 def test_probe_with_a_gpu_but_no_tensorrt(fresh_probe, monkeypatch):
     """The hardware report is replaced; the import of tensorrt really fails here."""
     pytest.importorskip("cuda.bindings")
-    if __import__("importlib").util.find_spec("tensorrt") is not None:
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
     gpu = Device("cuda", 0, "NVIDIA L4", Capabilities(vendor="NVIDIA", compute_capability=(8, 9)))
     report = HardwareReport((probe_hardware().devices[0], gpu), ())
-    monkeypatch.setattr("infer.backends.tensorrt.probe_hardware", lambda: report)
+    module = importlib.import_module("infer.backends.tensorrt")
+    monkeypatch.setattr(module, "probe_hardware", lambda: report)
     info = fresh_probe.probe()
     assert not info.available
     assert info.reason.startswith("tensorrt is not installed (No module named 'tensorrt')")
@@ -108,7 +111,11 @@ def gpu(*precisions):
 
 def test_precision_comes_from_the_graph():
     b = trt_backend()
-    assert b.precisions(gpu("fp32", "fp16", "int8")) == {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}
+    assert b.precisions(gpu("fp32", "fp16", "int8")) == {
+        "fp32": NATIVE,
+        "fp16": GRAPH,
+        "int8": GRAPH,
+    }
     assert b.precisions(gpu("fp32")) == {"fp32": NATIVE}  # a GPU without fast fp16 / int8
     assert b.precisions(Device("cuda", 0)) == {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}
     assert needs_graph_precision(b, gpu("fp32", "fp16"), Options(precision="fp16"), None)
@@ -141,10 +148,13 @@ def test_importing_infer_loads_no_gpu_library():
 
 @no_gpu_here
 def test_cuda_helpers_fail_in_words_without_a_driver():
+    pytest.importorskip("cuda.bindings", reason="cuda-python is not installed")
     from infer import cuda
 
     assert "cudaErrorInsufficientDriver" in cuda.unavailable()
-    with pytest.raises(cuda.CudaError, match=r"cudaMalloc\(256 B\) failed: cudaErrorInsufficientDriver"):
+    with pytest.raises(
+        cuda.CudaError, match=r"cudaMalloc\(256 B\) failed: cudaErrorInsufficientDriver"
+    ):
         cuda.DeviceMemory(10)
     with pytest.raises(cuda.CudaError, match="cudaStreamCreate failed"):
         cuda.Stream()

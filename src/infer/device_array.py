@@ -1,8 +1,8 @@
 """Arrays in GPU memory, exchanged without copies through the two protocols the field uses.
 
 Reading: a PyTorch CUDA tensor, a CuPy array, a Numba or JAX device array is recognised by
-`__cuda_array_interface__` (CAI, version 3) or DLPack (`__dlpack__` / `__dlpack_device__`) and
-described by a `DeviceView`: pointer, shape, dtype, device and the stream to wait for.
+DLPack (`__dlpack__` / `__dlpack_device__`) or `__cuda_array_interface__` (CAI) and described
+by a `DeviceView`: pointer, shape, dtype, device and the stream to wait for.
 
 Writing: `DeviceArray` is device memory infer owns (a GPU backend's outputs) exposed through
 both protocols, so `torch.as_tensor(a, device="cuda")`, `torch.from_dlpack(a)`,
@@ -88,26 +88,35 @@ def is_device_array(value: Any) -> bool:
             return True
     except Exception:  # e.g. a CPU torch tensor raises on the attribute
         pass
-    dev = getattr(value, "__dlpack_device__", None)
-    if dev is None or not hasattr(value, "__dlpack__"):
-        return False
-    try:
-        kind, _ = dev()
-    except Exception:
-        return False
-    return int(kind) in _DL_GPU_MEMORY
+    return _dlpack_device_type(value) in _DL_GPU_MEMORY
 
 
 def view(value: Any, stream: int | None = None) -> DeviceView:
-    """Describe a device array; `stream` is the consumer's stream (DLPack orders the producer's
-    work before it). Call `close()` on the view once the memory is no longer read."""
+    """Describe a device array; `stream` is the consumer's stream. Call `close()` on the view
+    once the memory is no longer read.
+
+    DLPack is preferred where both protocols are offered: the producer then orders its pending
+    work before `stream` itself (PyTorch's CAI is version 2, which carries no stream at all).
+    """
+    if _dlpack_device_type(value) in _DL_GPU_MEMORY:
+        return _from_dlpack(value, stream)
     try:
         cai = value.__cuda_array_interface__
     except Exception:
         cai = None
-    if cai is not None:
-        return _from_cai(value, cai)
-    return _from_dlpack(value, stream)
+    if cai is None:
+        raise TypeError(f"{type(value).__name__} is not a CUDA device array")
+    return _from_cai(value, cai)
+
+
+def _dlpack_device_type(value: Any) -> int | None:
+    dev = getattr(value, "__dlpack_device__", None)
+    if dev is None or not hasattr(value, "__dlpack__"):
+        return None
+    try:
+        return int(dev()[0])
+    except Exception:
+        return None
 
 
 def _from_cai(value: Any, cai: dict[str, Any]) -> DeviceView:

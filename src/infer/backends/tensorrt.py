@@ -18,6 +18,7 @@ so the API conformance test can check each call against TensorRT's published API
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import logging
@@ -639,22 +640,33 @@ class TensorRtSession(Session):
         views: list[DeviceView] = []
         try:
             for name, value in devices.items():
-                v = device_array.view(value, slot.stream.handle)
+                try:
+                    v = device_array.view(value, slot.stream.handle)
+                except Exception as e:  # requires_grad tensors, masked arrays, odd dtypes
+                    raise InputError(
+                        f"input {name!r}: the {type(value).__name__} cannot be read in place: {e}"
+                    ) from e
                 views.append(v)
                 self._feeds.check(name, v)
                 if v.shape != shapes[name]:
                     raise InputError(
                         f"input {name!r}: shape changed from {list(shapes[name])} to {list(v.shape)}"
                     )
-            return self._enqueue(
-                slot,
-                host,
-                {v_name: v for v_name, v in zip(devices, views)},
-                want,
-                mode,
-                buffers or slot.buffers,
-                targets or {},
-            )
+            try:
+                return self._enqueue(
+                    slot,
+                    host,
+                    {v_name: v for v_name, v in zip(devices, views)},
+                    want,
+                    mode,
+                    buffers or slot.buffers,
+                    targets or {},
+                )
+            except BaseException:
+                # Copies may still be queued from staging buffers the next run will refill.
+                with contextlib.suppress(Exception):
+                    slot.stream.synchronize()
+                raise
         finally:
             for v in views:
                 v.close()
@@ -984,7 +996,13 @@ class TensorRtBinding(Binding):
                 if isinstance(array, np.ndarray):
                     self._targets[name] = array
                 elif device_array.is_device_array(array):
-                    v = device_array.view(array)
+                    try:
+                        v = device_array.view(array)
+                    except Exception as e:
+                        raise InputError(
+                            f"bind(outputs=...)[{name!r}]: the {type(array).__name__} cannot be "
+                            f"written in place: {e}"
+                        ) from e
                     self._views.append(v)
                     self._targets[name] = v
                 else:
