@@ -295,6 +295,20 @@ def logger(trt: Any) -> Any:
 # -- build ------------------------------------------------------------------------------------
 
 
+_plugins_ready = False
+
+
+def init_plugins(trt: Any) -> None:
+    """Register TensorRT's bundled plugins (ops the ONNX parser maps to them) once per process."""
+    global _plugins_ready
+    if not _plugins_ready and hasattr(trt, "init_libnvinfer_plugins"):
+        trt_log = logger(trt)  # before taking the lock: logger() takes it too
+        with _logger_lock:
+            if not _plugins_ready:
+                trt.init_libnvinfer_plugins(trt_log, "")
+                _plugins_ready = True
+
+
 def _progress_monitor(trt: Any, report: Callable[[str, int, int | None], None]) -> Any:
     class Progress(trt.IProgressMonitor):
         """Build phases -> options.progress("tensorrt: <phase>", done, total)."""
@@ -377,8 +391,7 @@ def build_plan(
     trt_log = logger(trt)
     mark = trt_log.mark()
     mode = precision_mode(trt, precision, settings)
-    if hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(trt_log, "")
+    init_plugins(trt)
     builder = trt.Builder(trt_log)
     network = builder.create_network(_network_flags(trt, mode == "strongly typed"))
     parser = trt.OnnxParser(network, trt_log)
@@ -398,7 +411,7 @@ def build_plan(
         raise CompileError(f"TensorRT's ONNX parser rejected {model!r}: {_parser_errors(parser)}")
     if progress is not None:
         progress("tensorrt: parse", 1, 1)
-    _check_inputs(network, profiles[0] if profiles else {}, model)
+    inputs = _check_inputs(network, profiles[0] if profiles else {}, model)
 
     config = builder.create_builder_config()
     if settings.workspace is not None:
@@ -439,7 +452,8 @@ def build_plan(
     for ranges in profiles:
         profile = builder.create_optimization_profile()
         for name, r in ranges.items():
-            profile.set_shape(name, r.min, r.opt, r.max)
+            if name in inputs:  # TensorRT drops graph inputs that nothing reads
+                profile.set_shape(name, r.min, r.opt, r.max)
         config.add_optimization_profile(profile)
 
     timing = _TimingCache(timing_cache) if timing_cache is not None else None
@@ -485,7 +499,9 @@ def _parser_errors(parser: Any) -> str:
     return "; ".join(found) + (f" (and {more} more)" if more > 0 else "") or "no error given"
 
 
-def _check_inputs(network: Any, ranges: Mapping[str, Range], model: Model) -> None:
+def _check_inputs(network: Any, ranges: Mapping[str, Range], model: Model) -> set[str]:
+    """The network's input names, once each is known to be a data tensor with a profile."""
+    names = set()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         if tensor.is_shape_tensor:
@@ -498,6 +514,8 @@ def _check_inputs(network: Any, ranges: Mapping[str, Range], model: Model) -> No
                 f"input {tensor.name!r} of {model!r} has dynamic shape {list(tensor.shape)} in "
                 "TensorRT but no optimization profile; give shapes={...} for it"
             )
+        names.add(tensor.name)
+    return names
 
 
 class _TimingCache:

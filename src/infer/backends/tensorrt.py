@@ -276,8 +276,7 @@ def _load_plan(
 
 def _runtime(trt: Any, own: build.Settings) -> Any:
     trt_log = build.logger(trt)
-    if hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(trt_log, "")
+    build.init_plugins(trt)
     runtime = trt.Runtime(trt_log)
     if own.version_compatible and hasattr(runtime, "engine_host_code_allowed"):
         # Version-compatible plans carry a lean runtime (host code); load it only when asked.
