@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .backends.base import Attempt, BackendInfo
 from .device import Capabilities, Device
 from .engine import Engine
@@ -47,6 +48,7 @@ __all__ = [
     "RuntimeFailure",
     "TensorSpec",
     "backends",
+    "convert",
     "devices",
 ]
 
