@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import importlib.util
 import logging
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,7 @@ class TensorRtBackend(Backend):
                 reasons.append(f"tensorrt is not installed ({e})")
             except Exception as e:  # a broken install: libraries that do not load
                 reasons.append(f"tensorrt failed to import ({type(e).__name__}: {e})")
-        elif importlib.util.find_spec("tensorrt") is None:  # no GPU: don't load its libraries
+        elif not _installed("tensorrt"):  # no GPU: don't load its libraries to say so
             reasons.append("tensorrt is not installed")
         if gpus and not reasons:
             why = cuda.unavailable()
@@ -133,6 +134,13 @@ class TensorRtBackend(Backend):
             raise CompileError(f"tensorrt could not read or write {model!r}'s files: {e}") from e
         except Exception as e:  # CUDA errors, TensorRT's own exceptions
             raise CompileError(f"tensorrt failed to compile {model!r} on {device}: {e}") from e
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a half-imported or stubbed module
+        return module in sys.modules
 
 
 # -- compile ----------------------------------------------------------------------------------
@@ -571,7 +579,7 @@ class TensorRtSession(Session):
             details=details,
         )
         limit = options.max_in_flight if not exclusive else None
-        self._pool = _Pool(self, count, exclusive, limit)
+        self._contexts = _Pool(self, count, exclusive, limit)
         self._exclusive = exclusive
 
     def plan_info(self, *, model: str, settings: build.Settings) -> dict[str, Any]:
@@ -635,7 +643,7 @@ class TensorRtSession(Session):
         fits = self._check.fitting(shapes) if self._check.names else (0,)
         index = self.device.index or 0
         cuda.set_device(index)
-        slot = self._pool.acquire(fits)
+        slot = self._contexts.acquire(fits)
         views: list[DeviceView] = []
         try:
             for name, value in devices.items():
@@ -669,7 +677,7 @@ class TensorRtSession(Session):
         finally:
             for v in views:
                 v.close()
-            self._pool.release(slot)
+            self._contexts.release(slot)
 
     def _enqueue(
         self,
@@ -818,7 +826,7 @@ class TensorRtSession(Session):
     # -- lifetime -----------------------------------------------------------------------------
 
     def _close(self) -> None:
-        self._pool.close()
+        self._contexts.close()
         self._engine = None
         self._runtime = None
 
