@@ -182,3 +182,36 @@ def test_the_session_shadows_nothing_of_the_base_session():
         }
         methods = {name for name, _ in inspect.getmembers(base_cls, callable)}
         assert not assigned & methods, f"{cls} overwrites {assigned & methods}"
+
+
+def qdq_model(zero_point):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["q"], name="quant_x"),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"], name="dequant_x"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [
+            numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+            numpy_helper.from_array(zero_point, "zero"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_asymmetric_quantization_is_refused_in_words():
+    from infer import CompileError
+    from infer.backends._trt_build import check_quantization
+
+    check_quantization(qdq_model(np.array(0, np.int8)), "m.onnx")
+    check_quantization(relu(), "m.onnx")  # no Q/DQ at all
+    with pytest.raises(
+        CompileError, match=r"node 'quant_x' \(QuantizeLinear\) has a uint8 zero point \[128\]"
+    ):
+        check_quantization(qdq_model(np.array(128, np.uint8)), "m.onnx")
+    with pytest.raises(CompileError, match=r"int8 zero point \[3\].*symmetric"):
+        check_quantization(qdq_model(np.array(3, np.int8)), "m.onnx")

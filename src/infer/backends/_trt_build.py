@@ -399,6 +399,7 @@ def build_plan(
         native = getattr(getattr(trt, "OnnxParserFlag", None), "NATIVE_INSTANCENORM", None)
         if native is not None:
             parser.set_flag(native)  # compatible plans cannot carry the InstanceNorm plugin
+    check_quantization(model.proto, repr(model))
     t0 = time.perf_counter()
     if progress is not None:
         progress("tensorrt: parse", 0, 1)
@@ -486,6 +487,40 @@ def build_plan(
             "compute_capability": compute_capability(device),
         }
     }
+
+
+def check_quantization(proto: Any, where: str) -> None:
+    """TensorRT runs Q/DQ graphs with zero points of 0 only (symmetric int8, fp8, int4); say so
+    before its parser does, naming the node. Zero points computed at run time are left to it."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return
+    constants = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[n.output[0]] = value
+    for n in graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
+            continue
+        zero = constants.get(n.input[2])
+        if zero is None:
+            continue
+        values = numpy_helper.to_array(zero)
+        unsigned = values.dtype.kind == "u"
+        if unsigned or np.any(values.astype(np.float64) != 0):
+            what = f"{values.dtype} zero point" + (
+                f" {values.reshape(-1)[:4].tolist()}" if values.size else ""
+            )
+            raise CompileError(
+                f"{where}: node {n.name or n.output[0]!r} ({n.op_type}) has a {what}; TensorRT "
+                "runs Q/DQ graphs with signed zero points of 0 only (symmetric quantization): "
+                "quantize activations and weights as symmetric int8"
+            )
 
 
 def _parser_errors(parser: Any) -> str:
