@@ -215,3 +215,13 @@ def test_asymmetric_quantization_is_refused_in_words():
         check_quantization(qdq_model(np.array(128, np.uint8)), "m.onnx")
     with pytest.raises(CompileError, match=r"int8 zero point \[3\].*symmetric"):
         check_quantization(qdq_model(np.array(3, np.int8)), "m.onnx")
+
+
+def test_options_are_checked_before_any_transform():
+    b = trt_backend()
+    with pytest.raises(infer.OptionError, match=r"unknown option\(s\) \['bacth'\]"):
+        b.supports(
+            Model.load(relu()),
+            gpu("fp32", "fp16"),
+            Options(precision="fp16", backend_options={"tensorrt": {"bacth": 4}}),
+        )

@@ -176,7 +176,7 @@ def test_torch_tensors_are_seen_in_place():
         __cuda_array_interface__ = t.__cuda_array_interface__
 
     v = da.view(CAIOnly())
-    assert (v.ptr, v.shape, v.dtype, v.stream) == (t.data_ptr(), (3, 4), np.float16, None)
+    assert (v.ptr, v.shape, v.dtype) == (t.data_ptr(), (3, 4), np.float16)
     transposed = da.view(t.t(), stream.handle)
     assert not transposed.contiguous
     transposed.close()
@@ -188,7 +188,8 @@ def test_cupy_arrays_are_seen_in_place():
     from infer import cuda
 
     a = cp.arange(8, dtype=cp.int32)
-    v = da.view(a, cuda.Stream().handle)
+    stream = cuda.Stream()  # alive while cupy orders its work before it
+    v = da.view(a, stream.handle)
     assert (v.ptr, v.shape, v.dtype, v.device) == (a.data.ptr, (8,), np.int32, 0)
     v.close()
 
@@ -274,7 +275,7 @@ def test_the_plan_cache_reuses_and_rebuilds(tmp_path):
         assert engine.details["plan"].startswith("plan from the cache")
         assert engine.details["build_seconds"] is None
     # Damage the plan (cut it in half) but keep the checksum right: only TensorRT can notice.
-    folder = next((tmp_path / "tensorrt-plan").glob("*/"))
+    (folder,) = [p for p in (tmp_path / "tensorrt-plan").iterdir() if p.is_dir()]
     plan = folder / "plan.engine"
     raw = plan.read_bytes()[: plan.stat().st_size // 2]
     plan.write_bytes(raw)
@@ -335,12 +336,16 @@ def test_precision_flags_are_feature_detected():
 
     model = cnn(seed=7)
     options = {"tensorrt": {"precision_flags": True}}
-    if hasattr(trt.BuilderFlag, "FP16") and HAS_PRECISION_TRANSFORM:
-        with load(model, precision="fp16", backend_options=options) as engine:
-            assert "FP16 flag" in engine.details["precision_mode"]
-    elif not hasattr(trt.BuilderFlag, "FP16"):
+    if not hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 11
         with pytest.raises(OptionError, match="FP16 flag is unavailable in TensorRT"):
             load(model, precision="fp16", backend_options=options)
+        return
+    if not HAS_PRECISION_TRANSFORM:
+        pytest.skip(
+            "infer.transforms.precision (the shared fp16/int8 transform) is not in this tree"
+        )
+    with load(model, precision="fp16", backend_options=options) as engine:
+        assert "FP16 flag" in engine.details["precision_mode"]
 
 
 @needs_trt
@@ -407,16 +412,15 @@ def test_threads_and_submit_agree_with_serial_runs():
 
 
 def nonzero_model() -> onnx.ModelProto:
-    """x: float32[N] -> idx: int64[1, ?] = NonZero(x > 0): an output shape only the data decides."""
+    """x: float32[N] -> idx: int64[1, ?] = NonZero(Relu(x)): an output shape only the data decides."""
     graph = helper.make_graph(
         [
-            helper.make_node("Greater", ["x", "zero"], ["positive"]),
+            helper.make_node("Relu", ["x"], ["positive"]),
             helper.make_node("NonZero", ["positive"], ["idx"]),
         ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
         [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, "K"])],
-        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -114,7 +114,15 @@ class TensorRtBackend(Backend):
                 "a TensorRT plan's precision was fixed when it was built; load the ONNX model "
                 f"to choose precision={options.precision!r}"
             )
-        return super().supports(model, device, options, variant)
+        why = super().supports(model, device, options, variant)
+        if why is None:
+            # The caller's options are checked before the precision transform runs for them.
+            own = build.settings(options.for_backend(self.name, build.OPTIONS))
+            if own.precision_flags:
+                import tensorrt as trt
+
+                build.precision_mode(trt, options.precision, own)
+        return why
 
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
