@@ -271,12 +271,13 @@ def torch_paths(d: dict[str, Any]) -> str:
     d["export_same_pointer"] = via_cai.data_ptr() == arr.ptr == via_dlpack.data_ptr()
     d["export_values_equal"] = bool(np.array_equal(via_dlpack.cpu().numpy(), data))
     # Import, with the ordering DLPack promises: torch writes on a side stream, infer reads on its own.
+    # DLPack orders the producer's *current* stream before ours, so export while it is current.
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
         big = torch.randn(4096, 4096, device="cuda")
         y = big @ big  # long enough that an unordered read would see stale memory
         y = y[:64, :64].contiguous()
-    got = _read_on_our_stream(y)
+        got = _read_on_our_stream(y)
     torch.cuda.synchronize()
     d["import_ordered_equal"] = bool(np.array_equal(got, y.cpu().numpy()))
     d["is_device_array"] = device_array.is_device_array(y) and not device_array.is_device_array(
@@ -315,7 +316,7 @@ def cupy_paths(d: dict[str, Any]) -> str:
         x = cp.arange(1 << 22, dtype=cp.float32)
         for _ in range(20):
             x = cp.sin(x) + 1
-    got = _read_on_our_stream(x[:256])
+        got = _read_on_our_stream(x[:256])
     d["import_ordered_equal"] = bool(np.array_equal(got, cp.asnumpy(x[:256])))
     if not all(d.values()):
         raise RuntimeError(f"zero copy with cupy failed: {d}")
