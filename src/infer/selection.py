@@ -36,10 +36,11 @@ class Choice:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("onnxruntime", "coreml", "reference")
+BACKENDS = ("tensorrt", "onnxruntime", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
+    Choice("tensorrt", "cuda"),
     Choice("onnxruntime", "cuda", "tensorrt"),
     Choice("onnxruntime", "cuda", "cuda"),
 )
