@@ -225,3 +225,17 @@ def test_options_are_checked_before_any_transform():
             gpu("fp32", "fp16"),
             Options(precision="fp16", backend_options={"tensorrt": {"bacth": 4}}),
         )
+
+
+def test_open_dimensions_pass_tensorrt_over_instead_of_stopping_the_load():
+    from . import models
+
+    gpu = Device("cuda", 0, "GPU", Capabilities(precisions=frozenset({"fp32", "fp16", "int8"})))
+    open_hw = Model.load(models.cnn(size="H"))  # input [N, 3, H, H]: only N can be derived
+    reason = trt_backend().supports(open_hw, gpu, Options())
+    assert reason and "leaves dimension(s)" in reason and "'H'" in reason
+    assert trt_backend().supports(open_hw, gpu, Options(shapes={"input": (1, 3, 64, 64)})) is None
+    with pytest.raises(
+        infer.OptionError, match="unknown input"
+    ):  # a wrong shapes= is still an error
+        trt_backend().supports(open_hw, gpu, Options(shapes={"nope": (1, 3, 64, 64)}))

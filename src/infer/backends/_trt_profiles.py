@@ -97,6 +97,10 @@ def parse_shape(name: str, value: Any) -> Range:
     return Range(lo, opt, hi)
 
 
+class OpenDimensions(OptionError):
+    """The model leaves dimensions that no profile can be derived for: `shapes=` must settle them."""
+
+
 def derive(
     specs: Sequence[TensorSpec],
     shapes: Mapping[str, Any],
@@ -182,7 +186,7 @@ def derive(
         else:
             ranges[spec.name] = Range(*(tuple(d[i] for d in dims) for i in range(3)))
     if missing:
-        raise OptionError(_missing_message(missing))
+        raise OpenDimensions(_missing_message(missing))
     return {s.name: ranges[s.name] for s in specs if s.name in ranges}
 
 

@@ -48,7 +48,7 @@ from ..model import Model, ModelFormat
 from ..options import Options
 from ..tensors import FeedValidator, TensorSpec, describe, dtype_info, spec_from_value_info
 from . import _trt_build as build
-from ._trt_profiles import ProfileCheck, Range, derive, summary
+from ._trt_profiles import OpenDimensions, ProfileCheck, Range, derive, summary
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Binding, Session, register
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,18 @@ class TensorRtBackend(Backend):
                 import tensorrt as trt
 
                 build.precision_mode(trt, options.precision, own)
+            if model.format is ModelFormat.ONNX:
+                # A model whose open dimensions need `shapes=` is passed over (ONNX Runtime
+                # takes it as it is); a `shapes=` that is itself wrong stays the caller's error.
+                try:
+                    derive(
+                        _onnx_inputs(model),
+                        options.shapes,
+                        max_batch=own.max_batch,
+                        hint=options.hint,
+                    )
+                except OpenDimensions as e:
+                    return str(e)
         return why
 
     def compile(
