@@ -108,9 +108,7 @@ def serve(
 def export_triton(
     model: Annotated[str, typer.Argument(help="The ONNX model (or a TensorRT plan).")],
     repo: Annotated[Path, typer.Option(help="The model repository folder.")],
-    name: Annotated[
-        str | None, typer.Option(help="Model name (default: the file's stem).")
-    ] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file's stem).")] = None,
     backend: Annotated[
         str, typer.Option(help="Triton backend: onnxruntime, tensorrt or openvino.")
     ] = "onnxruntime",
