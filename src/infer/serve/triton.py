@@ -547,11 +547,19 @@ def _load_failure(text: str, name: str) -> str | None:
 
 
 def _hint(reason: str) -> str:
-    if "libpython" in reason and "cannot open shared object" in reason:
+    """What to do about a model that failed to load, where the cause is the Python backend."""
+    version = "{}.{}".format(*sys.version_info[:2])
+    if "stub" in reason.lower() or "libpython" in reason:
         return (
-            "\nTriton's Python backend needs the shared Python library: install it "
-            "(Debian/Ubuntu: apt-get install libpython{}.{}) or use a Python built with "
-            "--enable-shared".format(*sys.version_info[:2])
+            f"\nTriton's Python backend stub needs the shared library libpython{version}.so: "
+            f"install it (Debian/Ubuntu: apt-get install libpython{version}) or use a Python "
+            "built with --enable-shared"
+        )
+    if "_recursion_count" in reason and _stub_library_dir() is None:
+        return (
+            f"\nThe stub ran the system's libpython{version} against this interpreter's "
+            "standard library, and they differ: use the system Python, or one built with "
+            "--enable-shared"
         )
     return ""
 
