@@ -290,7 +290,7 @@ def test_model_load_failures_are_read_from_tritons_log():
         "AttributeError: '_thread.RLock' object has no attribute '_recursion_count'\\n\"\n"
     )
     reason = triton_module._load_failure(line, "relu")
-    assert reason is not None and "_recursion_count" in reason
+    assert reason == "AttributeError: '_thread.RLock' object has no attribute '_recursion_count'"
     assert triton_module._load_failure(line, "other") is None
     fatal = "E1126 19:05:56.566643 12518 main.cc:245] \"failed to start GRPC service: Unavailable - Socket '127.0.0.1:1' already in use \"\n"
     assert triton_module._fatal_lines(fatal) == [
@@ -306,3 +306,21 @@ def test_import_infer_stays_light():
         "assert infer.ray.Predictor is infer.serve.ray.Predictor"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_without_the_libdir_fix_a_stub_failure_is_one_clear_error(monkeypatch):
+    """Where the system's libpython differs from this interpreter's (pyenv here), the stub fails
+    as the issue describes unless LIBDIR leads LD_LIBRARY_PATH; start() then says so."""
+    monkeypatch.setattr(triton_module, "_stub_library_dir", lambda: None)
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    server = infer.serve.triton(models.relu(), device="cpu", name="nofix", **port_kwargs())
+    try:
+        server.start()
+    except infer.serve.ServeError as e:
+        message = str(e)
+    else:
+        server.stop()
+        pytest.skip("the system's libpython is this interpreter's: the stub starts without help")
+    assert message.startswith("Triton could not load model 'nofix': ")
+    assert "_recursion_count" in message and "--enable-shared" in message
+    assert not server.running

@@ -2,6 +2,7 @@
 
     ds.map_batches(infer.ray.Predictor, fn_constructor_kwargs={"model": "m.onnx", "device": "cpu"},
                    concurrency=4, batch_size=64)
+    # Ray >= 2.51 spells concurrency=4 as compute=ray.data.ActorPoolStrategy(size=4)
 
     app = infer.ray.deployment("m.onnx", device="cpu", num_replicas=2)
     handle = ray.serve.run(app)

@@ -277,7 +277,10 @@ class TritonServer:
                 self._triton.run()
             except _ServerExited as e:
                 raise self._startup_error(str(e)) from None
-            except Exception as e:
+            except Exception as e:  # pytriton's own load request can fail first
+                failure = _load_failure(self.log(), self.name or "")
+                if failure:
+                    raise self._load_error(failure) from e
                 raise ServeError(f"Triton did not start: {e}\n{self._log_tail()}") from e
         self._wait_for_model(started)
         log.info(
@@ -300,11 +303,13 @@ class TritonServer:
                         return
                 failure = _load_failure(self.log(), self.name or "")
                 if failure or time.monotonic() > deadline:
-                    reason = failure or f"not ready after {self.startup_timeout_s:.0f} s"
-                    raise ServeError(
-                        f"Triton could not load model {self.name!r}: {reason}{_hint(reason)}"
+                    raise self._load_error(
+                        failure or f"not ready after {self.startup_timeout_s:.0f} s"
                     )
                 time.sleep(0.1)
+
+    def _load_error(self, reason: str) -> ServeError:
+        return ServeError(f"Triton could not load model {self.name!r}: {reason}{_hint(reason)}")
 
     def _startup_error(self, why: str) -> ServeError:
         fatal = _fatal_lines(self.log())
@@ -537,13 +542,16 @@ def _fatal_lines(text: str) -> list[str]:
 
 
 def _load_failure(text: str, name: str) -> str | None:
+    """Why Triton failed to load model `name`, from its log (a Python traceback: its error line)."""
     for m in _LOAD_FAILED.finditer(text):
         if m.group("name") == name:
             why = m.group("why").replace("\\n", "\n").replace('\\"', '"')
-            lines = [ln for ln in why.splitlines() if ln.strip()]
-            # A Python traceback: the last lines say what failed.
-            return "\n".join(lines[-3:]) if len(lines) > 3 else why
+            errors = [ln.strip() for ln in why.splitlines() if _EXCEPTION_LINE.match(ln.strip())]
+            return errors[-1] if "Traceback" in why and errors else why.strip()
     return None
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
 
 def _hint(reason: str) -> str:
