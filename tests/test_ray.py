@@ -69,6 +69,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_map_batches_equals_engine_run(local_ray):
     x = cnn_rows(300).astype(np.float64)  # float64 rows: cast=True must reach each actor
     ds = ray.data.from_items([{"id": i, "input": x[i]} for i in range(300)])
@@ -141,6 +142,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_deployment_batches_handle_and_http_calls(local_ray):
     from ray import serve
 

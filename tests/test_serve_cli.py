@@ -112,6 +112,7 @@ def test_serve_port_in_use_prints_one_line_and_exits_2(app, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
     """A fixed-batch model (served unbatched) in a real `serve` process; SIGTERM ends it with
     exit status 0 and frees its ports."""
