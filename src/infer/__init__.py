@@ -54,3 +54,12 @@ __all__ = [
 
 # Library convention: silent unless the application configures logging.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> object:
+    """`infer.serve` and `infer.ray` load on first use; neither imports a server or Ray until called."""
+    if name in ("serve", "ray"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
