@@ -71,9 +71,7 @@ def assert_matches_onnx(report: Inspection, proto: onnx.ModelProto) -> None:
     assert o.weights.count == len(proto.graph.initializer)
     assert o.weights.bytes == sum(a.nbytes for a in arrays)
     assert o.weights.parameters == sum(a.size for a in arrays)
-    constants = [
-        n for g, _ in graphs for n in g.node if n.op_type == "Constant" and n.domain == ""
-    ]
+    constants = [n for g, _ in graphs for n in g.node if n.op_type == "Constant" and n.domain == ""]
     assert o.constants.count == len(constants)
     const_arrays = [
         numpy_helper.to_array(a.t) for n in constants for a in n.attribute if a.name == "value"
@@ -149,7 +147,9 @@ def test_subgraph_reads_outer_scope():
         [
             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
             helper.make_node("Greater", ["s", "zero"], ["c"]),
-            helper.make_node("If", ["c"], ["y"], name="branch", then_branch=then, else_branch=other),
+            helper.make_node(
+                "If", ["c"], ["y"], name="branch", then_branch=then, else_branch=other
+            ),
         ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
@@ -238,7 +238,9 @@ def test_tensorrt_plan_bytes_say_what_is_known():
     report = infer.inspect(plan)
     assert report.format == "tensorrt-plan" and report.size_bytes == 204
     assert report.onnx is None and report.inputs == ()
-    onnx_backends = [s for s in report.backends if s.backend.startswith(("onnxruntime", "reference"))]
+    onnx_backends = [
+        s for s in report.backends if s.backend.startswith(("onnxruntime", "reference"))
+    ]
     assert onnx_backends and all(not s.ok for s in onnx_backends)
     assert all("takes onnx models, not tensorrt-plan" in s.reason for s in onnx_backends)
 
@@ -272,5 +274,5 @@ def test_results_are_frozen_and_json_ready(real_model):
 def test_not_a_model_is_a_model_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model at all")
-    with pytest.raises(infer.ModelError, match="bad.onnx"):
+    with pytest.raises(infer.ModelError, match=r"bad\.onnx"):
         infer.inspect(bad)

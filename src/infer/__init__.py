@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from .backends.base import Attempt, BackendInfo
+from .compare import compare
 from .device import Capabilities, Device
 from .engine import Engine
 from .errors import (
@@ -22,6 +23,7 @@ from .errors import (
     OptionError,
     RuntimeFailure,
 )
+from .inspect import inspect
 from .model import Model, ModelFormat
 from .selection import backends, devices
 from .tensors import TensorSpec
@@ -47,7 +49,9 @@ __all__ = [
     "RuntimeFailure",
     "TensorSpec",
     "backends",
+    "compare",
     "devices",
+    "inspect",
 ]
 
 # Library convention: silent unless the application configures logging.

@@ -404,27 +404,19 @@ def _bench_one(
 def _batched_shapes(
     specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None, batch: int
 ) -> tuple[dict[str, tuple[int, ...]], int, list[str]]:
-    """Input shapes with `batch` on every dynamic first dimension, the batch that applies,
-    and notes for the other dynamic dims defaulted to 1."""
+    """Input shapes with `batch` on every dynamic first dimension (whatever `shapes` says
+    about it), the batch that applies, and notes for other dynamic dims defaulted to 1."""
     resolved, notes = resolve_shapes(specs, shapes)
-    given = dict(shapes or {})
-    dynamic = [
-        s
-        for s in specs
-        if s.shape
-        and not isinstance(s.shape[0], int)
-        and s.name not in given
-        and not (isinstance(s.shape[0], str) and s.shape[0] in given)
-    ]
+    dynamic = [s.name for s in specs if s.shape and not isinstance(s.shape[0], int)]
     out = dict(resolved)
-    for s in dynamic:
-        out[s.name] = (batch, *resolved[s.name][1:])
-    notes = [n for n in notes if not any(n.startswith(f"{s.name}[0]") for s in dynamic)]
+    for name in dynamic:
+        out[name] = (batch, *resolved[name][1:])
+    notes = [n for n in notes if not any(n.startswith(f"{name}[0] ") for name in dynamic)]
     if dynamic:
         return out, batch, notes
     firsts = {v[0] for v in out.values() if v}
     used = firsts.pop() if len(firsts) == 1 else 1
-    if batch != used and batch != 1:
+    if batch not in (used, 1):
         raise InferError(
             f"batch {batch} cannot be run: no input has a dynamic first dimension "
             f"(inputs: {', '.join(f'{k}={list(v)}' for k, v in out.items())})"
