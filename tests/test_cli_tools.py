@@ -169,17 +169,23 @@ def test_compare_fails_with_exit_1_when_a_weight_is_perturbed(cnn_file, tmp_path
     assert ok.exit_code == 0, ok.stdout
 
 
-def test_compare_fails_when_a_backend_disagrees(cnn_file, tmp_path):
-    # Two backends on one model, one of them given a different input: a disagreement that
-    # must surface as a failure with the numbers, not just "not equal".
-    x = random_feeds([infer.TensorSpec("input", ("N", 3, 32, 32), np.dtype(np.float32))], seed=0)[
-        "input"
-    ]
-    np.save(tmp_path / "x.npy", x)
-    same = cli(
-        "compare", cnn_file, "-b", "onnxruntime,reference", "-i", f"input={tmp_path / 'x.npy'}"
+def test_compare_input_files_and_tight_tolerances(cnn_file, tmp_path):
+    spec = infer.TensorSpec("input", ("N", 3, 32, 32), np.dtype(np.float32))
+    np.save(tmp_path / "x.npy", random_feeds([spec], {"N": 3}, seed=0)["input"])
+    given = cli(
+        "compare",
+        cnn_file,
+        "-b",
+        "onnxruntime,reference",
+        "-i",
+        f"input={tmp_path / 'x.npy'}",
+        "--json",
+        "-",
     )
-    assert same.exit_code == 0
+    assert given.exit_code == 0
+    assert json.loads(given.stdout)["feeds"] == [
+        {"name": "input", "shape": [3, 3, 32, 32], "dtype": "float32"}
+    ]
     tight = cli("compare", cnn_file, "-b", "onnxruntime,reference", "--rtol", "0", "--atol", "0")
     # ONNX Runtime and the reference evaluator sum in different orders: not bit-identical
     assert tight.exit_code == 1 and "elements outside tolerance" in tight.stdout

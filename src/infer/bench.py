@@ -232,6 +232,7 @@ def benchmark(
     warmup: float = 0.5,
     concurrency: int = 1,
     shapes: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
     threads: int | None = None,
     cache_dir: str | Path | None = None,
@@ -244,6 +245,10 @@ def benchmark(
         warm-up run happen however long they take).
     concurrency: requests kept in flight (through Engine.submit); > 1 also asks backends
         for their throughput setting (hint="throughput").
+    shapes: sizes for dynamic dimensions (see `infer.feeds.resolve_shapes`); the first
+        dimension of every input where it is dynamic is the batch size.
+    inputs: arrays to use as they are for some inputs (a sample rate, a state); the others
+        are seeded random.
     cache_dir: where the cold load builds and the warm load reads back; default a temporary
         folder, so "cold" is truly cold. Give your cache folder to time loads with it.
     """
@@ -258,7 +263,8 @@ def benchmark(
     todo, skipped = targets(source, device, precision, backends)
     if not todo:
         why = "\n".join(f"  - {s.backend} on {s.device}: {s.reason}" for s in skipped)
-        raise InferError(f"no backend here can run {source!r} on {device} at {precision}:\n{why}")
+        what = name or (str(source.path) if source.path else repr(source))
+        raise InferError(f"no backend here can run {what} on {device} at {precision}:\n{why}")
     notes: list[str] = []
     results: list[Measurement] = []
     with _cache_folder(cache_dir) as folder:
@@ -272,6 +278,7 @@ def benchmark(
                 warmup=warmup,
                 concurrency=concurrency,
                 shapes=shapes,
+                given=dict(inputs or {}),
                 seed=seed,
                 threads=threads,
                 cache_dir=folder,
@@ -313,6 +320,7 @@ def _bench_one(
     warmup: float,
     concurrency: int,
     shapes: Mapping[str, Any] | None,
+    given: dict[str, np.ndarray],
     seed: int,
     threads: int | None,
     cache_dir: Path,
@@ -360,9 +368,9 @@ def _bench_one(
                 summary=summary,
             )
             try:
-                feed_shapes, batch_used, dims = _batched_shapes(engine.inputs, shapes, batch)
+                feed_shapes, batch_used, dims = _batched_shapes(engine.inputs, shapes, batch, given)
                 notes += [f"dynamic dimension {d} (set it with --shape)" for d in dims]
-                feeds = random_feeds(engine.inputs, feed_shapes, seed=seed)
+                feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
             except InferError as e:
                 out.append(Measurement(batch=batch, error=_one_line(e), **common))
                 continue
@@ -402,12 +410,19 @@ def _bench_one(
 
 
 def _batched_shapes(
-    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None, batch: int
+    specs: Sequence[TensorSpec],
+    shapes: Mapping[str, Any] | None,
+    batch: int,
+    given: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], int, list[str]]:
-    """Input shapes with `batch` on every dynamic first dimension (whatever `shapes` says
-    about it), the batch that applies, and notes for other dynamic dims defaulted to 1."""
-    resolved, notes = resolve_shapes(specs, shapes)
-    dynamic = [s.name for s in specs if s.shape and not isinstance(s.shape[0], int)]
+    """Input shapes with `batch` on every dynamic first dimension of a random input (whatever
+    `shapes` says about it), the batch that applies, and notes for other dynamic dims
+    defaulted to 1. Inputs in `given` keep their own shapes."""
+    given = given or {}
+    resolved, notes = resolve_shapes(specs, shapes, arrays=given)
+    dynamic = [
+        s.name for s in specs if s.shape and not isinstance(s.shape[0], int) and s.name not in given
+    ]
     out = dict(resolved)
     for name in dynamic:
         out[name] = (batch, *resolved[name][1:])

@@ -13,9 +13,11 @@ from rich.text import Text
 from .. import demo
 from ..bench import BenchReport, benchmark, plot
 from ..errors import OptionError
+from ..feeds import read_inputs
 from ._common import (
     DEMO,
     DeviceOpt,
+    InputOpt,
     PrecisionOpt,
     SeedOpt,
     ShapeOpt,
@@ -74,6 +76,7 @@ def bench_command(
         int, typer.Option("--concurrency", "-c", help="Requests kept in flight.")
     ] = 1,
     shape: ShapeOpt = None,
+    inputs: InputOpt = None,
     seed: SeedOpt = 0,
     threads: Annotated[
         int | None, typer.Option("--threads", help="Threads per backend (default: theirs).")
@@ -115,6 +118,7 @@ def bench_command(
             warmup=warmup,
             concurrency=concurrency,
             shapes=shapes_of(shape),
+            inputs=read_inputs(inputs or []),
             seed=seed,
             threads=threads,
             cache_dir=cache_dir,
