@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 import infer
 from infer import demo
 from infer.bench import BenchReport, Stats, benchmark, plot, targets
+from infer.feeds import random_feeds
 from infer.model import Model
 
 from . import models
@@ -149,3 +151,26 @@ def test_stats():
     s = Stats.of([0.001] * 98 + [0.002, 0.010])
     assert s.p50 == pytest.approx(1.0) and s.max == pytest.approx(10.0)
     assert s.p90 == pytest.approx(1.0) and 1.0 < s.p99 < 10.0
+
+
+def test_run_time_failures_are_reported_not_hung(real_model):
+    # Silero VAD rejects random 1-sample audio inside its STFT: a real runtime failure.
+    r = benchmark(
+        real_model("silero_vad"), device="cpu", backends="onnxruntime", duration=0.1, warmup=0
+    )
+    (m,) = r.results
+    assert not m.ok and "Pad" in m.error and m.latency is None
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_loop_surfaces_errors(real_model):
+    from infer.bench import _loop_concurrent
+
+    with infer.Engine.load(real_model("silero_vad"), backend="onnxruntime") as engine:
+        feeds = random_feeds(engine.inputs, seed=0)
+        with pytest.raises(infer.RuntimeFailure, match="Pad"):
+            _loop_concurrent(engine, feeds, 0.2, 3, 2, lambda s: None)
+    closed = infer.Engine.load(models.relu())
+    closed.close()
+    with pytest.raises(infer.EngineClosed):
+        _loop_concurrent(closed, {"x": np.ones((1, 3), np.float32)}, 0.2, 3, 2, lambda s: None)

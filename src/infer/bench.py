@@ -501,6 +501,9 @@ def _loop_concurrent(
             done.notify_all()
         slots.release()
 
+    def idle() -> bool:
+        return pending == 0
+
     start = clock()
     next_tick = start
     submitted = 0
@@ -515,11 +518,18 @@ def _loop_concurrent(
         t0 = clock()
         with done:
             pending += 1
-        fut = engine.submit(feeds)
+        try:
+            fut = engine.submit(feeds)
+        except BaseException:
+            with done:
+                pending -= 1
+                done.wait_for(idle)
+            slots.release()
+            raise
         submitted += 1
         fut.add_done_callback(lambda f, t0=t0: finished(f, t0))
     with done:
-        done.wait_for(lambda: pending == 0)
+        done.wait_for(idle)
     if errors:
         err = errors[0]
         raise err if isinstance(err, InferError) else InferError(str(err))

@@ -15,7 +15,7 @@ import infer
 
 from ..cache import Cache
 from ..engine import Engine
-from ..errors import InputError, OptionError
+from ..errors import InferError, InputError, OptionError
 from ..feeds import model_inputs, parse_shape, random_feeds, read_samples, resolve_shapes
 from ..model import ModelFormat
 from ._cache import Item, scan
@@ -128,23 +128,27 @@ def build_command(
                 k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
                 for k, v in shapes.items()
             }
-            resolved, _ = resolve_shapes(engine.inputs, first)
             start = time.perf_counter()
-            engine.run(random_feeds(engine.inputs, resolved))
-            console.print(
-                Text(
-                    f"  checked: one run on random inputs, {fmt_s(time.perf_counter() - start)}",
-                    style="dim",
+            try:
+                resolved, _ = resolve_shapes(engine.inputs, first)
+                engine.run(random_feeds(engine.inputs, resolved))
+            except InferError as e:  # built and cached all the same; random inputs may not suit
+                err().print(
+                    Text(
+                        f"warning: the check run on random inputs failed ({e}); "
+                        "the build is cached; use --no-check to skip the check",
+                        style="yellow",
+                    )
                 )
-            )
+            else:
+                took = fmt_s(time.perf_counter() - start)
+                console.print(Text(f"  checked: one run on random inputs, {took}", style="dim"))
     after = scan(cache)
     changed = [i for i in after if _changed(before.get(i.path), i)]
     if not changed:
         console.print(
-            f"nothing new in the cache: {engine.backend} keeps no artifact for this model "
-            f"(it builds in {fmt_s(seconds)} at every load)"
-            if not before
-            else "the cache already held everything this load needs"
+            f"nothing new in the cache: {engine.backend} keeps no artifact for this model, "
+            f"or the cache held it already (this load took {fmt_s(seconds)})"
         )
         return
     console.print(f"cached in {cache.root}:")
