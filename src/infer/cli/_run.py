@@ -112,11 +112,16 @@ def run_command(
             table.add_row("output", *_row(oname, arr))
         console.print(table)
     if save is not None:
-        np.savez(save, **{k: np.asarray(v) for k, v in outputs.items()})
-        out().print(f"outputs saved to {save}")
+        np.savez(_npz(save), **{k: np.asarray(v) for k, v in outputs.items()})
+        out().print(f"outputs saved to {_npz(save)}")
     if save_inputs is not None:
-        np.savez(save_inputs, **feeds)
-        out().print(f"inputs saved to {save_inputs}")
+        np.savez(_npz(save_inputs), **feeds)
+        out().print(f"inputs saved to {_npz(save_inputs)}")
+
+
+def _npz(path: Path) -> Path:
+    """The file np.savez writes: it adds .npz when the name lacks it."""
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
 def _row(name: str, arr: object) -> list[str]:
