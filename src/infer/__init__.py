@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .backends.base import Attempt, BackendInfo
 from .compare import compare
 from .device import Capabilities, Device
@@ -50,6 +51,7 @@ __all__ = [
     "TensorSpec",
     "backends",
     "compare",
+    "convert",
     "devices",
     "inspect",
 ]
