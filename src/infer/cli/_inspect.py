@@ -113,12 +113,19 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
             grid.add_row("outputs" if i == 0 else "", _spec(spec))
         if n.nodes is not None:
             grid.add_row("layers", str(n.nodes))
-    for i, s in enumerate(r.backends):
+    here = [s for s in r.backends if s.device != "-"]
+    absent = [s.backend for s in r.backends if s.device == "-"]
+    for i, s in enumerate(here):
         mark = Text("✓ ", style="green") if s.ok else Text("✗ ", style="red")
-        line = mark + Text(s.backend) + Text(f" on {s.device}" if s.device != "-" else "")
+        line = mark + Text(f"{s.backend} on {s.device}")
         if not s.ok:
             line.append(f": {s.reason}", style="dim")
         grid.add_row("backends" if i == 0 else "", line)
+    if absent:
+        grid.add_row(
+            "" if here else "backends",
+            Text(f"not available here: {', '.join(absent)} (see `infer devices`)", style="dim"),
+        )
     console.print(grid)
     histogram = o.op_types if o is not None else r.native.op_types if r.native else ()
     if histogram:
