@@ -28,8 +28,8 @@ from . import selection
 from .device import Device, cpu
 from .engine import Engine
 from .errors import InferError, OptionError
-from .feeds import random_feeds, resolve_shapes
-from .model import Model, ModelSource
+from .feeds import model_inputs, profile, random_feeds, resolve_shapes
+from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import TensorSpec
 
@@ -333,6 +333,7 @@ def _bench_one(
     kw: dict[str, Any] = dict(
         backend=label,
         precision=precision,
+        shapes=_profile(model, shapes, batches, given),
         hint="throughput" if concurrency > 1 else "latency",
         max_in_flight=concurrency if concurrency > 1 else None,
         threads=threads,
@@ -407,6 +408,25 @@ def _bench_one(
     finally:
         engine.close()
     return out
+
+
+def _profile(
+    model: Model,
+    shapes: Mapping[str, Any] | None,
+    batches: Sequence[int],
+    given: Mapping[str, np.ndarray],
+) -> dict[str, Any] | None:
+    """Build-time shapes covering every batch size, for backends that fix them (TensorRT)."""
+    if model.format is not ModelFormat.ONNX:
+        return None
+    specs = model_inputs(model)
+    sets = []
+    for batch in batches:
+        try:
+            sets.append(_batched_shapes(specs, shapes, batch, given)[0])
+        except InferError:
+            continue  # that batch will fail with its reason when it is run
+    return profile(sets) or None
 
 
 def _batched_shapes(

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from .engine import Engine
-from .errors import InputError, OptionError
-from .feeds import random_feeds
-from .model import Model, ModelSource
+from .errors import InferError, InputError, OptionError
+from .feeds import model_inputs, profile, random_feeds, resolve_shapes
+from .model import Model, ModelFormat, ModelSource
 from .options import PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,9 @@ def compare(
         partial = [dict(feeds)] if isinstance(feeds, Mapping) else [dict(f) for f in feeds]
         if not partial:
             raise InputError("feeds is an empty list")
+    load_options = dict(load_options or {})
+    if "shapes" not in load_options:
+        load_options["shapes"] = _profile(source, shapes, partial)
     for spec in specs:
         engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
         try:
@@ -244,6 +247,23 @@ def _engine(
     start = time.perf_counter()
     engine = Engine.load(model, device, backend=name, precision=prec, **dict(load_options or {}))
     return engine, spec, True, time.perf_counter() - start
+
+
+def _profile(
+    model: Model, shapes: Mapping[str, Any] | None, partial: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """Build-time shapes for the feeds compare will make, for backends that fix them."""
+    if model.format is not ModelFormat.ONNX:
+        return None
+    specs = model_inputs(model)
+    try:
+        sets = [
+            resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in p.items()})[0]
+            for p in partial
+        ]
+    except InferError:
+        return None  # the feeds will fail with the reason when they are made
+    return profile(sets) or None
 
 
 def _available(model: Model, device: str, precision: str) -> list[str]:

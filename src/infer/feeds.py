@@ -146,6 +146,26 @@ def resolve_shapes(
     return shapes, notes
 
 
+def profile(shape_sets: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
+    """`Engine.load(shapes=...)` covering every set of input shapes, for backends that build
+    for fixed shapes (TensorRT): an input's shape where all sets agree, else a (min, opt,
+    max) triple, element-wise, with opt the first set's shape."""
+    out: dict[str, Any] = {}
+    if not shape_sets:
+        return out
+    for name, first in shape_sets[0].items():
+        shapes = [tuple(s[name]) for s in shape_sets if name in s]
+        if len({len(x) for x in shapes}) != 1:
+            continue  # ranks differ: leave this input to the backend
+        if all(x == shapes[0] for x in shapes):
+            out[name] = tuple(first)
+        else:
+            lo = tuple(min(d) for d in zip(*shapes))
+            hi = tuple(max(d) for d in zip(*shapes))
+            out[name] = (lo, tuple(first), hi)
+    return out
+
+
 def _check_against(spec: TensorSpec, shape: tuple[int, ...]) -> None:
     if spec.shape is None:
         return
