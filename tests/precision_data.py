@@ -47,6 +47,13 @@ def orientation_feed(rng: np.random.Generator, batch: int = 1) -> np.ndarray:
     return np.ascontiguousarray(np.stack(out), dtype=np.float32)
 
 
+def page_tensor(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """float32[1, 3, height, width]: a synthetic page normalised as PP-OCR's detector expects."""
+    img = page(rng, max(height, width))[:height, :width]
+    chw = img.transpose(2, 0, 1).astype(np.float32) / 255.0
+    return np.ascontiguousarray(((chw - MEAN) / STD)[None], dtype=np.float32)
+
+
 def orientation_feeds(count: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [orientation_feed(rng) for _ in range(count)]

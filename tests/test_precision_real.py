@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import infer
 from infer import Calibration
 
-from .precision_data import CALIBRATION_SEED, HOLDOUT_SEED, orientation_feeds
+from .precision_data import CALIBRATION_SEED, HOLDOUT_SEED, orientation_feeds, page_tensor
 
 needs_openvino_backend = pytest.mark.skipif(
     importlib.util.find_spec("infer.backends.openvino") is None,
@@ -122,19 +122,26 @@ def test_ocr_detector_int8_runs_on_ort_and_openvino(real_model):
     symbolic shape inference gives up on it, so both fallbacks are exercised. OpenVINO 2026.4
     compiles the result (it was reported to refuse it; it does not here)."""
     path = real_model("ocr_det")
-    rng = np.random.default_rng(0)
-    feeds = [rng.random((1, 3, 160, 160), dtype=np.float32) for _ in range(3)]
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    feeds = [page_tensor(rng, 224, 224) for _ in range(8)]
     engine = infer.Engine.load(path, device="cpu", precision="int8", calibration=feeds)
     assert engine.backend == "onnxruntime"
-    assert engine.precision == "int8 (QDQ, minmax, 3 samples)"
+    assert engine.precision == "int8 (QDQ, minmax, 8 samples)"
     graph = onnx.load(_artifact())
     assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 13
-    x = rng.random((1, 3, 224, 192), dtype=np.float32)  # another size: H/W stay dynamic
+    x = page_tensor(np.random.default_rng(HOLDOUT_SEED), 224, 192)  # H/W stay dynamic
     ours = engine(x)
     assert ours.shape == (1, 1, 224, 192)
-    np.testing.assert_allclose(_openvino(_artifact())(x), ours, atol=0.05)
-    fp32 = infer.Engine.load(path, device="cpu")(x)
-    assert np.mean(np.abs(ours - fp32)) < 0.05  # probabilities of text per pixel
+    # OpenVINO and ONNX Runtime round differently in places; a sigmoid map amplifies that at
+    # text edges, so: close on average, and almost every pixel within 0.05.
+    apart = np.abs(_openvino(_artifact())(x) - ours)
+    assert apart.mean() < 0.01 and np.mean(apart > 0.05) < 0.02
+    report = infer.accuracy(engine, feeds=[x])  # against fp32 on the same backend
+    text = report["sigmoid_0.tmp_0"]  # probability of text, per pixel
+    # Post-training int8 costs this detector a lot (measured: mean abs 0.011, cosine 0.65 on a
+    # held-out page; NNCF does no better): the bound documents that, accuracy() shows it.
+    assert text.mean_abs < 0.03 and text.cosine > 0.5, report
+    assert text.top1 is None  # a [1, 1, H, W] map has no classes
 
 
 def qdq16_model() -> onnx.ModelProto:

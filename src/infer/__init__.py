@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 
 from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
-from .accuracy import AccuracyReport, OutputAccuracy, accuracy
+from .accuracy import AccuracyReport, accuracy
 from .backends.base import Attempt, BackendInfo
 from .calibration import Calibration
+from .compare import compare
 from .device import Capabilities, Device
 from .engine import Engine
 from .errors import (
@@ -25,6 +26,7 @@ from .errors import (
     OptionError,
     RuntimeFailure,
 )
+from .inspect import inspect
 from .model import Model, ModelFormat
 from .selection import backends, devices
 from .tensors import TensorSpec
@@ -49,15 +51,25 @@ __all__ = [
     "ModelError",
     "ModelFormat",
     "OptionError",
-    "OutputAccuracy",
     "RuntimeFailure",
     "TensorSpec",
     "accuracy",
     "backends",
     "cache",
+    "compare",
     "convert",
     "devices",
+    "inspect",
 ]
 
 # Library convention: silent unless the application configures logging.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> object:
+    """`infer.serve` and `infer.ray` load on first use; neither imports a server or Ray until called."""
+    if name in ("serve", "ray"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
