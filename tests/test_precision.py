@@ -222,6 +222,7 @@ def test_backends_state_which_int8_graph_they_run_best():
     assert ort_backend.int8_quantizer(cpu(), "tensorrt") == "onnxruntime-symmetric"
     assert ort_backend.int8_quantizer(cpu(), "openvino") == "nncf"
     assert base.get("reference").int8_quantizer(cpu()) == "onnxruntime"
+    assert base.get("tensorrt").int8_quantizer(cpu()) == "onnxruntime-symmetric"
     assert ort_backend.precisions(cpu(), "cpu") == {"fp32": "native", "int8": "graph"}
     assert base.get("reference").precisions(cpu()) == {
         "fp32": "native",
