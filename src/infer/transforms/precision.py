@@ -278,14 +278,13 @@ def _quantize_ort(
         "entropy": q.CalibrationMethod.Entropy,
         "percentile": q.CalibrationMethod.Percentile,
     }[calib.method]
-    symbolic = importlib.util.find_spec("sympy") is not None
     with tempfile.TemporaryDirectory(prefix="infer-int8-") as tmp:
         src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
         # Per-channel DequantizeLinear (its axis attribute) needs opset 13; the quantizer only
         # raises opsets below 10 itself.
         _save(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 11)), src)
         report("quantize", 0, 2)
-        _pre_process(q, model, src, pre, symbolic)
+        _pre_process(q, model, src, pre)
         report("quantize", 1, 2)
         ranges_key = Key.of(
             "calibration",
@@ -296,7 +295,6 @@ def _quantize_ort(
             percentile=calib.percentile if calib.method == "percentile" else None,
             symmetric=symmetric,
             limit=calib.limit,
-            symbolic_shapes=symbolic,
             onnx=onnx.__version__,
             onnxruntime=onnxruntime.__version__,
         )
@@ -351,17 +349,10 @@ def _at_least_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
         ) from e
 
 
-def _pre_process(q: Any, model: Model, src: Path, pre: Path, symbolic: bool) -> None:
-    """quant_pre_process: folds BatchNorm into Conv and fills in shapes. Its symbolic shape
-    inference needs sympy and gives up on some graphs (PP-OCR's detector); ONNX's shape
-    inference is then enough for static quantization."""
-    try:
-        q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=not symbolic)
-        return
-    except Exception as e:
-        if not symbolic:
-            raise CompileError(f"int8 pre-processing of {model!r} failed: {e}") from e
-        log.debug("symbolic shape inference failed on %r; using ONNX's", model, exc_info=True)
+def _pre_process(q: Any, model: Model, src: Path, pre: Path) -> None:
+    """quant_pre_process: folds BatchNorm into Conv and fills in shapes, with ONNX's shape
+    inference. Its symbolic shape inference is skipped: it needs sympy, gives up on some graphs
+    (PP-OCR's detector), and then leaves a sym_shape_infer_temp.onnx in the working directory."""
     try:
         q.quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     except Exception as e:
