@@ -364,14 +364,14 @@ def test_run_from_four_threads_equals_serial():
     with _load(models.cnn()) as engine:
         serial = [engine(x) for x in xs]
         errors: list[BaseException] = []
-        requests: set[int] = set()
+        requests: list = []  # kept alive, so their ids stay distinct
 
         def work(i: int) -> None:
             try:
                 for k in range(20):
                     j = (i + k) % len(xs)
                     assert np.array_equal(engine(xs[j]), serial[j])
-                requests.add(id(engine._session._request()))
+                requests.append(engine._session._request())
             except BaseException as e:
                 errors.append(e)
 
@@ -381,7 +381,7 @@ def test_run_from_four_threads_equals_serial():
         for t in threads:
             t.join()
         assert not errors, errors[0]
-        assert len(requests) == 4  # one InferRequest per thread
+        assert len({id(r) for r in requests}) == 4  # one InferRequest per thread
 
 
 def test_run_outputs_do_not_alias_the_next_run():
@@ -536,6 +536,14 @@ def test_backend_options_are_checked():
     with _load(models.relu(), threads=1) as engine:
         assert engine.details["threads"] == 1
         assert engine.details["config"]["INFERENCE_NUM_THREADS"] == 1
+        assert engine.details["cpu_pinning"] is False  # infer's default on the CPU
+    with _load(models.relu(), backend_options={"openvino": {"cpu_pinning": True}}) as engine:
+        assert engine.details["cpu_pinning"] is True
+    with _load(models.relu(), device="auto") as engine:
+        assert engine.details["cpu_pinning"] is False
+        assert engine.details["config"]["DEVICE_PROPERTIES"] == {
+            "CPU": {"ENABLE_CPU_PINNING": False}
+        }
 
 
 def test_auto_device_runs_the_auto_plugin_with_f32():

@@ -41,7 +41,7 @@ _OPTIONS: dict[str, Any] = {
     "num_streams": None,  # NUM_STREAMS: a positive int or "AUTO"; overrides what the hint picks
     "num_requests": None,  # PERFORMANCE_HINT_NUM_REQUESTS: caps the streams the hint creates
     "execution_mode": None,  # EXECUTION_MODE_HINT: "PERFORMANCE" or "ACCURACY"
-    "cpu_pinning": None,  # ENABLE_CPU_PINNING
+    "cpu_pinning": False,  # ENABLE_CPU_PINNING on the CPU (see _PINNING)
     "hyper_threading": None,  # ENABLE_HYPER_THREADING
     "auto_devices": None,  # device="auto" only: AUTO's candidates in order, e.g. "GPU,CPU"
     "submit_requests": None,  # size of the request pool behind submit(); default: see below
@@ -67,6 +67,13 @@ _OWNED = {
     "CACHE_DIR": "cache= / cache_dir=",
 }
 _EXECUTION_MODES = ("PERFORMANCE", "ACCURACY")
+
+# OpenVINO pins its CPU threads to cores by default on Linux. On a machine whose cores other
+# processes also use (shared hosts, containers under a CPU quota) a pinned thread cannot move off
+# a busy core: measured on a shared 2-core EPYC VM (OpenVINO 2026.4, load ~7), pinned vs not:
+# ocr_cls 3.8-10.5 ms vs 0.8-0.9 ms, cnn 15-16 vs 9-11 ms, ocr_det 170-201 vs 134-135 ms. So infer
+# turns pinning off unless backend_options {"cpu_pinning": True} asks for it.
+_PINNING = "ENABLE_CPU_PINNING"
 
 # Element types numpy and OpenVINO exchange directly; others cross as raw bytes.
 _NUMPY_BRIDGE = frozenset(
@@ -279,6 +286,7 @@ class OpenVinoBackend(Backend):
                 _property(compiled, None, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1
             ),
             "threads": _compiled_property(compiled, "INFERENCE_NUM_THREADS"),
+            "cpu_pinning": _compiled_property(compiled, _PINNING),
             "static_shapes": reshaped,
             "cache": cache,
             "load_s": load_s,
@@ -314,10 +322,17 @@ class OpenVinoBackend(Backend):
             "num_streams": "NUM_STREAMS",
             "num_requests": "PERFORMANCE_HINT_NUM_REQUESTS",
             "execution_mode": "EXECUTION_MODE_HINT",
-            "cpu_pinning": "ENABLE_CPU_PINNING",
             "hyper_threading": "ENABLE_HYPER_THREADING",
         }
         user = {prop: own[key] for key, prop in named.items() if own[key] is not None}
+        pinning = own["cpu_pinning"]
+        if target.startswith("AUTO"):
+            if "CPU" in core.available_devices:  # only the CPU plugin takes it
+                config["DEVICE_PROPERTIES"] = {"CPU": {_PINNING: pinning}}
+        elif _PINNING in supported:
+            config[_PINNING] = pinning
+        elif pinning is not _OPTIONS["cpu_pinning"]:
+            user[_PINNING] = pinning  # asked for on a device without it: refused below
         extra = dict(own["properties"])
         taken = sorted(set(extra) & set(_OWNED))
         if taken:
@@ -455,7 +470,9 @@ def _compiled_property(compiled: Any, name: str) -> Any:
         value = next(
             (p[name] for p in nested.values() if isinstance(p, Mapping) and name in p), None
         )
-    return int(value) if isinstance(value, (int, np.integer)) else value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)  # OpenVINO's enum-like ints (e.g. streams) as plain ints
+    return value
 
 
 def _supported_properties(core: Any, target: str) -> set[str]:
@@ -546,7 +563,8 @@ def _summary(d: Mapping[str, Any]) -> str:
     parts = [
         d["device"]
         + (f" -> {', '.join(d['execution_devices'])}" if d["execution_devices"] else ""),
-        "precision " + ", ".join(f"{k} {v}" for k, v in d["inference_precision"].items()),
+        "precision "
+        + (", ".join(f"{k} {v}" for k, v in d["inference_precision"].items()) or "unreported"),
         f"{d['hint'].lower()} hint, {d['streams'] or '?'} stream(s)",
     ]
     if d["static_shapes"]:
@@ -666,6 +684,8 @@ class OpenVinoSession(Session):
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """A request of its own whose output tensors are numpy buffers (the binding's, or the
         arrays given in `outputs`) that OpenVINO writes into; inputs are shared zero-copy."""
+        if self._closed:
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
         if isinstance(outputs, str):
             if outputs not in ("host", "device"):
                 raise OptionError(
