@@ -250,6 +250,21 @@ def test_bfloat16_inputs_and_outputs_cross_as_bfloat16():
     assert z.dtype == ml_dtypes.bfloat16 and z.astype(np.float32).tolist() == [3, 4.5, -6]
 
 
+def test_string_models_are_refused():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["s"], ["t"])],
+        "g",
+        [helper.make_tensor_value_info("s", TensorProto.STRING, ["N"])],
+        [helper.make_tensor_value_info("t", TensorProto.STRING, ["N"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with infer.Engine.load(model, device="cpu", backend=["openvino", "onnxruntime"]) as engine:
+        assert engine.backend == "onnxruntime"
+        refused = engine.selection[0]
+        assert refused.verdict == "unsupported" and "string tensors: s, t" in refused.reason
+
+
 # -- shapes -----------------------------------------------------------------------------------
 
 

@@ -51,13 +51,14 @@ _OPTIONS: dict[str, Any] = {
 # OpenVINO's OPTIMIZATION_CAPABILITIES -> infer's precision, and how OpenVINO runs it.
 _CAPABILITY_PRECISION = {"FP32": ("fp32", NATIVE), "BF16": ("bf16", HINT), "FP16": ("fp16", HINT)}
 _INT8_CAPABILITY = "INT8"
-# infer precision -> INFERENCE_PRECISION_HINT. int8 graphs keep f32 around their Q/DQ pairs.
+# infer precision -> INFERENCE_PRECISION_HINT. int8 graphs run the rest of the graph in f32
+# (f16 on a device without FP32, such as an NPU).
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _PRECISION_LABEL = {
     "fp32": "fp32",
     "bf16": "bf16 (OpenVINO hint)",
     "fp16": "fp16 (OpenVINO hint)",
-    "int8": "int8 (Q/DQ graph, f32 elsewhere)",
+    "int8": "int8 (Q/DQ graph)",
 }
 # Properties infer sets from its own options; `properties` may not override them.
 _OWNED = {
@@ -224,6 +225,10 @@ class OpenVinoBackend(Backend):
                 f"{self.ov_device(device)} runs {', '.join(runs)}, not {options.precision}: "
                 f"its OPTIMIZATION_CAPABILITIES are {listed}"
             )
+        if model.format is ModelFormat.ONNX and _string_io(model):
+            # Measured with 2026.4: a string Identity runs, then the process aborts at exit
+            # ("free(): invalid pointer") even through OpenVINO's own API.
+            return f"OpenVINO {_version()} corrupts memory with string tensors: {_string_io(model)}"
         if model.format is ModelFormat.OPENVINO and runs[options.precision] == GRAPH:
             return (
                 f"{options.precision} takes an ONNX model (infer quantizes ONNX graphs); "
@@ -243,7 +248,7 @@ class OpenVinoBackend(Backend):
         target = self.ov_device(device)
         if target == "AUTO" and own["auto_devices"]:
             target = f"AUTO:{own['auto_devices']}"
-        config = self._config(core, target, options, own)
+        config = self._config(core, target, options, own, self._hint(device, options.precision))
         cache_dir = None
         if options.cache:
             cache_dir = Cache(options.cache_dir).folder(
@@ -261,7 +266,7 @@ class OpenVinoBackend(Backend):
             ) from e
         load_s = time.perf_counter() - start
         effective = _inference_precisions(compiled)
-        want = _HINTS[options.precision]
+        want = config["INFERENCE_PRECISION_HINT"]
         wrong = {d: p for d, p in effective.items() if p != want}
         if wrong:
             raise CompileError(
@@ -305,11 +310,19 @@ class OpenVinoBackend(Backend):
             details=details,
         )
 
-    def _config(self, core: Any, target: str, options: Options, own: dict) -> dict[str, Any]:
+    def _hint(self, device: Device, precision: str) -> str:
+        caps = self._caps.get(device, frozenset())
+        if precision == "int8" and caps and "FP32" not in caps and "FP16" in caps:
+            return "f16"
+        return _HINTS[precision]
+
+    def _config(
+        self, core: Any, target: str, options: Options, own: dict, hint: str
+    ) -> dict[str, Any]:
         supported = _supported_properties(core, target)
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": options.hint.upper(),
-            "INFERENCE_PRECISION_HINT": _HINTS[options.precision],
+            "INFERENCE_PRECISION_HINT": hint,
         }
         if options.threads:
             if supported and "INFERENCE_NUM_THREADS" not in supported:
@@ -369,6 +382,25 @@ class OpenVinoBackend(Backend):
         if not options.shapes:
             return ov_model, None
         return ov_model, _reshape(ov, ov_model, options.shapes, model)
+
+
+def _version() -> str:
+    import openvino as ov
+
+    return ov.get_version().split("-")[0]
+
+
+def _string_io(model: Model) -> str:
+    """The ONNX model's string inputs/outputs, as text ("" when it has none)."""
+    from onnx import TensorProto
+
+    graph = model._skeleton.graph
+    names = [
+        v.name
+        for v in (*graph.input, *graph.output)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.STRING
+    ]
+    return ", ".join(names)
 
 
 def _check_options(own: dict[str, Any]) -> dict[str, Any]:
