@@ -25,6 +25,7 @@ from infer import (
 )
 from infer.backends import base
 from infer.backends.base import GRAPH, HINT, NATIVE
+from infer.backends.openvino import kind_and_index
 from infer.cache import Cache
 from infer.device import cpu
 from infer.options import Options
@@ -101,6 +102,14 @@ def test_probe_maps_openvino_devices_to_infer_devices():
     assert info.devices[0] == cpu() and info.devices[0].identity == cpu().identity
     assert "CPU (" in info.reason
     assert infer.Device("auto") in infer.devices()
+
+
+def test_openvino_device_names():
+    assert kind_and_index("CPU") == ("cpu", 0)
+    assert kind_and_index("GPU") == ("gpu", 0)
+    assert kind_and_index("GPU.1") == ("gpu", 1)
+    assert kind_and_index("NPU") == ("npu", 0)
+    assert kind_and_index("GNA") is None and kind_and_index("GPU.x") is None
 
 
 def test_precisions_follow_optimization_capabilities():
@@ -568,6 +577,81 @@ def test_auto_device_runs_the_auto_plugin_with_f32():
         assert engine.details["execution_devices"] and engine.details["inference_precision"]
         assert set(engine.details["inference_precision"].values()) == {"f32"}
         _assert_parity(engine.run({"input": x}), _ort_run(models.cnn(), {"input": x}))
+
+
+def _qdq_model() -> onnx.ModelProto:
+    """x -> Q/DQ -> MatMul with Q/DQ weights -> y: the form infer's int8 transform emits."""
+    rng = np.random.default_rng(14)
+    w = rng.integers(-100, 100, (8, 4)).astype(np.int8)
+    inits = [
+        onnx.numpy_helper.from_array(np.array(0.02, np.float32), "xs"),
+        onnx.numpy_helper.from_array(np.array(0, np.int8), "xz"),
+        onnx.numpy_helper.from_array(w, "w"),
+        onnx.numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+        onnx.numpy_helper.from_array(np.array(0, np.int8), "wz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
+        helper.make_node("MatMul", ["xd", "wd"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.skipif("INT8" not in CPU_CAPS, reason="this CPU has no INT8 in OpenVINO")
+def test_a_qdq_graph_compiles_as_int8_and_matches_onnxruntime():
+    # The engine hands GRAPH precisions a Q/DQ model; the backend's side is compiling it.
+    model = infer.Model.load(_qdq_model())
+    backend = base.get("openvino")
+    assert backend.precisions(cpu())["int8"] == GRAPH
+    session = backend.compile(model, cpu(), Options(precision="int8"), None)
+    try:
+        assert session.precision == "int8 (Q/DQ graph)"
+        assert session.details["inference_precision"] == {"CPU": "f32"}
+        x = np.random.default_rng(15).standard_normal((3, 8)).astype(np.float32)
+        _assert_parity(session.run({"x": x}), _ort_run(_qdq_model(), {"x": x}))
+    finally:
+        session.close()
+
+
+@pytest.mark.skipif(
+    "GPU" not in " ".join(ov.Core().available_devices),
+    reason="no Intel GPU here for OpenVINO's GPU plugin",
+)
+def test_intel_gpu_runs_fp32_and_fp16_when_offered():
+    x = np.random.default_rng(16).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    want = _ort_run(models.cnn(), {"input": x})
+    with _load(models.cnn(), device="gpu") as engine:
+        assert engine.device.kind == "gpu" and engine.details["device"].startswith("GPU")
+        assert set(engine.details["inference_precision"].values()) == {"f32"}
+        _assert_parity(engine.run({"input": x}), want)
+    if "fp16" in base.get("openvino").precisions(engine.device):
+        with _load(models.cnn(), device="gpu", precision="fp16") as engine:
+            assert engine.precision == "fp16 (OpenVINO hint)"
+            _assert_parity(engine.run({"input": x}), want, rel=1e-2)
+
+
+@pytest.mark.skipif(
+    "NPU" not in ov.Core().available_devices, reason="no NPU here for OpenVINO's NPU plugin"
+)
+def test_npu_is_first_choice_for_npu():
+    backend = base.get("openvino")
+    npu = backend.device_for(infer.Device("npu"))
+    runs = backend.precisions(npu)
+    precision = "fp32" if "fp32" in runs else "fp16"  # NPUs often list FP16 but not FP32
+    with infer.Engine.load(models.cnn(), device="npu", precision=precision) as engine:
+        assert engine.backend == "openvino" and engine.device.kind == "npu"
+        assert engine.selection[0].backend == "openvino"
 
 
 @pytest.mark.skipif(

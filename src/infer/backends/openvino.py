@@ -163,10 +163,10 @@ class OpenVinoBackend(Backend):
 
     def _device(self, core: Any, ov_name: str) -> Device | None:
         """infer's Device for one of OpenVINO's device names ("CPU", "GPU.1", "NPU")."""
-        kind_name, _, number = ov_name.partition(".")
-        kind = {"CPU": "cpu", "GPU": "gpu", "NPU": "npu"}.get(kind_name)
-        if kind is None:
+        parsed = kind_and_index(ov_name)
+        if parsed is None:
             return None
+        kind, index = parsed
         caps = _capabilities(core, ov_name)
         if kind == "cpu":
             device = cpu()  # the hardware probe's CPU, so cache keys match other backends'
@@ -175,7 +175,7 @@ class OpenVinoBackend(Backend):
             memory = _property(core, ov_name, "GPU_DEVICE_TOTAL_MEM_SIZE")
             device = Device(
                 kind,
-                int(number) if number.isdigit() else 0,
+                index,
                 str(full),
                 Capabilities(
                     vendor="Intel" if "intel" in str(full).lower() else "",
@@ -382,6 +382,15 @@ class OpenVinoBackend(Backend):
         if not options.shapes:
             return ov_model, None
         return ov_model, _reshape(ov, ov_model, options.shapes, model)
+
+
+def kind_and_index(ov_name: str) -> tuple[str, int] | None:
+    """("gpu", 1) for OpenVINO's "GPU.1"; "GPU" alone is index 0; None for kinds infer has not."""
+    kind_name, _, number = ov_name.partition(".")
+    kind = {"CPU": "cpu", "GPU": "gpu", "NPU": "npu"}.get(kind_name)
+    if kind is None or (number and not number.isdigit()):
+        return None
+    return kind, int(number or 0)
 
 
 def _version() -> str:
