@@ -17,7 +17,7 @@ def _model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)  # type-checks every node: no silent dtype slips
     return model
 
 

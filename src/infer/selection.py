@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,15 +46,19 @@ class Choice:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("onnxruntime", "openvino", "reference")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
+    Choice("tensorrt", "cuda"),
     Choice("onnxruntime", "cuda", "tensorrt"),
     Choice("onnxruntime", "cuda", "cuda"),
 )
 _ANE = (Choice("onnxruntime", "ane", "coreml"),)
 _REFERENCE = Choice("reference", "cpu", race=False)
+# Core ML runs .mlpackage/.mlmodel models only, which no other backend takes, so its rows never
+# stand in front of another backend for an ONNX model. Under "auto" it gets every compute unit.
+_COREML_AUTO = Choice("coreml", "auto", "all")
 # ONNX Runtime leads on the CPU: it runs the most of the ONNX spec, and no backend wins every
 # model on speed (see benchmarks/); backend="fastest" measures instead of assuming.
 # OpenVINO follows it. Measured by benchmarks/openvino_vs_ort.py (batch 1, shared 2-core EPYC VM,
@@ -75,14 +80,24 @@ TABLE: dict[str, tuple[Choice, ...]] = {
     "gpu": (
         *_CUDA,
         Choice("openvino", "gpu"),
+        Choice("coreml", "gpu"),
         Choice("onnxruntime", "gpu", "coreml"),
         Choice("onnxruntime", "gpu", "openvino"),
     ),
     "npu": (Choice("openvino", "npu"), Choice("onnxruntime", "npu", "openvino")),
-    "ane": _ANE,
-    "cpu": _CPU,
+    "ane": (Choice("coreml", "ane"), *_ANE),
+    # A Core ML package asked onto the CPU runs on Core ML's CPU_ONLY units (no other backend
+    # reads packages, so the row costs ONNX models nothing).
+    "cpu": (*_CPU, Choice("coreml", "cpu")),
     # OpenVINO's AUTO plugin picks among its own devices (an Intel GPU or NPU, else the CPU).
-    "auto": (*_CUDA, *_ANE, _CPU[0], Choice("openvino", "auto"), _REFERENCE),
+    "auto": (
+        *_CUDA,
+        _COREML_AUTO,
+        *_ANE,
+        _CPU[0],
+        Choice("openvino", "auto"),
+        _REFERENCE,
+    ),
 }
 
 
@@ -153,7 +168,9 @@ def select(
             continue
         why = b.supports(model, device, options, row.variant)
         if why:
-            attempts.append(Attempt(row.label, str(device), "unsupported", why))
+            # A backend that does not read the model's format is passed over, not fallen back from.
+            verdict = "unsupported" if model.format in b.formats else "skipped"
+            attempts.append(Attempt(row.label, str(device), verdict, why))
             continue
         start = time.perf_counter()
         try:
@@ -210,8 +227,16 @@ def _unavailable(info: BackendInfo) -> str:
 
 def _no_device(b: Backend, where: Device) -> str:
     found = ", ".join(str(d) for d in b.probe().devices) or "none"
-    notes = "; ".join(probe_hardware().notes) if where.kind in ("cuda", "gpu") else ""
-    return f"no {where} device for {b.name} (it sees: {found})" + (f"; {notes}" if notes else "")
+    notes = list(probe_hardware().notes) if where.kind in ("cuda", "gpu") else []
+    if where.kind in ("ane", "gpu") and not any(d.kind == "ane" for d in probe_hardware().devices):
+        notes.append(
+            f"no Apple silicon here ({platform.system()} {platform.machine()}): the Neural Engine "
+            "and Apple GPUs are reached through Core ML (coremltools) or onnxruntime's CoreML "
+            "execution provider, both on macOS"
+        )
+    return f"no {where} device for {b.name} (it sees: {found})" + (
+        f"; {'; '.join(notes)}" if notes else ""
+    )
 
 
 def _explain(attempts: Sequence[Attempt]) -> str:
@@ -410,7 +435,8 @@ def _eligible(
         return Attempt(row.label, str(where), "unavailable", _no_device(b, where))
     why = b.supports(model, device, options, row.variant)
     if why:
-        return Attempt(row.label, str(device), "unsupported", why)
+        verdict = "unsupported" if model.format in b.formats else "skipped"
+        return Attempt(row.label, str(device), verdict, why)
     return b, device
 
 

@@ -657,8 +657,8 @@ class OpenVinoSession(Session):
         self._input_names = [s.name for s in self.inputs]
         self._out_index = {s.name: i for i, s in enumerate(self.outputs)}
         self._out_dtypes = [s.dtype for s in self.outputs]
-        self._pool: _AsyncPool | None = None
-        self._pool_lock = threading.Lock()
+        self._async: _AsyncPool | None = None
+        self._async_lock = threading.Lock()
         self.details["submit_requests"] = self.default_in_flight()
 
     # -- run ----------------------------------------------------------------------------------
@@ -712,12 +712,12 @@ class OpenVinoSession(Session):
             raise EngineClosed(f"{self.backend} session on {self.device} is closed")
         feeds = self._validate(feeds)
         names = None if outputs is None else self._check_outputs(outputs)
-        pool = self._pool
+        pool = self._async
         if pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = _AsyncPool(self, self.default_in_flight())
-                pool = self._pool
+            with self._async_lock:
+                if self._async is None:
+                    self._async = _AsyncPool(self, self.default_in_flight())
+                pool = self._async
         return pool.submit(feeds, names)
 
     # -- bind ---------------------------------------------------------------------------------
@@ -750,9 +750,9 @@ class OpenVinoSession(Session):
     # -- lifetime -----------------------------------------------------------------------------
 
     def _close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        if self._async is not None:
+            self._async.close()
+            self._async = None
         self._local = threading.local()  # drops every thread's request
         self._compiled = None
 
