@@ -327,7 +327,8 @@ def test_ir_round_trip(tmp_path):
     with infer.Engine.load(xml, device="cpu") as engine:  # ONNX Runtime cannot take an IR
         assert engine.backend == "openvino" and engine.model.format is infer.ModelFormat.OPENVINO
         assert any(
-            a.backend == "onnxruntime[cpu]" and a.verdict == "unsupported" for a in engine.selection
+            a.backend == "onnxruntime[cpu]" and a.verdict in ("unsupported", "skipped")
+            for a in engine.selection
         )
         assert engine.inputs[0].name == "input"
         _assert_parity(engine.run({"input": x}), _ort_run(onnx_path, {"input": x}))
@@ -725,10 +726,11 @@ def test_fastest_times_each_candidate_and_caches_the_choice(tmp_path):
     proto = models.cnn()
     x = np.ones((1, 3, 32, 32), np.float32)
     with infer.Engine.load(proto, device="cpu", backend="fastest", cache_dir=tmp_path) as first:
-        verdicts = {a.backend: a for a in first.selection}
+        verdicts = {a.backend: a for a in first.selection if "ms median" in a.reason}
         assert set(verdicts) == {"onnxruntime[cpu]", "openvino"}  # the reference is not raced
+        assert "reference" not in {a.backend for a in first.selection}
         chosen = next(a for a in first.selection if a.verdict == "selected")
-        loser = next(a for a in first.selection if a is not chosen)
+        loser = next(a for a in verdicts.values() if a is not chosen)
         assert chosen.reason.startswith("fastest: ") and "ms median over" in chosen.reason
         assert loser.verdict == "skipped" and "slower than" in loser.reason
         want = first.run({"input": x})

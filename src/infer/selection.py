@@ -24,6 +24,7 @@ from .backends.base import GRAPH, Attempt, Backend, BackendInfo, Session
 from .cache import Cache, Key
 from .device import Device, probe_hardware
 from .errors import BackendUnavailable, CacheError, InferError, OptionError
+from .feeds import random_array
 from .model import Model
 from .options import Options
 from .tensors import TensorSpec
@@ -507,8 +508,9 @@ def _time_runs(session: Session, feeds: dict[str, np.ndarray]) -> tuple[float, i
 def race_feeds(
     specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds for `specs`: dynamic dims from `shapes` (a shape, or the opt of a
-    (min, opt, max) triple), else 1 on the first axis and RACE_DIM elsewhere."""
+    """Seeded random feeds for `specs` (values as `infer.feeds` makes them): dynamic dims from
+    `shapes` (a shape, or the opt of a (min, opt, max) triple), else 1 on the first axis and
+    RACE_DIM elsewhere, since 1x1 images would time nothing a real input does."""
     rng = np.random.default_rng(seed)
     shapes = shapes or {}
     feeds = {}
@@ -529,16 +531,7 @@ def race_feeds(
             else (1 if axis == 0 else RACE_DIM)
             for axis, d in enumerate(dims)
         )
-        dtype = spec.dtype
-        if dtype.kind == "f" or dtype.kind == "V":
-            value = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            value = rng.random(shape) < 0.5
-        elif dtype.kind in "iu":
-            value = rng.integers(0, 4, shape).astype(dtype)
-        else:
-            value = np.full(shape, "", dtype=object)
-        feeds[spec.name] = value
+        feeds[spec.name] = random_array(shape, spec.dtype, rng)
     return feeds
 
 
