@@ -63,12 +63,13 @@ _COREML_AUTO = Choice("coreml", "auto", "all")
 # ONNX Runtime leads on the CPU: it runs the most of the ONNX spec, and no backend wins every
 # model on speed (see benchmarks/); backend="fastest" measures instead of assuming.
 # OpenVINO follows it. Measured by benchmarks/openvino_vs_ort.py (batch 1, shared 2-core EPYC VM,
-# two runs, OpenVINO's CPU pinning off as infer sets it): OpenVINO over ONNX Runtime latency was
-# ocr_det 0.38-0.72x, ocr_rec 0.34-0.40x, cnn 0.43-0.64x, ocr_cls 0.88-1.09x, orientation
-# 1.02-1.31x. OpenVINO is faster on most of these, yet not on every model, and ONNX Runtime
-# stays first because it is the safer default: it loads 2.5-7x faster than OpenVINO compiles
-# cold (ocr_det 32 vs 176 ms), it runs models OpenVINO cannot convert (silero_vad's nested If),
-# and it rounds f32 -> bf16 Casts to nearest as ONNX does where OpenVINO's CPU plugin truncates.
+# three runs, OpenVINO's CPU pinning off as infer sets it): OpenVINO over ONNX Runtime latency was
+# ocr_det 0.38-0.72x, ocr_rec 0.34-0.40x, cnn 0.43-1.05x, ocr_cls 0.83-1.09x, orientation
+# 0.62-1.31x, a one-node model ~10x (per-call cost). OpenVINO is often faster, but not on every
+# model nor in every run, and ONNX Runtime stays first as the safer default: it loads 2.5-7x
+# faster than OpenVINO compiles cold (ocr_det 32 vs 176 ms), it runs models OpenVINO cannot
+# convert (silero_vad's nested If), and it rounds f32 -> bf16 Casts to nearest as ONNX does where
+# OpenVINO's CPU plugin truncates.
 # For speed, backend="fastest" times both on the model and caches the winner.
 _CPU = (
     Choice("onnxruntime", "cpu", "cpu"),
