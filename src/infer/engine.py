@@ -61,7 +61,8 @@ class Engine:
 
         device: "auto", "cpu", "cuda[:N]", "gpu[:N]", "npu" or "ane".
         backend: force one backend ("onnxruntime", "openvino", "onnxruntime[cuda]", ...) —
-            its failure is then an error — or give a list to try in that order.
+            its failure is then an error — or give a list to try in that order; "fastest"
+            times every eligible backend on the model and keeps the fastest (cached).
         precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
         cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
