@@ -105,7 +105,7 @@ def cnn(
     nodes, inits = [], []
     prev, cin = "input", 3
     for i in range(depth):
-        w = rng.standard_normal((channels, cin, 3, 3)).astype(np.float32) * np.sqrt(2.0 / (cin * 9))
+        w = rng.standard_normal((channels, cin, 3, 3)).astype(np.float32) * np.float32(np.sqrt(2.0 / (cin * 9)))
         inits += [
             numpy_helper.from_array(w, f"conv{i}.w"),
             numpy_helper.from_array(
@@ -140,7 +140,7 @@ def cnn(
             helper.make_node("Relu", [f"n{i}"], [f"r{i}"]),
         ]
         prev, cin = f"r{i}", channels
-    fc = rng.standard_normal((classes, channels)).astype(np.float32) * np.sqrt(1.0 / channels)
+    fc = rng.standard_normal((classes, channels)).astype(np.float32) * np.float32(np.sqrt(1.0 / channels))
     inits += [
         numpy_helper.from_array(fc, "fc.w"),
         numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"),
