@@ -133,6 +133,8 @@ def select(
         try:
             target = transform(model, b, device, row.variant) if transform else model
             session = b.compile(target, device, options, row.variant)
+        except OptionError:
+            raise  # the caller's mistake: no other backend would make it right
         except InferError as e:
             attempts.append(
                 Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
@@ -146,7 +148,7 @@ def select(
         )
         _warn_on_fallback(attempts)
         return session, attempts
-    if forced and last_error is not None and len(rows) == 1:
+    if forced and last_error is not None:  # a named backend's own failure, not "none could"
         raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
