@@ -25,6 +25,7 @@ from .errors import (
 from .model import Model, ModelFormat
 from .selection import backends, devices
 from .tensors import TensorSpec
+from .transforms.preprocess import Preprocess
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "ModelError",
     "ModelFormat",
     "OptionError",
+    "Preprocess",
     "RuntimeFailure",
     "TensorSpec",
     "backends",

@@ -382,7 +382,9 @@ class ImagePreprocess(Preprocess):
         th, tw = self._need_size()
         fh, fw = self._frame_hw(frame_shape)
         (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw)
-        return ResizeMeta(frame=(fh, fw), size=(th, tw), resized=(rh, rw), offset=(oh, ow))
+        return ResizeMeta(
+            frame=(fh, fw), size=(th, tw), resized=(int(rh), int(rw)), offset=(int(oh), int(ow))
+        )
 
     def unletterbox(
         self, boxes: Any, frame_shape: Sequence[int], *, clip: bool = False
