@@ -362,17 +362,19 @@ def test_fused_model_is_cached_and_reused(_isolated_cache):
     assert e1.model.path.is_relative_to(_isolated_cache)
     digest = Model.load(model).digest
 
-    def entries():  # the cache folder is shared by the test session: count this model's
+    def entries(specs):  # the cache folder is shared by the test session: look for ours
         found = Cache(_isolated_cache).entries("onnx-preprocess")
-        return [e for e in found if e.meta["key"]["model"] == digest]
+        want = {"model": digest, "preprocess": pre_mod.specs_digest(specs)}
+        return [e for e in found if want.items() <= e.meta["key"].items()]
 
-    (entry,) = entries()
-    key = entry.meta["key"]
-    assert set(key) == {"model", "preprocess", "onnx", "format"}
-    assert key["onnx"] == onnx.__version__
-    assert key["preprocess"] == pre_mod.specs_digest(e1.preprocess)
-    infer.Engine.load(model, backend="onnxruntime", preprocess=dataclasses.replace(pre, std=None))
-    assert len(entries()) == 2
+    (entry,) = entries(e1.preprocess)
+    assert set(entry.meta["key"]) == {"model", "preprocess", "onnx", "format"}
+    assert entry.meta["key"]["onnx"] == onnx.__version__
+    assert entry.path == e1.model.path.parent
+    other = dataclasses.replace(pre, std=None)
+    e4 = infer.Engine.load(model, backend="onnxruntime", preprocess=other)
+    (entry4,) = entries(e4.preprocess)
+    assert entry4.path != entry.path and len(entries(e1.preprocess)) == 1
     e3 = infer.Engine.load(model, backend="onnxruntime", preprocess=pre, cache=False)
     assert e3.model.path is None and e3.preprocess == e1.preprocess
 

@@ -235,7 +235,7 @@ class Engine:
         endless iterable is consumed lazily. An error is raised at its item's position, and
         the runs still pending are cancelled when the caller stops iterating.
         """
-        window = max_in_flight or self.max_in_flight
+        window = self.max_in_flight if max_in_flight is None else max_in_flight
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise OptionError(f"max_in_flight must be a positive integer, got {window!r}")
         return self._map(iter(feeds), outputs, window)

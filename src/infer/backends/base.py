@@ -186,6 +186,9 @@ class Session(abc.ABC):
         slots.acquire()
         try:
             fut = executor.submit(self.run, feeds, outputs)
+        except RuntimeError as e:  # the pool was shut down by close()
+            slots.release()
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed") from e
         except BaseException:
             slots.release()
             raise
@@ -234,12 +237,14 @@ class Session(abc.ABC):
         return self._closed
 
     def close(self) -> None:
-        """Free the runtime's resources; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        """Finish the runs already submitted, then free the runtime's resources; idempotent."""
+        with self._exec_lock:
+            if self._closed:
+                return
+            if self._executor is not None:
+                # Submitted runs still run (they check `closed`); new submits are refused.
+                self._executor.shutdown(wait=True)
+            self._closed = True
         self._close()
 
     def _close(self) -> None:
