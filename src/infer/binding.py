@@ -250,11 +250,11 @@ class FeedCheck:
                 return feeds  # type: ignore[return-value]
         out = self._check(feeds)
         # Remember the arrays that passed unchanged (not cast or copied).
-        self._last = {
-            n: (v, v.shape)
-            for n, v in out.items()
-            if v is feeds.get(n) and isinstance(v, (np.ndarray, DeviceArray))
-        }
+        last = {}
+        for n, v in out.items():
+            if v is feeds.get(n) and (type(v) is np.ndarray or isinstance(v, DeviceArray)):
+                last[n] = (v, v.shape)
+        self._last = last
         return out
 
     def _check(self, feeds: Mapping[str, Any]) -> dict[str, Any]:

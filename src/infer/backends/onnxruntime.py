@@ -398,8 +398,10 @@ class OnnxRuntimeBinding(Binding):
         c_io, c_sess = getattr(self._io, "_iobinding", None), getattr(sess, "_sess", None)
         if c_io is not None and hasattr(c_sess, "run_with_iobinding"):
             self._run_bound = functools.partial(c_sess.run_with_iobinding, c_io, None)
+            self._bind_numpy = c_io.bind_input  # (name, array): the array's memory, no copy
         else:
             self._run_bound = functools.partial(sess.run_with_iobinding, self._io)
+            self._bind_numpy = self._io.bind_cpu_input
         gpu = session.device.kind == "cuda"
         self._where = ("cuda", session.device.index or 0) if gpu else ("cpu", 0)
         self._plan = parse_outputs(session, outputs, device_outputs=gpu)
@@ -413,13 +415,16 @@ class OnnxRuntimeBinding(Binding):
         self._dynamic: set[str] = set()  # outputs whose shape depends on input values
 
     def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        changed = False
+        reshaped = False
         bound, shapes = self._bound, self._shapes
         for name, value in feeds.items():
-            if bound.get(name) is not value or shapes[name] != value.shape:
+            if bound.get(name) is not value:
+                reshaped |= shapes.get(name) != value.shape
                 self._bind_input(name, value)
-                changed = True
-        if changed:
+            elif shapes[name] != value.shape:  # reshaped in place
+                reshaped = True
+                self._bind_input(name, value)
+        if reshaped or self._signature is None:
             signature = tuple(shapes[n] for n in sorted(shapes))
             if signature != self._signature:
                 self._signature = None
@@ -451,7 +456,7 @@ class OnnxRuntimeBinding(Binding):
         if isinstance(value, DeviceArray):
             self._bind_device_input(name, value)
         elif value.dtype in _NUMPY_BRIDGE:
-            self._io.bind_cpu_input(name, value)
+            self._bind_numpy(name, value)  # self._bound keeps the array alive
         else:  # bfloat16, float8: same bytes as ml_dtypes' arrays, bound by pointer
             onnx_type = dtype_info(value.dtype).onnx
             self._io.bind_input(name, "cpu", 0, onnx_type, list(value.shape), value.ctypes.data)

