@@ -50,8 +50,8 @@ def naive_numpy(spec: ImagePreprocess, frame: np.ndarray) -> np.ndarray:
     th, tw = spec.size
     fh, fw = x.shape[1:3]
     (rh, oh), (rw, ow) = _placement(spec.resize, fh, fw, th, tw)
-    ys = _source_index("linear", th, fh, rh, oh, np)
-    xs = _source_index("linear", tw, fw, rw, ow, np)
+    ys = _source_index("linear", th, fh, rh, oh)
+    xs = _source_index("linear", tw, fw, rw, ow)
     top = x[:, ys.i0][:, :, xs.i0] * (1 - xs.weight)[None, None, :, None]
     top += x[:, ys.i0][:, :, xs.i1] * xs.weight[None, None, :, None]
     bot = x[:, ys.i1][:, :, xs.i0] * (1 - xs.weight)[None, None, :, None]

@@ -17,6 +17,7 @@ import infer
 from infer import InputError, OptionError, Preprocess
 from infer.cache import Cache
 from infer.model import Model
+from infer.tensors import dtype_info
 from infer.transforms import preprocess as pre_mod
 
 from . import models
@@ -492,3 +493,20 @@ def test_wrong_raw_input_is_an_input_error():
         spec.apply(np.zeros((1, 8, 8, 4), np.uint8))
     with pytest.raises(OptionError, match="size is None"):
         Preprocess.image().apply(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_bfloat16_model_input_gets_bfloat16():
+    pre = Preprocess.image(size=(8, 8), **IMAGENET)
+    model = models._model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        opset=21,
+    )
+    engine = infer.Engine.load(model, backend="onnxruntime", preprocess=pre)
+    spec = engine.preprocess["x"]
+    assert spec.dtype == "bfloat16"
+    x = _frames((2, 21, 13, 3))
+    want = spec.apply(x)
+    assert want.dtype == dtype_info("bfloat16").numpy
+    np.testing.assert_array_equal(engine.run({"x": x})["y"], want.astype(np.float32))

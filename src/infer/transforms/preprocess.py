@@ -39,9 +39,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
+from ..cache import Cache, Key
 from ..errors import InputError, ModelError, OptionError
 from ..model import Model, ModelFormat
-from ..tensors import TensorSpec, dtype_info, spec_from_value_info
+from ..tensors import TensorSpec, describe, dtype_info, spec_from_value_info
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +258,9 @@ def _dtype_name(kind: str, field: str, value: Any, *, floats: bool) -> str:
         info = dtype_info(value if isinstance(value, str) else np.dtype(value))
     except (KeyError, TypeError) as e:
         raise OptionError(f"{_where(kind, field)} {value!r} is not an element type") from e
-    if floats and info.numpy.kind != "f":
+    if floats and not _is_float(info.numpy):
         raise OptionError(f"{_where(kind, field)} must be a float type, got {info.name}")
-    if not floats and info.numpy.kind not in "biuf":
+    if not floats and info.numpy.kind not in "biuf" and not _is_float(info.numpy):
         raise OptionError(f"{_where(kind, field)} must be a numeric type, got {info.name}")
     return info.name
 
@@ -413,7 +414,7 @@ class ImagePreprocess(Preprocess):
         """Frames (in `source_layout`, of `source_dtype`) -> the model's input tensor."""
         th, tw = self._need_size()
         x = np.asarray(array)
-        want = np.dtype(self.source_dtype)
+        want = _np(self.source_dtype)
         if x.dtype != want:
             raise InputError(f"Preprocess.apply: expected {want.name} frames, got {x.dtype.name}")
         if x.ndim != len(self.source_layout):
@@ -439,8 +440,8 @@ class ImagePreprocess(Preprocess):
             v = x.astype(np.float32)
         else:
             (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw)
-            ys = _source_index(self.interpolation, th, fh, rh, oh, np)
-            xs = _source_index(self.interpolation, tw, fw, rw, ow, np)
+            ys = _source_index(self.interpolation, th, fh, rh, oh)
+            xs = _source_index(self.interpolation, tw, fw, rw, ow)
             v = _np_sample(x, ys, xs, hax, wax, self.interpolation)
         target = self.layout
         v = v.transpose([layout4.index(c) for c in target])
@@ -455,7 +456,7 @@ class ImagePreprocess(Preprocess):
         shape = [1] * 4
         shape[out_c] = len(a)
         v = v * a.reshape(shape) + b.reshape(shape)
-        return np.ascontiguousarray(v.astype(np.dtype(self.dtype or "float32")))
+        return np.ascontiguousarray(v.astype(_np(self.dtype or "float32")))
 
     # -- with a model ---------------------------------------------------------------------------
 
@@ -463,7 +464,7 @@ class ImagePreprocess(Preprocess):
         where = f"preprocess for input {spec.name!r} ({_describe(spec)})"
         if spec.shape is None or len(spec.shape) != 4:
             raise OptionError(f"{where}: an image spec needs a rank-4 model input ({self.layout})")
-        if spec.dtype.kind != "f":
+        if not _is_float(spec.dtype):
             raise OptionError(f"{where}: an image spec needs a float model input")
         model_dtype = dtype_info(spec.dtype).name
         if self.dtype is not None and self.dtype != model_dtype:
@@ -499,7 +500,7 @@ class ImagePreprocess(Preprocess):
         return TensorSpec(
             spec.name,
             tuple(values[c] for c in self.source_layout),
-            np.dtype(self.source_dtype),
+            _np(self.source_dtype),
         )
 
     def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
@@ -589,7 +590,7 @@ class TensorPreprocess(Preprocess):
             if (
                 isinstance(getattr(self, name), tuple)
                 and self.dtype is not None
-                and np.dtype(self.dtype).kind != "f"
+                and not _is_float(_np(self.dtype))
             ):
                 raise OptionError(f"{_where(k, name)} needs a float dtype, got {self.dtype}")
 
@@ -600,11 +601,11 @@ class TensorPreprocess(Preprocess):
     def apply(self, array: Any) -> np.ndarray:
         """The raw tensor -> the model's input tensor."""
         x = np.asarray(array)
-        if self.source_dtype is not None and x.dtype != np.dtype(self.source_dtype):
+        if self.source_dtype is not None and x.dtype != _np(self.source_dtype):
             raise InputError(
                 f"Preprocess.apply: expected {self.source_dtype} input, got {x.dtype.name}"
             )
-        dtype = np.dtype(self.dtype) if self.dtype is not None else x.dtype
+        dtype = _np(self.dtype) if self.dtype is not None else x.dtype
         if self.transpose is not None:
             if x.ndim != len(self.transpose):
                 raise InputError(
@@ -621,13 +622,13 @@ class TensorPreprocess(Preprocess):
     def _resolve(self, spec: TensorSpec) -> TensorPreprocess:
         where = f"preprocess for input {spec.name!r} ({_describe(spec)})"
         model_dtype = dtype_info(spec.dtype).name
-        if spec.dtype.kind not in "biuf":
+        if spec.dtype.kind not in "biuf" and not _is_float(spec.dtype):
             raise OptionError(f"{where}: a tensor spec needs a numeric model input")
         if self.dtype is not None and self.dtype != model_dtype:
             raise OptionError(
                 f"{where}: dtype {self.dtype!r} does not match the model's {model_dtype}"
             )
-        if self._is_affine and spec.dtype.kind != "f":
+        if self._is_affine and not _is_float(spec.dtype):
             raise OptionError(
                 f"{where}: scale/offset need a float model input, it is {model_dtype}"
             )
@@ -659,14 +660,15 @@ class TensorPreprocess(Preprocess):
             for model_axis, raw_axis in enumerate(self.transpose):
                 raw[raw_axis] = shape[model_axis]
             shape = tuple(raw)
-        return TensorSpec(spec.name, shape, np.dtype(self.source_dtype or spec.dtype))
+        source = _np(self.source_dtype) if self.source_dtype else spec.dtype
+        return TensorSpec(spec.name, shape, source)
 
     def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
         x = raw
         if self.transpose is not None:
             x = g.op("Transpose", [x], perm=list(self.transpose))
         compute = _compute_dtype(spec.dtype)
-        if np.dtype(self.source_dtype) != compute:
+        if _np(self.source_dtype) != compute:  # type: ignore[arg-type]
             x = g.op("Cast", [x], to=dtype_info(compute).onnx)
         if self._is_affine:
             x = g.op("Mul", [x, g.const(np.asarray(self.scale, compute))])
@@ -679,17 +681,30 @@ class TensorPreprocess(Preprocess):
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float16/bfloat16 inputs are computed in float32 and cast at the end, like images."""
+    """float16/bfloat16/float8 inputs are computed in float32 and cast at the end, like images."""
     dtype = np.dtype(dtype)
-    if (dtype.kind == "f" and dtype.itemsize < 4) or dtype.kind == "V":
+    if _is_float(dtype) and dtype.itemsize < 4:
         return np.dtype(np.float32)
     return dtype
 
 
 def _describe(spec: TensorSpec) -> str:
-    from ..tensors import describe
-
     return describe(spec.shape, spec.dtype)
+
+
+def _np(name: str) -> np.dtype:
+    """numpy dtype for a name from the dtype table ("bfloat16" included)."""
+    return dtype_info(name).numpy
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """float16/32/64 and ml_dtypes' bfloat16 and float8 types."""
+    if np.dtype(dtype).kind == "f":
+        return True
+    try:
+        return dtype_info(dtype).name.startswith(("bfloat", "float"))
+    except KeyError:
+        return False
 
 
 # -- geometry, shared by numpy and the graph ------------------------------------------------
@@ -787,17 +802,17 @@ class _Axis:
     i0: Any
     i1: Any | None  # None for nearest
     weight: Any | None  # float32, weight of i1
-    valid: Any | None  # bool: inside the resized frame (letterbox only)
+    valid: Any  # bool: inside the resized frame (what letterbox keeps)
 
 
-def _source_index(interp: str, t: int, s: Any, r: Any, o: Any, g: Any) -> _Axis:
+def _source_index(interp: str, t: int, s: Any, r: Any, o: Any, g: _Builder | None = None) -> _Axis:
     """Output pixels 0..t-1 sample a frame axis of size s resized to r and placed at o.
 
     linear (half-pixel): x = (i - o + 0.5) * s / r - 0.5, clamped to [0, s - 1];
     i0 = floor(x), weight = x - i0 as (n mod d) / d with n = (2(i-o)+1)s - r, d = 2r.
     nearest: floor((i - o + 0.5) * s / r), the source pixel whose centre is nearest.
     """
-    m = _Math(g if isinstance(g, _Builder) else None)
+    m = _Math(g)
     pos = m.sub(m.arange(t), o)  # position in the resized frame
     valid = m.and_(m.not_(m.less(pos, 0)), m.less(pos, r))
     last = m.sub(r, 1)
@@ -989,12 +1004,12 @@ class _Builder:
         return out
 
 
-def fuse(model: Model, preprocess: Any, cache: Any | None = None) -> Model:
+def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
     """The model with `preprocess` prepended as ONNX nodes; its inputs become the raw ones.
 
     preprocess: one spec (for a one-input model), or {input name: spec or spec dict}.
-    cache: an `infer.cache.Cache` to keep the fused model in (keyed by the model's digest, the
-    specs' digest and the onnx version), or None to build it in memory.
+    cache: the cache to keep the fused model in (keyed by the model's digest, the specs'
+    digest, the onnx version and this module's FORMAT), or None to build it in memory.
     """
     if model.format is not ModelFormat.ONNX:
         raise OptionError(
@@ -1006,9 +1021,6 @@ def fuse(model: Model, preprocess: Any, cache: Any | None = None) -> Model:
     digest = specs_digest(resolved)
     if cache is None:
         return _named(Model.load(build(model.proto, resolved)), model)
-
-    from ..cache import Key
-
     key = Key.of(
         "onnx-preprocess",
         model=model.digest,
