@@ -135,7 +135,8 @@ def from_cuda_array_interface(cai: Mapping[str, Any], owner: Any = None) -> Devi
     """A DeviceArray from a `__cuda_array_interface__` dict (C-contiguous arrays only).
 
     The interface does not say which GPU holds the memory; the array is taken to be on the
-    device the session runs on (index None).
+    device the session runs on (index None). Its optional "stream" is not waited on: the
+    producer's work on the array must be finished (synchronized) before it is bound.
     """
     try:
         shape = tuple(int(d) for d in cai["shape"])
