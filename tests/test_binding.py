@@ -413,3 +413,25 @@ def test_cuda_device_outputs_stay_on_the_gpu():
         np.testing.assert_allclose(y.numpy(), engine.run({"input": x})["logits"], rtol=1e-4)
         # and a device output fed back as a device input of the same engine's binding
         assert b.run({"input": x})["logits"] is y
+
+
+def test_device_outputs_on_a_gpu_session_need_a_device_binding():
+    """parse_outputs on a CUDA session (stood in for: no GPU here): 'device' is refused by
+    bindings that write host memory only and accepted by those that can keep outputs there."""
+    from types import SimpleNamespace
+
+    from infer.binding import parse_outputs
+    from infer.device import Device
+    from infer.tensors import TensorSpec
+
+    gpu = SimpleNamespace(
+        backend="somebackend",
+        device=Device("cuda", 0),
+        outputs=[TensorSpec("y", ("N", 3), np.dtype(np.float32))],
+    )
+    with pytest.raises(OptionError, match="returns host arrays only"):
+        parse_outputs(gpu, "device")
+    assert parse_outputs(gpu, "device", device_outputs=True).device
+    assert not parse_outputs(gpu, "host", device_outputs=True).device
+    plan = parse_outputs(gpu, {"y": FakeCudaArray((2, 3), np.float32)}, device_outputs=True)
+    assert isinstance(plan.given["y"], DeviceArray)
