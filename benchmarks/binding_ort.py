@@ -11,7 +11,7 @@ Models: a 1-node Relu on [1, 3] (pure per-call overhead) and two CNNs. Each case
 in blocks of calls, cases taking turns block by block; the best block per call is the
 headline (the machines here are shared: compare ratios), the median block is kept too.
 
-    python benchmarks/binding_ort.py [--number 2000] [--repeat 15]
+    python benchmarks/binding_ort.py [--number 1000] [--repeat 40]
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def measure(label: str, model, x: np.ndarray, number: int, repeat: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--number", type=int, default=2000, help="calls per block (1-node model)")
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--number", type=int, default=1000, help="calls per block (1-node model)")
+    parser.add_argument("--repeat", type=int, default=40)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     runs = [
@@ -106,14 +106,14 @@ def main() -> None:
             "CNN 32x32, batch 8 (tests/models.cnn)",
             models.cnn(),
             rng.standard_normal((8, 3, 32, 32)).astype(np.float32),
-            max(1, args.number // 20),
+            max(1, args.number // 50),
             args.repeat,
         ),
         measure(
             "CNN 224x224, batch 1 (tests/models.cnn(size=224))",
             models.cnn(size=224),
             rng.standard_normal((1, 3, 224, 224)).astype(np.float32),
-            max(1, args.number // 200),
+            max(1, args.number // 50),
             args.repeat,
         ),
     ]

@@ -84,30 +84,58 @@ def measure(
     spec = fused.preprocess[name]
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     plain = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
-    out = plain.get_outputs()[0].name
+    output = plain.get_outputs()[0].name
     # Same answer three ways (the naive order rounds differently, hence the tolerance).
-    want = fused.run({name: frame})
+    want = next(iter(fused.run({name: frame}).values()))
     for tensor in (spec.apply(frame), naive_numpy(spec, frame)):
-        got = plain.run([out], {name: tensor})[0]
-        np.testing.assert_allclose(got, next(iter(want.values())), rtol=1e-3, atol=1e-3)
+        got = plain.run([output], {name: tensor})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
 
+    tensor = spec.apply(frame)
     cases = {
         "fused uint8 (infer)": lambda: fused.run({name: frame}),
-        "numpy naive + float32 feed": lambda: plain.run([out], {name: naive_numpy(spec, frame)}),
-        "Preprocess.apply + float32 feed": lambda: plain.run([out], {name: spec.apply(frame)}),
-        "model alone (float32 feed)": (lambda t: lambda: plain.run([out], {name: t}))(
-            spec.apply(frame)
-        ),
+        "numpy naive + float32 feed": lambda: plain.run([output], {name: naive_numpy(spec, frame)}),
+        "Preprocess.apply + float32 feed": lambda: plain.run([output], {name: spec.apply(frame)}),
+        "model alone (float32 feed)": lambda: plain.run([output], {name: tensor}),
     }
+    cases.update(openvino_cases(fused.model, source, name, spec, frame))
     times = timed(cases, number=number, repeat=repeat)
-    out: dict = {"model": label, "frame": list(frame.shape)}
+    result: dict = {"model": label, "frame": list(frame.shape)}
     for stat, fn in (("best", min), ("median", statistics.median)):
         ms = {k: fn(v) * 1e3 for k, v in times.items()}
+        result[f"{stat}_ms"] = ms
         fused_ms = ms["fused uint8 (infer)"]
-        out[f"{stat}_ms"] = ms
-        out[f"{stat}_ratio_vs_naive_numpy"] = fused_ms / ms["numpy naive + float32 feed"]
-        out[f"{stat}_ratio_vs_preprocess_apply"] = fused_ms / ms["Preprocess.apply + float32 feed"]
-    return out
+        result[f"{stat}_ratio_vs_naive_numpy"] = fused_ms / ms["numpy naive + float32 feed"]
+        result[f"{stat}_ratio_vs_preprocess_apply"] = (
+            fused_ms / ms["Preprocess.apply + float32 feed"]
+        )
+        if "OpenVINO: fused uint8" in ms:
+            result[f"{stat}_openvino_ratio_vs_preprocess_apply"] = (
+                ms["OpenVINO: fused uint8"] / ms["OpenVINO: Preprocess.apply + float32 feed"]
+            )
+    return result
+
+
+def openvino_cases(fused_model, source, name, spec, frame) -> dict:
+    """The same comparison on OpenVINO, run directly (infer's OpenVINO backend is separate)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    fused_ir = core.read_model(fused_model.data, b"")
+    plain_ir = core.read_model(source) if isinstance(source, str) else core.read_model(source, b"")
+    fused_req = core.compile_model(fused_ir, "CPU", config).create_infer_request()
+    plain_req = core.compile_model(plain_ir, "CPU", config).create_infer_request()
+    want = plain_req.infer({name: spec.apply(frame)})[0]
+    np.testing.assert_allclose(fused_req.infer({name: frame})[0], want, rtol=1e-4, atol=1e-4)
+    return {
+        "OpenVINO: fused uint8": lambda: fused_req.infer({name: frame}),
+        "OpenVINO: Preprocess.apply + float32 feed": lambda: plain_req.infer(
+            {name: spec.apply(frame)}
+        ),
+    }
 
 
 def main() -> None:
@@ -142,6 +170,10 @@ def main() -> None:
         ):
             best, med = r[f"best_ratio_vs_{key}"], r[f"median_ratio_vs_{key}"]
             print(f"  fused / {label:26s} {best:8.2f} {med:8.2f} x")
+        if "best_openvino_ratio_vs_preprocess_apply" in r:
+            best = r["best_openvino_ratio_vs_preprocess_apply"]
+            med = r["median_openvino_ratio_vs_preprocess_apply"]
+            print(f"  OpenVINO fused / apply           {best:8.2f} {med:8.2f} x")
     print("  (target: fused <= 0.80x of numpy preprocessing + float32 feed)")
     result = {
         "benchmark": "preprocess_fused",

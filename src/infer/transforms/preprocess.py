@@ -834,29 +834,28 @@ def _source_index(interp: str, t: int, s: Any, r: Any, o: Any, g: _Builder | Non
 
 
 class _Math:
-    """The integer/float ops `_placement` and `_source_index` need, on numpy values or as nodes."""
+    """The integer/float ops `_placement` and `_source_index` need, on numpy values or as nodes.
+
+    With a builder, an op becomes a node only when an operand is one (a node name); ops on
+    known values are computed here, so the graph holds only what depends on the frame's size.
+    """
 
     def __init__(self, g: _Builder | None) -> None:
         self.g = g
 
-    def _v(self, x: Any) -> Any:
-        if self.g is None:
-            return x
+    def _v(self, x: Any) -> str:
         if isinstance(x, str):
             return x
-        return self.g.const(np.asarray(x, np.int64))
+        arr = np.asarray(x)
+        return self.g.const(arr if arr.dtype in (np.bool_, np.float32) else arr.astype(np.int64))  # type: ignore[union-attr]
 
     def _op(self, op: str, *args: Any, fn: Any) -> Any:
-        if self.g is None:
+        if self.g is None or not any(isinstance(a, str) for a in args):
             return fn(*args)
         return self.g.op(op, [self._v(a) for a in args])
 
     def arange(self, t: int) -> Any:
-        return (
-            np.arange(t, dtype=np.int64)
-            if self.g is None
-            else self.g.const(np.arange(t, dtype=np.int64))
-        )
+        return np.arange(t, dtype=np.int64)
 
     def add(self, a: Any, b: Any) -> Any:
         return self._op("Add", a, b, fn=lambda x, y: np.add(x, y, dtype=np.int64))
@@ -888,22 +887,19 @@ class _Math:
         return self._op("And", a, b, fn=np.logical_and)
 
     def where(self, c: Any, a: Any, b: Any) -> Any:
-        if self.g is None:
-            return np.where(c, a, b).astype(np.int64)
-        return self.g.op("Where", [c, self._v(a), self._v(b)])
+        return self._op("Where", c, a, b, fn=lambda *v: np.where(*v).astype(np.int64))
 
     def max1(self, a: Any) -> Any:
         return self.where(self.less(a, 1), 1, a)
 
     def to_float(self, a: Any) -> Any:
-        if self.g is None:
-            return np.asarray(a).astype(np.float32)
-        return self.g.op("Cast", [a], to=TensorProto.FLOAT)
+        if isinstance(a, str):
+            return self.g.op("Cast", [a], to=TensorProto.FLOAT)  # type: ignore[union-attr]
+        return np.asarray(a).astype(np.float32)
 
     def fdiv(self, a: Any, b: Any) -> Any:
-        if self.g is None:
-            return np.divide(a, b, dtype=np.float32)
-        return self.g.op("Div", [a, b])
+        """float32 a / b, correctly rounded (IEEE division) in numpy and in every runtime."""
+        return self._op("Div", a, b, fn=lambda x, y: np.divide(x, y, dtype=np.float32))
 
 
 def _np_along(v: np.ndarray, axis: int) -> np.ndarray:
@@ -928,7 +924,10 @@ def _np_sample(x: np.ndarray, ys: _Axis, xs: _Axis, hax: int, wax: int, interp: 
     return top + (bottom - top) * wy
 
 
-def _onnx_along(g: _Builder, v: str, axis: int) -> str:
+def _onnx_along(g: _Builder, v: Any, axis: int) -> str:
+    """`v` (a node, or a value known when building) laid along `axis` of a rank-4 tensor."""
+    if not isinstance(v, str):
+        return g.const(_np_along(v, axis))
     shape = [1] * 4
     shape[axis] = -1
     return g.op("Reshape", [v, g.const(np.asarray(shape, np.int64))])
@@ -945,8 +944,10 @@ def _onnx_sample(
 ) -> str:
     hax, wax, cax = axes
 
-    def gather(data: str, index: str, axis: int) -> str:
-        return g.op("Gather", [data, index], axis=axis)
+    def gather(data: str, index: Any, axis: int) -> str:
+        return g.op(
+            "Gather", [data, index if isinstance(index, str) else g.const(index)], axis=axis
+        )
 
     def as_float(v: str) -> str:
         return g.op("Cast", [v], to=TensorProto.FLOAT)
