@@ -161,19 +161,19 @@ def main() -> None:
         )
     print(f"\n1080p uint8 BGR frame -> 224x224 model, ONNX Runtime {ort.__version__}, CPU")
     for r in runs:
-        print(f"\n{r['model']:36s}     best   median")
+        print(f"\n{r['model']:44s}     best   median")
         for k in r["median_ms"]:
-            print(f"  {k:34s} {r['best_ms'][k]:8.2f} {r['median_ms'][k]:8.2f} ms")
+            print(f"  {k:42s} {r['best_ms'][k]:8.2f} {r['median_ms'][k]:8.2f} ms")
         for label, key in (
             ("numpy naive", "naive_numpy"),
             ("Preprocess.apply", "preprocess_apply"),
         ):
             best, med = r[f"best_ratio_vs_{key}"], r[f"median_ratio_vs_{key}"]
-            print(f"  fused / {label:26s} {best:8.2f} {med:8.2f} x")
+            print(f"  fused / {label:34s} {best:8.2f} {med:8.2f} x")
         if "best_openvino_ratio_vs_preprocess_apply" in r:
             best = r["best_openvino_ratio_vs_preprocess_apply"]
             med = r["median_openvino_ratio_vs_preprocess_apply"]
-            print(f"  OpenVINO fused / apply           {best:8.2f} {med:8.2f} x")
+            print(f"  OpenVINO fused / Preprocess.apply{best:17.2f} {med:8.2f} x")
     print("  (target: fused <= 0.80x of numpy preprocessing + float32 feed)")
     result = {
         "benchmark": "preprocess_fused",
