@@ -8,6 +8,7 @@ module `infer/backends/<name>.py` plus a row here.
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,14 +36,18 @@ class Choice:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("onnxruntime", "reference")
+BACKENDS = ("tensorrt", "onnxruntime", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
+    Choice("tensorrt", "cuda"),
     Choice("onnxruntime", "cuda", "tensorrt"),
     Choice("onnxruntime", "cuda", "cuda"),
 )
 _ANE = (Choice("onnxruntime", "ane", "coreml"),)
+# Core ML runs .mlpackage/.mlmodel models only, which no other backend takes, so its rows never
+# stand in front of another backend for an ONNX model. Under "auto" it gets every compute unit.
+_COREML_AUTO = Choice("coreml", "auto", "all")
 # ONNX Runtime leads on the CPU: it runs the most of the ONNX spec, and no backend wins every
 # model on speed (see benchmarks/); backend="fastest" measures instead of assuming.
 _CPU = (
@@ -54,13 +59,16 @@ TABLE: dict[str, tuple[Choice, ...]] = {
     "cuda": _CUDA,
     "gpu": (
         *_CUDA,
+        Choice("coreml", "gpu"),
         Choice("onnxruntime", "gpu", "coreml"),
         Choice("onnxruntime", "gpu", "openvino"),
     ),
     "npu": (Choice("onnxruntime", "npu", "openvino"),),
-    "ane": _ANE,
-    "cpu": _CPU,
-    "auto": (*_CUDA, *_ANE, *_CPU),
+    "ane": (Choice("coreml", "ane"), *_ANE),
+    # A Core ML package asked onto the CPU runs on Core ML's CPU_ONLY units (no other backend
+    # reads packages, so the row costs ONNX models nothing).
+    "cpu": (*_CPU, Choice("coreml", "cpu")),
+    "auto": (*_CUDA, _COREML_AUTO, *_ANE, *_CPU),
 }
 
 
@@ -127,7 +135,9 @@ def select(
             continue
         why = b.supports(model, device, options, row.variant)
         if why:
-            attempts.append(Attempt(row.label, str(device), "unsupported", why))
+            # A backend that does not read the model's format is passed over, not fallen back from.
+            verdict = "unsupported" if model.format in b.formats else "skipped"
+            attempts.append(Attempt(row.label, str(device), verdict, why))
             continue
         start = time.perf_counter()
         try:
@@ -146,11 +156,44 @@ def select(
         attempts.append(
             Attempt(row.label, str(device), "selected", session.details.get("summary", ""), seconds)
         )
-        _warn_on_fallback(attempts)
+        _warn_on_fallback(attempts, named=forced)
         return session, attempts
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
         raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
+
+
+def check(
+    row: Choice, model: Model, request: Device, options: Options
+) -> tuple[Device | None, Attempt | None]:
+    """The checks `select` makes on a row before compiling, without compiling anything.
+
+    Returns (device, None) when the row would be compiled on `device`, else (device or None,
+    the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
+    which backends could take a model.
+    """
+    b = base.get(row.backend)
+    info = b.probe()
+    where = _device_request(row, request)
+    if not info.available:
+        return None, Attempt(row.label, str(where), "unavailable", _unavailable(info))
+    device = b.device_for(where)
+    if device is None:
+        return None, Attempt(row.label, str(where), "unavailable", _no_device(b, where))
+    why = b.supports(model, device, options, row.variant)
+    if why:
+        return device, Attempt(row.label, str(device), "unsupported", why)
+    return device, None
+
+
+def preflight(
+    model: Model,
+    request: Device,
+    options: Options,
+    backend: str | Sequence[str] | None = None,
+) -> list[tuple[Choice, Device | None, Attempt | None]]:
+    """`check` for every candidate `select` would try, in the same order."""
+    return [(row, *check(row, model, request, options)) for row in candidates(request, backend)]
 
 
 def needs_graph_precision(
@@ -160,7 +203,7 @@ def needs_graph_precision(
     return backend.precisions(device, variant).get(options.precision) == GRAPH
 
 
-def _warn_on_fallback(attempts: list[Attempt]) -> None:
+def _warn_on_fallback(attempts: list[Attempt], named: bool = False) -> None:
     chosen = attempts[-1]
     passed = [a for a in attempts[:-1] if a.verdict in ("failed", "unsupported")]
     if passed:
@@ -170,7 +213,7 @@ def _warn_on_fallback(attempts: list[Attempt]) -> None:
             chosen.device,
             "; ".join(str(a) for a in passed),
         )
-    if chosen.backend == "reference":
+    if chosen.backend == "reference" and not named:  # a caller who named it knows
         log.warning(
             "running on the ONNX reference evaluator, which is slow: %s",
             base.get("reference").probe().reason,
@@ -184,8 +227,16 @@ def _unavailable(info: BackendInfo) -> str:
 
 def _no_device(b: Backend, where: Device) -> str:
     found = ", ".join(str(d) for d in b.probe().devices) or "none"
-    notes = "; ".join(probe_hardware().notes) if where.kind in ("cuda", "gpu") else ""
-    return f"no {where} device for {b.name} (it sees: {found})" + (f"; {notes}" if notes else "")
+    notes = list(probe_hardware().notes) if where.kind in ("cuda", "gpu") else []
+    if where.kind in ("ane", "gpu") and not any(d.kind == "ane" for d in probe_hardware().devices):
+        notes.append(
+            f"no Apple silicon here ({platform.system()} {platform.machine()}): the Neural Engine "
+            "and Apple GPUs are reached through Core ML (coremltools) or onnxruntime's CoreML "
+            "execution provider, both on macOS"
+        )
+    return f"no {where} device for {b.name} (it sees: {found})" + (
+        f"; {'; '.join(notes)}" if notes else ""
+    )
 
 
 def _explain(attempts: Sequence[Attempt]) -> str:
