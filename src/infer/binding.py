@@ -7,23 +7,23 @@ holds what every binding shares:
   as usual and each output is copied into a buffer the binding owns (allocated again only
   when the output's shape changes), or into the array the caller gave for it.
 - `parse_outputs`, the one reading of `bind(outputs=...)`.
-- `device_array` / `DeviceArray`: inputs and outputs in device memory, recognised through
-  `__cuda_array_interface__` or DLPack (`__dlpack__` / `__dlpack_device__`) without importing
-  any framework, so a backend that can read device memory binds the pointer as it is.
-- `FeedCheck`: `Session.run`'s feed validation, letting device arrays through to the backend.
+- `FeedCheck`: `Session.run`'s feed validation for bindings, letting device arrays (CUDA
+  arrays recognised by `infer.device_array` through `__cuda_array_interface__` or DLPack)
+  through to the binding, which reads them in place (`device_view`) or refuses them in
+  words (`refuse_device_inputs`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .device import Device
+from . import device_array
+from .device_array import DeviceView
 from .errors import InputError, OptionError
 from .tensors import FeedValidator, TensorSpec, describe, dtype_info
 
@@ -34,202 +34,72 @@ from .backends.base import Binding
 
 log = logging.getLogger(__name__)
 
-# DLPack's DLDeviceType values (dlpack.h).
-_DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_ROCM, _DL_ROCM_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 10, 11, 13
-_DL_HOST = frozenset({_DL_CPU, _DL_CUDA_HOST, _DL_ROCM_HOST})
-_DL_KINDS = {_DL_CUDA: "cuda", _DL_CUDA_MANAGED: "cuda", _DL_ROCM: "rocm", 4: "opencl", 7: "vulkan",
-             8: "metal", 9: "vpi", 12: "ext_dev", 14: "oneapi", 15: "webgpu", 16: "hexagon"}  # fmt: skip
-# DLPack's DLDataTypeCode values -> numpy kind letter.
-_DL_CODES = {0: "i", 1: "u", 2: "f", 4: "bfloat", 5: "c", 6: "b"}
-
-
-@dataclass(frozen=True, eq=False)
-class DeviceArray:
-    """A C-contiguous tensor in device memory: where it is, its shape and element type.
-
-    It keeps `owner` (the object it came from, or the runtime buffer) alive. CUDA arrays
-    expose `__cuda_array_interface__`, so CuPy, PyTorch, Numba and JAX can take them
-    without a copy; `numpy()` copies to the host where the runtime that owns it can.
-    """
-
-    ptr: int
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    device: Device
-    owner: Any = field(default=None, repr=False)
-    to_host: Callable[[], np.ndarray] | None = field(default=None, repr=False)
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    @property
-    def __cuda_array_interface__(self) -> dict[str, Any]:
-        if self.device.kind != "cuda":
-            raise AttributeError(f"a {self.device.kind} array has no __cuda_array_interface__")
-        return {
-            "shape": self.shape,
-            "typestr": self.dtype.str,
-            "data": (self.ptr, False),
-            "strides": None,
-            "version": 3,
-        }
-
-    def numpy(self) -> np.ndarray:
-        """A host copy."""
-        if self.to_host is None:
-            raise InputError(
-                f"this {self.device} array has no host copy here; copy it with the framework that owns it"
-            )
-        return self.to_host()
-
-    def __repr__(self) -> str:
-        return (
-            f"DeviceArray({describe(self.shape, self.dtype)} on {self.device}, ptr=0x{self.ptr:x})"
-        )
-
-
-def device_array(obj: Any) -> DeviceArray | None:
-    """`obj` as a DeviceArray if it lives in device (not host) memory, else None.
-
-    Reads `__cuda_array_interface__` (CuPy, Numba, PyTorch CUDA tensors) or DLPack's
-    `__dlpack_device__` / `__dlpack__` (PyTorch, JAX, CuPy, TensorFlow); imports nothing.
-    """
-    if isinstance(obj, DeviceArray):
-        return obj
-    if isinstance(obj, np.ndarray):
-        return None
-    try:
-        cai = obj.__cuda_array_interface__
-    except AttributeError:
-        cai = None
-    except Exception as e:  # e.g. a framework refusing to export a tensor with grad
-        raise InputError(f"{type(obj).__name__}.__cuda_array_interface__ failed: {e}") from e
-    if cai is not None:
-        return from_cuda_array_interface(cai, obj)
-    where = getattr(obj, "__dlpack_device__", None)
-    if where is None:
-        return None
-    if int(where()[0]) in _DL_HOST:
-        return None
-    try:
-        capsule = obj.__dlpack__()
-    except Exception as e:
-        raise InputError(f"{type(obj).__name__}.__dlpack__() failed: {e}") from e
-    array = from_dlpack_capsule(capsule)
-    return DeviceArray(array.ptr, array.shape, array.dtype, array.device, owner=(obj, capsule))
-
 
 def host_array(obj: Any) -> np.ndarray | None:
     """A zero-copy numpy view of a host-memory DLPack object (None if it is not one)."""
     where = getattr(obj, "__dlpack_device__", None)
-    if where is None or isinstance(obj, np.ndarray) or int(where()[0]) not in _DL_HOST:
+    if where is None or isinstance(obj, np.ndarray):
         return None
     try:
+        if int(where()[0]) not in (device_array.DL_CPU, device_array.DL_CUDA_HOST):
+            return None
         return np.from_dlpack(obj)
-    except Exception:  # e.g. a dtype numpy cannot hold: let numpy's own conversion try later
+    except Exception:  # e.g. a dtype numpy cannot hold: numpy's own conversion tries later
         return None
 
 
-def from_cuda_array_interface(cai: Mapping[str, Any], owner: Any = None) -> DeviceArray:
-    """A DeviceArray from a `__cuda_array_interface__` dict (C-contiguous arrays only).
+def where_is(value: Any) -> str:
+    """'cuda:N' (or 'cuda' when the array's protocol does not say which GPU) for messages."""
+    try:
+        kind, index = value.__dlpack_device__()
+        if int(kind) in (device_array.DL_CUDA, device_array.DL_CUDA_MANAGED):
+            return f"cuda:{int(index)}"
+    except Exception:
+        pass
+    return "cuda"
 
-    The interface does not say which GPU holds the memory; the array is taken to be on the
-    device the session runs on (index None). Its optional "stream" is not waited on: the
-    producer's work on the array must be finished (synchronized) before it is bound.
+
+def device_view(session: Session, name: str, value: Any, stream: int | None = None) -> DeviceView:
+    """A device input read in place: its view, checked against the model input `name`.
+
+    The caller owns the view and must `close()` it once the memory is no longer read.
     """
     try:
-        shape = tuple(int(d) for d in cai["shape"])
-        dtype = np.dtype(cai["typestr"])
-        ptr = int(cai["data"][0])
-    except (KeyError, TypeError, ValueError) as e:
-        raise InputError(f"malformed __cuda_array_interface__ {dict(cai)!r}: {e}") from e
-    strides = cai.get("strides")
-    if strides is not None and tuple(strides) != _contiguous(shape, dtype.itemsize):
+        view = device_array.view(value, stream)
+    except Exception as e:  # masked arrays, odd dtypes, tensors that refuse to export
         raise InputError(
-            f"device array of shape {list(shape)} has strides {list(strides)}; bind a C-contiguous "
-            "array (e.g. .contiguous() / cupy.ascontiguousarray)"
+            f"input {name!r}: the {type(value).__name__} cannot be read in place: {e}"
+        ) from e
+    spec = next(s for s in session.inputs if s.name == name)
+    problem = None
+    if view.dtype != spec.dtype:
+        problem = (
+            f"holds {_dtype_name(view.dtype)}; device arrays are read in place, so cast it on "
+            "the device first"
         )
-    return DeviceArray(ptr, shape, dtype, Device("cuda"), owner=owner)
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = (("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32))
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = (("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16))
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = (
-        ("data", ctypes.c_void_p),
-        ("device", _DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", _DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    )
-
-
-_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-_capsule_pointer.restype = ctypes.c_void_p
-_capsule_pointer.argtypes = (ctypes.py_object, ctypes.c_char_p)
-
-
-def from_dlpack_capsule(capsule: Any) -> DeviceArray:
-    """Read a (legacy, unversioned) DLPack capsule without consuming it.
-
-    The capsule stays the owner: the memory is valid while the returned array (which holds
-    the capsule) lives, and the producer's deleter runs when the capsule is collected.
-    """
-    try:
-        address = _capsule_pointer(capsule, b"dltensor")
-    except (ValueError, TypeError) as e:
-        raise InputError(f"not a DLPack capsule (or one already consumed): {e}") from e
-    t = _DLTensor.from_address(address)  # DLManagedTensor starts with its DLTensor
-    code, bits, lanes = t.dtype.code, t.dtype.bits, t.dtype.lanes
-    kind = _DL_CODES.get(code)
-    if kind is None or lanes != 1:
-        raise InputError(f"DLPack dtype (code {code}, {bits} bits, {lanes} lanes) is not supported")
-    dtype = dtype_info("bfloat16").numpy if kind == "bfloat" else np.dtype(f"{kind}{bits // 8}")
-    if kind == "b":
-        dtype = np.dtype(np.bool_)
-    shape = tuple(int(t.shape[i]) for i in range(t.ndim))
-    if t.strides:
-        strides = tuple(int(t.strides[i]) * dtype.itemsize for i in range(t.ndim))
-        if any(d > 1 for d in shape) and strides != _contiguous(shape, dtype.itemsize):
-            raise InputError(
-                f"DLPack tensor of shape {list(shape)} is not C-contiguous; bind a contiguous copy"
-            )
-    dev_type = int(t.device.device_type)
-    device = (
-        Device("cpu")
-        if dev_type in _DL_HOST
-        else Device(_DL_KINDS.get(dev_type, f"dlpack{dev_type}"), int(t.device.device_id))
-    )
-    return DeviceArray(int(t.data or 0) + int(t.byte_offset), shape, dtype, device, owner=capsule)
-
-
-def _contiguous(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    strides, step = [], itemsize
-    for d in reversed(shape):
-        strides.append(step)
-        step *= max(d, 1)
-    return tuple(reversed(strides))
+    elif not _fits(spec, view.shape):
+        problem = f"has shape {list(view.shape)}"
+    elif not view.contiguous:
+        problem = "is not C-contiguous; make it contiguous on the device first"
+    if problem:
+        view.close()
+        raise InputError(
+            f"input {name!r}: expected {describe(spec.shape, spec.dtype)}, the device array "
+            f"{problem}"
+        )
+    return view
 
 
 # -- feeds ----------------------------------------------------------------------------------
 
 
 class FeedCheck:
-    """Session feed validation that passes device arrays through as `DeviceArray`s.
+    """Session feed validation for bindings: host feeds go through the session's
+    `FeedValidator`; device arrays are passed through as they are, for the binding to read in
+    place (`device_view`) or refuse (`refuse_device_inputs`).
 
-    Host feeds go through the session's `FeedValidator`; device arrays are checked for name,
-    dtype (no casting on a device) and fixed dims. Whether the backend can read that device's
-    memory is the binding's to say. Feeding the very arrays of the previous call (the usual
-    loop over a bound input refilled in place) skips validation: they passed it already.
+    Feeding the very arrays of the previous call (the usual loop over an input refilled in
+    place) skips validation: they passed it already.
     """
 
     def __init__(self, session: Session) -> None:
@@ -238,7 +108,7 @@ class FeedCheck:
         self._specs = {s.name: s for s in session.inputs}
         self._count = len(self._specs)
         self._partial: dict[frozenset[str], FeedValidator] = {}
-        self._last: dict[str, tuple[Any, tuple[int, ...]]] = {}  # name -> (array, its shape)
+        self._last: dict[str, tuple[np.ndarray, tuple[int, ...]]] = {}  # name -> (array, shape)
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         if type(feeds) is dict and len(feeds) == self._count:
@@ -253,7 +123,7 @@ class FeedCheck:
         # Remember the arrays that passed unchanged (not cast or copied).
         last = {}
         for n, v in out.items():
-            if v is feeds.get(n) and (type(v) is np.ndarray or isinstance(v, DeviceArray)):
+            if type(v) is np.ndarray and v is feeds.get(n):
                 last[n] = (v, v.shape)
         self._last = last
         return out
@@ -267,12 +137,11 @@ class FeedCheck:
                 return self._validate(feeds)
         if not isinstance(feeds, Mapping) or feeds.keys() != self._specs.keys():
             return self._validate(feeds)  # raises the usual message (or takes host feeds)
-        device: dict[str, DeviceArray] = {}
+        device: dict[str, Any] = {}
         host: dict[str, Any] = {}
         for name, value in feeds.items():
-            arr = device_array(value)
-            if arr is not None:
-                device[name] = self._check_device(name, arr)
+            if type(value) is not np.ndarray and device_array.is_device_array(value):
+                device[name] = value
             else:
                 view = host_array(value)
                 host[name] = view if view is not None else value
@@ -289,30 +158,15 @@ class FeedCheck:
         out.update(device)
         return out
 
-    def _check_device(self, name: str, arr: DeviceArray) -> DeviceArray:
-        spec = self._specs[name]
-        if arr.dtype != spec.dtype:
-            raise InputError(
-                f"input {name!r}: expected dtype {dtype_info(spec.dtype).name} "
-                f"({describe(spec.shape, spec.dtype)}), got a {arr.device} array of "
-                f"{_dtype_name(arr.dtype)}; device arrays are not cast, convert it first"
-            )
-        if not _fits(spec, arr.shape):
-            raise InputError(
-                f"input {name!r}: expected {describe(spec.shape, spec.dtype)}, got a "
-                f"{arr.device} array of shape {list(arr.shape)}"
-            )
-        return arr
-
 
 def refuse_device_inputs(session: Session, feeds: Mapping[str, Any]) -> None:
     """Raise InputError for any feed in device memory: for bindings that read host memory only."""
     for name, value in feeds.items():
-        if isinstance(value, DeviceArray):
+        if type(value) is not np.ndarray and device_array.is_device_array(value):
             raise InputError(
-                f"input {name!r} is in {value.device} memory, but {session.backend} reads this "
-                f"model's inputs from host memory on {session.device}: pass a numpy array "
-                f"(copy it to the host), or load the engine on {value.device.kind}"
+                f"input {name!r} is in {where_is(value)} memory, but {session.backend} reads "
+                f"this model's inputs from host memory on {session.device}: pass a numpy array "
+                "(copy it to the host), or load the engine on the GPU"
             )
 
 
@@ -332,6 +186,8 @@ def parse_outputs(session: Session, outputs: Any, *, device_outputs: bool = Fals
 
     device_outputs: whether the binding can leave outputs in device memory. "device" on a
     session whose device is the host means host buffers: the same code runs on every machine.
+    A device array given for an output comes back as its `DeviceView`, which the binding
+    closes when it is closed.
     """
     if isinstance(outputs, str):
         if outputs == "host":
@@ -363,15 +219,29 @@ def parse_outputs(session: Session, outputs: Any, *, device_outputs: bool = Fals
     given: dict[str, Any] = {}
     for name, value in outputs.items():
         spec = specs[name]
-        arr = device_array(value)
-        if arr is not None:
+        if type(value) is not np.ndarray and device_array.is_device_array(value):
             if not device_outputs:
                 raise OptionError(
-                    f"bind(outputs={{{name!r}: ...}}): a {arr.device} array, but the "
+                    f"bind(outputs={{{name!r}: ...}}): a {where_is(value)} array, but the "
                     f"{session.backend} binding on {session.device} writes host memory only"
                 )
-            _check_target(name, spec, arr.dtype, arr.shape)
-            given[name] = arr
+            try:
+                view = device_array.view(value)
+            except Exception as e:
+                raise OptionError(
+                    f"bind(outputs={{{name!r}: ...}}): the {type(value).__name__} cannot be "
+                    f"written in place: {e}"
+                ) from e
+            try:
+                _check_target(name, spec, view.dtype, view.shape)
+                if not view.contiguous:
+                    raise OptionError(
+                        f"bind(outputs={{{name!r}: ...}}): the device array must be C-contiguous"
+                    )
+            except OptionError:
+                view.close()
+                raise
+            given[name] = view
             continue
         if not isinstance(value, np.ndarray):
             raise OptionError(

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from .. import tensors
-from ..binding import DeviceArray, parse_outputs
+from ..binding import device_view, parse_outputs, where_is
 from ..cache import Cache
 from ..device import Device, cpu, probe_hardware
+from ..device_array import DeviceArray, DeviceView
 from ..errors import CompileError, InputError
 from ..model import Model
 from ..options import Options
@@ -416,8 +417,9 @@ class OnnxRuntimeBinding(Binding):
     size the buffers (numpy arrays on the host, OrtValues on a GPU) bound from then on. An
     output whose shape depends on the input values (NonZero, NMS) is detected when the
     runtime refuses its buffer; it is then left to the runtime and copied out each run.
-    Device inputs (CUDA arrays) are bound by pointer on CUDA devices; the CPU provider
-    refuses them with an InputError.
+    Device inputs (CUDA arrays, read through `infer.device_array`) are bound by pointer on
+    CUDA devices; the CPU provider refuses them with an InputError. Device outputs come back
+    as `infer.device_array.DeviceArray`s over the runtime's buffers.
     """
 
     def __init__(self, session: OnnxRuntimeSession, outputs: Any = "host") -> None:
@@ -447,15 +449,20 @@ class OnnxRuntimeBinding(Binding):
         self._results: dict[str, Any] = {}  # output name -> what run returns
         self._owned: dict[str, Any] = {}  # output name -> OrtValue bound (kept alive)
         self._dynamic: set[str] = set()  # outputs whose shape depends on input values
+        self._views: dict[str, DeviceView] = {}  # input name -> device input bound in place
 
     def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """`Binding.run`, with a short path for the usual loop: the very arrays bound last
-        time (they passed validation then), refilled in place."""
+        """`Binding.run`, with a short path for the usual loop: the very numpy arrays bound
+        last time (they passed validation then), refilled in place."""
         if type(feeds) is dict and not copy and self._signature is not None and not self._dynamic:
             bound, shapes = self._bound, self._shapes
             if len(feeds) == len(bound) and not self._closed and not self.session._closed:
                 for name, value in feeds.items():
-                    if bound.get(name) is not value or shapes[name] != value.shape:
+                    if (
+                        bound.get(name) is not value
+                        or type(value) is not np.ndarray
+                        or shapes[name] != value.shape
+                    ):
                         break
                 else:
                     try:
@@ -469,7 +476,11 @@ class OnnxRuntimeBinding(Binding):
         reshaped = False
         bound, shapes = self._bound, self._shapes
         for name, value in feeds.items():
-            if bound.get(name) is not value:
+            if type(value) is not np.ndarray:  # a device array: viewed and bound every run
+                before = shapes.get(name)
+                self._bind_input(name, value)
+                reshaped |= shapes[name] != before
+            elif bound.get(name) is not value:
                 reshaped |= shapes.get(name) != value.shape
                 self._bind_input(name, value)
             elif shapes[name] != value.shape:  # reshaped in place
@@ -504,27 +515,48 @@ class OnnxRuntimeBinding(Binding):
     # -- inputs ---------------------------------------------------------------------------------
 
     def _bind_input(self, name: str, value: Any) -> None:
-        if isinstance(value, DeviceArray):
+        if type(value) is not np.ndarray:  # FeedCheck passes only device arrays through
             self._bind_device_input(name, value)
-        elif value.dtype in _NUMPY_BRIDGE:
+            return
+        if value.dtype in _NUMPY_BRIDGE:
             self._bind_numpy(name, value)  # self._bound keeps the array alive
         else:  # bfloat16, float8: same bytes as ml_dtypes' arrays, bound by pointer
             onnx_type = dtype_info(value.dtype).onnx
             self._io.bind_input(name, "cpu", 0, onnx_type, list(value.shape), value.ctypes.data)
+        self._release(name)
         self._bound[name] = value
         self._shapes[name] = value.shape
 
-    def _bind_device_input(self, name: str, value: DeviceArray) -> None:
+    def _bind_device_input(self, name: str, value: Any) -> None:
         kind, index = self._where
-        if value.device.kind != kind or kind == "cpu" or value.device.index not in (None, index):
+        if kind == "cpu":
             raise InputError(
-                f"input {name!r} is in {value.device} memory, but onnxruntime runs this model on "
-                f"{self.session.device}: pass a numpy array (copy it to the host), or load the "
-                f"engine on {value.device}"
+                f"input {name!r} is in {where_is(value)} memory, but onnxruntime runs this model "
+                f"on {self.session.device}: pass a numpy array (copy it to the host), or load "
+                "the engine on the GPU"
             )
-        self._io.bind_input(
-            name, kind, index, dtype_info(value.dtype).onnx, list(value.shape), value.ptr
-        )
+        view = device_view(self.session, name, value)
+        if view.device is not None and view.device != index:
+            view.close()
+            raise InputError(
+                f"input {name!r} is on cuda:{view.device}, but this engine runs on cuda:{index}"
+            )
+        try:
+            onnx_type = dtype_info(view.dtype).onnx
+            self._io.bind_input(name, kind, index, onnx_type, list(view.shape), view.ptr)
+        except BaseException:
+            view.close()
+            raise
+        self._release(name)
+        self._views[name] = view
+        self._bound[name] = value
+        self._shapes[name] = view.shape
+
+    def _release(self, name: str) -> None:
+        """Let go of the device input bound before under `name` (DLPack's deleter runs)."""
+        view = self._views.pop(name, None)
+        if view is not None:
+            view.close()
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -551,8 +583,8 @@ class OnnxRuntimeBinding(Binding):
         for name in self._names:
             target = self._plan.given.get(name)
             value = produced[name]
-            if target is not None:
-                self._results[name] = target
+            if target is not None:  # the caller's own array (a device one: what it gave)
+                self._results[name] = target.source if isinstance(target, DeviceView) else target
                 continue
             if name in self._dynamic or not value.is_tensor():
                 self._results[name] = self._copy_out(value)
@@ -574,7 +606,7 @@ class OnnxRuntimeBinding(Binding):
                 self._results[name] = buf
 
     def _bind_target(self, name: str, target: Any) -> None:
-        if isinstance(target, DeviceArray):
+        if isinstance(target, DeviceView):
             self._io.bind_output(
                 name, *self._where, dtype_info(target.dtype).onnx, list(target.shape), target.ptr
             )
@@ -591,15 +623,8 @@ class OnnxRuntimeBinding(Binding):
             self._io.bind_output(name, "cpu", 0, onnx_type, list(buf.shape), buf.ctypes.data)
 
     def _device_result(self, value: Any, shape: tuple[int, ...]) -> DeviceArray:
-        kind, index = self._where
-        return DeviceArray(
-            value.data_ptr(),
-            shape,
-            dtype_info(value.data_type()).numpy,
-            Device(kind, index),
-            owner=value,
-            to_host=functools.partial(_to_numpy, value),
-        )
+        dtype = dtype_info(value.data_type()).numpy
+        return DeviceArray(value.data_ptr(), shape, dtype, self._where[1], owner=value)
 
     def _copy_out(self, value: Any) -> Any:
         return _to_numpy(value) if value.is_tensor() else value.numpy()
@@ -625,6 +650,11 @@ class OnnxRuntimeBinding(Binding):
     def _close(self) -> None:
         self._io.clear_binding_inputs()
         self._io.clear_binding_outputs()
+        for name in list(self._views):
+            self._release(name)
+        for target in self._plan.given.values():
+            if isinstance(target, DeviceView):
+                target.close()
         self._bound.clear()
         self._owned.clear()
         self._results.clear()
