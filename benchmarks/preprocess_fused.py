@@ -9,9 +9,10 @@ the float32 tensor to the plain model on the same runtime:
 - "numpy, Preprocess.apply": infer's own numpy mirror of the fused graph (resize first,
   gathering uint8 pixels), the fastest numpy form of the same math.
 
-Each case is timed in blocks of calls, the cases taking turns block by block; the best block
-and the median block per call are reported. The machines these run on are shared and noisy:
-compare the ratios, and prefer the best-block ones when the load is high.
+Each case is timed in blocks of calls, the cases taking turns block by block. Times are the
+best block per call; ratios are the median, over rounds, of one case's block against the
+other's in the same round (the machines here are shared and noisy: only neighbouring
+measurements compare).
 
     python benchmarks/preprocess_fused.py [--number 10] [--repeat 7] [--model cnn|orientation|both]
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from tests import models  # noqa: E402
 
 import infer  # noqa: E402
+from infer.bench import environment  # noqa: E402
 from infer.transforms.preprocess import ImagePreprocess, _placement, _source_index  # noqa: E402
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -101,18 +102,22 @@ def measure(
     cases.update(openvino_cases(fused.model, source, name, spec, frame))
     times = timed(cases, number=number, repeat=repeat)
     result: dict = {"model": label, "frame": list(frame.shape)}
-    for stat, fn in (("best", min), ("median", statistics.median)):
-        ms = {k: fn(v) * 1e3 for k, v in times.items()}
-        result[f"{stat}_ms"] = ms
-        fused_ms = ms["fused uint8 (infer)"]
-        result[f"{stat}_ratio_vs_naive_numpy"] = fused_ms / ms["numpy naive + float32 feed"]
-        result[f"{stat}_ratio_vs_preprocess_apply"] = (
-            fused_ms / ms["Preprocess.apply + float32 feed"]
+    result["best_ms"] = {k: min(v) * 1e3 for k, v in times.items()}
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of case a's block against case b's block of the same round."""
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+    result["ratios"] = {
+        "fused / numpy naive": paired("fused uint8 (infer)", "numpy naive + float32 feed"),
+        "fused / Preprocess.apply": paired(
+            "fused uint8 (infer)", "Preprocess.apply + float32 feed"
+        ),
+    }
+    if "OpenVINO: fused uint8" in times:
+        result["ratios"]["OpenVINO fused / Preprocess.apply"] = paired(
+            "OpenVINO: fused uint8", "OpenVINO: Preprocess.apply + float32 feed"
         )
-        if "OpenVINO: fused uint8" in ms:
-            result[f"{stat}_openvino_ratio_vs_preprocess_apply"] = (
-                ms["OpenVINO: fused uint8"] / ms["OpenVINO: Preprocess.apply + float32 feed"]
-            )
     return result
 
 
@@ -161,24 +166,15 @@ def main() -> None:
         )
     print(f"\n1080p uint8 BGR frame -> 224x224 model, ONNX Runtime {ort.__version__}, CPU")
     for r in runs:
-        print(f"\n{r['model']:44s}     best   median")
-        for k in r["median_ms"]:
-            print(f"  {k:42s} {r['best_ms'][k]:8.2f} {r['median_ms'][k]:8.2f} ms")
-        for label, key in (
-            ("numpy naive", "naive_numpy"),
-            ("Preprocess.apply", "preprocess_apply"),
-        ):
-            best, med = r[f"best_ratio_vs_{key}"], r[f"median_ratio_vs_{key}"]
-            print(f"  fused / {label:34s} {best:8.2f} {med:8.2f} x")
-        if "best_openvino_ratio_vs_preprocess_apply" in r:
-            best = r["best_openvino_ratio_vs_preprocess_apply"]
-            med = r["median_openvino_ratio_vs_preprocess_apply"]
-            print(f"  OpenVINO fused / Preprocess.apply{best:17.2f} {med:8.2f} x")
+        print(f"\n{r['model']}: best block per call")
+        for k, v in r["best_ms"].items():
+            print(f"  {k:42s} {v:8.2f} ms")
+        for k, v in r["ratios"].items():
+            print(f"  {k:42s} {v:8.2f} x  (median of same-round pairs)")
     print("  (target: fused <= 0.80x of numpy preprocessing + float32 feed)")
     result = {
         "benchmark": "preprocess_fused",
-        "onnxruntime": ort.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "environment": environment(),
         "note": "shared, noisy machine (2 cores, several jobs): compare ratios",
         "load_average": list(os.getloadavg()),
         "number": args.number,
