@@ -268,8 +268,9 @@ class Binding(abc.ABC):
     def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
         """Validate `feeds` as `Session.run` does, run into the bound buffers, return them.
 
-        Feeds may also be device arrays (`__cuda_array_interface__`, DLPack): they reach
-        `_run` as `infer.binding.DeviceArray`s, for bindings that can read that memory.
+        Feeds may also be CUDA arrays (`__cuda_array_interface__`, DLPack): they reach `_run`
+        as given, for the binding to read in place (`infer.binding.device_view`) or refuse
+        (`infer.binding.refuse_device_inputs`).
         """
         if self._closed or self.session.closed:
             raise EngineClosed(f"binding on {self.session.backend} is closed")
@@ -288,7 +289,7 @@ class Binding(abc.ABC):
 
     @abc.abstractmethod
     def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run validated feeds (numpy arrays, or DeviceArrays) into the bound outputs."""
+        """Run validated feeds (numpy arrays, or device arrays as given) into the outputs."""
 
     def close(self) -> None:
         if not self._closed:
