@@ -50,8 +50,16 @@ class ReferenceBackend(Backend):
         initializers = {t.name for t in proto.graph.initializer}
         inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in initializers]
         outputs = [spec_from_value_info(v) for v in proto.graph.output]
+        # onnx.reference's Optional op wraps its value in a list: these outputs are unwrapped.
+        optional_tensors = frozenset(
+            v.name
+            for v in proto.graph.output
+            if v.type.HasField("optional_type")
+            and v.type.optional_type.elem_type.HasField("tensor_type")
+        )
         return ReferenceSession(
             evaluator,
+            optional_tensors=optional_tensors,
             backend=self.name,
             device=device,
             inputs=inputs,
@@ -62,9 +70,12 @@ class ReferenceBackend(Backend):
 
 
 class ReferenceSession(Session):
-    def __init__(self, evaluator: Any, **kw: Any) -> None:
+    def __init__(
+        self, evaluator: Any, optional_tensors: frozenset[str] = frozenset(), **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self._evaluator = evaluator
+        self._optional_tensors = optional_tensors
         self._lock = threading.Lock()  # the evaluator keeps per-run state on its op objects
 
     def _run(
@@ -73,10 +84,13 @@ class ReferenceSession(Session):
         names = outputs or self._output_names
         with self._lock:
             results = self._evaluator.run(names, feeds)
-        return {
-            n: np.asarray(r) if not isinstance(r, (list, dict)) else r
-            for n, r in zip(names, results)
-        }
+        # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
+        out = {}
+        for n, r in zip(names, results):
+            if n in self._optional_tensors and isinstance(r, list) and len(r) == 1:
+                r = r[0]
+            out[n] = r if r is None or isinstance(r, (list, dict)) else np.asarray(r)
+        return out
 
     def _close(self) -> None:
         self._evaluator = None
