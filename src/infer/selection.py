@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .backends import base
 from .backends.base import GRAPH, Attempt, Backend, BackendInfo, Session
 from .device import Device, probe_hardware
-from .errors import BackendUnavailable, InferError, OptionError
+from .errors import BackendUnavailable, CompileError, InferError, OptionError
 from .model import Model
 from .options import Options
 
@@ -133,7 +133,11 @@ def select(
         try:
             target = transform(model, b, device, row.variant) if transform else model
             session = b.compile(target, device, options, row.variant)
-        except InferError as e:
+        except Exception as e:
+            if not isinstance(e, InferError):  # a backend bug must not leak a raw exception
+                wrapped = CompileError(f"{row.label} failed unexpectedly: {type(e).__name__}: {e}")
+                wrapped.__cause__ = e
+                e = wrapped
             attempts.append(
                 Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
             )

@@ -40,16 +40,24 @@ class ReferenceBackend(Backend):
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> Session:
+        import onnx
         from onnx.reference import ReferenceEvaluator
 
         proto = model.proto
+        # The evaluator runs whatever it is given and fails (or answers) at run time on graphs the
+        # spec forbids (cycles, inputs nothing produces): the checker refuses those up front.
+        try:
+            # (by path where there is one: the checker reads >2 GB models only that way)
+            onnx.checker.check_model(str(model.path) if model.path is not None else proto)
+        except Exception as e:
+            raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
             evaluator = ReferenceEvaluator(proto)
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         initializers = {t.name for t in proto.graph.initializer}
-        inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in initializers]
-        outputs = [spec_from_value_info(v) for v in proto.graph.output]
+        inputs = _specs(model, [v for v in proto.graph.input if v.name not in initializers])
+        outputs = _specs(model, proto.graph.output)
         # onnx.reference's Optional op wraps its value in a list: these outputs are unwrapped.
         optional_tensors = frozenset(
             v.name
@@ -67,6 +75,19 @@ class ReferenceBackend(Backend):
             options=options,
             precision=options.precision,
         )
+
+
+def _specs(model: Model, values: Any) -> list:
+    out = []
+    for v in values:
+        try:
+            out.append(spec_from_value_info(v))
+        except KeyError as e:
+            raise CompileError(
+                f"the ONNX reference evaluator cannot run {model!r}: graph input/output "
+                f"{v.name!r} has an element type ONNX does not define ({e})"
+            ) from e
+    return out
 
 
 class ReferenceSession(Session):
