@@ -17,7 +17,7 @@ def _model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)  # type-checks every node: no silent dtype slips
     return model
 
 
@@ -105,7 +105,7 @@ def cnn(
     nodes, inits = [], []
     prev, cin = "input", 3
     for i in range(depth):
-        w = rng.standard_normal((channels, cin, 3, 3)).astype(np.float32) * np.sqrt(2.0 / (cin * 9))
+        w = (rng.standard_normal((channels, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
         inits += [
             numpy_helper.from_array(w, f"conv{i}.w"),
             numpy_helper.from_array(
@@ -140,7 +140,7 @@ def cnn(
             helper.make_node("Relu", [f"n{i}"], [f"r{i}"]),
         ]
         prev, cin = f"r{i}", channels
-    fc = rng.standard_normal((classes, channels)).astype(np.float32) * np.sqrt(1.0 / channels)
+    fc = (rng.standard_normal((classes, channels)) * np.sqrt(1.0 / channels)).astype(np.float32)
     inits += [
         numpy_helper.from_array(fc, "fc.w"),
         numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"),

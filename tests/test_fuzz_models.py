@@ -7,7 +7,7 @@ through `Engine.load` (and, when a file loads, one run with feeds made from its 
 processes, a batch per process: a runtime crash shows as a child killed by a signal, and the file
 it was on is reported.
 
-Run this file directly to fuzz one list of files: `python test_fuzz_models.py WORKLIST OUT`.
+One child fuzzes one list of files: `python -m tests.test_fuzz_models WORKLIST OUT`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).parent))
-import models
+from . import models
 
+
+ROOT = Path(__file__).resolve().parent.parent
 COUNT = 500
 BATCHES = 5
 SEED = 20261126
@@ -316,7 +317,8 @@ def _run_batch(files: list[str], tmp: Path, index: int) -> tuple[list[dict], lis
         out = tmp / f"batch{index}.{attempt}.jsonl"
         worklist.write_text(json.dumps(remaining))
         proc = subprocess.run(
-            [sys.executable, __file__, str(worklist), str(out)],
+            [sys.executable, "-m", "tests.test_fuzz_models", str(worklist), str(out)],
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=600,

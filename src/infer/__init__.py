@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from . import convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .backends.base import Attempt, BackendInfo
 from .device import Capabilities, Device
 from .engine import Engine
@@ -47,8 +48,18 @@ __all__ = [
     "RuntimeFailure",
     "TensorSpec",
     "backends",
+    "convert",
     "devices",
 ]
 
 # Library convention: silent unless the application configures logging.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> object:
+    """`infer.serve` and `infer.ray` load on first use; neither imports a server or Ray until called."""
+    if name in ("serve", "ray"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -268,6 +268,12 @@ def _remove_stale(kdir: Path, digest: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def file_lock(path: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on `path` across processes and threads, for a file that a runtime keeps
+    in a `Cache.folder` and several builders update (a TensorRT timing cache, say)."""
+    return _locked(Path(path))
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on `path`, across processes and threads."""

@@ -41,8 +41,27 @@ def sniff(head: bytes, suffix: str = "") -> ModelFormat | None:
         return ModelFormat.OPENVINO if b"<net" in head else None
     # ONNX and Core ML specs are both protobufs whose field 1 is a varint (tag byte 0x08).
     if head[:1] == b"\x08":
-        return ModelFormat.COREML if suffix == ".mlmodel" else ModelFormat.ONNX
+        coreml = suffix == ".mlmodel" or _coreml_description(head)
+        return ModelFormat.COREML if coreml else ModelFormat.ONNX
     return None
+
+
+def _coreml_description(head: bytes) -> bool:
+    """Whether field 2 is a Core ML ModelDescription (starting with an input, tag 0x0a).
+
+    In ONNX, field 2 is producer_name, a string that never starts with a newline.
+    """
+    i = _skip_varint(head, 1)
+    if i >= len(head) or head[i] != 0x12:
+        return False
+    i = _skip_varint(head, i + 1)
+    return i < len(head) and head[i] == 0x0A
+
+
+def _skip_varint(buf: bytes, i: int) -> int:
+    while i < len(buf) and buf[i] & 0x80:
+        i += 1
+    return i + 1
 
 
 class Model:

@@ -8,6 +8,7 @@ module `infer/backends/<name>.py` plus a row here.
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,14 +36,18 @@ class Choice:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("onnxruntime", "reference")
+BACKENDS = ("tensorrt", "onnxruntime", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
+    Choice("tensorrt", "cuda"),
     Choice("onnxruntime", "cuda", "tensorrt"),
     Choice("onnxruntime", "cuda", "cuda"),
 )
 _ANE = (Choice("onnxruntime", "ane", "coreml"),)
+# Core ML runs .mlpackage/.mlmodel models only, which no other backend takes, so its rows never
+# stand in front of another backend for an ONNX model. Under "auto" it gets every compute unit.
+_COREML_AUTO = Choice("coreml", "auto", "all")
 # ONNX Runtime leads on the CPU: it runs the most of the ONNX spec, and no backend wins every
 # model on speed (see benchmarks/); backend="fastest" measures instead of assuming.
 _CPU = (
@@ -54,13 +59,16 @@ TABLE: dict[str, tuple[Choice, ...]] = {
     "cuda": _CUDA,
     "gpu": (
         *_CUDA,
+        Choice("coreml", "gpu"),
         Choice("onnxruntime", "gpu", "coreml"),
         Choice("onnxruntime", "gpu", "openvino"),
     ),
     "npu": (Choice("onnxruntime", "npu", "openvino"),),
-    "ane": _ANE,
-    "cpu": _CPU,
-    "auto": (*_CUDA, *_ANE, *_CPU),
+    "ane": (Choice("coreml", "ane"), *_ANE),
+    # A Core ML package asked onto the CPU runs on Core ML's CPU_ONLY units (no other backend
+    # reads packages, so the row costs ONNX models nothing).
+    "cpu": (*_CPU, Choice("coreml", "cpu")),
+    "auto": (*_CUDA, _COREML_AUTO, *_ANE, *_CPU),
 }
 
 
@@ -127,12 +135,16 @@ def select(
             continue
         why = b.supports(model, device, options, row.variant)
         if why:
-            attempts.append(Attempt(row.label, str(device), "unsupported", why))
+            # A backend that does not read the model's format is passed over, not fallen back from.
+            verdict = "unsupported" if model.format in b.formats else "skipped"
+            attempts.append(Attempt(row.label, str(device), verdict, why))
             continue
         start = time.perf_counter()
         try:
             target = transform(model, b, device, row.variant) if transform else model
             session = b.compile(target, device, options, row.variant)
+        except OptionError:
+            raise  # the caller's mistake: no other backend would make it right
         except Exception as e:
             if not isinstance(e, InferError):  # a backend bug must not leak a raw exception
                 wrapped = CompileError(f"{row.label} failed unexpectedly: {type(e).__name__}: {e}")
@@ -150,7 +162,7 @@ def select(
         )
         _warn_on_fallback(attempts)
         return session, attempts
-    if forced and last_error is not None and len(rows) == 1:
+    if forced and last_error is not None:  # a named backend's own failure, not "none could"
         raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
@@ -186,8 +198,16 @@ def _unavailable(info: BackendInfo) -> str:
 
 def _no_device(b: Backend, where: Device) -> str:
     found = ", ".join(str(d) for d in b.probe().devices) or "none"
-    notes = "; ".join(probe_hardware().notes) if where.kind in ("cuda", "gpu") else ""
-    return f"no {where} device for {b.name} (it sees: {found})" + (f"; {notes}" if notes else "")
+    notes = list(probe_hardware().notes) if where.kind in ("cuda", "gpu") else []
+    if where.kind in ("ane", "gpu") and not any(d.kind == "ane" for d in probe_hardware().devices):
+        notes.append(
+            f"no Apple silicon here ({platform.system()} {platform.machine()}): the Neural Engine "
+            "and Apple GPUs are reached through Core ML (coremltools) or onnxruntime's CoreML "
+            "execution provider, both on macOS"
+        )
+    return f"no {where} device for {b.name} (it sees: {found})" + (
+        f"; {'; '.join(notes)}" if notes else ""
+    )
 
 
 def _explain(attempts: Sequence[Attempt]) -> str:

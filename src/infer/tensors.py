@@ -43,7 +43,7 @@ class DType:
 _RUNTIME_NAMES: dict[str, tuple[str | None, str | None, str | None]] = {
     "FLOAT": ("f32", "FLOAT", "FLOAT32"),
     "UINT8": ("u8", "UINT8", None),
-    "INT8": ("i8", "INT8", None),
+    "INT8": ("i8", "INT8", "INT8"),
     "UINT16": ("u16", None, None),
     "INT16": ("i16", None, None),
     "INT32": ("i32", "INT32", "INT32"),

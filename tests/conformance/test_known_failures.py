@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib.util
 import re
 
-import onnx_suite
+from . import onnx_suite
 import pytest
-from onnx_suite import (
+from .onnx_suite import (
     BARS,
     LABELS,
     cpu_test_names,

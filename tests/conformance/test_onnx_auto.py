@@ -2,7 +2,7 @@
 first backend of the CPU row of the selection table that compiles it (ONNX Runtime, then the
 next ones), so it passes more than any single backend."""
 
-from onnx_suite import require_pinned, suite_cases
+from .onnx_suite import require_pinned, suite_cases
 
 LABEL = "auto"
 

@@ -1,6 +1,6 @@
 """The ONNX backend test suite through infer's ONNX Runtime backend (CPU provider)."""
 
-from onnx_suite import require_pinned, suite_cases
+from .onnx_suite import require_pinned, suite_cases
 
 LABEL = "onnxruntime"
 

@@ -37,6 +37,13 @@ PROVIDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 _COREML_UNITS = {"ane": "CPUAndNeuralEngine", "gpu": "CPUAndGPU", "cpu": "CPUOnly", "auto": "ALL"}
+# What to install when a build lacks a provider.
+_PROVIDER_INSTALL = {
+    "cuda": "install onnxruntime-gpu",
+    "tensorrt": "install onnxruntime-gpu and TensorRT",
+    "coreml": "the onnxruntime wheels for macOS include it",
+    "openvino": "install onnxruntime-openvino",
+}
 _OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
 # Element types ONNX Runtime's Python API converts to and from numpy itself.
@@ -128,7 +135,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> str | None:
         provider, kinds = PROVIDERS[variant or "cpu"]
         if provider not in self.providers():
-            return f"{provider} is not in this onnxruntime build (install onnxruntime-gpu / onnxruntime-openvino)"
+            hint = _PROVIDER_INSTALL.get(variant or "cpu", "")
+            return f"{provider} is not in this onnxruntime build" + (f" ({hint})" if hint else "")
         if device.kind not in kinds:
             return f"{provider} does not drive {device.kind} devices"
         return super().supports(model, device, options, variant)
@@ -161,6 +169,8 @@ class OnnxRuntimeBackend(Backend):
             so.add_free_dimension_override_by_name(dim, int(value))
         providers = self._providers(variant, device, options, model)
         source = str(model.path) if model.path is not None else model.data
+        if variant == "coreml" and options.cache and model.path is None:
+            source = _with_coreml_cache_key(model)
         try:
             sess = ort.InferenceSession(source, so, providers=providers)
         except Exception as e:
@@ -220,7 +230,12 @@ class OnnxRuntimeBackend(Backend):
                 "MLComputeUnits": _COREML_UNITS.get(device.kind, "ALL"),
             }
             if options.cache:
-                coreml["ModelCacheDirectory"] = str(cache.folder("ort-coreml", model=model.digest))
+                # The provider never checks a cached compile against the model, so the folder
+                # is keyed by the model's content and the onnxruntime version that compiled it.
+                folder = cache.folder(
+                    "ort-coreml", model=model.digest, onnxruntime=self.probe().version
+                )
+                coreml["ModelCacheDirectory"] = str(folder)
             chain.append(("CoreMLExecutionProvider", coreml))
         elif variant == "openvino":
             ov = {
@@ -232,6 +247,25 @@ class OnnxRuntimeBackend(Backend):
             chain.append(("OpenVINOExecutionProvider", ov))
         chain.append(("CPUExecutionProvider", {}))
         return chain
+
+
+def _with_coreml_cache_key(model: Model) -> bytes:
+    """The model's bytes carrying a COREML_CACHE_KEY entry.
+
+    The CoreML provider names its cached compile by that metadata entry, or else by the
+    model's path; a model given as bytes has no path, so without the key nothing is reused.
+    """
+    import onnx
+
+    proto = model.proto
+    if any(p.key == "COREML_CACHE_KEY" for p in proto.metadata_props):
+        return model.data
+    keyed = onnx.ModelProto()
+    keyed.CopyFrom(proto)
+    entry = keyed.metadata_props.add()
+    entry.key = "COREML_CACHE_KEY"
+    entry.value = model.digest  # 64 hex digits: the provider takes letters and digits, at most 64
+    return keyed.SerializeToString()
 
 
 def _trt_profiles(shapes: Mapping[str, Any]) -> dict[str, str]:

@@ -52,7 +52,7 @@ class ReferenceBackend(Backend):
         except Exception as e:
             raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
-            evaluator = ReferenceEvaluator(proto)
+            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops())
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         initializers = {t.name for t in proto.graph.initializer}
@@ -103,7 +103,8 @@ class ReferenceSession(Session):
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
-        with self._lock:
+        # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
+        with self._lock, np.errstate(over="ignore"):
             results = self._evaluator.run(names, feeds)
         # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
         out = {}
@@ -115,3 +116,54 @@ class ReferenceSession(Session):
 
     def _close(self) -> None:
         self._evaluator = None
+
+
+def _corrected_ops() -> list[type]:
+    """Ops whose reference implementation in onnx <= 1.23 gives wrong answers, corrected here.
+
+    BatchNormalization 9-13 picks test mode by the number of outputs; onnx's evaluator picks it
+    by `momentum is None`, and since the schema defaults momentum to 0.9, every exported
+    inference-mode BatchNormalization ran in training mode (onnx/onnx#8442, still open).
+    """
+    from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_batch_normalization import (
+        _batchnorm_test_mode,
+        _batchnorm_training_mode,
+    )
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(
+            self,
+            x,
+            scale,
+            bias,
+            mean,
+            var,
+            epsilon=None,
+            momentum=None,
+            training_mode=None,
+            is_test=None,
+            spatial=None,
+        ):
+            opset = self.run_params["opsets"].get("", 1)
+            epsilon = 1e-5 if epsilon is None else epsilon
+            momentum = 0.9 if momentum is None else momentum
+            outputs = [name for name in self.onnx_node.output if name]
+            if opset >= 14:
+                training = bool(training_mode)
+            elif opset >= 7:
+                training = len(outputs) > 1
+            else:
+                training = not is_test
+            if not training:
+                return (_batchnorm_test_mode(x, scale, bias, mean, var, epsilon=epsilon),)
+            y, saved_mean, saved_var, running_mean, running_var = _batchnorm_training_mode(
+                x, scale, bias, mean, var, momentum=momentum, epsilon=epsilon
+            )
+            if opset >= 14:
+                return (y, running_mean, running_var)[: len(outputs)]
+            return (y, running_mean, running_var, saved_mean, saved_var)[: len(outputs)]
+
+    return [BatchNormalization]
