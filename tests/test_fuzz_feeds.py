@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 import infer
 from infer import selection
 from infer.backends import base
+
 from .models import multi_io
 
 INPUTS = ("a", "b", "mask")  # a: float32[N, 4], b: int64[N, 4], mask: bool[N, 4] (shared N)

@@ -28,7 +28,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import models
 
-
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 500
 BATCHES = 5

@@ -16,6 +16,7 @@ import pytest
 import infer
 from infer import selection
 from infer.backends import base
+
 from .models import multi_io
 
 THREADS = 8

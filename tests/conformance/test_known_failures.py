@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib.util
 import re
 
-from . import onnx_suite
 import pytest
+
+from . import onnx_suite
 from .onnx_suite import (
     BARS,
     LABELS,

@@ -7,6 +7,7 @@ the module skips and says so.
 import importlib.util
 
 import pytest
+
 from .onnx_suite import require_pinned, suite_cases
 
 LABEL = "openvino"

@@ -5,6 +5,7 @@ Marked slow so `-m "not slow"` leaves it out of quick local runs; CI runs it.
 """
 
 import pytest
+
 from .onnx_suite import require_pinned, suite_cases
 
 LABEL = "reference"
