@@ -98,23 +98,21 @@ def test_with_options_fixes_the_load_options_and_prepare_overrides_them():
 
 def test_auto_picks_onnxruntime_and_falls_back_to_the_reference_evaluator():
     assert InferBackend.prepare(_add_model()).engine.backend == "onnxruntime"
-    # ONNX Runtime has no kernel for Gemm-6 (opset 6); the reference evaluator runs it.
-    node = helper.make_node("Gemm", ["a", "b"], ["c"])
+    # ONNX Runtime dropped its kernels for Add-6 (opset 6); the reference evaluator runs it.
     a = np.eye(2, dtype=np.float32)
-    model = one_node_model(node, [a, a], opset=6)
+    model = one_node_model(helper.make_node("Add", ["a", "b"], ["c"]), [a, a], opset=6)
     rep = InferBackend.prepare(model)
     assert rep.engine.backend == "reference"
-    assert [a.verdict for a in rep.engine.selection if a.backend.startswith("onnxruntime")] == [
-        "failed"
-    ]
-    np.testing.assert_array_equal(rep.run([a, a])[0], a)
+    verdicts = [x.verdict for x in rep.engine.selection if x.backend.startswith("onnxruntime")]
+    assert verdicts == ["failed"]
+    np.testing.assert_array_equal(rep.run([a, a])[0], 2 * a)
 
 
 def test_a_forced_backend_that_cannot_compile_raises_an_infer_error():
-    node = helper.make_node("Gemm", ["a", "b"], ["c"])
     a = np.eye(2, dtype=np.float32)
-    with pytest.raises(infer.CompileError, match="Gemm"):
-        InferBackend.prepare(one_node_model(node, [a, a], opset=6), backend="onnxruntime")
+    model = one_node_model(helper.make_node("Add", ["a", "b"], ["c"]), [a, a], opset=6)
+    with pytest.raises(infer.CompileError, match=r"Add\(6\)"):
+        InferBackend.prepare(model, backend="onnxruntime")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -238,3 +236,17 @@ def test_optional_inputs_and_outputs(backend):
     assert out["empty"] is None
     out = engine.run({"o": None})
     assert bool(out["has"]) is False
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax", "Hardmax"])
+@pytest.mark.parametrize(("opset", "axis"), [(11, None), (11, 2), (11, -1), (13, None), (13, 1)])
+def test_reference_normalizers_follow_their_opset(op, opset, axis):
+    # Before opset 13 these ops flatten to 2-D at `axis` (default 1); ONNX Runtime implements
+    # each version, and infer's reference backend must agree with it (onnx.reference did not).
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    attrs = {} if axis is None else {"axis": axis}
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    model = one_node_model(node, [x], opset=opset)
+    ort_y = InferBackend.run_model(model, [x], backend="onnxruntime")[0]
+    ref_y = InferBackend.run_model(model, [x], backend="reference")[0]
+    np.testing.assert_allclose(ref_y, ort_y, rtol=1e-5, atol=1e-6)

@@ -124,6 +124,9 @@ def _corrected_ops() -> list[type]:
     BatchNormalization 9-13 picks test mode by the number of outputs; onnx's evaluator picks it
     by `momentum is None`, and since the schema defaults momentum to 0.9, every exported
     inference-mode BatchNormalization ran in training mode (onnx/onnx#8442, still open).
+    Softmax, LogSoftmax and Hardmax before opset 13 normalize over the input flattened to 2-D
+    at `axis` (default 1); onnx's evaluator uses the opset-13 rule (one axis, default -1) for
+    every version, so an opset-9 classifier's Softmax over [N, 1000, 1, 1] gave all ones.
     """
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_batch_normalization import (
@@ -166,4 +169,43 @@ def _corrected_ops() -> list[type]:
                 return (y, running_mean, running_var)[: len(outputs)]
             return (y, running_mean, running_var, saved_mean, saved_var)[: len(outputs)]
 
-    return [BatchNormalization]
+    class _Normalizer(OpRun):
+        """Softmax, LogSoftmax, Hardmax: before opset 13 they flatten the input to 2-D at `axis`
+        (default 1) and normalize each row; from 13 on they work along `axis` (default -1).
+        onnx's evaluator applies the opset-13 rule to every version."""
+
+        op_domain = ""
+
+        def _run(self, x, axis=None):
+            opset = self.run_params["opsets"].get("", 1)
+            if not any(a.name == "axis" for a in self.onnx_node.attribute):
+                axis = 1 if opset < 13 else -1
+            if x.size == 0:
+                return (x,)
+            if opset >= 13:
+                return (self._along(x, axis).astype(x.dtype),)
+            axis = axis + x.ndim if axis < 0 else axis
+            rows = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+            return (self._along(rows, 1).reshape(x.shape).astype(x.dtype),)
+
+    class Softmax(_Normalizer):
+        @staticmethod
+        def _along(x, axis):
+            e = np.exp(x - x.max(axis=axis, keepdims=True))
+            return e / e.sum(axis=axis, keepdims=True)
+
+    class LogSoftmax(_Normalizer):
+        @staticmethod
+        def _along(x, axis):
+            shifted = x - x.max(axis=axis, keepdims=True)
+            return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    class Hardmax(_Normalizer):
+        @staticmethod
+        def _along(x, axis):
+            y = np.zeros_like(x)
+            first = np.expand_dims(np.argmax(x, axis=axis), axis)
+            np.put_along_axis(y, first, 1, axis=axis)
+            return y
+
+    return [BatchNormalization, Softmax, LogSoftmax, Hardmax]
