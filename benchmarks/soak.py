@@ -9,7 +9,9 @@ Phases, each in a fresh process so one cannot hide or cause another's growth:
     python benchmarks/soak.py                       # onnxruntime, the full counts
     python benchmarks/soak.py --backend reference --runs 2000 --cycles 100
 
-Prints a table and writes benchmarks/results/soak-<backend>.json.
+Prints a table and writes benchmarks/results/soak-<backend>.json. "growth" is RSS from after the
+warm-up to the end; "drift" from the first tenth of the phase to the end (a leak keeps drifting,
+allocator warm-up does not).
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ def _run_phase(phase: str, args: argparse.Namespace, model: Path) -> dict:
     result["phase"] = phase
     result["rss_growth_mb"] = e["rss_mb"] - s["rss_mb"]
     result["rss_growth_pct"] = 100 * (e["rss_mb"] - s["rss_mb"]) / s["rss_mb"]
+    # After the first tenth: growth that keeps going (a leak) rather than allocator warm-up.
+    first = result["trace_rss_mb"][0] if result["trace_rss_mb"] else s["rss_mb"]
+    result["rss_drift_pct"] = 100 * (e["rss_mb"] - first) / first
     result["fd_growth"] = e["fds"] - s["fds"]
     result["thread_growth"] = e["threads"] - s["threads"]
     result["per_item_us"] = 1e6 * result["seconds"] / result["count"]
@@ -172,7 +177,7 @@ def _run_phase(phase: str, args: argparse.Namespace, model: Path) -> dict:
 
 def _table(rows: list[dict]) -> str:
     head = (
-        f"{'phase':<10} {'count':>7} {'RSS start':>10} {'RSS end':>9} {'growth':>8} "
+        f"{'phase':<10} {'count':>7} {'RSS start':>10} {'RSS end':>9} {'growth':>8} {'drift':>8} "
         f"{'fds':>9} {'threads':>9} {'us/item':>9}  verdict"
     )
     lines = [head, "-" * len(head)]
@@ -180,7 +185,7 @@ def _table(rows: list[dict]) -> str:
         s, e = r["start"], r["end"]
         lines.append(
             f"{r['phase']:<10} {r['count']:>7} {s['rss_mb']:>8.1f}MB {e['rss_mb']:>7.1f}MB "
-            f"{r['rss_growth_pct']:>+7.2f}% {s['fds']:>4}->{e['fds']:<4} "
+            f"{r['rss_growth_pct']:>+7.2f}% {r['rss_drift_pct']:>+7.2f}% {s['fds']:>4}->{e['fds']:<4} "
             f"{s['threads']:>4}->{e['threads']:<4} {r['per_item_us']:>9.1f}  "
             f"{'ok' if r['ok'] else 'GROWTH'}"
         )
