@@ -16,10 +16,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import infer
-import models
 from infer.options import Options
 from infer.serve import export as export_module
 from infer.serve import export_triton
+
+from . import models
+from .skips import PYTRITON_MISSING
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (the [serve] extra)"
@@ -258,7 +260,7 @@ def test_precision_goes_into_the_graph(tmp_path):
 
 
 def _tritonserver() -> tuple[Path, Path, Path]:
-    pytriton = pytest.importorskip("pytriton", reason="needs nvidia-pytriton (the [serve] extra)")
+    pytriton = pytest.importorskip("pytriton", reason=PYTRITON_MISSING)
     from pytriton.utils.distribution import get_libs_path
 
     root = Path(pytriton.__file__).parent / "tritonserver"
@@ -271,6 +273,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.triton
 def test_tritonserver_accepts_the_exported_configs(tmp_path):
     """Triton parses and validates each config.pbtxt when it polls the repository, before it
     looks for the backend. pytriton bundles only the Python backend, so here our models must

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper
 
 import infer
 import infer.ray
-import models
+
+from . import models
 
 ray = pytest.importorskip("ray", reason="needs ray (the [ray] extra)")
 pytest.importorskip("ray.data", reason="needs ray[data] (the [ray] extra)")

@@ -19,10 +19,13 @@ import pytest
 from onnx import TensorProto, helper
 
 import infer
-import models
 from infer.serve import PortInUse
 
-pytest.importorskip("pytriton", reason="needs nvidia-pytriton (the [serve] extra; Linux only)")
+from . import models
+from .skips import PYTRITON_MISSING
+
+pytestmark = pytest.mark.triton
+pytest.importorskip("pytriton", reason=PYTRITON_MISSING)
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
 

@@ -14,10 +14,12 @@ import numpy as np
 import onnx
 import pytest
 
-import models
+from . import models
+from .skips import PYTRITON_MISSING
 
 typer = pytest.importorskip("typer", reason="needs typer (the [cli] extra)")
-pytest.importorskip("pytriton", reason="needs nvidia-pytriton (the [serve] extra; Linux only)")
+pytestmark = pytest.mark.triton
+pytest.importorskip("pytriton", reason=PYTRITON_MISSING)
 httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 
 from typer.testing import CliRunner  # noqa: E402

@@ -10,6 +10,7 @@ import logging
 
 from . import convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .backends.base import Attempt, BackendInfo
+from .compare import compare
 from .device import Capabilities, Device
 from .engine import Engine
 from .errors import (
@@ -23,6 +24,7 @@ from .errors import (
     OptionError,
     RuntimeFailure,
 )
+from .inspect import inspect
 from .model import Model, ModelFormat
 from .selection import backends, devices
 from .tensors import TensorSpec
@@ -48,8 +50,10 @@ __all__ = [
     "RuntimeFailure",
     "TensorSpec",
     "backends",
+    "compare",
     "convert",
     "devices",
+    "inspect",
 ]
 
 # Library convention: silent unless the application configures logging.

@@ -160,11 +160,44 @@ def select(
         attempts.append(
             Attempt(row.label, str(device), "selected", session.details.get("summary", ""), seconds)
         )
-        _warn_on_fallback(attempts)
+        _warn_on_fallback(attempts, named=forced)
         return session, attempts
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
         raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
+
+
+def check(
+    row: Choice, model: Model, request: Device, options: Options
+) -> tuple[Device | None, Attempt | None]:
+    """The checks `select` makes on a row before compiling, without compiling anything.
+
+    Returns (device, None) when the row would be compiled on `device`, else (device or None,
+    the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
+    which backends could take a model.
+    """
+    b = base.get(row.backend)
+    info = b.probe()
+    where = _device_request(row, request)
+    if not info.available:
+        return None, Attempt(row.label, str(where), "unavailable", _unavailable(info))
+    device = b.device_for(where)
+    if device is None:
+        return None, Attempt(row.label, str(where), "unavailable", _no_device(b, where))
+    why = b.supports(model, device, options, row.variant)
+    if why:
+        return device, Attempt(row.label, str(device), "unsupported", why)
+    return device, None
+
+
+def preflight(
+    model: Model,
+    request: Device,
+    options: Options,
+    backend: str | Sequence[str] | None = None,
+) -> list[tuple[Choice, Device | None, Attempt | None]]:
+    """`check` for every candidate `select` would try, in the same order."""
+    return [(row, *check(row, model, request, options)) for row in candidates(request, backend)]
 
 
 def needs_graph_precision(
@@ -174,7 +207,7 @@ def needs_graph_precision(
     return backend.precisions(device, variant).get(options.precision) == GRAPH
 
 
-def _warn_on_fallback(attempts: list[Attempt]) -> None:
+def _warn_on_fallback(attempts: list[Attempt], named: bool = False) -> None:
     chosen = attempts[-1]
     passed = [a for a in attempts[:-1] if a.verdict in ("failed", "unsupported")]
     if passed:
@@ -184,7 +217,7 @@ def _warn_on_fallback(attempts: list[Attempt]) -> None:
             chosen.device,
             "; ".join(str(a) for a in passed),
         )
-    if chosen.backend == "reference":
+    if chosen.backend == "reference" and not named:  # a caller who named it knows
         log.warning(
             "running on the ONNX reference evaluator, which is slow: %s",
             base.get("reference").probe().reason,

@@ -1,0 +1,644 @@
+"""Benchmarks: load time (cold and warm), latency percentiles and throughput, per backend.
+
+`benchmark()` loads the model once per backend into an empty cache folder (cold: the
+runtime is started and everything it caches is built) and again from that folder (warm),
+then for each batch size warms up and measures for a fixed time. With `concurrency` N > 1,
+N requests are kept in flight through `Engine.submit`; latency is then per request, from
+submit to result. `plot()` draws latency distributions and throughput with matplotlib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import selection
+from .device import Device, cpu
+from .engine import Engine
+from .errors import InferError, OptionError
+from .feeds import model_inputs, profile, random_feeds, resolve_shapes
+from .model import Model, ModelFormat, ModelSource
+from .options import Options
+from .tensors import TensorSpec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str, float, float], None]
+"""progress(backend label, phase, done, total): phases are "load (cold)", "load (warm)",
+"warm-up b=N" and "measure b=N"; done/total are seconds of the timed phases."""
+
+MIN_RUNS = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    """A backend (variant) on a device, as `Engine.load(device=..., backend=...)` takes them."""
+
+    label: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A candidate that was not benchmarked, and why."""
+
+    backend: str
+    device: str
+    verdict: str  # "unavailable" (not installed or no such device) or "unsupported"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Latency statistics in milliseconds."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Stats:
+        ms = np.asarray(seconds, np.float64) * 1e3
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        return cls(
+            float(p50),
+            float(p90),
+            float(p99),
+            float(ms.mean()),
+            float(ms.std()),
+            float(ms.min()),
+            float(ms.max()),
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One backend at one batch size."""
+
+    backend: str
+    device: str
+    batch: int
+    precision: str = ""
+    concurrency: int = 1
+    load_cold_s: float | None = None
+    load_warm_s: float | None = None
+    runs: int = 0
+    warmup_runs: int = 0
+    seconds: float = 0.0
+    latency: Stats | None = None
+    throughput: float | None = None  # samples (batch items) per second
+    summary: str = ""  # the backend's own line from engine.selection
+    error: str | None = None
+    samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Everything one `benchmark()` call measured."""
+
+    model: str
+    device: str
+    precision: str
+    batches: tuple[int, ...]
+    duration: float
+    warmup: float
+    concurrency: int
+    results: tuple[Measurement, ...]
+    skipped: tuple[Skipped, ...]
+    auto: str | None  # the backend device="..." with no backend named would pick
+    notes: tuple[str, ...] = ()
+    environment: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def best(self, batch: int) -> Measurement | None:
+        """The fastest backend (lowest median latency) at `batch`."""
+        ok = [m for m in self.results if m.ok and m.batch == batch and m.latency]
+        return min(ok, key=lambda m: m.latency.p50) if ok else None  # type: ignore[union-attr]
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """JSON-ready data; `samples=True` keeps every latency sample."""
+
+        def one(m: Measurement) -> dict[str, Any]:
+            d: dict[str, Any] = {
+                "backend": m.backend,
+                "device": m.device,
+                "batch": m.batch,
+                "precision": m.precision,
+                "concurrency": m.concurrency,
+                "load_s": {"cold": m.load_cold_s, "warm": m.load_warm_s},
+                "runs": m.runs,
+                "warmup_runs": m.warmup_runs,
+                "seconds": m.seconds,
+                "latency_ms": vars(m.latency) if m.latency else None,
+                "throughput": m.throughput,
+                "summary": m.summary,
+                "error": m.error,
+            }
+            if samples:
+                d["samples_ms"] = list(m.samples_ms)
+            return d
+
+        return {
+            "model": self.model,
+            "device": self.device,
+            "precision": self.precision,
+            "batches": list(self.batches),
+            "duration_s": self.duration,
+            "warmup_s": self.warmup,
+            "concurrency": self.concurrency,
+            "auto": self.auto,
+            "results": [one(m) for m in self.results],
+            "skipped": [vars(s) for s in self.skipped],
+            "notes": list(self.notes),
+            "environment": dict(self.environment),
+        }
+
+
+def targets(
+    model: Model,
+    device: str | Device = "auto",
+    precision: str = "fp32",
+    backends: str | Sequence[str] = "all",
+) -> tuple[list[Target], list[Skipped]]:
+    """What to benchmark: every backend (variant) that can take the model on `device` here
+    ("all"), or the first that can for each name given; and what was left out, with why."""
+    request = Device.parse(device)
+    options = Options(precision=precision)
+    found: list[Target] = []
+    skipped: list[Skipped] = []
+
+    def miss(row: selection.Choice, attempt: Any) -> None:
+        s = Skipped(row.label, attempt.device, attempt.verdict, attempt.reason)
+        if s not in skipped:
+            skipped.append(s)
+
+    if isinstance(backends, str) and backends == "all":
+        for row, dev, attempt in selection.preflight(model, request, options):
+            if attempt is None:
+                target = Target(row.label, str(dev))
+                if target not in found:
+                    found.append(target)
+            else:
+                miss(row, attempt)
+        return found, skipped
+    for name in [backends] if isinstance(backends, str) else backends:
+        rows = selection.preflight(model, request, options, name)
+        hit = next(((row, dev) for row, dev, attempt in rows if attempt is None), None)
+        if hit is None:
+            for row, _, attempt in rows:
+                miss(row, attempt)
+        elif (t := Target(hit[0].label, str(hit[1]))) not in found:
+            found.append(t)
+    return found, skipped
+
+
+def auto_choice(model: Model, device: str | Device = "auto", precision: str = "fp32") -> str | None:
+    """The backend `Engine.load(model, device)` would try first (None: no candidate passes)."""
+    for row, dev, attempt in selection.preflight(
+        model, Device.parse(device), Options(precision=precision)
+    ):
+        if attempt is None and dev is not None:
+            return row.label
+    return None
+
+
+def benchmark(
+    model: ModelSource,
+    *,
+    device: str = "auto",
+    backends: str | Sequence[str] = "all",
+    precision: str = "fp32",
+    batches: Sequence[int] = (1,),
+    duration: float = 2.0,
+    warmup: float = 0.5,
+    concurrency: int = 1,
+    shapes: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    name: str | None = None,
+) -> BenchReport:
+    """Benchmark `model` on each backend in `backends` ("all" or names) on `device`.
+
+    duration, warmup: seconds per backend and batch size (at least 3 timed runs and 1
+        warm-up run happen however long they take).
+    concurrency: requests kept in flight (through Engine.submit); > 1 also asks backends
+        for their throughput setting (hint="throughput").
+    shapes: sizes for dynamic dimensions (see `infer.feeds.resolve_shapes`); the first
+        dimension of every input where it is dynamic is the batch size.
+    inputs: arrays to use as they are for some inputs (a sample rate, a state); the others
+        are seeded random.
+    cache_dir: where the cold load builds and the warm load reads back; default a temporary
+        folder, so "cold" is truly cold. Give your cache folder to time loads with it.
+    """
+    if duration <= 0 or warmup < 0:
+        raise OptionError(f"duration must be > 0 and warmup >= 0, got {duration}, {warmup}")
+    if concurrency < 1:
+        raise OptionError(f"concurrency must be >= 1, got {concurrency}")
+    batches = tuple(int(b) for b in batches)
+    if not batches or any(b < 1 for b in batches):
+        raise OptionError(f"batch sizes must be positive integers, got {list(batches)}")
+    source = model if isinstance(model, Model) else Model.load(model)
+    todo, skipped = targets(source, device, precision, backends)
+    if not todo:
+        why = "\n".join(f"  - {s.backend} on {s.device}: {s.reason}" for s in skipped)
+        what = name or (str(source.path) if source.path else repr(source))
+        raise InferError(f"no backend here can run {what} on {device} at {precision}:\n{why}")
+    notes: list[str] = []
+    results: list[Measurement] = []
+    with _cache_folder(cache_dir) as folder:
+        for target in todo:
+            results += _bench_one(
+                source,
+                target,
+                precision=precision,
+                batches=batches,
+                duration=duration,
+                warmup=warmup,
+                concurrency=concurrency,
+                shapes=shapes,
+                given=dict(inputs or {}),
+                seed=seed,
+                threads=threads,
+                cache_dir=folder,
+                progress=progress,
+                notes=notes,
+            )
+    return BenchReport(
+        model=name or (str(source.path) if source.path else source.name),
+        device=device,
+        precision=precision,
+        batches=batches,
+        duration=duration,
+        warmup=warmup,
+        concurrency=concurrency,
+        results=tuple(results),
+        skipped=tuple(skipped),
+        auto=auto_choice(source, device, precision),
+        notes=tuple(dict.fromkeys(notes)),
+        environment=environment(),
+    )
+
+
+@contextlib.contextmanager
+def _cache_folder(given: str | Path | None) -> Iterator[Path]:
+    if given is not None:
+        yield Path(given)
+        return
+    with tempfile.TemporaryDirectory(prefix="infer-bench-") as tmp:
+        yield Path(tmp)
+
+
+def _bench_one(
+    model: Model,
+    target: Target,
+    *,
+    precision: str,
+    batches: tuple[int, ...],
+    duration: float,
+    warmup: float,
+    concurrency: int,
+    shapes: Mapping[str, Any] | None,
+    given: dict[str, np.ndarray],
+    seed: int,
+    threads: int | None,
+    cache_dir: Path,
+    progress: Progress | None,
+    notes: list[str],
+) -> list[Measurement]:
+    label = target.label
+    total = len(batches) * (warmup + duration)
+    tick = progress or (lambda *_: None)
+    kw: dict[str, Any] = dict(
+        backend=label,
+        precision=precision,
+        shapes=_profile(model, shapes, batches, given),
+        hint="throughput" if concurrency > 1 else "latency",
+        max_in_flight=concurrency if concurrency > 1 else None,
+        threads=threads,
+        cache_dir=cache_dir,
+    )
+    try:
+        tick(label, "load (cold)", 0.0, total)
+        start = time.perf_counter()
+        Engine.load(model, target.device, **kw).close()
+        cold = time.perf_counter() - start
+        tick(label, "load (warm)", 0.0, total)
+        start = time.perf_counter()
+        engine = Engine.load(model, target.device, **kw)
+        warm = time.perf_counter() - start
+    except InferError as e:
+        log.debug("%s failed to load", label, exc_info=True)
+        return [
+            Measurement(label, target.device, b, precision, concurrency, error=_one_line(e))
+            for b in batches
+        ]
+    out = []
+    try:
+        summary = engine.selection[-1].reason if engine.selection else ""
+        for i, batch in enumerate(batches):
+            base = i * (warmup + duration)
+            common = dict(
+                backend=label,
+                device=str(engine.device),
+                precision=engine.precision,
+                concurrency=concurrency,
+                load_cold_s=cold,
+                load_warm_s=warm,
+                summary=summary,
+            )
+            try:
+                feed_shapes, batch_used, dims = _batched_shapes(engine.inputs, shapes, batch, given)
+                notes += [f"dynamic dimension {d} (set it with --shape)" for d in dims]
+                feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
+            except InferError as e:
+                out.append(Measurement(batch=batch, error=_one_line(e), **common))
+                continue
+
+            def report(phase: str, seconds: float, base: float = base, batch: int = batch) -> None:
+                tick(label, f"{phase} b={batch}", base + seconds, total)
+
+            try:
+                warm_runs = _loop(engine, feeds, warmup, 1, 1, lambda s: report("warm-up", s))[0]
+                samples, elapsed = _loop(
+                    engine,
+                    feeds,
+                    duration,
+                    MIN_RUNS,
+                    concurrency,
+                    lambda s: report("measure", warmup + s),
+                )
+            except InferError as e:
+                out.append(Measurement(batch=batch_used, error=_one_line(e), **common))
+                continue
+            out.append(
+                Measurement(
+                    batch=batch_used,
+                    runs=len(samples),
+                    warmup_runs=len(warm_runs),
+                    seconds=elapsed,
+                    latency=Stats.of(samples),
+                    throughput=len(samples) * batch_used / elapsed if elapsed > 0 else None,
+                    samples_ms=tuple(float(s * 1e3) for s in samples),
+                    **common,
+                )
+            )
+        tick(label, "done", total, total)
+    finally:
+        engine.close()
+    return out
+
+
+def _profile(
+    model: Model,
+    shapes: Mapping[str, Any] | None,
+    batches: Sequence[int],
+    given: Mapping[str, np.ndarray],
+) -> dict[str, Any] | None:
+    """Build-time shapes covering every batch size, for backends that fix them (TensorRT)."""
+    if model.format is not ModelFormat.ONNX:
+        return None
+    specs = model_inputs(model)
+    sets = []
+    for batch in batches:
+        try:
+            sets.append(_batched_shapes(specs, shapes, batch, given)[0])
+        except InferError:
+            continue  # that batch will fail with its reason when it is run
+    return profile(sets) or None
+
+
+def _batched_shapes(
+    specs: Sequence[TensorSpec],
+    shapes: Mapping[str, Any] | None,
+    batch: int,
+    given: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, tuple[int, ...]], int, list[str]]:
+    """Input shapes with `batch` on every dynamic first dimension of a random input (whatever
+    `shapes` says about it), the batch that applies, and notes for other dynamic dims
+    defaulted to 1. Inputs in `given` keep their own shapes."""
+    given = given or {}
+    resolved, notes = resolve_shapes(specs, shapes, arrays=given)
+    dynamic = [
+        s.name for s in specs if s.shape and not isinstance(s.shape[0], int) and s.name not in given
+    ]
+    out = dict(resolved)
+    for name in dynamic:
+        out[name] = (batch, *resolved[name][1:])
+    notes = [n for n in notes if not any(n.startswith(f"{name}[0] ") for name in dynamic)]
+    if dynamic:
+        return out, batch, notes
+    firsts = {v[0] for v in out.values() if v}
+    used = firsts.pop() if len(firsts) == 1 else 1
+    if batch not in (used, 1):
+        raise InferError(
+            f"batch {batch} cannot be run: no input has a dynamic first dimension "
+            f"(inputs: {', '.join(f'{k}={list(v)}' for k, v in out.items())})"
+        )
+    return out, used, notes
+
+
+def _loop(
+    engine: Engine,
+    feeds: dict[str, np.ndarray],
+    seconds: float,
+    min_runs: int,
+    concurrency: int,
+    tick: Callable[[float], None],
+) -> tuple[list[float], float]:
+    """Run for `seconds` (and at least `min_runs` times); per-run latencies and elapsed time."""
+    if concurrency > 1:
+        return _loop_concurrent(engine, feeds, seconds, min_runs, concurrency, tick)
+    clock = time.perf_counter
+    samples: list[float] = []
+    append = samples.append
+    run = engine.run
+    start = clock()
+    next_tick = start
+    while True:
+        t0 = clock()
+        run(feeds)
+        t1 = clock()
+        append(t1 - t0)
+        if t1 >= next_tick:
+            tick(min(t1 - start, seconds))
+            next_tick = t1 + 0.1
+            if t1 - start >= seconds and len(samples) >= min_runs:
+                break
+        elif t1 - start >= seconds and len(samples) >= min_runs:
+            break
+    return samples, clock() - start
+
+
+def _loop_concurrent(
+    engine: Engine,
+    feeds: dict[str, np.ndarray],
+    seconds: float,
+    min_runs: int,
+    concurrency: int,
+    tick: Callable[[float], None],
+) -> tuple[list[float], float]:
+    clock = time.perf_counter
+    slots = threading.BoundedSemaphore(concurrency)
+    samples: list[float] = []
+    errors: list[BaseException] = []
+    done = threading.Condition()
+    pending = 0
+    last = [0.0]
+
+    def finished(fut: Any, t0: float) -> None:
+        nonlocal pending
+        t1 = clock()
+        exc = fut.exception()
+        with done:
+            if exc is not None:
+                errors.append(exc)
+            else:
+                samples.append(t1 - t0)
+            last[0] = max(last[0], t1)
+            pending -= 1
+            done.notify_all()
+        slots.release()
+
+    def idle() -> bool:
+        return pending == 0
+
+    start = clock()
+    next_tick = start
+    submitted = 0
+    while not errors:
+        now = clock()
+        if now - start >= seconds and submitted >= min_runs:
+            break
+        if now >= next_tick:
+            tick(min(now - start, seconds))
+            next_tick = now + 0.1
+        slots.acquire()
+        t0 = clock()
+        with done:
+            pending += 1
+        try:
+            fut = engine.submit(feeds)
+        except BaseException:
+            with done:
+                pending -= 1
+                done.wait_for(idle)
+            slots.release()
+            raise
+        submitted += 1
+        fut.add_done_callback(lambda f, t0=t0: finished(f, t0))
+    with done:
+        done.wait_for(idle)
+    if errors:
+        err = errors[0]
+        raise err if isinstance(err, InferError) else InferError(str(err))
+    return samples, (last[0] or clock()) - start
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def environment() -> dict[str, Any]:
+    """Where the numbers came from: machine, Python, and every backend's version."""
+    from . import __version__
+
+    c = cpu()
+    return {
+        "infer": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": c.name,
+        "cores": os.cpu_count(),
+        "backends": {i.name: i.version for i in selection.backends() if i.available},
+        "argv": sys.argv[1:] if sys.argv else [],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+
+def plot(report: BenchReport, path: str | Path, title: str | None = None) -> Path:
+    """Write a PNG: latency distribution per backend and batch (left), throughput (right)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InferError(
+            'plots need matplotlib: pip install "infer[cli]" (or pip install matplotlib)'
+        ) from None
+    ok = [m for m in report.results if m.ok and m.samples_ms]
+    if not ok:
+        raise InferError("nothing to plot: no backend produced timings")
+    labels = [m.backend if len(report.batches) == 1 else f"{m.backend}\nb={m.batch}" for m in ok]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(ok) + 2.8), squeeze=True)
+    try:
+        data = [np.asarray(m.samples_ms) for m in ok]
+        ypos = np.arange(len(ok))
+        horizontal = (
+            {"orientation": "horizontal"}
+            if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+            else {"vert": False}
+        )
+        left.boxplot(
+            data,
+            positions=ypos,
+            **horizontal,
+            widths=0.6,
+            showfliers=True,
+            flierprops={"markersize": 2, "alpha": 0.4},
+        )
+        for y, m in zip(ypos, ok):
+            left.plot([m.latency.p99], [y], marker="|", color="tab:red", markersize=14)  # type: ignore[union-attr]
+        left.set_yticks(ypos, labels)
+        left.invert_yaxis()
+        spread = max(d.max() for d in data) / max(min(d.min() for d in data), 1e-9)
+        if spread > 30:
+            left.set_xscale("log")
+        left.set_xlabel("latency per run (ms); box: p25-p75, line: p50, red: p99")
+        left.set_title("latency")
+        left.grid(axis="x", alpha=0.3)
+
+        values = [m.throughput or 0.0 for m in ok]
+        bars = right.barh(ypos, values, color="tab:blue", alpha=0.8)
+        right.set_yticks(ypos, labels)
+        right.invert_yaxis()
+        right.set_xlabel(f"samples per second (concurrency {report.concurrency})")
+        right.set_title("throughput")
+        right.grid(axis="x", alpha=0.3)
+        for bar, v in zip(bars, values):
+            right.text(v, bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center", fontsize=8)
+        right.set_xlim(0, max(values) * 1.2 if max(values) > 0 else 1)
+        fig.suptitle(title or f"{Path(report.model).name} on {report.device} ({report.precision})")
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, format="png", dpi=110)
+    except OSError as e:
+        raise InferError(f"plot {str(path)!r} cannot be written: {e}") from e
+    finally:
+        plt.close(fig)
+    return out

@@ -1,0 +1,247 @@
+"""`infer bench [MODEL]`: latency, throughput and load time per backend, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from .. import demo
+from ..bench import BenchReport, benchmark, plot
+from ..errors import OptionError
+from ..feeds import read_inputs
+from ._common import (
+    DEMO,
+    DeviceOpt,
+    InputOpt,
+    PrecisionOpt,
+    SeedOpt,
+    ShapeOpt,
+    err,
+    fmt_ms,
+    fmt_s,
+    help_text,
+    int_list,
+    load_model,
+    out,
+    precision_of,
+    shapes_of,
+    split_list,
+    write_json,
+)
+
+HELP = help_text(
+    "Benchmark a model on every backend here (or those named), side by side: load time "
+    "(cold, into an empty cache, and warm), then per batch size a warm-up and a timed "
+    "run giving latency p50/p90/p99/mean and throughput. With no MODEL, the built-in "
+    "demo CNN. With --concurrency N, N requests stay in flight (Engine.submit) and "
+    "latency is per request.",
+    "infer bench",
+    "infer bench model.onnx -b onnxruntime,openvino --batch 1,8 --plot b.png",
+    "infer bench model.onnx -d cuda -p fp16 --concurrency 4 --json b.json",
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench", help=HELP, short_help="Latency, throughput and load time per backend.")(
+        bench_command
+    )
+
+
+def bench_command(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Model file; default: the built-in demo model.", show_default=False),
+    ] = None,
+    device: DeviceOpt = "auto",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", "-b", help="all (every backend that can take the model here), or a,b."
+        ),
+    ] = "all",
+    precision: PrecisionOpt = "fp32",
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,4,16.")] = "1",
+    duration: Annotated[
+        float, typer.Option("--duration", help="Seconds timed per backend and batch size.")
+    ] = 2.0,
+    warmup: Annotated[
+        float, typer.Option("--warmup", help="Seconds of warm-up runs before timing.")
+    ] = 0.5,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", help="Requests kept in flight.")
+    ] = 1,
+    shape: ShapeOpt = None,
+    inputs: InputOpt = None,
+    seed: SeedOpt = 0,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="Threads per backend (default: theirs).")
+    ] = None,
+    json_file: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the results as JSON to this file (- for stdout)."),
+    ] = None,
+    samples: Annotated[
+        bool, typer.Option("--samples", help="Keep every latency sample in the JSON.")
+    ] = False,
+    plot_file: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Draw latency and throughput to this PNG (matplotlib)."),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Load through this cache folder (default: a fresh temporary one, so the "
+            "cold load is cold).",
+        ),
+    ] = None,
+) -> None:
+    source, name = load_model(model or DEMO)
+    backends: Any = "all" if backend.strip() == "all" else split_list(backend)
+    if not backends:
+        raise OptionError("--backend is empty; use all or names such as onnxruntime,openvino")
+    batches = int_list(batch, "--batch")
+    label = demo.describe() if name == DEMO else name
+    with _Bars() as bars:
+        report = benchmark(
+            source,
+            device=device,
+            backends=backends,
+            precision=precision_of(precision),
+            batches=batches,
+            duration=duration,
+            warmup=warmup,
+            concurrency=concurrency,
+            shapes=shapes_of(shape),
+            inputs=read_inputs(inputs or []),
+            seed=seed,
+            threads=threads,
+            cache_dir=cache_dir,
+            progress=bars.update,
+            name=name,
+        )
+    if json_file is not None:
+        write_json(report.to_dict(samples=samples), json_file)
+    if json_file != "-":
+        render(report, label, named=backends != "all")
+    if plot_file is not None:
+        plot(report, plot_file, title=f"{name} on {device} ({precision})")
+        (out() if json_file != "-" else err()).print(f"plot written to {plot_file}")
+
+
+class _Bars:
+    """One rich progress bar per backend, on stderr."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}", justify="left", markup=False),
+            BarColumn(bar_width=24),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=err(),
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, label: str, phase: str, done: float, total: float) -> None:
+        text = f"{label:<22.22} {phase:<14.14}"
+        if label not in self.tasks:
+            self.tasks[label] = self.progress.add_task(text, total=total or 1)
+        self.progress.update(self.tasks[label], description=text, completed=done)
+
+
+def render(r: BenchReport, label: str, named: bool = False) -> None:
+    console = out()
+    mode = f"{r.concurrency} in flight" if r.concurrency > 1 else "one at a time"
+    console.print(
+        Text(f"{label}\n", style="bold")
+        + Text(
+            f"device {r.device} · {r.precision} · {mode}\n"
+            f"{r.duration:g} s timed per backend and batch, after {r.warmup:g} s warm-up",
+            style="dim",
+        )
+    )
+    ok = [m for m in r.results if m.ok]
+    if ok:
+        table = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+        table.add_column("backend", no_wrap=True)
+        table.add_column("batch", justify="right")
+        for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s"):
+            table.add_column(col, justify="right")
+        best = {b: r.best(b) for b in r.batches}
+        for m in ok:
+            name = m.backend + (" *" if m.backend == r.auto else "")
+            style = "bold green" if best.get(m.batch) is m and len(ok) > 1 else None
+            lat = m.latency
+            table.add_row(
+                name,
+                str(m.batch),
+                fmt_ms(lat.p50 if lat else None),
+                fmt_ms(lat.p90 if lat else None),
+                fmt_ms(lat.p99 if lat else None),
+                fmt_ms(lat.mean if lat else None),
+                f"{m.throughput:,.1f}" if m.throughput is not None else "-",
+                style=style,
+            )
+        console.print()
+        console.print(table)
+        loads = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+        loads.add_column("backend", no_wrap=True)
+        loads.add_column("device")
+        loads.add_column("precision")
+        loads.add_column("load cold", justify="right")
+        loads.add_column("load warm", justify="right")
+        loads.add_column("runs", justify="right")
+        seen = set()
+        for m in ok:
+            if m.backend in seen:
+                continue
+            seen.add(m.backend)
+            runs = sum(x.runs for x in ok if x.backend == m.backend)
+            loads.add_row(
+                m.backend,
+                m.device,
+                m.precision,
+                fmt_s(m.load_cold_s),
+                fmt_s(m.load_warm_s),
+                str(runs),
+            )
+        console.print()
+        console.print(loads)
+        notes = []
+        if r.auto and any(m.backend == r.auto for m in ok):
+            notes.append(f"* what device={r.device!r} picks with no backend named")
+        if len(ok) > 1:
+            notes.append("green: lowest median latency at that batch size")
+        for n in notes:
+            console.print(Text(n, style="dim"))
+    failed = [m for m in r.results if not m.ok]
+    if failed:
+        console.print()
+        for m in failed:
+            console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style="red"))
+    shown = [s for s in r.skipped if named or s.verdict == "unsupported"]
+    for s in shown:
+        console.print(Text(f"– {s.backend} on {s.device}: {s.reason}", style="dim"))
+    absent = [s.backend for s in r.skipped if s not in shown]
+    if absent:
+        console.print(
+            Text(
+                f"not here: {', '.join(dict.fromkeys(absent))} (see `infer devices`)",
+                style="dim",
+            )
+        )
+    for n in r.notes:
+        console.print(Text(f"note: {n}", style="dim"))

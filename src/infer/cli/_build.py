@@ -1,0 +1,208 @@
+"""`infer build MODEL`: build and cache now what `Engine.load` would build on first use."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+import infer
+
+from ..cache import Cache
+from ..engine import Engine
+from ..errors import InferError, InputError, OptionError
+from ..feeds import model_inputs, parse_shape, random_feeds, read_samples, resolve_shapes
+from ..model import ModelFormat
+from ._cache import Item, scan
+from ._common import (
+    DeviceOpt,
+    ModelArg,
+    PrecisionOpt,
+    err,
+    fmt_bytes,
+    fmt_s,
+    help_text,
+    load_model,
+    out,
+    precision_of,
+    split_list,
+)
+
+HELP = help_text(
+    "Build what loading the model needs (a TensorRT plan, OpenVINO's compiled model "
+    "cache, an fp16 or int8 model) and keep it in the cache, so Engine.load with the "
+    "same arguments starts warm. int8 calibrates on --calibration: a folder of .npy "
+    "(single-input models), .npz (one array per input) or image files (resized to the "
+    "input, scaled to [0, 1]).",
+    "infer build model.onnx --device cuda --precision fp16",
+    "infer build model.onnx -d cpu -p int8 --calibration samples/",
+    "infer build model.onnx -d cuda --shape x=1x3x64x64:8x3x64x64:16x3x64x64",
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build", help=HELP, short_help="Build and cache what loading the model needs.")(
+        build_command
+    )
+
+
+def build_command(
+    model: ModelArg,
+    device: DeviceOpt = "auto",
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", "-b", help="Backend to build for (default: what auto picks)."),
+    ] = None,
+    precision: PrecisionOpt = "fp32",
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", help="Folder of calibration samples (for int8)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Use at most this many calibration samples.")
+    ] = None,
+    shape: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shape",
+            help="INPUT=SHAPE or INPUT=MIN:OPT:MAX for backends that build for fixed shapes "
+            "(TensorRT profiles), e.g. x=1x3x64x64:4x3x64x64:8x3x64x64.",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Run the result once on random inputs.")
+    ] = True,
+) -> None:
+    source, name = load_model(model)
+    precision = precision_of(precision)
+    names = split_list(backend)
+    chosen = names[0] if len(names) == 1 else (names or None)
+    shapes = _shapes(shape or [])
+    samples: Any = None
+    if calibration is not None:
+        if precision != "int8":
+            raise OptionError(f"--calibration is for --precision int8, not {precision}")
+        if source.format is not ModelFormat.ONNX:
+            raise OptionError(f"--calibration needs an ONNX model; {name} is {source.format}")
+        opt = {
+            k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
+            for k, v in shapes.items()
+        }
+        data = read_samples(calibration, model_inputs(source), opt, limit=limit)
+        samples = infer.Calibration(data) if hasattr(infer, "Calibration") else data
+        err().print(f"calibration: {len(data)} samples from {calibration}")
+    cache = Cache()
+    before = {i.path: i for i in scan(cache)}
+    start = time.perf_counter()
+    with _Stages() as stages:
+        engine = Engine.load(
+            source,
+            device,
+            backend=chosen,
+            precision=precision,
+            calibration=samples,
+            shapes=shapes or None,
+            progress=stages.update,
+        )
+    seconds = time.perf_counter() - start
+    console = out()
+    with engine:
+        console.print(
+            Text(f"{name}", style="bold")
+            + Text(
+                f": built for {engine.backend} on {engine.device} ({engine.precision}) "
+                f"in {fmt_s(seconds)}"
+            )
+        )
+        summary = engine.selection[-1].reason if engine.selection else ""
+        if summary:
+            console.print(Text(f"  {summary}", style="dim"))
+        if check:
+            first = {
+                k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
+                for k, v in shapes.items()
+            }
+            start = time.perf_counter()
+            try:
+                resolved, _ = resolve_shapes(engine.inputs, first)
+                engine.run(random_feeds(engine.inputs, resolved))
+            except InferError as e:  # built and cached all the same; random inputs may not suit
+                err().print(
+                    Text(
+                        f"warning: the check run on random inputs failed ({e}); "
+                        "the build is cached; use --no-check to skip the check",
+                        style="yellow",
+                    )
+                )
+            else:
+                took = fmt_s(time.perf_counter() - start)
+                console.print(Text(f"  checked: one run on random inputs, {took}", style="dim"))
+    after = scan(cache)
+    changed = [i for i in after if _changed(before.get(i.path), i)]
+    if not changed:
+        console.print(
+            f"nothing new in the cache: {engine.backend} keeps no artifact for this model, "
+            f"or the cache held it already (this load took {fmt_s(seconds)})"
+        )
+        return
+    console.print(f"cached in {cache.root}:")
+    for i in changed:
+        what = "runtime cache" if i.managed else "entry"
+        console.print(
+            f"  {i.kind}/{i.path.name[:10]}  {what}, {i.files} files, {fmt_bytes(i.size)}"
+        )
+
+
+def _changed(old: Item | None, new: Item) -> bool:
+    return old is None or (old.size, old.files, old.created) != (new.size, new.files, new.created)
+
+
+def _shapes(items: list[str]) -> dict[str, Any]:
+    """--shape INPUT=SHAPE or INPUT=MIN:OPT:MAX -> Engine.load's shapes."""
+    shapes: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--shape {item!r}: expected INPUT=SHAPE or INPUT=MIN:OPT:MAX")
+        parts = value.split(":")
+        if len(parts) == 1:
+            shapes[name.strip()] = parse_shape(parts[0])
+        elif len(parts) == 3:
+            shapes[name.strip()] = tuple(parse_shape(p) for p in parts)
+        else:
+            raise InputError(f"--shape {item!r}: give one shape or three (MIN:OPT:MAX)")
+    return shapes
+
+
+class _Stages:
+    """A progress bar per stage reported through Engine.load(progress=...), on stderr."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console or err(),
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Stages:
+        self.progress.start()
+        self.tasks["load"] = self.progress.add_task("loading", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, done: int, total: int | None) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(f"{stage:<24.24}", total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)

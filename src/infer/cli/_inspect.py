@@ -1,0 +1,182 @@
+"""`infer inspect MODEL`: what the model file holds and which backends here can load it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..inspect import Inspection, Node, inspect
+from ..tensors import describe
+from ._common import ModelArg, fmt_bytes, fmt_count, help_text, load_model, out, write_json
+
+HELP = help_text(
+    "Show what a model holds: IR version, producer, opsets per domain, inputs and "
+    "outputs (symbolic dims by name), node count and op types, initializers and their "
+    "bytes, subgraphs, custom domains, external data, and which backends here can "
+    "load it.",
+    "infer inspect model.onnx",
+    "infer inspect model.onnx --nodes | less",
+    "infer inspect model.onnx --json | jq .onnx.opsets",
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "inspect", help=HELP, short_help="What a model holds, and which backends can load it."
+    )(inspect_command)
+
+
+def inspect_command(
+    model: ModelArg,
+    nodes: Annotated[
+        bool, typer.Option("--nodes", help="List every node: op, name, attributes, inputs.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    backends: Annotated[
+        bool,
+        typer.Option("--backends/--no-backends", help="Ask each backend whether it can load it."),
+    ] = True,
+) -> None:
+    source, name = load_model(model)
+    result = inspect(source, backends=backends)
+    if as_json:
+        data = result.to_dict(nodes=nodes)
+        data["name"] = name
+        write_json(data, "-")
+        return
+    render(result, name, nodes)
+
+
+def render(r: Inspection, name: str, nodes: bool = False) -> None:
+    console = out()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("model", f"{name} ({r.format}, {fmt_bytes(r.size_bytes)})")
+    o = r.onnx
+    if o is not None:
+        producer = " ".join(p for p in (o.producer, o.producer_version) if p) or "-"
+        grid.add_row("producer", producer)
+        opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in o.opsets)
+        grid.add_row("format", f"IR version {o.ir_version}; opsets: {opsets}")
+        for i, spec in enumerate(o.inputs):
+            grid.add_row("inputs" if i == 0 else "", _spec(spec))
+        for i, spec in enumerate(o.outputs):
+            grid.add_row("outputs" if i == 0 else "", _spec(spec))
+        nested = f" ({o.nodes_total} with subgraphs)" if o.nodes_total != o.nodes else ""
+        grid.add_row("nodes", f"{o.nodes}{nested}, {len(o.op_types)} op types")
+        w = o.weights
+        grid.add_row(
+            "weights",
+            f"{w.count} initializers, {fmt_count(w.parameters)} parameters, {fmt_bytes(w.bytes)}"
+            + (f" ({w.external} in external data)" if w.external else ""),
+        )
+        if o.constants.count:
+            c = o.constants
+            grid.add_row(
+                "",
+                f"{c.count} Constant nodes, {fmt_count(c.parameters)} values, {fmt_bytes(c.bytes)}",
+            )
+        if o.overridable:
+            grid.add_row("", f"{len(o.overridable)} initializers also listed as inputs")
+        if o.subgraphs:
+            depth = max(s.depth for s in o.subgraphs)
+            ops = sorted({s.op for s in o.subgraphs})
+            grid.add_row(
+                "subgraphs",
+                f"{len(o.subgraphs)} ({', '.join(ops)}), nested {depth} deep, "
+                f"{sum(s.nodes for s in o.subgraphs)} nodes",
+            )
+        if o.functions:
+            grid.add_row("functions", ", ".join(o.functions))
+        if o.custom_domains:
+            grid.add_row("custom", ", ".join(o.custom_domains))
+        if o.unknown_ops:
+            grid.add_row("unknown ops", Text(", ".join(o.unknown_ops), style="yellow"))
+        if o.external_data:
+            grid.add_row(
+                "external",
+                f"{', '.join(o.external_data)} ({fmt_bytes(o.external_bytes)})",
+            )
+        for i, (k, v) in enumerate(o.metadata):
+            grid.add_row("metadata" if i == 0 else "", f"{k}: {v}")
+    elif r.native is not None:
+        n = r.native
+        for note in n.notes:
+            grid.add_row("format", note)
+        for i, spec in enumerate(n.inputs):
+            grid.add_row("inputs" if i == 0 else "", _spec(spec))
+        for i, spec in enumerate(n.outputs):
+            grid.add_row("outputs" if i == 0 else "", _spec(spec))
+        if n.nodes is not None:
+            grid.add_row("layers", str(n.nodes))
+    here = [s for s in r.backends if s.device != "-"]
+    absent = [s.backend for s in r.backends if s.device == "-"]
+    for i, s in enumerate(here):
+        mark = Text("✓ ", style="green") if s.ok else Text("✗ ", style="red")
+        line = mark + Text(f"{s.backend} on {s.device}")
+        if not s.ok:
+            line.append(f": {s.reason}", style="dim")
+        grid.add_row("backends" if i == 0 else "", line)
+    if absent:
+        grid.add_row(
+            "" if here else "backends",
+            Text(f"not available here: {', '.join(absent)} (see `infer devices`)", style="dim"),
+        )
+    console.print(grid)
+    histogram = o.op_types if o is not None else r.native.op_types if r.native else ()
+    if histogram:
+        console.print()
+        console.print(Text("op types", style="bold"))
+        console.print(_columns([f"{op} {n}" for op, n in histogram]))
+    if nodes and r.nodes:
+        console.print()
+        console.print(Text("nodes", style="bold"))
+        for node in r.nodes:
+            console.print(_node(node))
+
+
+def _spec(spec: Any) -> str:
+    return f"{spec.name}: {describe(spec.shape, spec.dtype)}"
+
+
+def _columns(items: list[str], width: int = 78) -> Table:
+    """Items laid out in as many columns as fit in `width`."""
+    cell = max(len(i) for i in items) + 2
+    ncol = max(1, min(len(items), width // cell))
+    table = Table.grid(padding=(0, 2))
+    for _ in range(ncol):
+        table.add_column(no_wrap=True)
+    nrow = -(-len(items) // ncol)
+    for r in range(nrow):
+        table.add_row(
+            *[items[c * nrow + r] if c * nrow + r < len(items) else "" for c in range(ncol)]
+        )
+    return table
+
+
+def _node(n: Node) -> Text:
+    where = f"{n.graph}/" if n.graph else ""
+    head = Text(f"[{where}{n.index}] ", style="dim")
+    head.append(n.op_id, style="bold")
+    if n.name:
+        head.append(f"  {n.name}")
+    lines = [head]
+    if n.attributes:
+        attrs = ", ".join(f"{k}={_short(v)}" for k, v in n.attributes)
+        lines.append(Text(f"    attrs: {attrs}"))
+    if n.inputs:
+        ins = ", ".join(
+            f"{i} ← {p}" if p and p != i else (i or "(none)") for i, p in zip(n.inputs, n.producers)
+        )
+        lines.append(Text(f"    in:    {ins}"))
+    lines.append(Text(f"    out:   {', '.join(n.outputs)}"))
+    return Text("\n").join(lines)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

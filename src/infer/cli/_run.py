@@ -1,0 +1,145 @@
+"""`infer run MODEL`: run once on given or seeded random inputs; print or save the outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..engine import Engine
+from ..errors import OptionError
+from ..feeds import model_inputs, random_feeds, read_inputs, resolve_shapes
+from ..model import ModelFormat
+from ..tensors import dtype_info
+from ._common import (
+    DeviceOpt,
+    InputOpt,
+    ModelArg,
+    PrecisionOpt,
+    SeedOpt,
+    ShapeOpt,
+    err,
+    fmt_num,
+    fmt_s,
+    help_text,
+    load_model,
+    out,
+    precision_of,
+    shapes_of,
+    split_list,
+)
+
+log = logging.getLogger(__name__)
+
+HELP = help_text(
+    "Run a model once and show its outputs. Inputs not given with --input are random "
+    "(uniform [0, 1) floats, 0/1 integers), the same for the same --seed; dynamic "
+    "dimensions take their size from --shape, else 1.",
+    "infer run model.onnx --shape images=1x3x640x640 --save out.npz",
+    "infer run vad.onnx -i input=chunk.npy -i sr=16000 --backend openvino",
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", help=HELP, short_help="Run a model once on given or random inputs.")(
+        run_command
+    )
+
+
+def run_command(
+    model: ModelArg,
+    inputs: InputOpt = None,
+    device: DeviceOpt = "auto",
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", "-b", help="Backend to use, or several in order (a,b); default: auto."
+        ),
+    ] = None,
+    precision: PrecisionOpt = "fp32",
+    shape: ShapeOpt = None,
+    seed: SeedOpt = 0,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Write the outputs to this .npz file.")
+    ] = None,
+    save_inputs: Annotated[
+        Path | None,
+        typer.Option("--save-inputs", help="Write the inputs used to this .npz file."),
+    ] = None,
+) -> None:
+    source, name = load_model(model)
+    names = split_list(backend)
+    if backend is not None and not names:
+        raise OptionError("--backend is empty; give a backend name such as onnxruntime")
+    chosen = names[0] if len(names) == 1 else (names or None)
+    shapes = shapes_of(shape)
+    given = read_inputs(inputs or [])
+    build_shapes = None
+    if shapes and source.format is ModelFormat.ONNX:
+        # Backends that fix shapes when they build (TensorRT) build for exactly these.
+        build_shapes, _ = resolve_shapes(model_inputs(source), shapes, arrays=given)
+    start = time.perf_counter()
+    with Engine.load(
+        source, device, backend=chosen, precision=precision_of(precision), shapes=build_shapes
+    ) as engine:
+        load_s = time.perf_counter() - start
+        resolved, notes = resolve_shapes(engine.inputs, shapes, arrays=given)
+        feeds = random_feeds(engine.inputs, resolved, seed=seed, given=given)
+        for note in notes:
+            err().print(Text(f"note: dynamic dimension {note}; set it with --shape", style="dim"))
+        start = time.perf_counter()
+        outputs = engine.run(feeds)
+        run_s = time.perf_counter() - start
+        console = out()
+        console.print(
+            f"{name}: {engine.backend} on {engine.device} ({engine.precision}); "
+            f"loaded in {fmt_s(load_s)}, ran in {fmt_s(run_s)}"
+        )
+        table = Table(box=None, padding=(0, 1), header_style="bold")
+        for col in ("", "name", "dtype", "shape", "min", "max", "mean"):
+            table.add_column(col, justify="right" if col in ("min", "max", "mean") else "left")
+        for spec in engine.inputs:
+            arr = feeds[spec.name]
+            kind = "input" if spec.name in given else f"random({seed})"
+            table.add_row(kind, *_row(spec.name, arr))
+        for oname, arr in outputs.items():
+            table.add_row("output", *_row(oname, arr))
+        console.print(table)
+    if save is not None:
+        np.savez(_npz(save), **{k: np.asarray(v) for k, v in outputs.items()})
+        out().print(f"outputs saved to {_npz(save)}")
+    if save_inputs is not None:
+        np.savez(_npz(save_inputs), **feeds)
+        out().print(f"inputs saved to {_npz(save_inputs)}")
+
+
+def _npz(path: Path) -> Path:
+    """The file np.savez writes: it adds .npz when the name lacks it."""
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def _row(name: str, arr: object) -> list[str]:
+    if not isinstance(arr, np.ndarray):
+        return [name, type(arr).__name__, "-", "", "", ""]
+    try:
+        dtype = dtype_info(arr.dtype).name
+    except KeyError:
+        dtype = str(arr.dtype)
+    shape = "[" + ", ".join(str(d) for d in arr.shape) + "]"
+    if arr.size == 0 or arr.dtype == object:
+        return [name, dtype, shape, "-", "-", "-"]
+    values = arr.astype(np.float64) if arr.dtype != np.float64 else arr
+    return [
+        name,
+        dtype,
+        shape,
+        fmt_num(float(np.min(values))),
+        fmt_num(float(np.max(values))),
+        fmt_num(float(np.mean(values))),
+    ]

@@ -1,0 +1,400 @@
+"""Run the same feeds through several backends and report how far their outputs agree.
+
+The first runner is the baseline (or `expected` outputs, when given); every other runner's
+outputs are compared with it, output by output: max absolute and relative error, cosine
+similarity, top-1 agreement along the last axis, and pass/fail against `rtol`/`atol`
+(numpy's `allclose` rule: |got - want| <= atol + rtol * |want|, NaN matching NaN).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .engine import Engine
+from .errors import InferError, InputError, OptionError
+from .feeds import model_inputs, profile, random_feeds, resolve_shapes
+from .model import Model, ModelFormat, ModelSource
+from .options import PRECISIONS
+
+log = logging.getLogger(__name__)
+
+RTOL = 1e-3
+ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Runner:
+    """One side of a comparison: a backend (variant) at a precision, as it ran."""
+
+    label: str  # as asked: "onnxruntime", "openvino@fp16", or "expected"
+    backend: str  # what ran ("" for expected outputs)
+    device: str
+    precision: str
+    load_s: float | None = None
+    run_s: float | None = None
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """How one runner's output differs from the baseline's."""
+
+    output: str
+    runner: str
+    baseline: str
+    shape: tuple[int, ...] | None
+    dtype: str
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine: float | None  # None for non-numeric outputs or all-zero pairs
+    top1: float | None  # fraction of rows whose argmax (last axis) agrees
+    mismatched: int  # elements outside tolerance
+    elements: int
+    passed: bool
+    note: str = ""  # why it failed when the numbers don't say (shape, dtype, NaN)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The result of `compare`: every runner, every output diff, and the verdict."""
+
+    model: str
+    baseline: str
+    runners: tuple[Runner, ...]
+    diffs: tuple[OutputDiff, ...]
+    rtol: float
+    atol: float
+    min_cosine: float | None
+    min_top1: float | None
+    feeds: tuple[tuple[str, tuple[int, ...], str], ...]  # (input, shape, dtype) of the first run
+    runs: int
+
+    @property
+    def passed(self) -> bool:
+        return all(d.passed for d in self.diffs)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def failures(self) -> list[OutputDiff]:
+        return [d for d in self.diffs if not d.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "passed": self.passed,
+            "baseline": self.baseline,
+            "tolerances": {
+                "rtol": self.rtol,
+                "atol": self.atol,
+                "min_cosine": self.min_cosine,
+                "min_top1": self.min_top1,
+            },
+            "runs": self.runs,
+            "feeds": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self.feeds],
+            "runners": [vars(r) for r in self.runners],
+            "outputs": [
+                {**vars(d), "shape": None if d.shape is None else list(d.shape)} for d in self.diffs
+            ],
+        }
+
+
+def compare(
+    model: ModelSource,
+    backends: Sequence[str | Engine] | None = None,
+    feeds: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+    expected: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    runs: int = 1,
+    shapes: Mapping[str, Any] | None = None,
+    load_options: Mapping[str, Any] | None = None,
+) -> Comparison:
+    """Run the same feeds through each backend and compare every output with the first's.
+
+    backends: names as `Engine.load` takes them ("onnxruntime", "openvino",
+        "onnxruntime[cpu]"), each optionally "@precision" ("openvino@fp16"), or Engines
+        already loaded (they are not closed). Default: every backend that can take the model
+        on `device` here.
+    feeds: one feed dict, or a list of them; inputs they leave out are random. Default:
+        `runs` seeded random feed sets (seeds seed, seed + 1, ...) shaped by `shapes` (see
+        `infer.feeds.resolve_shapes`), the same `infer run --seed` makes.
+    expected: known-good outputs (one dict per feed set) to compare every runner against,
+        instead of the first runner.
+    min_cosine, min_top1: extra pass criteria, for precisions where element-wise tolerances
+        are the wrong question (int8).
+    load_options: other `Engine.load` keyword arguments, applied to every backend named.
+    """
+    source = model if isinstance(model, Model) else Model.load(model)
+    if rtol < 0 or atol < 0:
+        raise OptionError(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
+    specs = list(backends) if backends is not None else list(_available(source, device, precision))
+    if not specs or (len(specs) < 2 and expected is None):
+        raise OptionError(
+            "compare needs at least two backends (or one and `expected` outputs); got "
+            f"{[str(s) for s in specs]}"
+        )
+    runners: list[Runner] = []
+    results: list[list[dict[str, Any]]] = []
+    feed_sets: list[dict[str, np.ndarray]] | None = None
+    partial: list[dict[str, Any]] = [{} for _ in range(runs)]
+    if feeds is not None:
+        partial = [dict(feeds)] if isinstance(feeds, Mapping) else [dict(f) for f in feeds]
+        if not partial:
+            raise InputError("feeds is an empty list")
+    load_options = dict(load_options or {})
+    if "shapes" not in load_options:
+        load_options["shapes"] = _profile(source, shapes, partial)
+    for spec in specs:
+        engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
+        try:
+            if feed_sets is None:
+                feed_sets = [
+                    random_feeds(engine.inputs, shapes, seed=seed + i, given=given)
+                    for i, given in enumerate(partial)
+                ]
+            start = time.perf_counter()
+            outs = [engine.run(f) for f in feed_sets]
+            run_s = (time.perf_counter() - start) / len(feed_sets)
+            runners.append(
+                Runner(label, engine.backend, str(engine.device), engine.precision, load_s, run_s)
+            )
+            results.append(outs)
+            log.info("%s: %d run(s) in %.3f s each", label, len(outs), run_s)
+        finally:
+            if owned:
+                engine.close()
+    assert feed_sets is not None
+    if expected is not None:
+        want = [dict(expected)] if isinstance(expected, Mapping) else [dict(e) for e in expected]
+        if len(want) != len(feed_sets):
+            raise InputError(
+                f"expected holds {len(want)} output set(s) for {len(feed_sets)} feed set(s)"
+            )
+        runners.insert(0, Runner("expected", "", "", ""))
+        results.insert(0, want)
+    base = runners[0].label
+    diffs: list[OutputDiff] = []
+    for runner, outs in zip(runners[1:], results[1:]):
+        names = list(results[0][0]) if expected is not None else list(outs[0])
+        for name in names:
+            got = [o.get(name) for o in outs]
+            want_arrays = [o.get(name) for o in results[0]]
+            diffs.append(
+                diff(
+                    name,
+                    got,
+                    want_arrays,
+                    runner=runner.label,
+                    baseline=base,
+                    rtol=rtol,
+                    atol=atol,
+                    min_cosine=min_cosine,
+                    min_top1=min_top1,
+                )
+            )
+    first = feed_sets[0]
+    return Comparison(
+        model=str(source.path) if source.path else source.name,
+        baseline=base,
+        runners=tuple(runners),
+        diffs=tuple(diffs),
+        rtol=rtol,
+        atol=atol,
+        min_cosine=min_cosine,
+        min_top1=min_top1,
+        feeds=tuple((n, tuple(np.shape(a)), str(np.asarray(a).dtype)) for n, a in first.items()),
+        runs=len(feed_sets),
+    )
+
+
+def parse_runner(text: str, default_precision: str = "fp32") -> tuple[str, str]:
+    """'openvino@fp16' -> ('openvino', 'fp16'); 'onnxruntime' -> ('onnxruntime', default)."""
+    name, sep, precision = text.strip().partition("@")
+    precision = precision.strip() if sep else default_precision
+    if precision not in PRECISIONS:
+        raise OptionError(
+            f"backend {text!r}: precision {precision!r} is not valid; use one of "
+            f"{', '.join(PRECISIONS)}"
+        )
+    if not name:
+        raise OptionError(f"backend {text!r} has no name")
+    return name.strip(), precision
+
+
+def _engine(
+    spec: str | Engine,
+    model: Model,
+    device: str,
+    precision: str,
+    load_options: Mapping[str, Any] | None,
+) -> tuple[Engine, str, bool, float | None]:
+    if isinstance(spec, Engine):
+        return spec, f"{spec.backend}@{spec.precision}", False, None
+    name, prec = parse_runner(spec, precision)
+    start = time.perf_counter()
+    engine = Engine.load(model, device, backend=name, precision=prec, **dict(load_options or {}))
+    return engine, spec, True, time.perf_counter() - start
+
+
+def _profile(
+    model: Model, shapes: Mapping[str, Any] | None, partial: Sequence[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """Build-time shapes for the feeds compare will make, for backends that fix them."""
+    if model.format is not ModelFormat.ONNX:
+        return None
+    specs = model_inputs(model)
+    try:
+        sets = [
+            resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in p.items()})[0]
+            for p in partial
+        ]
+    except InferError:
+        return None  # the feeds will fail with the reason when they are made
+    return profile(sets) or None
+
+
+def _available(model: Model, device: str, precision: str) -> list[str]:
+    from .bench import targets
+
+    found, _ = targets(model, device, precision)
+    return [t.label for t in found]
+
+
+# -- the numbers --------------------------------------------------------------------------------
+
+
+def diff(
+    name: str,
+    got: Sequence[Any],
+    want: Sequence[Any],
+    *,
+    runner: str = "",
+    baseline: str = "",
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    min_cosine: float | None = None,
+    min_top1: float | None = None,
+) -> OutputDiff:
+    """Compare one output over several runs (lists of arrays, one per feed set)."""
+
+    def result(passed: bool, note: str, **numbers: Any) -> OutputDiff:
+        defaults: dict[str, Any] = dict(
+            shape=None,
+            dtype="",
+            max_abs=float("nan"),
+            max_rel=float("nan"),
+            mean_abs=float("nan"),
+            cosine=None,
+            top1=None,
+            mismatched=0,
+            elements=0,
+        )
+        defaults.update(numbers)
+        return OutputDiff(name, runner, baseline, passed=passed, note=note, **defaults)
+
+    if any(g is None for g in got):
+        return result(False, f"{runner} has no output {name!r}")
+    if any(w is None for w in want):
+        return result(False, f"{baseline} has no output {name!r}")
+    a_list = [np.asarray(g) for g in got]
+    b_list = [np.asarray(w) for w in want]
+    shape = tuple(a_list[0].shape)
+    dtype = str(a_list[0].dtype)
+    for a, b in zip(a_list, b_list):
+        if a.shape != b.shape:
+            return result(
+                False, f"shape {list(a.shape)} != {list(b.shape)}", shape=shape, dtype=dtype
+            )
+    if any(a.dtype == object or b.dtype == object for a, b in zip(a_list, b_list)):
+        same = all(np.array_equal(a.astype(str), b.astype(str)) for a, b in zip(a_list, b_list))
+        count = sum(a.size for a in a_list)
+        return result(
+            same,
+            "" if same else "non-numeric values differ",
+            shape=shape,
+            dtype=dtype,
+            elements=count,
+            mismatched=0 if same else count,
+            max_abs=0.0 if same else float("nan"),
+            max_rel=0.0 if same else float("nan"),
+            mean_abs=0.0 if same else float("nan"),
+        )
+    a = np.concatenate([x.astype(np.float64).reshape(-1) for x in a_list])
+    b = np.concatenate([x.astype(np.float64).reshape(-1) for x in b_list])
+    exact = all(x.dtype.kind in "biu" for x in (*a_list, *b_list))
+    both_nan = np.isnan(a) & np.isnan(b)
+    nan_mismatch = int(np.sum(np.isnan(a) != np.isnan(b)))
+    err = np.where(both_nan, 0.0, np.abs(a - b))
+    err = np.where(np.isnan(err), np.inf, err)  # NaN against a number: as far apart as it gets
+    same_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
+    err = np.where(same_inf, 0.0, err)
+    scale = np.abs(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(err == 0, 0.0, err / np.where(scale == 0, np.nan, scale))
+    rel = np.where(np.isnan(rel), np.inf, rel)
+    limit = 0.0 if exact else atol + rtol * np.where(np.isfinite(scale), scale, 0.0)
+    bad = err > limit
+    mismatched = int(np.sum(bad))
+    cosine = _cosine(a, b)
+    top1 = _top1(a_list, b_list)
+    notes = []
+    if nan_mismatch:
+        notes.append(f"{nan_mismatch} NaN(s) where the other has a number")
+    passed = mismatched == 0
+    if min_cosine is not None and (cosine is None or cosine < min_cosine):
+        passed = False
+        notes.append(f"cosine below {min_cosine}")
+    if min_top1 is not None and top1 is not None and top1 < min_top1:
+        passed = False
+        notes.append(f"top-1 below {min_top1}")
+    finite = err[np.isfinite(err)]
+    return result(
+        passed,
+        "; ".join(notes),
+        shape=shape,
+        dtype=dtype,
+        max_abs=float(err.max()) if err.size else 0.0,
+        max_rel=float(rel.max()) if rel.size else 0.0,
+        mean_abs=float(finite.mean()) if finite.size else (0.0 if not err.size else float("inf")),
+        cosine=cosine,
+        top1=top1,
+        mismatched=mismatched,
+        elements=int(a.size),
+    )
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if a.size == 0 or na == 0 or nb == 0:
+        return 1.0 if a.size and na == nb == 0 else None
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+def _top1(a_list: Sequence[np.ndarray], b_list: Sequence[np.ndarray]) -> float | None:
+    """Agreement of argmax over the last axis, for float outputs with more than one class."""
+    if not a_list or a_list[0].ndim == 0 or a_list[0].shape[-1] < 2:
+        return None
+    if a_list[0].dtype.kind in "biuO":
+        return None
+    agree = total = 0
+    for a, b in zip(a_list, b_list):
+        ia = np.argmax(a.reshape(-1, a.shape[-1]), axis=-1)
+        ib = np.argmax(b.reshape(-1, b.shape[-1]), axis=-1)
+        agree += int(np.sum(ia == ib))
+        total += ia.size
+    return agree / total if total else None

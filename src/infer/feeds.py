@@ -1,0 +1,372 @@
+"""Feeds for a model's inputs: seeded random arrays, arrays read from files, folders of samples.
+
+The tools (`infer run | bench | compare | build`) and `infer.compare` share these so that the
+same seed gives the same feeds everywhere. Random values are uniform in [0, 1) for floating
+types, 0 or 1 for integers, and random for booleans; a dynamic dimension takes the size given
+for it (by input shape or by dimension name) and otherwise 1.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, ModelError
+from .model import Model, ModelFormat
+from .tensors import TensorSpec, describe, dtype_info, spec_from_value_info
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIM = 1
+"""The size a dynamic dimension takes when no shape names it."""
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+ShapeArg = Mapping[str, "Sequence[int] | int"]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1x3x224x224' (or '1,3,224,224'; '' for a scalar) -> (1, 3, 224, 224)."""
+    text = text.strip()
+    if text in ("", "()", "[]"):
+        return ()
+    parts = re.split(r"[x,×]", text.strip("()[] "))
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise InputError(
+            f"shape {text!r} is not valid: expected sizes separated by 'x', e.g. 1x3x224x224"
+        ) from None
+    if any(d < 0 for d in dims):
+        raise InputError(f"shape {text!r} has a negative size")
+    return dims
+
+
+def parse_shapes(items: Iterable[str]) -> dict[str, tuple[int, ...] | int]:
+    """['x=1x3x224x224', 'batch=4'] -> {'x': (1, 3, 224, 224), 'batch': (4,)}.
+
+    A key names an input (its whole shape) or a symbolic dimension (its size); which one is
+    settled against the model's inputs by `resolve_shapes`.
+    """
+    out: dict[str, tuple[int, ...] | int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--shape {item!r}: expected NAME=SHAPE, e.g. images=1x3x224x224")
+        out[name.strip()] = parse_shape(value)
+    return out
+
+
+def model_inputs(model: Model) -> list[TensorSpec]:
+    """The inputs of an ONNX model (initializers listed as inputs are left out)."""
+    if model.format is not ModelFormat.ONNX:
+        raise ModelError(f"{model!r} is {model.format.value}; its inputs are known once loaded")
+    graph = model._skeleton.graph
+    inits = {t.name for t in graph.initializer}
+    return [spec_from_value_info(v) for v in graph.input if v.name not in inits]
+
+
+def resolve_shapes(
+    specs: Sequence[TensorSpec],
+    given: ShapeArg | None = None,
+    *,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    default: int = DEFAULT_DIM,
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Concrete shapes for every input, and a note for each dynamic dimension set to `default`.
+
+    `given` maps an input name to its whole shape, or a dimension name ("batch", "N") to a
+    size; `arrays` are inputs already at hand, whose shapes also size the dimensions they
+    name. Raises InputError for names that are neither, and for shapes that contradict the
+    model's fixed dimensions.
+    """
+    given = dict(given or {})
+    arrays = dict(arrays or {})
+    names = {s.name for s in specs}
+    symbols = {d for s in specs for d in (s.shape or ()) if isinstance(d, str)}
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        if spec.name in arrays and spec.shape is not None:
+            shape = np.shape(arrays[spec.name])
+            if len(shape) == len(spec.shape):
+                for d, size in zip(spec.shape, shape):
+                    if isinstance(d, str):
+                        sizes.setdefault(d, int(size))
+    for key, value in given.items():
+        if key in names:
+            continue
+        if key in symbols:
+            dims = (value,) if isinstance(value, int) else tuple(value)
+            if len(dims) != 1:
+                raise InputError(
+                    f"--shape {key}=...: {key!r} is a dimension name, so it takes one size, "
+                    f"got {'x'.join(map(str, dims))}"
+                )
+            sizes[key] = int(dims[0])
+            continue
+        listing = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        raise InputError(
+            f"--shape {key}: no input or dimension is called {key!r}; the model's inputs are "
+            f"{listing}"
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    notes: list[str] = []
+    for spec in specs:
+        if spec.name in arrays:
+            shapes[spec.name] = tuple(np.shape(arrays[spec.name]))
+            continue
+        if spec.name in given:
+            value = given[spec.name]
+            shape = (value,) if isinstance(value, int) else tuple(int(d) for d in value)
+            _check_against(spec, shape)
+            shapes[spec.name] = shape
+            continue
+        if spec.shape is None:
+            raise InputError(
+                f"input {spec.name!r} has no known rank; give its shape with "
+                f"--shape {spec.name}=... or its value with --input {spec.name}=FILE.npy"
+            )
+        out = []
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int):
+                out.append(d)
+            elif isinstance(d, str) and d in sizes:
+                out.append(sizes[d])
+            else:
+                out.append(default)
+                label = repr(d) if d else "?"
+                notes.append(f"{spec.name}[{axis}] ({label}) = {default}")
+        shapes[spec.name] = tuple(out)
+    return shapes, notes
+
+
+def profile(shape_sets: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
+    """`Engine.load(shapes=...)` covering every set of input shapes, for backends that build
+    for fixed shapes (TensorRT): an input's shape where all sets agree, else a (min, opt,
+    max) triple, element-wise, with opt the first set's shape."""
+    out: dict[str, Any] = {}
+    if not shape_sets:
+        return out
+    for name, first in shape_sets[0].items():
+        shapes = [tuple(s[name]) for s in shape_sets if name in s]
+        if len({len(x) for x in shapes}) != 1:
+            continue  # ranks differ: leave this input to the backend
+        if all(x == shapes[0] for x in shapes):
+            out[name] = tuple(first)
+        else:
+            lo = tuple(min(d) for d in zip(*shapes))
+            hi = tuple(max(d) for d in zip(*shapes))
+            out[name] = (lo, tuple(first), hi)
+    return out
+
+
+def _check_against(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    if spec.shape is None:
+        return
+    bad = len(shape) != len(spec.shape) or any(
+        isinstance(want, int) and want != got for want, got in zip(spec.shape, shape)
+    )
+    if bad:
+        raise InputError(
+            f"--shape {spec.name}={'x'.join(map(str, shape))} does not fit the input "
+            f"{describe(spec.shape, spec.dtype)}"
+        )
+
+
+def random_array(shape: Sequence[int], dtype: Any, rng: np.random.Generator) -> np.ndarray:
+    """Uniform [0, 1) floats, 0/1 integers, random booleans; 'a' for strings."""
+    info = dtype_info(dtype)
+    np_dtype = info.numpy
+    shape = tuple(shape)
+    if np_dtype == np.bool_:
+        return rng.random(shape) < 0.5
+    if np_dtype.kind == "O":
+        return np.full(shape, "a", dtype=object)
+    if np_dtype.kind == "c":
+        return (rng.random(shape) + 1j * rng.random(shape)).astype(np_dtype)
+    if np_dtype.kind in "iu" or info.name in ("int4", "uint4", "int2", "uint2"):
+        return rng.integers(0, 2, shape).astype(np_dtype)
+    return rng.random(shape, dtype=np.float32).astype(np_dtype)
+
+
+def random_feeds(
+    specs: Sequence[TensorSpec],
+    shapes: ShapeArg | None = None,
+    *,
+    seed: int = 0,
+    given: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded random feeds for `specs`, in input order; inputs in `given` are taken as they are."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - {s.name for s in specs})
+    if unknown:
+        listing = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        raise InputError(f"unknown input(s) {unknown}; the model's inputs are {listing}")
+    resolved, notes = resolve_shapes(specs, shapes, arrays=given)
+    for note in notes:
+        log.info("dynamic dimension %s; set it with --shape", note)
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name in given:
+            out[spec.name] = given[spec.name]
+        else:
+            out[spec.name] = random_array(resolved[spec.name], spec.dtype, rng)
+    return out
+
+
+def read_inputs(items: Iterable[str]) -> dict[str, np.ndarray]:
+    """Arrays from `--input` items: NAME=FILE.npy, FILE.npz (every array in it), NAME=VALUE.
+
+    VALUE is a Python literal (a number or a nested list), for small inputs such as a sample rate.
+    """
+    out: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            path = Path(item)
+            if path.suffix.lower() != ".npz":
+                raise InputError(
+                    f"--input {item!r}: expected NAME=FILE.npy, NAME=VALUE or FILE.npz"
+                )
+            out.update(_read_npz(path))
+            continue
+        name = name.strip()
+        path = Path(value)
+        if path.suffix.lower() in (".npy", ".npz") or path.exists():
+            out[name] = _read_array(path, name)
+        else:
+            out[name] = _literal(name, value)
+    return out
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"input file {str(path)!r} cannot be read as .npz: {e}") from e
+
+
+def _read_array(path: Path, name: str) -> np.ndarray:
+    if path.suffix.lower() == ".npz":
+        arrays = _read_npz(path)
+        if name in arrays:
+            return arrays[name]
+        if len(arrays) == 1:
+            return next(iter(arrays.values()))
+        raise InputError(
+            f"input {name!r}: {str(path)!r} holds {sorted(arrays)}, none called {name!r}"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"input {name!r}: {str(path)!r} cannot be read as .npy: {e}") from e
+
+
+def _literal(name: str, text: str) -> np.ndarray:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise InputError(
+            f"input {name!r}: {text!r} is neither a .npy/.npz file nor a number or list"
+        ) from None
+    if not isinstance(value, (int, float, bool, list, tuple)):
+        raise InputError(f"input {name!r}: {text!r} is not a number or a list of numbers")
+    return np.asarray(value)
+
+
+def read_samples(
+    folder: str | Path,
+    specs: Sequence[TensorSpec],
+    shapes: ShapeArg | None = None,
+    *,
+    limit: int | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Feeds from a folder, one per file, in name order (for calibration).
+
+    `.npz` files hold one array per input name; a `.npy` file is the one input of a
+    single-input model; images (with Pillow) are resized to that input's height and width,
+    scaled to [0, 1] and laid out NCHW or NHWC as its shape says (3 channels). A sample one
+    dimension short of the input's rank gets a batch dimension of 1.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"calibration folder {str(root)!r} does not exist or is not a folder")
+    files = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and p.suffix.lower() in {".npy", ".npz", *IMAGE_SUFFIXES}
+    )
+    if not files:
+        raise InputError(f"calibration folder {str(root)!r} holds no .npy, .npz or image files")
+    if limit is not None:
+        files = files[:limit]
+    by_name = {s.name: s for s in specs}
+    single = specs[0] if len(specs) == 1 else None
+    out = []
+    for path in files:
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            feeds = _read_npz(path)
+            unknown = sorted(set(feeds) - set(by_name))
+            missing = sorted(set(by_name) - set(feeds))
+            if unknown or missing:
+                raise InputError(
+                    f"calibration file {str(path)!r}: arrays {sorted(feeds)} do not match the "
+                    f"inputs {sorted(by_name)}"
+                )
+        elif single is None:
+            raise InputError(
+                f"calibration file {str(path)!r}: the model has {len(specs)} inputs "
+                f"({', '.join(by_name)}); give each sample as an .npz with one array per input"
+            )
+        elif suffix == ".npy":
+            feeds = {single.name: _read_array(path, single.name)}
+        else:
+            feeds = {single.name: _read_image(path, single, shapes)}
+        out.append({n: _batched(a, by_name[n]) for n, a in feeds.items()})
+    return out
+
+
+def _batched(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.shape is not None and arr.ndim == len(spec.shape) - 1:
+        return arr[None]
+    return arr
+
+
+def _read_image(path: Path, spec: TensorSpec, shapes: ShapeArg | None) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError(
+            f"reading image {str(path)!r} needs Pillow: pip install pillow (or give .npy files)"
+        ) from None
+    shape = spec.shape
+    if shape is None or len(shape) != 4 or 3 not in (shape[1], shape[3]):
+        raise InputError(
+            f"image {str(path)!r}: input {spec.name!r} is {describe(spec.shape, spec.dtype)}, "
+            "not an NCHW or NHWC image with 3 channels; give .npy files instead"
+        )
+    nchw = shape[1] == 3
+    size = dict(shapes or {}).get(spec.name)
+    h, w = (size[2], size[3]) if size and nchw else (size[1], size[2]) if size else (None, None)
+    h = h if h is not None else shape[2] if nchw else shape[1]
+    w = w if w is not None else shape[3] if nchw else shape[2]
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if isinstance(h, int) and isinstance(w, int):
+                im = im.resize((w, h))
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError as e:
+        raise InputError(f"image {str(path)!r} cannot be read: {e}") from e
+    if nchw:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr[None]).astype(spec.dtype)

@@ -1,0 +1,595 @@
+"""What a model file holds, in the terms of the ONNX docs, and which backends here can load it.
+
+`inspect(model)` reads the graph without running anything (external data is not loaded:
+sizes come from tensor dims) and returns frozen dataclasses; `Inspection.to_dict()` is the
+JSON form `infer inspect --json` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import defs, helper
+from onnx.external_data_helper import uses_external_data
+
+from . import selection
+from .device import Device
+from .model import Model, ModelFormat, ModelSource
+from .options import Options
+from .tensors import Dim, TensorSpec, dtype_info, packed_bits, spec_from_value_info
+
+STANDARD_DOMAINS = frozenset(
+    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"}
+)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Initializers (constants stored in the graph): how many, elements and bytes."""
+
+    count: int
+    parameters: int  # elements
+    bytes: int
+    external: int = 0  # how many are stored in external data files
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """A graph held by a node attribute (If branches, Loop and Scan bodies), at any depth."""
+
+    path: str  # "If_0/then_branch", nested: "Loop_3/body/If_1/else_branch"
+    op: str
+    attribute: str
+    depth: int  # 1 for a subgraph of the main graph
+    nodes: int
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node, with the producer of each input (a node name, "input", "initializer",
+    "outer scope" for a subgraph's captured values, or "" for an omitted optional input)."""
+
+    graph: str  # "" for the main graph, else the Subgraph.path
+    index: int
+    op: str
+    domain: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    producers: tuple[str, ...]
+    attributes: tuple[tuple[str, Any], ...]
+
+    @property
+    def op_id(self) -> str:
+        return _op_id(self.domain, self.op)
+
+
+@dataclass(frozen=True)
+class OnnxSummary:
+    """The ONNX-specific part of an inspection."""
+
+    ir_version: int
+    producer: str
+    producer_version: str
+    domain: str
+    model_version: int
+    doc: str
+    opsets: tuple[tuple[str, int], ...]  # (domain, version); "" is the default ai.onnx domain
+    inputs: tuple[TensorSpec, ...]  # graph inputs that are not initializers
+    outputs: tuple[TensorSpec, ...]
+    nodes: int  # in the main graph
+    nodes_total: int  # with every subgraph and model-local function body
+    op_types: tuple[tuple[str, int], ...]  # over every graph, most frequent first
+    weights: Weights
+    overridable: tuple[str, ...]  # initializers also listed as graph inputs (IR < 4 style)
+    constants: Weights  # Constant nodes (in every graph): another way exporters store weights
+    subgraphs: tuple[Subgraph, ...]
+    functions: tuple[str, ...]  # model-local functions, "domain:name"
+    custom_domains: tuple[str, ...]
+    unknown_ops: tuple[str, ...]  # in no ONNX schema and no model-local function
+    external_data: tuple[str, ...]  # file names, relative to the model
+    external_bytes: int
+    metadata: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class NativeSummary:
+    """What a runtime's own format says without loading it (OpenVINO IR's XML today)."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    nodes: int | None = None
+    op_types: tuple[tuple[str, int], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether a backend (variant) can take the model on a device here, and why not."""
+
+    backend: str
+    device: str
+    reason: str | None = None  # None: it can
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """Everything `infer.inspect` found."""
+
+    source: str
+    format: str
+    size_bytes: int
+    sha256: str
+    onnx: OnnxSummary | None
+    native: NativeSummary | None
+    backends: tuple[Support, ...]
+    nodes: tuple[Node, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        part = self.onnx or self.native
+        return part.inputs if part else ()
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        part = self.onnx or self.native
+        return part.outputs if part else ()
+
+    def to_dict(self, nodes: bool = False) -> dict[str, Any]:
+        """Plain JSON-ready data; `nodes=True` adds the node list."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "format": self.format,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+        }
+        if self.onnx is not None:
+            o = self.onnx
+            out["onnx"] = {
+                "ir_version": o.ir_version,
+                "producer": {"name": o.producer, "version": o.producer_version},
+                "domain": o.domain,
+                "model_version": o.model_version,
+                "doc": o.doc,
+                "opsets": dict(o.opsets),
+                "inputs": [_tensor_dict(t) for t in o.inputs],
+                "outputs": [_tensor_dict(t) for t in o.outputs],
+                "nodes": o.nodes,
+                "nodes_total": o.nodes_total,
+                "op_types": dict(o.op_types),
+                "initializers": {
+                    "count": o.weights.count,
+                    "parameters": o.weights.parameters,
+                    "bytes": o.weights.bytes,
+                    "external": o.weights.external,
+                },
+                "overridable_initializers": list(o.overridable),
+                "constants": {
+                    "count": o.constants.count,
+                    "parameters": o.constants.parameters,
+                    "bytes": o.constants.bytes,
+                },
+                "subgraphs": [vars(s) for s in o.subgraphs],
+                "functions": list(o.functions),
+                "custom_domains": list(o.custom_domains),
+                "unknown_ops": list(o.unknown_ops),
+                "external_data": {"files": list(o.external_data), "bytes": o.external_bytes},
+                "metadata": dict(o.metadata),
+            }
+        if self.native is not None:
+            n = self.native
+            out["native"] = {
+                "inputs": [_tensor_dict(t) for t in n.inputs],
+                "outputs": [_tensor_dict(t) for t in n.outputs],
+                "nodes": n.nodes,
+                "op_types": dict(n.op_types),
+                "notes": list(n.notes),
+            }
+        out["backends"] = [
+            {"backend": s.backend, "device": s.device, "ok": s.ok, "reason": s.reason}
+            for s in self.backends
+        ]
+        if nodes:
+            out["node_list"] = [
+                {
+                    "graph": n.graph,
+                    "index": n.index,
+                    "op": n.op,
+                    "domain": n.domain,
+                    "name": n.name,
+                    "inputs": list(n.inputs),
+                    "outputs": list(n.outputs),
+                    "producers": list(n.producers),
+                    "attributes": dict(n.attributes),
+                }
+                for n in self.nodes
+            ]
+        return out
+
+
+def inspect(model: ModelSource, *, backends: bool = True) -> Inspection:
+    """Describe a model (path, bytes or ModelProto) without running it.
+
+    backends: also ask every backend's cheap `supports` check whether it can load the model
+    on the devices found here (this imports the installed runtimes).
+    """
+    m = Model.load(model)
+    onnx_part = native = None
+    node_list: tuple[Node, ...] = ()
+    if m.format is ModelFormat.ONNX:
+        onnx_part, node_list = _inspect_onnx(m)
+    elif m.format is ModelFormat.OPENVINO:
+        native = _inspect_openvino_ir(m)
+    return Inspection(
+        source=str(m.path) if m.path is not None else repr(m),
+        format=m.format.value,
+        size_bytes=_size(m),
+        sha256=m.digest,
+        onnx=onnx_part,
+        native=native,
+        backends=support(m) if backends else (),
+        nodes=node_list,
+    )
+
+
+def support(model: Model, options: Options | None = None) -> tuple[Support, ...]:
+    """Each backend's verdict on `model` for every device of a kind it serves that is here.
+
+    A backend that is not installed appears once, with the reason; a backend with no device
+    here appears once, saying so.
+    """
+    options = options or Options()
+    out: list[Support] = []
+    rows: list[selection.Choice] = []
+    for kind, choices in selection.TABLE.items():
+        if kind == "auto":
+            continue
+        rows += [c for c in choices if c.kind == kind and c not in rows]
+    for name in selection.BACKENDS:
+        mine = [r for r in rows if r.backend == name]
+        verdicts: list[Support] = []
+        missing: list[str] = []
+        for row in mine:
+            device, attempt = selection.check(row, model, Device(row.kind), options)
+            if attempt is None:
+                verdicts.append(Support(row.label, str(device)))
+            elif attempt.verdict == "unavailable" and device is None:
+                if not _installed(name):
+                    verdicts = [Support(name, "-", attempt.reason)]
+                    break
+                missing.append(row.kind)
+            else:
+                verdicts.append(Support(row.label, attempt.device, attempt.reason))
+        if not verdicts and mine:
+            kinds = ", ".join(dict.fromkeys(missing))
+            verdicts.append(Support(name, "-", f"no device of a kind it drives here ({kinds})"))
+        out += verdicts
+    return tuple(out)
+
+
+def _installed(name: str) -> bool:
+    from .backends import base
+
+    return base.get(name).probe().available
+
+
+# -- ONNX ---------------------------------------------------------------------------------------
+
+
+def _inspect_onnx(m: Model) -> tuple[OnnxSummary, tuple[Node, ...]]:
+    proto = m._skeleton  # external data is not loaded: sizes come from dims
+    graph = proto.graph
+    init_names = {t.name for t in graph.initializer}
+    inputs = tuple(spec_from_value_info(v) for v in graph.input if v.name not in init_names)
+    outputs = tuple(spec_from_value_info(v) for v in graph.output)
+    overridable = tuple(v.name for v in graph.input if v.name in init_names)
+
+    ops: Counter[str] = Counter()
+    nodes: list[Node] = []
+    subgraphs: list[Subgraph] = []
+    constants: list[onnx.NodeProto] = []
+    for path, depth, g, outer, holder, attr in _walk(graph):
+        produced = dict(outer)
+        produced.update({v.name: "input" for v in g.input})
+        produced.update({t.name: "initializer" for t in g.initializer})
+        produced.update({t.values.name: "initializer" for t in g.sparse_initializer})
+        if depth:
+            subgraphs.append(Subgraph(path, holder, attr, depth, len(g.node)))
+        for i, node in enumerate(g.node):
+            ops[_op_id(node.domain, node.op_type)] += 1
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                constants.append(node)
+            producers = tuple(
+                "" if not name else produced.get(name, "outer scope" if depth else "?")
+                for name in node.input
+            )
+            nodes.append(
+                Node(
+                    graph=path,
+                    index=i,
+                    op=node.op_type,
+                    domain=node.domain,
+                    name=node.name,
+                    inputs=tuple(node.input),
+                    outputs=tuple(node.output),
+                    producers=producers,
+                    attributes=tuple((a.name, _attribute(a)) for a in node.attribute),
+                )
+            )
+            label = node.name or f"{node.op_type}_{i}"
+            produced.update({o: label for o in node.output if o})
+    function_ops = 0
+    local = set()
+    for f in proto.functions:
+        local.add((f.domain, f.name))
+        for node in f.node:
+            ops[_op_id(node.domain, node.op_type)] += 1
+            function_ops += 1
+
+    opsets = tuple((o.domain, int(o.version)) for o in proto.opset_import)
+    versions = dict(opsets)
+    unknown = sorted(op_id for op_id in ops if not _known(op_id, versions, local))
+    weights, external = _weights(proto)
+    return (
+        OnnxSummary(
+            ir_version=int(proto.ir_version),
+            producer=proto.producer_name,
+            producer_version=proto.producer_version,
+            domain=proto.domain,
+            model_version=int(proto.model_version),
+            doc=proto.doc_string,
+            opsets=opsets,
+            inputs=inputs,
+            outputs=outputs,
+            nodes=len(graph.node),
+            nodes_total=len(nodes) + function_ops,
+            op_types=tuple(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+            weights=weights,
+            overridable=overridable,
+            constants=_constant_weights(constants),
+            subgraphs=tuple(subgraphs),
+            functions=tuple(f"{f.domain}:{f.name}" for f in proto.functions),
+            custom_domains=tuple(
+                sorted(
+                    {d for d, _ in opsets if d not in STANDARD_DOMAINS}
+                    | {n.domain for n in nodes if n.domain not in STANDARD_DOMAINS}
+                )
+            ),
+            unknown_ops=tuple(unknown),
+            external_data=tuple(
+                str(p.relative_to(m.path.parent))
+                for p in m.external_data  # type: ignore[union-attr]
+            ),
+            external_bytes=external,
+            metadata=tuple((p.key, p.value) for p in proto.metadata_props),
+        ),
+        tuple(nodes),
+    )
+
+
+def _walk(
+    graph: onnx.GraphProto,
+    path: str = "",
+    depth: int = 0,
+    outer: dict[str, str] | None = None,
+    holder: str = "",
+    attr: str = "",
+) -> Iterator[tuple[str, int, onnx.GraphProto, dict[str, str], str, str]]:
+    """Every graph, depth first: (path, depth, graph, names visible from enclosing graphs,
+    op type of the node holding it, attribute name)."""
+    outer = dict(outer or {})
+    yield path, depth, graph, outer, holder, attr
+    visible = dict(outer)
+    visible.update({v.name: "input" for v in graph.input})
+    visible.update({t.name: "initializer" for t in graph.initializer})
+    for i, node in enumerate(graph.node):
+        label = node.name or f"{node.op_type}_{i}"
+        for a in node.attribute:
+            subs = [a.g] if a.HasField("g") else list(a.graphs)
+            for j, sub in enumerate(subs):
+                name = a.name if len(subs) == 1 else f"{a.name}[{j}]"
+                sub_path = f"{path}/{label}/{name}" if path else f"{label}/{name}"
+                yield from _walk(sub, sub_path, depth + 1, visible, node.op_type, name)
+        visible.update({o: label for o in node.output if o})
+
+
+def _op_id(domain: str, op: str) -> str:
+    return op if domain in ("", "ai.onnx") else f"{domain}:{op}"
+
+
+def _known(op_id: str, versions: dict[str, int], local: set[tuple[str, str]]) -> bool:
+    domain, _, op = op_id.rpartition(":")
+    if (domain, op) in local:
+        return True
+    version = versions.get(domain, versions.get("ai.onnx" if domain == "" else domain))
+    try:
+        if version is not None:
+            defs.get_schema(op, version, domain)
+        else:
+            defs.get_schema(op, domain)
+        return True
+    except Exception:  # SchemaError: no such op (at this opset) in onnx's registry
+        return defs.has(op, domain)
+
+
+def _weights(proto: onnx.ModelProto) -> tuple[Weights, int]:
+    count = params = size = external = external_bytes = 0
+    for t in proto.graph.initializer:
+        n = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        b = _tensor_bytes(t.data_type, n)
+        count += 1
+        params += n
+        size += b
+        if uses_external_data(t):
+            external += 1
+            external_bytes += b
+    for s in proto.graph.sparse_initializer:
+        n = int(np.prod(s.values.dims, dtype=np.int64)) if s.values.dims else 0
+        count += 1
+        params += n
+        size += _tensor_bytes(s.values.data_type, n)
+    return Weights(count, params, size, external), external_bytes
+
+
+def _constant_weights(nodes: list[onnx.NodeProto]) -> Weights:
+    params = size = 0
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                t = a.t
+            elif a.HasField("sparse_tensor"):
+                t = a.sparse_tensor.values
+            elif a.type in (onnx.AttributeProto.FLOATS, onnx.AttributeProto.INTS):
+                n = len(a.floats) + len(a.ints)
+                params += n
+                size += n * (4 if a.floats else 8)
+                continue
+            elif a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.INT):
+                params += 1
+                size += 4 if a.type == onnx.AttributeProto.FLOAT else 8
+                continue
+            else:
+                continue
+            n = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+            params += n
+            size += _tensor_bytes(t.data_type, n)
+    return Weights(len(nodes), params, size)
+
+
+def _tensor_bytes(data_type: int, elements: int) -> int:
+    try:
+        info = dtype_info(data_type)
+    except KeyError:
+        return 0
+    bits = packed_bits(info.numpy)
+    if bits is not None:
+        return -(-elements * bits // 8)
+    if info.numpy.kind == "O":
+        return 0  # strings: no fixed size
+    return elements * info.itemsize
+
+
+def _attribute(a: onnx.AttributeProto) -> Any:
+    """A JSON-ready view of an attribute value (tensors and graphs summarised)."""
+    kind = a.type
+    A = onnx.AttributeProto
+    if kind == A.TENSOR:
+        return _tensor_text(a.t)
+    if kind == A.GRAPH:
+        return f"graph {a.g.name or '?'} ({len(a.g.node)} nodes)"
+    if kind == A.GRAPHS:
+        return [f"graph {g.name or '?'} ({len(g.node)} nodes)" for g in a.graphs]
+    if kind == A.TENSORS:
+        return [_tensor_text(t) for t in a.tensors]
+    if kind == A.SPARSE_TENSOR:
+        return f"sparse {_tensor_text(a.sparse_tensor.values)}"
+    if kind == A.TYPE_PROTO:
+        return helper.printable_type(a.tp)
+    value = helper.get_attribute_value(a)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list):
+        return [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in value]
+    return value
+
+
+def _tensor_text(t: onnx.TensorProto) -> Any:
+    try:
+        name = dtype_info(t.data_type).name
+    except KeyError:
+        name = f"type {t.data_type}"
+    n = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+    if n <= 8 and not uses_external_data(t):
+        try:
+            return onnx.numpy_helper.to_array(t).tolist()
+        except Exception:
+            pass
+    return f"tensor {name}[{', '.join(str(d) for d in t.dims)}]"
+
+
+def _tensor_dict(t: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "dtype": dtype_info(t.dtype).name,
+        "shape": None if t.shape is None else list(t.shape),
+    }
+
+
+# -- other formats ------------------------------------------------------------------------------
+
+
+def _size(m: Model) -> int:
+    if m.path is None:
+        return len(m.data)
+    if m.path.is_dir():
+        return sum(p.stat().st_size for p in m.path.rglob("*") if p.is_file())
+    total = m.path.stat().st_size
+    if m.format is ModelFormat.ONNX:
+        total += sum(p.stat().st_size for p in m.external_data)
+    elif m.format is ModelFormat.OPENVINO and m.weights_path.is_file():
+        total += m.weights_path.stat().st_size
+    return total
+
+
+def _inspect_openvino_ir(m: Model) -> NativeSummary:
+    """Inputs, outputs and layer types from an IR's XML (no OpenVINO needed)."""
+    try:
+        root = ET.parse(os.fspath(m.path)).getroot()  # type: ignore[arg-type]
+    except (ET.ParseError, OSError) as e:
+        return NativeSummary(notes=(f"the IR XML cannot be parsed: {e}",))
+    layers = root.findall("./layers/layer")
+    ops = Counter(layer.get("type", "?") for layer in layers)
+    inputs, outputs = [], []
+    for layer in layers:
+        kind = layer.get("type")
+        if kind == "Parameter":
+            data = layer.find("data")
+            shape = (data.get("shape", "") if data is not None else "") or ""
+            etype = data.get("element_type", "f32") if data is not None else "f32"
+            inputs.append(TensorSpec(layer.get("name", "?"), _ir_shape(shape), _ir_dtype(etype)))
+        elif kind == "Result":
+            port = layer.find("./input/port")
+            dims = [d.text or "" for d in port.findall("dim")] if port is not None else []
+            outputs.append(
+                TensorSpec(
+                    layer.get("name", "?"),
+                    _ir_shape(",".join(dims)),
+                    _ir_dtype(port.get("precision", "f32").lower() if port is not None else "f32"),
+                )
+            )
+    return NativeSummary(
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        nodes=len(layers),
+        op_types=tuple(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        notes=(f"IR version {root.get('version', '?')}, network {root.get('name', '?')!r}",),
+    )
+
+
+def _ir_shape(text: str) -> tuple[Dim, ...] | None:
+    if text.strip() == "":
+        return ()
+    out: list[Dim] = []
+    for part in text.split(","):
+        part = part.strip()
+        out.append(int(part) if part.isdigit() else None)
+    return tuple(out)
+
+
+def _ir_dtype(name: str) -> np.dtype:
+    aliases = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "i64": "i64", "i32": "i32"}
+    try:
+        return dtype_info(aliases.get(name, name)).numpy
+    except KeyError:
+        return np.dtype(np.float32)

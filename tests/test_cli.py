@@ -1,0 +1,361 @@
+"""The `infer` command line: help, errors, logging, plugins, devices, inspect, run, cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import types
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import typer
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+import infer
+from infer.cache import Cache, Key
+from infer.cli import _app
+from infer.feeds import random_feeds
+
+from . import models
+
+COMMANDS = [
+    [],
+    ["devices"],
+    ["inspect"],
+    ["run"],
+    ["bench"],
+    ["compare"],
+    ["build"],
+    ["cache"],
+    ["cache", "list"],
+    ["cache", "clear"],
+    ["cache", "path"],
+]
+
+
+def cli(*args: object, app: typer.Typer | None = None) -> object:
+    """Run `infer ARGS` in this process; the result has exit_code, stdout and stderr."""
+    runner = CliRunner()
+    return runner.invoke(
+        app or _app.app, [str(a) for a in args], catch_exceptions=False, env={"COLUMNS": "80"}
+    )
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    logger = logging.getLogger("infer")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+    if _app._handler in logger.handlers:
+        logger.removeHandler(_app._handler)
+
+
+@pytest.fixture
+def cnn_file(tmp_path) -> Path:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(models.cnn(), path)
+    return path
+
+
+# -- every command -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "infer")
+def test_help_has_an_example_and_fits_80_columns(command):
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert "Example" in text and re.search(r"^\s*\$ \S", text, re.MULTILINE), text
+    widest = max(len(line.rstrip()) for line in text.splitlines())
+    assert widest <= 80, f"{widest} columns"
+
+
+def test_version_and_no_arguments():
+    assert cli("--version").stdout.strip() == f"infer {infer.__version__}"
+    result = cli()
+    assert "Usage" in result.stdout and "bench" in result.stdout
+
+
+def test_console_script_and_python_m(tmp_path):
+    script = shutil.which("infer", path=str(Path(sys.executable).parent))
+    assert script, "the `infer` console script is not installed next to this Python"
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"infer {infer.__version__}"
+    out = subprocess.run(
+        [sys.executable, "-m", "infer", "devices", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["devices"][0]["kind"] == "cpu"
+    # a user error in a fresh process: one line on stderr, exit 2, no traceback
+    out = subprocess.run(
+        [sys.executable, "-m", "infer", "inspect", str(tmp_path / "missing.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: model file {str(tmp_path / 'missing.onnx')!r} does not exist"
+    ]
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    missing = tmp_path / "missing.onnx"
+    result = cli("inspect", missing)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: model file {str(missing)!r} does not exist"
+    assert "Traceback" not in result.stderr
+    debug = cli("--debug", "inspect", missing)
+    assert debug.exit_code == 2 and "Traceback" in debug.stderr and "ModelError" in debug.stderr
+    assert cli("run", "demo", "--backend", "nope").stderr.startswith("error: backend 'nope'")
+    assert cli("run", "demo", "--shape", "image=1x3").exit_code == 2
+    assert cli("bench", "--batch", "0").stderr.startswith("error: --batch '0'")
+    usage = cli("run")  # a usage error from the parser: also 2
+    assert usage.exit_code == 2 and "Missing argument" in usage.stderr
+
+
+def test_internal_errors_exit_3_and_plugins_register(monkeypatch):
+    plugin = types.ModuleType("infer_test_plugin")
+
+    def register(app: typer.Typer) -> None:
+        @app.command("hello", help="Say hello.\n\nExample:\n\n$ infer hello")
+        def hello() -> None:
+            print("hello from a plugin")
+
+        @app.command("crash")
+        def crash() -> None:
+            raise ValueError("boom")
+
+    plugin.register = register  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "infer_test_plugin", plugin)
+    app = _app.make_app(optional=("infer_test_plugin", "infer_no_such_module.commands"))
+    assert cli("hello", app=app).stdout.strip() == "hello from a plugin"
+    crash = cli("crash", app=app)
+    assert crash.exit_code == 3
+    assert crash.stderr.startswith("error: internal error: ValueError: boom")
+    assert "--debug" in crash.stderr
+    assert "Traceback" in cli("--debug", "crash", app=app).stderr
+    # the built-in commands are all there, and a missing optional module is skipped
+    names = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert {"devices", "inspect", "run", "bench", "compare", "build", "cache", "hello"} <= names
+
+
+def test_verbose_logs_go_to_stderr():
+    quiet = cli("run", "demo", "--backend", "onnxruntime")
+    assert quiet.exit_code == 0 and "INFO" not in quiet.stderr
+    loud = cli("-v", "run", "demo", "--backend", "onnxruntime")
+    assert loud.exit_code == 0
+    assert "INFO infer.engine: loaded" in loud.stderr
+    assert "INFO" not in loud.stdout
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+
+def test_devices_text_and_json():
+    result = cli("devices")
+    assert result.exit_code == 0
+    text = result.stdout
+    cpu = infer.devices()[0]
+    assert text.startswith(f"cpu:0  {cpu.name}")
+    assert "✓ onnxruntime[cpu]" in text and "✓ reference" in text
+    data = json.loads(cli("devices", "--json").stdout)
+    assert [d["device"] for d in data["devices"]] == [str(d) for d in infer.devices()]
+    first = data["devices"][0]
+    assert set(first["isa"]) == set(cpu.capabilities.isa)
+    verdicts = {b["backend"]: b for b in first["backends"]}
+    assert verdicts["onnxruntime[cpu]"]["ok"] and verdicts["reference"]["ok"]
+    # every backend infer knows is listed, with a version or the reason it is missing
+    infos = {b.name: b for b in infer.backends()}
+    assert [b["name"] for b in data["backends"]] == list(infos)
+    for b in data["backends"]:
+        assert b["available"] == infos[b["name"]].available
+        assert b["version"] if b["available"] else b["reason"]
+
+
+# -- inspect -------------------------------------------------------------------------------------
+
+
+def _check_inspect_json(data: dict, proto: onnx.ModelProto) -> None:
+    o = data["onnx"]
+    assert o["ir_version"] == proto.ir_version
+    assert o["opsets"] == {i.domain: i.version for i in proto.opset_import}
+    assert o["nodes"] == len(proto.graph.node)
+    assert o["op_types"] == dict(Counter(n.op_type for n in proto.graph.node))
+    arrays = [numpy_helper.to_array(t) for t in proto.graph.initializer]
+    assert o["initializers"]["count"] == len(arrays)
+    assert o["initializers"]["bytes"] == sum(a.nbytes for a in arrays)
+    assert o["initializers"]["parameters"] == sum(a.size for a in arrays)
+    inits = {t.name for t in proto.graph.initializer}
+    assert [i["name"] for i in o["inputs"]] == [
+        v.name for v in proto.graph.input if v.name not in inits
+    ]
+    assert [i["name"] for i in o["outputs"]] == [v.name for v in proto.graph.output]
+    fixed = [
+        [
+            d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in v.type.tensor_type.shape.dim
+        ]
+        for v in proto.graph.output
+    ]
+    assert [i["shape"] for i in o["outputs"]] == fixed
+
+
+def test_inspect_json_matches_onnx(cnn_file, real_model):
+    for path in (cnn_file, real_model("orientation")):
+        result = cli("inspect", path, "--json")
+        assert result.exit_code == 0, result.stderr
+        data = json.loads(result.stdout)
+        _check_inspect_json(data, onnx.load(str(path)))
+        assert data["format"] == "onnx" and data["name"] == path.name
+        assert {
+            "backend": "onnxruntime[cpu]",
+            "device": "cpu:0",
+            "ok": True,
+            "reason": None,
+        } in data["backends"]
+
+
+def test_inspect_text_and_nodes():
+    result = cli("inspect", "demo", "--nodes")
+    assert result.exit_code == 0
+    text = result.stdout
+    for expected in (
+        "IR version 8; opsets: ai.onnx 17",
+        "image: float32[N, 3, 64, 64]",
+        "logits: float32[N, 10]",
+        "14, 8 op types",
+        "20 initializers",
+        "✓ onnxruntime[cpu] on cpu:0",
+        "[0] Conv  stem/Conv",
+        "in:    image ← input, stem.weight ← initializer",
+        "in:    stem.conv ← stem/Conv",
+    ):
+        assert expected in text, expected
+    nodes_json = json.loads(cli("inspect", "demo", "--nodes", "--json").stdout)["node_list"]
+    assert [n["op"] for n in nodes_json][:3] == ["Conv", "BatchNormalization", "Relu"]
+
+
+def test_inspect_real_model_with_subgraphs(real_model):
+    result = cli("inspect", real_model("silero_vad"))
+    assert result.exit_code == 0
+    assert "subgraphs  50 (If), nested 4 deep" in result.stdout
+    assert "341 Constant nodes" in result.stdout
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+def test_run_random_inputs_are_seeded_and_saved(cnn_file, tmp_path):
+    out, ins = tmp_path / "out.npz", tmp_path / "in.npz"
+    result = cli(
+        "run", cnn_file, "--seed", "3", "--shape", "N=2", "--save", out, "--save-inputs", ins
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "cnn.onnx: onnxruntime on cpu:0 (fp32)" in result.stdout
+    with infer.Engine.load(cnn_file) as engine:
+        want_in = random_feeds(engine.inputs, {"N": 2}, seed=3)
+        want_out = engine.run(want_in)
+    with np.load(ins) as got:
+        np.testing.assert_array_equal(got["input"], want_in["input"])
+        assert got["input"].shape == (2, 3, 32, 32)
+    with np.load(out) as got:
+        np.testing.assert_array_equal(got["logits"], want_out["logits"])
+    other = cli("run", cnn_file, "--seed", "4", "--save-inputs", tmp_path / "in4.npz")
+    assert other.exit_code == 0
+    with np.load(tmp_path / "in4.npz") as a:
+        assert a["input"].shape == (1, 3, 32, 32)  # "N" not given: 1, with a note
+    assert "note: dynamic dimension input[0] ('N') = 1" in other.stderr
+
+
+def test_run_real_model_with_input_files_and_values(real_model, tmp_path):
+    path = real_model("silero_vad")
+    rng = np.random.default_rng(0)
+    chunk = (rng.standard_normal((1, 512)) * 0.1).astype(np.float32)
+    state = np.zeros((2, 1, 128), np.float32)
+    np.save(tmp_path / "chunk.npy", chunk)
+    np.savez(tmp_path / "state.npz", state=state)
+    result = cli(
+        "run",
+        path,
+        "-i",
+        f"input={tmp_path / 'chunk.npy'}",
+        "-i",
+        tmp_path / "state.npz",
+        "-i",
+        "sr=16000",
+        "--backend",
+        "onnxruntime",
+        "--save",
+        tmp_path / "out.npz",
+    )
+    assert result.exit_code == 0, result.stderr
+    with infer.Engine.load(path) as engine:
+        want = engine.run({"input": chunk, "state": state, "sr": np.array(16000, np.int64)})
+    with np.load(tmp_path / "out.npz") as got:
+        for name, value in want.items():
+            np.testing.assert_array_equal(got[name], value)
+
+
+def test_run_user_errors(cnn_file, tmp_path):
+    cases = {
+        ("-i", f"nope={tmp_path / 'x.npy'}"): "input 'nope'",
+        ("-i", "nope=1"): "unknown input(s) ['nope']",
+        ("--shape", "input=1x3x8"): "does not fit the input float32[N, 3, 32, 32]",
+        ("--shape", "input=axb"): "shape 'axb' is not valid",
+        ("--precision", "fp8"): "--precision 'fp8' is not valid",
+        ("--device", "tpu"): "device 'tpu' is not valid",
+    }
+    for args, message in cases.items():
+        result = cli("run", cnn_file, *args)
+        assert result.exit_code == 2, (args, result.stdout)
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and message in lines[-1], (args, lines)
+
+
+# -- cache ---------------------------------------------------------------------------------------
+
+
+def test_cache_path_list_clear(_isolated_cache):
+    cache = Cache()
+    assert cache.root == _isolated_cache
+    assert cli("cache", "path").stdout.strip() == str(cache.root)
+    cache.clear()
+    key = Key.of("test-model", model="ab" * 32, precision="int8")
+
+    def build(folder: Path) -> None:
+        (folder / "model.onnx").write_bytes(b"x" * 2048)
+
+    cache.get_or_build(key, build)
+    runtime = cache.folder("runtime-blobs", model="cd" * 32)
+    (runtime / "blob").write_bytes(b"y" * 10)
+    listing = cli("cache", "list")
+    assert listing.exit_code == 0
+    text = listing.stdout
+    assert "test-model" in text and "model=abababab precision=int8" in text
+    assert "runtime-blobs" in text and "(kept by the runtime)" in text
+    assert "2 entries" in text
+    data = json.loads(cli("cache", "list", "--json").stdout)
+    kinds = {e["kind"]: e for e in data["entries"]}
+    assert kinds["test-model"]["size_bytes"] == 2048
+    assert kinds["test-model"]["key"] == {"model": "ab" * 32, "precision": "int8"}
+    assert kinds["runtime-blobs"]["managed_by_runtime"] is True
+    cleared = cli("cache", "clear", "--kind", "test-model")
+    assert "removed 1 test-model cache entries" in cleared.stdout
+    assert [e["kind"] for e in json.loads(cli("cache", "list", "--json").stdout)["entries"]] == [
+        "runtime-blobs"
+    ]
+    cli("cache", "clear")
+    assert "(empty)" in cli("cache", "list").stdout
