@@ -24,6 +24,7 @@ from onnx.backend.base import Backend, BackendRep, namedtupledict
 
 from .engine import Engine
 from .errors import InputError, OptionError
+from .model import ModelFormat
 
 # Keywords the ONNX test runner passes to `prepare` that are not load options: the tolerances
 # it compares with (set per test through `BackendTest(test_kwargs=...)`).
@@ -52,6 +53,7 @@ class InferRep(BackendRep):
             s.name for s in engine.inputs if s.name not in input_order
         ]
         self.output_names = [s.name for s in engine.outputs]
+        self._outputs = namedtupledict("Outputs", self.output_names)
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Run once; `inputs` is a list (model input order), a dict, or one array.
@@ -60,7 +62,7 @@ class InferRep(BackendRep):
         """
         feeds = self._feeds(inputs)
         out = self.engine.run(feeds)
-        return namedtupledict("Outputs", self.output_names)(*(out[n] for n in self.output_names))
+        return self._outputs(*(out[n] for n in self.output_names))
 
     def _feeds(self, inputs: Any) -> dict[str, Any]:
         if isinstance(inputs, Mapping):
@@ -102,7 +104,7 @@ class InferBackend(Backend):
         options = {**cls.options, **{k: v for k, v in kwargs.items() if k not in _RUNNER_KEYWORDS}}
         options.setdefault("device", infer_device(device))
         engine = Engine.load(model, **options)
-        proto = engine.model.proto if engine.model.format.value == "onnx" else None
+        proto = engine.model.proto if engine.model.format is ModelFormat.ONNX else None
         order: list[str] = []
         if proto is not None:
             inits = {t.name for t in proto.graph.initializer}
