@@ -1,4 +1,4 @@
-"""The ONNX backend suite's set-up: a private ONNX_HOME, and CPU-only runs without a GPU."""
+"""The ONNX backend suite's set-up: a private ONNX_HOME, and the CPU copies of the tests only."""
 
 from __future__ import annotations
 
@@ -22,17 +22,13 @@ def _onnx_home(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Deselect the suite's `_cuda` copies where infer has no CUDA device to run them on."""
-    suite = [
-        i for i in items if getattr(i, "cls", None) is not None and "OnnxBackend" in i.cls.__name__
+    """Deselect the suite's `_cuda` copies: the runs here are the CPU suite, and
+    known_failures.toml holds what was measured on the CPU (a GPU run needs its own entries)."""
+    cuda = [
+        i
+        for i in items
+        if i.name.endswith("_cuda") and "OnnxBackend" in getattr(i.cls, "__name__", "")
     ]
-    if not suite:
-        return
-    from infer.onnx_backend import InferBackend
-
-    if InferBackend.supports_device("CUDA"):
-        return
-    cuda = [i for i in suite if i.name.endswith("_cuda")]
     if cuda:
         config.hook.pytest_deselected(items=cuda)
         drop = set(map(id, cuda))
