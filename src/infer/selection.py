@@ -23,7 +23,7 @@ from .backends import base
 from .backends.base import GRAPH, Attempt, Backend, BackendInfo, Session
 from .cache import Cache, Key
 from .device import Device, probe_hardware
-from .errors import BackendUnavailable, CacheError, InferError, OptionError
+from .errors import BackendUnavailable, CacheError, CompileError, InferError, OptionError
 from .feeds import random_array
 from .model import Model
 from .options import Options
@@ -180,7 +180,11 @@ def select(
             session = b.compile(target, device, options, row.variant)
         except OptionError:
             raise  # the caller's mistake: no other backend would make it right
-        except InferError as e:
+        except Exception as e:
+            if not isinstance(e, InferError):  # a backend bug must not leak a raw exception
+                wrapped = CompileError(f"{row.label} failed unexpectedly: {type(e).__name__}: {e}")
+                wrapped.__cause__ = e
+                e = wrapped
             attempts.append(
                 Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
             )

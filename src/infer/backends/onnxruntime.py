@@ -327,11 +327,9 @@ def _route_logging(ort: Any) -> None:
 
 def _spec(arg: Any) -> TensorSpec:
     try:
-        dtype = dtype_info(arg.type).numpy
-        shape = tensors.dims(arg.shape)
-    except KeyError:  # sequences, maps, optionals: handed through as ORT returns them
-        dtype, shape = np.dtype(object), None
-    return TensorSpec(arg.name, shape, dtype)
+        return tensors.spec_from_type_string(arg.name, arg.type, arg.shape)
+    except KeyError:  # an element type infer does not know: handed through as ORT returns it
+        return TensorSpec(arg.name, None, np.dtype(object))
 
 
 class OnnxRuntimeSession(Session):
@@ -347,7 +345,10 @@ class OnnxRuntimeSession(Session):
         inner = getattr(sess, "_sess", None)
         self._call = inner.run if inner is not None and hasattr(inner, "run") else sess.run
         # bfloat16, float8, int4, ... cross ORT's Python API only as raw OrtValues.
-        self._raw_io = any(s.dtype not in _NUMPY_BRIDGE for s in (*self.inputs, *self.outputs))
+        self._raw_io = any(
+            s.kind == "tensor" and s.dtype not in _NUMPY_BRIDGE
+            for s in (*self.inputs, *self.outputs)
+        )
         if self._raw_io:
             self._run = self._run_ortvalues  # type: ignore[method-assign]
 
