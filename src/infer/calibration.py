@@ -40,8 +40,11 @@ class Calibration:
     quantizer: "auto" (the backend's choice), "onnxruntime" (uint8 activations, int8 weights:
         ONNX Runtime's CPU kernels), "onnxruntime-symmetric" (int8 activations with zero point 0,
         as TensorRT requires) or "nncf" (Intel's NNCF: OpenVINO's placement, with bias correction).
-    preprocess: applied to every item before it is checked, e.g. to turn images into the model's
-        input tensor; a callable item -> feed (infer.Preprocess plugs in here).
+    preprocess: turns each item into a feed before it is checked, for a model without fused
+        preprocessing calibrated on raw data: an `infer.Preprocess` (its `apply` runs on the
+        item, for a single-input model), {input name: Preprocess} (each runs on item[name]),
+        or any callable item -> feed. (With `Engine.load(preprocess=...)` the preprocessing is
+        in the graph, and the calibration feeds are raw frames already.)
     key: a name for the data that changes whenever the data does. With it, the cache key uses
         the name instead of a hash of the feeds, so a cached model is reused without reading them.
     """
@@ -53,7 +56,7 @@ class Calibration:
     exclude: Sequence[str] = ()
     per_channel: bool = True
     quantizer: str = "auto"
-    preprocess: Callable[[Any], Feed] | None = None
+    preprocess: Any = None
     key: str | None = None
     _kept: list[Any] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -155,7 +158,7 @@ class Calibration:
         names = [s.name for s in inputs]
         for i, item in enumerate(self._items()):
             if self.preprocess is not None:
-                item = self.preprocess(item)
+                item = self._preprocessed(item, names, i)
             if isinstance(item, Mapping):
                 feed = dict(item)
             elif len(names) == 1:
@@ -170,6 +173,36 @@ class Calibration:
                 yield check(feed)
             except InputError as e:
                 raise InputError(f"calibration sample {i}: {e}") from e
+
+    def _preprocessed(self, item: Any, names: Sequence[str], i: int) -> Any:
+        pre = self.preprocess
+        try:
+            if isinstance(pre, Mapping):  # {input name: Preprocess}
+                if not isinstance(item, Mapping):
+                    raise InputError(
+                        f"calibration sample {i}: preprocess is per input ({sorted(pre)}), so "
+                        f"each item must be a dict; got {type(item).__name__}"
+                    )
+                return {k: pre[k].apply(v) if k in pre else v for k, v in item.items()}
+            if hasattr(pre, "apply"):  # one infer.Preprocess
+                if isinstance(item, Mapping):
+                    if len(item) != 1:
+                        raise InputError(
+                            f"calibration sample {i}: one Preprocess for a dict of {len(item)} "
+                            "inputs; give {input name: Preprocess}"
+                        )
+                    ((name, value),) = item.items()
+                    return {name: pre.apply(value)}
+                return {names[0]: pre.apply(item)} if len(names) == 1 else pre.apply(item)
+            return pre(item)
+        except InputError as e:
+            if str(e).startswith("calibration sample"):
+                raise
+            raise InputError(f"calibration sample {i}: preprocess failed: {e}") from e
+        except Exception as e:
+            raise InputError(
+                f"calibration sample {i}: preprocess failed: {type(e).__name__}: {e}"
+            ) from e
 
     def digest(self, inputs: Sequence[TensorSpec], *, cast: bool = False) -> tuple[str, int | None]:
         """(what identifies the data, how many feeds) for cache keys.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -11,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from . import selection
-from .backends.base import Attempt, Backend, Session
+from .backends.base import Attempt, Backend, Binding, Session
 from .cache import Cache
 from .device import Device
-from .errors import InputError
+from .errors import InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
 from .tensors import TensorSpec, describe
@@ -36,6 +39,10 @@ class Engine:
         self._selection = tuple(selection)
         self._model = model
         self._options = options
+        self._preprocess: dict[str, Any] | None = None
+        self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def load(
@@ -61,7 +68,8 @@ class Engine:
 
         device: "auto", "cpu", "cuda[:N]", "gpu[:N]", "npu" or "ane".
         backend: force one backend ("onnxruntime", "openvino", "onnxruntime[cuda]", ...) —
-            its failure is then an error — or give a list to try in that order.
+            its failure is then an error — or give a list to try in that order; "fastest"
+            times every eligible backend on the model and keeps the fastest (cached).
         precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
         cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
@@ -141,13 +149,51 @@ class Engine:
     def options(self) -> Options:
         return self._options
 
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """{input name: Preprocess} fused into the model, completed from it (size, dtype);
+        {} without preprocessing. `engine.preprocess[name].apply(frame)` gives the tensor the
+        graph computes; `.meta(frame.shape)` maps boxes back to the frame."""
+        if self._preprocess is None:
+            from .transforms import preprocess as pre
+
+            self._preprocess = pre.specs_of(self._model)
+        return dict(self._preprocess)
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most runs `submit`, `map` and `arun` keep queued or running at once."""
+        return self._session.max_in_flight
+
     # -- running ------------------------------------------------------------------------------
 
     def run(
-        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Run once: {input name: array} -> {output name: array} (all outputs, or `outputs`)."""
-        return self._session.run(feeds, outputs)
+        self,
+        feeds: Mapping[str, Any],
+        outputs: Sequence[str] | None = None,
+        *,
+        return_meta: bool = False,
+    ) -> Any:
+        """Run once: {input name: array} -> {output name: array} (all outputs, or `outputs`).
+
+        Safe to call from any number of threads. return_meta: also return, for each input with
+        image preprocessing, where its frames landed in the model's input
+        (`infer.transforms.preprocess.ResizeMeta`: `.to_frame(boxes)` maps boxes back):
+        `outputs, meta = engine.run(feeds, return_meta=True)`.
+        """
+        out = self._session.run(feeds, outputs)
+        if not return_meta:
+            return out
+        return out, self._meta(feeds)
+
+    def _meta(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        from .transforms.preprocess import ImagePreprocess
+
+        meta = {}
+        for name, spec in self.preprocess.items():
+            if isinstance(spec, ImagePreprocess) and name in feeds:
+                meta[name] = spec.meta(np.shape(feeds[name]))
+        return meta
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Shorthand: `engine(x)` or `engine(x=..., y=...)`; one output comes back bare."""
@@ -169,8 +215,86 @@ class Engine:
         return next(iter(out.values())) if len(out) == 1 else out
 
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
-        """Run in the background and return a `concurrent.futures.Future` of the outputs."""
+        """Run in the background and return a `concurrent.futures.Future` of the outputs.
+
+        At most `max_in_flight` runs are queued or running; past that, `submit` blocks until
+        one finishes, so a fast producer cannot queue unbounded work.
+        """
         return self._session.submit(feeds, outputs)
+
+    def map(
+        self,
+        feeds: Iterable[Mapping[str, Any] | Any],
+        outputs: Sequence[str] | None = None,
+        *,
+        max_in_flight: int | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run every item of `feeds` concurrently; yield the outputs in the input order.
+
+        Items are feed dicts, or bare arrays for a one-input model. At most `max_in_flight`
+        (default: the engine's) are submitted ahead of the one being yielded, so a long or
+        endless iterable is consumed lazily. An error is raised at its item's position, and
+        the runs still pending are cancelled when the caller stops iterating.
+        """
+        window = self.max_in_flight if max_in_flight is None else max_in_flight
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise OptionError(f"max_in_flight must be a positive integer, got {window!r}")
+        return self._map(iter(feeds), outputs, window)
+
+    def _map(
+        self, items: Iterator[Any], outputs: Sequence[str] | None, window: int
+    ) -> Iterator[dict[str, np.ndarray]]:
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                pending.append(self.submit(self._as_feeds(item), outputs))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def _as_feeds(self, item: Any) -> Mapping[str, Any]:
+        if isinstance(item, Mapping):
+            return item
+        if len(self.inputs) != 1:
+            names = ", ".join(s.name for s in self.inputs)
+            raise InputError(
+                f"map() got a {type(item).__name__}; this model takes {len(self.inputs)} inputs "
+                f"({names}): give each item as a dict of input name -> array"
+            )
+        return {self.inputs[0].name: item}
+
+    async def arun(
+        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """`run` for asyncio: awaits the result without blocking the event loop.
+
+        Calls wait (asynchronously) while `max_in_flight` of this loop's runs are in flight,
+        so `submit` does not block the loop.
+        """
+        loop = asyncio.get_running_loop()
+        slots = self._async_slots.get(loop)
+        if slots is None:
+            slots = self._async_slots[loop] = asyncio.Semaphore(self.max_in_flight)
+        async with slots:
+            return await asyncio.wrap_future(self._session.submit(feeds, outputs), loop=loop)
+
+    def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
+        """I/O binding: buffers allocated once (per shape) and reused by every `run`.
+
+        outputs: "host" (numpy buffers the binding owns), "device" (device arrays on a GPU;
+        the same as "host" on the CPU), or {output name: preallocated array} to write into.
+        The arrays `run` returns are the bound buffers, valid until the next `run`
+        (`run(feeds, copy=True)` returns copies). One binding per thread::
+
+            with engine.bind() as b:
+                for frame in frames:
+                    y = b.run({"images": frame})
+        """
+        return self._session.bind(outputs)
 
     # -- lifetime -----------------------------------------------------------------------------
 

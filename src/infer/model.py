@@ -128,6 +128,8 @@ class Model:
 
     @classmethod
     def _from_path(cls, path: Path) -> Model:
+        if "\0" in str(path):
+            raise ModelError(f"model path {str(path)!r} contains a NUL byte")
         if not path.exists():
             raise ModelError(f"model file {str(path)!r} does not exist")
         if path.is_dir():
@@ -137,6 +139,8 @@ class Model:
                 f"model path {str(path)!r} is a folder but not a Core ML .mlpackage "
                 "(no Manifest.json); point at the model file"
             )
+        if not path.is_file():  # a FIFO would block the read below; a device is not a model
+            raise ModelError(f"model path {str(path)!r} is not a regular file")
         try:
             with open(path, "rb") as f:
                 head = f.read(512)
@@ -271,6 +275,8 @@ def _external_files(proto: onnx.ModelProto, base: Path | None, where: str) -> li
     root = base.resolve()
     files = []
     for loc in sorted(locations):
+        if "\0" in loc:
+            raise ModelError(f"{where}: external data location {loc!r} contains a NUL byte")
         target = (base / loc).resolve()
         if (
             not loc
@@ -298,7 +304,7 @@ def _all_tensors(proto: onnx.ModelProto) -> Any:
 def _graph_tensors(graph: onnx.GraphProto) -> Any:
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
-        yield sparse.values
+        yield from (sparse.values, sparse.indices)
     for node in graph.node:
         yield from _node_tensors(node)
 
@@ -308,6 +314,8 @@ def _node_tensors(node: onnx.NodeProto) -> Any:
         if attr.HasField("t"):
             yield attr.t
         yield from attr.tensors
+        for sparse in (attr.sparse_tensor, *attr.sparse_tensors):
+            yield from (sparse.values, sparse.indices)
         if attr.HasField("g"):
             yield from _graph_tensors(attr.g)
         for g in attr.graphs:

@@ -7,18 +7,27 @@ module `infer/backends/<name>.py` plus a row here.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .backends import base
 from .backends.base import GRAPH, Attempt, Backend, BackendInfo, Session
+from .cache import Cache, Key
 from .device import Device, probe_hardware
-from .errors import BackendUnavailable, InferError, OptionError
+from .errors import BackendUnavailable, CacheError, CompileError, InferError, OptionError
+from .feeds import random_array
 from .model import Model
 from .options import Options
+from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +39,15 @@ class Choice:
     backend: str
     kind: str
     variant: str | None = None
+    race: bool = True
+    """Whether backend="fastest" times this row (False: a last resort, too slow to time)."""
 
     @property
     def label(self) -> str:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
-BACKENDS = ("tensorrt", "onnxruntime", "coreml", "reference")
+BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
@@ -45,30 +56,50 @@ _CUDA = (
     Choice("onnxruntime", "cuda", "cuda"),
 )
 _ANE = (Choice("onnxruntime", "ane", "coreml"),)
+_REFERENCE = Choice("reference", "cpu", race=False)
 # Core ML runs .mlpackage/.mlmodel models only, which no other backend takes, so its rows never
 # stand in front of another backend for an ONNX model. Under "auto" it gets every compute unit.
 _COREML_AUTO = Choice("coreml", "auto", "all")
 # ONNX Runtime leads on the CPU: it runs the most of the ONNX spec, and no backend wins every
 # model on speed (see benchmarks/); backend="fastest" measures instead of assuming.
+# OpenVINO follows it. Measured by benchmarks/openvino_vs_ort.py (batch 1, shared 2-core EPYC VM,
+# three runs, OpenVINO's CPU pinning off as infer sets it): OpenVINO over ONNX Runtime latency was
+# ocr_det 0.38-0.72x, ocr_rec 0.34-0.40x, cnn 0.43-1.05x, ocr_cls 0.83-1.09x, orientation
+# 0.62-1.31x, a one-node model ~10x (per-call cost). OpenVINO is often faster, but not on every
+# model nor in every run, and ONNX Runtime stays first as the safer default: it loads 2.5-7x
+# faster than OpenVINO compiles cold (ocr_det 32 vs 176 ms), it runs models OpenVINO cannot
+# convert (silero_vad's nested If), and it rounds f32 -> bf16 Casts to nearest as ONNX does where
+# OpenVINO's CPU plugin truncates.
+# For speed, backend="fastest" times both on the model and caches the winner.
 _CPU = (
     Choice("onnxruntime", "cpu", "cpu"),
-    Choice("reference", "cpu"),
+    Choice("openvino", "cpu"),
+    _REFERENCE,
 )
 
 TABLE: dict[str, tuple[Choice, ...]] = {
     "cuda": _CUDA,
     "gpu": (
         *_CUDA,
+        Choice("openvino", "gpu"),
         Choice("coreml", "gpu"),
         Choice("onnxruntime", "gpu", "coreml"),
         Choice("onnxruntime", "gpu", "openvino"),
     ),
-    "npu": (Choice("onnxruntime", "npu", "openvino"),),
+    "npu": (Choice("openvino", "npu"), Choice("onnxruntime", "npu", "openvino")),
     "ane": (Choice("coreml", "ane"), *_ANE),
     # A Core ML package asked onto the CPU runs on Core ML's CPU_ONLY units (no other backend
     # reads packages, so the row costs ONNX models nothing).
     "cpu": (*_CPU, Choice("coreml", "cpu")),
-    "auto": (*_CUDA, _COREML_AUTO, *_ANE, *_CPU),
+    # OpenVINO's AUTO plugin picks among its own devices (an Intel GPU or NPU, else the CPU).
+    "auto": (
+        *_CUDA,
+        _COREML_AUTO,
+        *_ANE,
+        _CPU[0],
+        Choice("openvino", "auto"),
+        _REFERENCE,
+    ),
 }
 
 
@@ -84,7 +115,9 @@ def candidates(request: Device, backend: str | Sequence[str] | None = None) -> l
         name, _, variant = w.partition("[")
         variant = variant.rstrip("]") or None
         if name not in BACKENDS:
-            raise OptionError(f"backend {w!r} is not known; use one of {', '.join(BACKENDS)}")
+            raise OptionError(
+                f"backend {w!r} is not known; use one of {', '.join(BACKENDS)}, or {FASTEST!r}"
+            )
         matching = [
             r for r in rows if r.backend == name and (variant is None or r.variant == variant)
         ]
@@ -118,6 +151,8 @@ def select(
     precision transform, applied once and shared); None compiles `model` as it is.
     With a single `backend` named, its failure is raised instead of falling back.
     """
+    if backend == FASTEST:
+        return _race(model, request, options, transform)
     rows = candidates(request, backend)
     forced = isinstance(backend, str)
     attempts: list[Attempt] = []
@@ -147,7 +182,11 @@ def select(
             session = b.compile(target, device, options, row.variant)
         except OptionError:
             raise  # the caller's mistake: no other backend would make it right
-        except InferError as e:
+        except Exception as e:
+            if not isinstance(e, InferError):  # a backend bug must not leak a raw exception
+                wrapped = CompileError(f"{row.label} failed unexpectedly: {type(e).__name__}: {e}")
+                wrapped.__cause__ = e
+                e = wrapped
             attempts.append(
                 Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
             )
@@ -259,3 +298,250 @@ def devices() -> list[Device]:
         for d in info.devices:
             found.setdefault((d.kind, d.index), d)
     return list(found.values())
+
+
+# -- backend="fastest" ------------------------------------------------------------------------
+
+FASTEST = "fastest"
+"""backend=FASTEST: time every eligible row on the model and keep the fastest."""
+RACE_RUNS = 5
+"""Timed runs per candidate (after one untimed warm-up run)."""
+RACE_SECONDS = 2.0
+"""Per candidate, no new timed run starts after this many seconds (one always runs)."""
+RACE_DIM = 64
+"""Size given to a dynamic dimension that `shapes` does not fix (the first axis gets 1)."""
+
+
+def _race(
+    model: Model,
+    request: Device,
+    options: Options,
+    transform: Callable[[Model, Backend, Device, str | None], Model] | None,
+) -> tuple[Session, list[Attempt]]:
+    """Compile every eligible candidate, time each on the same seeded random feeds, keep the
+    fastest and close the rest. The choice is cached per model, candidates (backend versions
+    and device identities), precision, hint and shapes, so the next load compiles only it."""
+    rows = TABLE[request.kind]
+    verdicts: dict[Choice, Attempt] = {}
+    racers: list[tuple[Choice, Backend, Device]] = []
+    for row in rows:
+        checked = _eligible(row, model, request, options)
+        if isinstance(checked, Attempt):
+            verdicts[row] = checked
+        elif row.race:
+            racers.append((row, *checked))
+    if len(racers) < 2:  # nothing to race: the table's order decides
+        log.info("backend='fastest': %d candidate(s) to time; using the table order", len(racers))
+        return select(model, request, options, None, transform)
+
+    cache = Cache(options.cache_dir) if options.cache else None
+    key = Key.of(
+        "fastest-choice",
+        model=model.digest,
+        precision=options.precision,
+        hint=options.hint,
+        shapes={k: repr(v) for k, v in options.shapes.items()},
+        candidates=[
+            f"{row.label} {b.probe().version} on {device.identity}" for row, b, device in racers
+        ],
+    )
+    entry = cache.get(key) if cache is not None else None
+    if entry is not None:
+        try:
+            earlier = json.loads(entry.file("choice.json").read_text(encoding="utf-8"))
+            winner = next(r for r in racers if r[0].label == earlier["winner"])
+        except (OSError, ValueError, KeyError, StopIteration):
+            earlier, winner = None, None
+        if winner is not None:
+            row, b, device = winner
+            start = time.perf_counter()
+            compiled = _compile_row(row, b, device, model, options, transform)
+            seconds = time.perf_counter() - start
+            if isinstance(compiled, Session):
+                timings = ", ".join(f"{k} {v:.3g} ms" for k, v in earlier["median_ms"].items())
+                for other, _, other_device in racers:
+                    if other != row:
+                        verdicts[other] = Attempt(
+                            other.label,
+                            str(other_device),
+                            "skipped",
+                            f"a cached race chose {row.label} ({timings})",
+                        )
+                verdicts[row] = Attempt(
+                    row.label,
+                    str(device),
+                    "selected",
+                    f"fastest in a cached race ({timings}); {compiled.details.get('summary', '')}",
+                    seconds,
+                )
+                return compiled, [verdicts[r] for r in rows if r in verdicts]
+            verdicts[row] = compiled  # it no longer compiles: race again
+            cache.remove(entry)  # type: ignore[union-attr]
+
+    timed: list[tuple[float, int, Choice, Device, Session, float]] = []
+    untimed: list[tuple[Choice, Device, Session, float]] = []
+    feeds: dict[str, np.ndarray] | None = None
+    for i, (row, b, device) in enumerate(racers):
+        if options.progress is not None:
+            options.progress("race", i, len(racers))
+        start = time.perf_counter()
+        compiled = _compile_row(row, b, device, model, options, transform)
+        if isinstance(compiled, Attempt):
+            verdicts[row] = compiled
+            continue
+        seconds = time.perf_counter() - start
+        if feeds is None:
+            feeds = race_feeds(compiled.inputs, options.shapes)
+        try:
+            median, runs = _time_runs(compiled, feeds)
+        except InferError as e:
+            untimed.append((row, device, compiled, seconds))
+            verdicts[row] = Attempt(
+                row.label,
+                str(device),
+                "failed",
+                f"could not run the race's random feeds: {e}",
+                seconds,
+            )
+            continue
+        timed.append((median, runs, row, device, compiled, seconds))
+    if options.progress is not None:
+        options.progress("race", len(racers), len(racers))
+
+    if not timed:
+        if not untimed:
+            raise BackendUnavailable(
+                f"no backend can run {model!r} on {request}:\n"
+                + _explain([verdicts[r] for r in rows if r in verdicts])
+            )
+        # The random feeds were likely unfit for this model: fall back to the table's order.
+        row, device, session, seconds = untimed[0]
+        for _, _, other, _ in untimed[1:]:
+            other.close()
+        verdicts[row] = Attempt(
+            row.label,
+            str(device),
+            "selected",
+            "no candidate ran the race's random feeds (pass shapes= to size them); first in "
+            f"table order; {session.details.get('summary', '')}",
+            seconds,
+        )
+        return session, [verdicts[r] for r in rows if r in verdicts]
+
+    timed.sort(key=lambda t: t[0])
+    best_median, best_runs, best_row, best_device, best, best_seconds = timed[0]
+    medians = {row.label: median * 1e3 for median, _, row, _, _, _ in timed}
+    for median, runs, row, device, session, seconds in timed[1:]:
+        session.close()
+        verdicts[row] = Attempt(
+            row.label,
+            str(device),
+            "skipped",
+            f"{median * 1e3:.3g} ms median over {runs} runs; slower than {best_row.label} "
+            f"({best_median * 1e3:.3g} ms)",
+            seconds,
+        )
+    for _, _, session, _ in untimed:
+        session.close()
+    others = ", ".join(f"{k} {v:.3g} ms" for k, v in medians.items() if k != best_row.label)
+    verdicts[best_row] = Attempt(
+        best_row.label,
+        str(best_device),
+        "selected",
+        f"fastest: {best_median * 1e3:.3g} ms median over {best_runs} runs"
+        + (f" (vs {others})" if others else "")
+        + f"; {best.details.get('summary', '')}",
+        best_seconds,
+    )
+    if cache is not None:
+        choice = {"winner": best_row.label, "median_ms": medians}
+        try:
+            cache.get_or_build(key, lambda folder: _write_choice(folder, choice))
+        except CacheError as e:
+            log.warning("backend='fastest': could not cache the choice: %s", e)
+    return best, [verdicts[r] for r in rows if r in verdicts]
+
+
+def _eligible(
+    row: Choice, model: Model, request: Device, options: Options
+) -> tuple[Backend, Device] | Attempt:
+    """The row's backend and device if it can take the model, else the verdict why not."""
+    b = base.get(row.backend)
+    info = b.probe()
+    where = _device_request(row, request)
+    if not info.available:
+        return Attempt(row.label, str(where), "unavailable", _unavailable(info))
+    device = b.device_for(where)
+    if device is None:
+        return Attempt(row.label, str(where), "unavailable", _no_device(b, where))
+    why = b.supports(model, device, options, row.variant)
+    if why:
+        verdict = "unsupported" if model.format in b.formats else "skipped"
+        return Attempt(row.label, str(device), verdict, why)
+    return b, device
+
+
+def _compile_row(
+    row: Choice,
+    b: Backend,
+    device: Device,
+    model: Model,
+    options: Options,
+    transform: Callable[[Model, Backend, Device, str | None], Model] | None,
+) -> Session | Attempt:
+    start = time.perf_counter()
+    try:
+        target = transform(model, b, device, row.variant) if transform else model
+        return b.compile(target, device, options, row.variant)
+    except OptionError:
+        raise
+    except InferError as e:
+        log.debug("%s on %s failed", row.label, device, exc_info=True)
+        return Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
+
+
+def _time_runs(session: Session, feeds: dict[str, np.ndarray]) -> tuple[float, int]:
+    """(median seconds, runs) over at most RACE_RUNS runs, after one untimed warm-up."""
+    session.run(feeds)
+    times: list[float] = []
+    deadline = time.perf_counter() + RACE_SECONDS
+    while len(times) < RACE_RUNS and (not times or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), len(times)
+
+
+def race_feeds(
+    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None = None, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded random feeds for `specs` (values as `infer.feeds` makes them): dynamic dims from
+    `shapes` (a shape, or the opt of a (min, opt, max) triple), else 1 on the first axis and
+    RACE_DIM elsewhere, since 1x1 images would time nothing a real input does."""
+    rng = np.random.default_rng(seed)
+    shapes = shapes or {}
+    feeds = {}
+    for spec in specs:
+        given = shapes.get(spec.name)
+        if (
+            given is not None
+            and len(given) == 3
+            and all(isinstance(s, (tuple, list)) for s in given)
+        ):
+            given = given[1]
+        dims = spec.shape if spec.shape is not None else (1,)
+        shape = tuple(
+            int(given[axis])
+            if given is not None and axis < len(given)
+            else d
+            if isinstance(d, int)
+            else (1 if axis == 0 else RACE_DIM)
+            for axis, d in enumerate(dims)
+        )
+        feeds[spec.name] = random_array(shape, spec.dtype, rng)
+    return feeds
+
+
+def _write_choice(folder: Path, choice: Mapping[str, Any]) -> None:
+    with open(folder / "choice.json", "w", encoding="utf-8") as f:
+        json.dump(choice, f, indent=1, sort_keys=True)

@@ -127,12 +127,17 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...] | None  # None: rank unknown
     dtype: np.dtype
+    kind: str = "tensor"
+    """"tensor", or the ONNX container it is: "sequence" (a list of tensors), "optional" (None
+    or a value), "map" (a dict). For containers `dtype` is the tensors' element type where known
+    and `shape` is None."""
 
     def __repr__(self) -> str:
         shape = (
             "?" if self.shape is None else "[" + ", ".join(_dim_str(d) for d in self.shape) + "]"
         )
-        return f"TensorSpec({self.name!r}, {shape}, {dtype_info(self.dtype).name})"
+        kind = "" if self.kind == "tensor" else f", kind={self.kind!r}"
+        return f"TensorSpec({self.name!r}, {shape}, {dtype_info(self.dtype).name}{kind})"
 
     @property
     def is_static(self) -> bool:
@@ -148,10 +153,10 @@ def _dim_str(d: Dim) -> str:
 
 
 def spec_from_value_info(value_info: Any) -> TensorSpec:
-    """TensorSpec from an ONNX ValueInfoProto (non-tensor types keep dtype object)."""
+    """TensorSpec from an ONNX ValueInfoProto (containers keep their innermost element type)."""
     ttype = value_info.type.tensor_type
     if not value_info.type.HasField("tensor_type"):
-        return TensorSpec(value_info.name, None, np.dtype(object))
+        return _container_spec(value_info.name, value_info.type)
     shape: tuple[Dim, ...] | None = None
     if ttype.HasField("shape"):
         shape = dims(
@@ -159,6 +164,38 @@ def spec_from_value_info(value_info: Any) -> TensorSpec:
             for d in ttype.shape.dim
         )
     return TensorSpec(value_info.name, shape, dtype_info(ttype.elem_type).numpy)
+
+
+def _container_spec(name: str, type_proto: Any) -> TensorSpec:
+    field = type_proto.WhichOneof("value") or "unknown"
+    kind = {"sequence_type": "sequence", "optional_type": "optional"}.get(
+        field, field.removesuffix("_type")
+    )
+    inner = type_proto
+    while inner.WhichOneof("value") in ("sequence_type", "optional_type"):
+        inner = getattr(inner, inner.WhichOneof("value")).elem_type
+    dtype = np.dtype(object)
+    if inner.HasField("tensor_type") and kind != "map":
+        try:
+            dtype = dtype_info(inner.tensor_type.elem_type).numpy
+        except KeyError:  # an element type newer than this numpy/ml_dtypes
+            dtype = np.dtype(object)
+    return TensorSpec(name, None, dtype, kind)
+
+
+def spec_from_type_string(name: str, type_text: str, shape: Iterable[Any] | None) -> TensorSpec:
+    """TensorSpec from a runtime's type text: "tensor(float)", "seq(tensor(float))",
+    "optional(seq(tensor(int64)))", "map(int64,tensor(float))" (ONNX Runtime's NodeArg.type)."""
+    outer = type_text.split("(", 1)[0]
+    kind = {"seq": "sequence", "optional": "optional", "map": "map"}.get(outer, "tensor")
+    if kind == "tensor":
+        return TensorSpec(name, dims(shape), dtype_info(type_text).numpy)
+    element = type_text[type_text.rfind("tensor(") :].split(")", 1)[0] + ")"
+    try:
+        dtype = dtype_info(element).numpy if kind != "map" else np.dtype(object)
+    except KeyError:
+        dtype = np.dtype(object)
+    return TensorSpec(name, None, dtype, kind)
 
 
 def dims(shape: Iterable[Any] | None) -> tuple[Dim, ...] | None:
@@ -239,7 +276,10 @@ class FeedValidator:
 
     def _check_signature(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         out = {name: self._check_one(name, value) for name, value in feeds.items()}
-        sig = tuple((n, a.dtype, a.shape) for n, a in out.items())
+        sig = tuple(
+            (n, a.dtype, a.shape) if isinstance(a, np.ndarray) else (n, None, ())
+            for n, a in out.items()
+        )
         if sig in self._accepted_sigs:
             return out
         bound: dict[str, tuple[int, str]] = {}
@@ -260,6 +300,8 @@ class FeedValidator:
 
     def _check_one(self, name: str, value: Any) -> np.ndarray:
         spec = self.specs[name]
+        if spec.kind != "tensor":
+            return self._check_container(name, value, spec)
         arr = self._as_array(name, value, spec)
         if arr.dtype != spec.dtype:
             arr = self._cast(name, arr, spec)
@@ -282,6 +324,37 @@ class FeedValidator:
             # Only arrays that need no cast take the fast path: a cast must be redone every call.
             self._accepted[name].add((value.dtype, value.shape))
         return arr
+
+    def _check_container(self, name: str, value: Any, spec: TensorSpec) -> Any:
+        """Sequences come as lists of arrays, optionals as None or their value, maps as dicts."""
+        kind = spec.kind
+        if kind == "optional":
+            if value is None:
+                return None
+            kind = "sequence" if isinstance(value, (list, tuple)) else "tensor"
+        if kind == "map":
+            if not isinstance(value, Mapping):
+                raise InputError(
+                    f"input {name!r}: expected a map (dict), got {type(value).__name__}"
+                )
+            return dict(value)
+        if kind not in ("sequence", "tensor"):  # sparse tensors, opaque types: the runtime's call
+            return value
+        element = TensorSpec(name, None, spec.dtype)
+        if kind == "tensor":
+            return self._element(name, value, element)
+        if not isinstance(value, (list, tuple)):
+            raise InputError(
+                f"input {name!r}: expected a sequence (list) of {dtype_info(spec.dtype).name} "
+                f"tensors, got {type(value).__name__}"
+            )
+        return [self._element(f"{name}[{i}]", v, element) for i, v in enumerate(value)]
+
+    def _element(self, name: str, value: Any, spec: TensorSpec) -> np.ndarray:
+        arr = self._as_array(name, value, spec)
+        if arr.dtype != spec.dtype and (spec.dtype != object or arr.dtype.kind in "US"):
+            arr = self._cast(name, arr, spec)
+        return np.ascontiguousarray(arr)
 
     @staticmethod
     def _as_array(name: str, value: Any, spec: TensorSpec) -> np.ndarray:

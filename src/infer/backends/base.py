@@ -182,8 +182,9 @@ class Session(abc.ABC):
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
         """Run in the background; at most `max_in_flight` runs are queued or running at once.
 
-        The default runs `run` on a small thread pool, which suits runtimes whose sessions are
-        shared between threads; backends with asynchronous queues override it.
+        When that many are in flight, `submit` blocks until one finishes (backpressure). The
+        default runs `run` on a pool of `max_in_flight` threads, which suits runtimes whose
+        sessions are shared between threads; backends with asynchronous queues override it.
         """
         if self._closed:
             raise EngineClosed(f"{self.backend} session on {self.device} is closed")
@@ -191,6 +192,9 @@ class Session(abc.ABC):
         slots.acquire()
         try:
             fut = executor.submit(self.run, feeds, outputs)
+        except RuntimeError as e:  # the pool was shut down by close()
+            slots.release()
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed") from e
         except BaseException:
             slots.release()
             raise
@@ -201,8 +205,8 @@ class Session(abc.ABC):
         if self._executor is None:
             with self._exec_lock:
                 if self._executor is None:
-                    workers = self.options.max_in_flight or self.default_in_flight()
-                    self._in_flight = threading.BoundedSemaphore(workers * 2)
+                    workers = self.max_in_flight
+                    self._in_flight = threading.BoundedSemaphore(workers)
                     self._executor = ThreadPoolExecutor(
                         workers, thread_name_prefix=f"infer-{self.backend}"
                     )
@@ -212,13 +216,25 @@ class Session(abc.ABC):
         """Runs in flight for `submit` when the user set none."""
         return 2
 
+    @property
+    def max_in_flight(self) -> int:
+        """The most runs `submit` keeps queued or running at once (the `max_in_flight` option,
+        else the backend's default)."""
+        return self.options.max_in_flight or self.default_in_flight()
+
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """I/O buffers allocated once and reused by every `Binding.run`.
 
         outputs: "host" (numpy buffers the binding owns), "device" (device arrays, on backends
-        whose device is not the host), or {output name: preallocated array} to write into.
+        whose device is not the host; on the host it means "host"), or {output name:
+        preallocated array} to write into. The default copies each output into its buffer;
+        backends that can write into bound memory override this.
         """
-        raise NotImplementedError  # replaced by the generic host binding (issue 7)
+        if self._closed:
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
+        from ..binding import HostBinding
+
+        return HostBinding(self, outputs)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -227,12 +243,14 @@ class Session(abc.ABC):
         return self._closed
 
     def close(self) -> None:
-        """Free the runtime's resources; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        """Finish the runs already submitted, then free the runtime's resources; idempotent."""
+        with self._exec_lock:
+            if self._closed:
+                return
+            if self._executor is not None:
+                # Submitted runs still run (they check `closed`); new submits are refused.
+                self._executor.shutdown(wait=True)
+            self._closed = True
         self._close()
 
     def _close(self) -> None:
@@ -247,14 +265,22 @@ class Binding(abc.ABC):
     """
 
     def __init__(self, session: Session) -> None:
+        from ..binding import FeedCheck
+
         self.session = session
         self._closed = False
+        self._check = FeedCheck(session)
 
     def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """Validate `feeds` as `Session.run` does, run into the bound buffers, return them."""
+        """Validate `feeds` as `Session.run` does, run into the bound buffers, return them.
+
+        Feeds may also be CUDA arrays (`__cuda_array_interface__`, DLPack): they reach `_run`
+        as given, for the binding to read in place (`infer.binding.device_view`) or refuse
+        (`infer.binding.refuse_device_inputs`).
+        """
         if self._closed or self.session.closed:
             raise EngineClosed(f"binding on {self.session.backend} is closed")
-        feeds = self.session._validate(feeds)
+        feeds = self._check(feeds)
         try:
             out = self._run(feeds)
         except InferError:
@@ -268,7 +294,8 @@ class Binding(abc.ABC):
         return out
 
     @abc.abstractmethod
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]: ...
+    def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Run validated feeds (numpy arrays, or device arrays as given) into the outputs."""
 
     def close(self) -> None:
         if not self._closed:

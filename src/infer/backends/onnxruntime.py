@@ -8,6 +8,7 @@ provider that fails or claims no nodes falls back like any other candidate.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 from collections import Counter
@@ -17,13 +18,15 @@ from typing import Any
 import numpy as np
 
 from .. import tensors
+from ..binding import device_view, parse_outputs, where_is
 from ..cache import Cache
 from ..device import Device, cpu, probe_hardware
-from ..errors import CompileError
+from ..device_array import DeviceArray, DeviceView
+from ..errors import CompileError, InputError
 from ..model import Model
 from ..options import Options
-from ..tensors import TensorSpec, dtype_info
-from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Session, register
+from ..tensors import TensorSpec, describe, dtype_info
+from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
 
 log = logging.getLogger(__name__)
 
@@ -331,11 +334,9 @@ def _route_logging(ort: Any) -> None:
 
 def _spec(arg: Any) -> TensorSpec:
     try:
-        dtype = dtype_info(arg.type).numpy
-        shape = tensors.dims(arg.shape)
-    except KeyError:  # sequences, maps, optionals: handed through as ORT returns them
-        dtype, shape = np.dtype(object), None
-    return TensorSpec(arg.name, shape, dtype)
+        return tensors.spec_from_type_string(arg.name, arg.type, arg.shape)
+    except KeyError:  # an element type infer does not know: handed through as ORT returns it
+        return TensorSpec(arg.name, None, np.dtype(object))
 
 
 class OnnxRuntimeSession(Session):
@@ -351,7 +352,10 @@ class OnnxRuntimeSession(Session):
         inner = getattr(sess, "_sess", None)
         self._call = inner.run if inner is not None and hasattr(inner, "run") else sess.run
         # bfloat16, float8, int4, ... cross ORT's Python API only as raw OrtValues.
-        self._raw_io = any(s.dtype not in _NUMPY_BRIDGE for s in (*self.inputs, *self.outputs))
+        self._raw_io = any(
+            s.kind == "tensor" and s.dtype not in _NUMPY_BRIDGE
+            for s in (*self.inputs, *self.outputs)
+        )
         if self._raw_io:
             self._run = self._run_ortvalues  # type: ignore[method-assign]
 
@@ -382,6 +386,18 @@ class OnnxRuntimeSession(Session):
         results = self._sess.run_with_ort_values(names, values)
         return {name: _to_numpy(value) for name, value in zip(names, results)}
 
+    def bind(self, outputs: Any = "host") -> Binding:
+        """ONNX Runtime's own IOBinding (see OnnxRuntimeBinding); models with strings,
+        sequences or packed int4/float4 tensors take the generic copying binding."""
+        if self._closed:
+            return super().bind(outputs)  # raises EngineClosed
+        if any(
+            s.dtype == object or tensors.packed_bits(s.dtype)
+            for s in (*self.inputs, *self.outputs)
+        ):
+            return super().bind(outputs)
+        return OnnxRuntimeBinding(self, outputs)
+
     def _close(self) -> None:
         self._sess = self._call = None
 
@@ -399,3 +415,263 @@ def _to_numpy(value: Any) -> Any:
         else np.empty(0, np.uint8)
     )
     return tensors.unpack(raw, dtype, value.shape())
+
+
+class OnnxRuntimeBinding(Binding):
+    """ONNX Runtime's IOBinding: inputs bound where they are, outputs written by the runtime
+    straight into buffers allocated once per input signature.
+
+    On the first run with new input shapes the runtime allocates the outputs; their shapes
+    size the buffers (numpy arrays on the host, OrtValues on a GPU) bound from then on. An
+    output whose shape depends on the input values (NonZero, NMS) is detected when the
+    runtime refuses its buffer; it is then left to the runtime and copied out each run.
+    Device inputs (CUDA arrays, read through `infer.device_array`) are bound by pointer on
+    CUDA devices; the CPU provider refuses them with an InputError. Device outputs come back
+    as `infer.device_array.DeviceArray`s over the runtime's buffers.
+    """
+
+    def __init__(self, session: OnnxRuntimeSession, outputs: Any = "host") -> None:
+        super().__init__(session)
+        import onnxruntime as ort
+
+        self._ort = ort
+        sess = session._sess
+        self._io = sess.io_binding()
+        # The C binding and run: the Python wrappers re-check WebGPU graph capture every
+        # call (~0.5 us); fall back to them if these ever move.
+        c_io, c_sess = getattr(self._io, "_iobinding", None), getattr(sess, "_sess", None)
+        if c_io is not None and hasattr(c_sess, "run_with_iobinding"):
+            self._run_bound = functools.partial(c_sess.run_with_iobinding, c_io, None)
+            self._bind_numpy = c_io.bind_input  # (name, array): the array's memory, no copy
+        else:
+            self._run_bound = functools.partial(sess.run_with_iobinding, self._io)
+            self._bind_numpy = self._io.bind_cpu_input
+        gpu = session.device.kind == "cuda"
+        self._where = ("cuda", session.device.index or 0) if gpu else ("cpu", 0)
+        self._plan = parse_outputs(session, outputs, device_outputs=gpu)
+        self._names = [o.name for o in session.outputs]
+        self._dtypes = {o.name: o.dtype for o in session.outputs}
+        self._bound: dict[str, Any] = {}  # input name -> the object bound, kept alive
+        self._shapes: dict[str, tuple[int, ...]] = {}  # input name -> shape bound
+        self._signature: tuple[tuple[int, ...], ...] | None = None
+        self._results: dict[str, Any] = {}  # output name -> what run returns
+        self._owned: dict[str, Any] = {}  # output name -> OrtValue bound (kept alive)
+        self._dynamic: set[str] = set()  # outputs whose shape depends on input values
+        self._views: dict[str, DeviceView] = {}  # input name -> device input bound in place
+
+    def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
+        """`Binding.run`, with a short path for the usual loop: the very numpy arrays bound
+        last time (they passed validation then), refilled in place."""
+        if type(feeds) is dict and not copy and self._signature is not None and not self._dynamic:
+            bound, shapes = self._bound, self._shapes
+            if len(feeds) == len(bound) and not self._closed and not self.session._closed:
+                for name, value in feeds.items():
+                    if (
+                        bound.get(name) is not value
+                        or type(value) is not np.ndarray
+                        or shapes[name] != value.shape
+                    ):
+                        break
+                else:
+                    try:
+                        self._run_bound()
+                    except Exception:  # the full path below reports (or recovers from) it
+                        return super().run(feeds, copy=copy)
+                    return dict(self._results)
+        return super().run(feeds, copy=copy)
+
+    def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        reshaped = False
+        bound, shapes = self._bound, self._shapes
+        for name, value in feeds.items():
+            if type(value) is not np.ndarray:  # a device array: viewed and bound every run
+                before = shapes.get(name)
+                self._bind_input(name, value)
+                reshaped |= shapes[name] != before
+            elif bound.get(name) is not value:
+                reshaped |= shapes.get(name) != value.shape
+                self._bind_input(name, value)
+            elif shapes[name] != value.shape:  # reshaped in place
+                reshaped = True
+                self._bind_input(name, value)
+        if reshaped or self._signature is None:
+            signature = tuple(shapes[n] for n in sorted(shapes))
+            if signature != self._signature:
+                self._signature = None
+                self._rebind_outputs()
+                self._signature = signature
+                return dict(self._results)
+        if self._dynamic:
+            return self._run_dynamic()
+        try:
+            self._run_bound()
+        except RuntimeError as e:
+            if not _buffer_refused(e):
+                raise
+            # An output's shape depends on the input values: find which, and leave those to
+            # the runtime from now on.
+            before = {n: getattr(v, "shape", None) for n, v in self._results.items()}
+            self._rebind_outputs()
+            self._dynamic = {
+                n
+                for n, v in self._results.items()
+                if n not in self._plan.given and getattr(v, "shape", None) != before.get(n)
+            }
+            log.debug("binding on onnxruntime: outputs %s are sized by input values", self._dynamic)
+        return dict(self._results)
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def _bind_input(self, name: str, value: Any) -> None:
+        if type(value) is not np.ndarray:  # FeedCheck passes only device arrays through
+            self._bind_device_input(name, value)
+            return
+        if value.dtype in _NUMPY_BRIDGE:
+            self._bind_numpy(name, value)  # self._bound keeps the array alive
+        else:  # bfloat16, float8: same bytes as ml_dtypes' arrays, bound by pointer
+            onnx_type = dtype_info(value.dtype).onnx
+            self._io.bind_input(name, "cpu", 0, onnx_type, list(value.shape), value.ctypes.data)
+        self._release(name)
+        self._bound[name] = value
+        self._shapes[name] = value.shape
+
+    def _bind_device_input(self, name: str, value: Any) -> None:
+        kind, index = self._where
+        if kind == "cpu":
+            raise InputError(
+                f"input {name!r} is in {where_is(value)} memory, but onnxruntime runs this model "
+                f"on {self.session.device}: pass a numpy array (copy it to the host), or load "
+                "the engine on the GPU"
+            )
+        view = device_view(self.session, name, value)
+        if view.device is not None and view.device != index:
+            view.close()
+            raise InputError(
+                f"input {name!r} is on cuda:{view.device}, but this engine runs on cuda:{index}"
+            )
+        try:
+            onnx_type = dtype_info(view.dtype).onnx
+            self._io.bind_input(name, kind, index, onnx_type, list(view.shape), view.ptr)
+        except BaseException:
+            view.close()
+            raise
+        self._release(name)
+        self._views[name] = view
+        self._bound[name] = value
+        self._shapes[name] = view.shape
+
+    def _release(self, name: str) -> None:
+        """Let go of the device input bound before under `name` (DLPack's deleter runs)."""
+        view = self._views.pop(name, None)
+        if view is not None:
+            view.close()
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def _rebind_outputs(self) -> None:
+        """Run once with runtime-allocated outputs, then size and bind this signature's buffers."""
+        kind, index = self._where
+        for name in self._names:
+            target = self._plan.given.get(name)
+            if target is None:
+                self._io.bind_output(name, kind, index)
+            else:
+                self._bind_target(name, target)
+        try:
+            self._run_bound()
+        except RuntimeError as e:
+            if self._plan.given and _buffer_refused(e):
+                raise InputError(
+                    f"an output array given to bind() does not fit these inputs: {e}"
+                ) from e
+            raise
+        produced = dict(zip(self._names, self._io.get_outputs()))
+        self._results.clear()
+        self._owned.clear()
+        for name in self._names:
+            target = self._plan.given.get(name)
+            value = produced[name]
+            if target is not None:  # the caller's own array (a device one: what it gave)
+                self._results[name] = target.source if isinstance(target, DeviceView) else target
+                continue
+            if name in self._dynamic or not value.is_tensor():
+                self._results[name] = self._copy_out(value)
+                continue
+            shape = tuple(value.shape())
+            if self._plan.device:
+                self._owned[name] = value  # the runtime's buffer becomes the bound one
+                self._io.bind_ortvalue_output(name, value)
+                self._results[name] = self._device_result(value, shape)
+            else:
+                buf = np.empty(shape, self._dtypes[name])
+                log.debug(
+                    "binding on onnxruntime: output %r buffer allocated for %s",
+                    name,
+                    describe(shape, buf.dtype),
+                )
+                self._bind_host_output(name, buf)
+                buf[...] = _to_numpy(value)
+                self._results[name] = buf
+
+    def _bind_target(self, name: str, target: Any) -> None:
+        if isinstance(target, DeviceView):
+            self._io.bind_output(
+                name, *self._where, dtype_info(target.dtype).onnx, list(target.shape), target.ptr
+            )
+        else:
+            self._bind_host_output(name, target)
+
+    def _bind_host_output(self, name: str, buf: np.ndarray) -> None:
+        if buf.dtype in _NUMPY_BRIDGE:
+            value = self._ort.OrtValue.ortvalue_from_numpy(buf)
+            self._owned[name] = value
+            self._io.bind_ortvalue_output(name, value)
+        else:
+            onnx_type = dtype_info(buf.dtype).onnx
+            self._io.bind_output(name, "cpu", 0, onnx_type, list(buf.shape), buf.ctypes.data)
+
+    def _device_result(self, value: Any, shape: tuple[int, ...]) -> DeviceArray:
+        dtype = dtype_info(value.data_type()).numpy
+        return DeviceArray(value.data_ptr(), shape, dtype, self._where[1], owner=value)
+
+    def _copy_out(self, value: Any) -> Any:
+        return _to_numpy(value) if value.is_tensor() else value.numpy()
+
+    def _run_dynamic(self) -> dict[str, Any]:
+        """Outputs sized by input values: the runtime allocates them; they are copied into
+        buffers that are reused while the shape stays the same."""
+        kind, index = self._where
+        for name in self._dynamic:
+            self._io.bind_output(name, kind, index)
+        self._run_bound()
+        produced = dict(zip(self._names, self._io.get_outputs()))
+        for name in self._dynamic:
+            fresh = self._copy_out(produced[name])
+            old = self._results.get(name)
+            same = isinstance(old, np.ndarray) and isinstance(fresh, np.ndarray)
+            if same and old.shape == fresh.shape and old.dtype == fresh.dtype:
+                old[...] = fresh
+            else:
+                self._results[name] = fresh
+        return dict(self._results)
+
+    def _close(self) -> None:
+        self._io.clear_binding_inputs()
+        self._io.clear_binding_outputs()
+        for name in list(self._views):
+            self._release(name)
+        for target in self._plan.given.values():
+            if isinstance(target, DeviceView):
+                target.close()
+        self._bound.clear()
+        self._owned.clear()
+        self._results.clear()
+
+
+def _buffer_refused(error: Exception) -> bool:
+    """Whether ONNX Runtime refused a bound output buffer for its shape."""
+    text = str(error)
+    return any(
+        part in text
+        for part in ("pre-allocated", "computed output shape", "Shape mismatch attempting to re-use")
+    )

@@ -40,18 +40,34 @@ class ReferenceBackend(Backend):
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> Session:
+        import onnx
         from onnx.reference import ReferenceEvaluator
 
         proto = model.proto
+        # The evaluator runs whatever it is given and fails (or answers) at run time on graphs the
+        # spec forbids (cycles, inputs nothing produces): the checker refuses those up front.
+        try:
+            # (by path where there is one: the checker reads >2 GB models only that way)
+            onnx.checker.check_model(str(model.path) if model.path is not None else proto)
+        except Exception as e:
+            raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
             evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         initializers = {t.name for t in proto.graph.initializer}
-        inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in initializers]
-        outputs = [spec_from_value_info(v) for v in proto.graph.output]
+        inputs = _specs(model, [v for v in proto.graph.input if v.name not in initializers])
+        outputs = _specs(model, proto.graph.output)
+        # onnx.reference's Optional op wraps its value in a list: these outputs are unwrapped.
+        optional_tensors = frozenset(
+            v.name
+            for v in proto.graph.output
+            if v.type.HasField("optional_type")
+            and v.type.optional_type.elem_type.HasField("tensor_type")
+        )
         return ReferenceSession(
             evaluator,
+            optional_tensors=optional_tensors,
             backend=self.name,
             device=device,
             inputs=inputs,
@@ -61,10 +77,26 @@ class ReferenceBackend(Backend):
         )
 
 
+def _specs(model: Model, values: Any) -> list:
+    out = []
+    for v in values:
+        try:
+            out.append(spec_from_value_info(v))
+        except KeyError as e:
+            raise CompileError(
+                f"the ONNX reference evaluator cannot run {model!r}: graph input/output "
+                f"{v.name!r} has an element type ONNX does not define ({e})"
+            ) from e
+    return out
+
+
 class ReferenceSession(Session):
-    def __init__(self, evaluator: Any, **kw: Any) -> None:
+    def __init__(
+        self, evaluator: Any, optional_tensors: frozenset[str] = frozenset(), **kw: Any
+    ) -> None:
         super().__init__(**kw)
         self._evaluator = evaluator
+        self._optional_tensors = optional_tensors
         self._lock = threading.Lock()  # the evaluator keeps per-run state on its op objects
 
     def _run(
@@ -74,10 +106,13 @@ class ReferenceSession(Session):
         # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
         with self._lock, np.errstate(over="ignore"):
             results = self._evaluator.run(names, feeds)
-        return {
-            n: np.asarray(r) if not isinstance(r, (list, dict)) else r
-            for n, r in zip(names, results)
-        }
+        # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
+        out = {}
+        for n, r in zip(names, results):
+            if n in self._optional_tensors and isinstance(r, list) and len(r) == 1:
+                r = r[0]
+            out[n] = r if r is None or isinstance(r, (list, dict)) else np.asarray(r)
+        return out
 
     def _close(self) -> None:
         self._evaluator = None
@@ -93,6 +128,9 @@ def _corrected_ops(opset: int = 1) -> list[type]:
     BatchNormalization 9-13 picks test mode by the number of outputs; onnx's evaluator picks it
     by `momentum is None`, and since the schema defaults momentum to 0.9, every exported
     inference-mode BatchNormalization ran in training mode (onnx/onnx#8442, still open).
+    Softmax, LogSoftmax and Hardmax before opset 13 normalize over the input flattened to 2-D
+    at `axis` (default 1); onnx's evaluator uses the opset-13 rule (one axis, default -1) for
+    every version, so an opset-9 classifier's Softmax over [N, 1000, 1, 1] gave all ones.
     """
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_batch_normalization import (
@@ -135,7 +173,46 @@ def _corrected_ops(opset: int = 1) -> list[type]:
                 return (y, running_mean, running_var)[: len(outputs)]
             return (y, running_mean, running_var, saved_mean, saved_var)[: len(outputs)]
 
-    ops: list[type] = [BatchNormalization]
+    class _Normalizer(OpRun):
+        """Softmax, LogSoftmax, Hardmax: before opset 13 they flatten the input to 2-D at `axis`
+        (default 1) and normalize each row; from 13 on they work along `axis` (default -1).
+        onnx's evaluator applies the opset-13 rule to every version."""
+
+        op_domain = ""
+
+        def _run(self, x, axis=None):
+            opset = self.run_params["opsets"].get("", 1)
+            if not any(a.name == "axis" for a in self.onnx_node.attribute):
+                axis = 1 if opset < 13 else -1
+            if x.size == 0:
+                return (x,)
+            if opset >= 13:
+                return (self._along(x, axis).astype(x.dtype),)
+            axis = axis + x.ndim if axis < 0 else axis
+            rows = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+            return (self._along(rows, 1).reshape(x.shape).astype(x.dtype),)
+
+    class Softmax(_Normalizer):
+        @staticmethod
+        def _along(x, axis):
+            e = np.exp(x - x.max(axis=axis, keepdims=True))
+            return e / e.sum(axis=axis, keepdims=True)
+
+    class LogSoftmax(_Normalizer):
+        @staticmethod
+        def _along(x, axis):
+            shifted = x - x.max(axis=axis, keepdims=True)
+            return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+    class Hardmax(_Normalizer):
+        @staticmethod
+        def _along(x, axis):
+            y = np.zeros_like(x)
+            first = np.expand_dims(np.argmax(x, axis=axis), axis)
+            np.put_along_axis(y, first, 1, axis=axis)
+            return y
+
+    ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax]
     if 10 <= opset < 19:
         # onnx <= 1.23 implements DequantizeLinear from opset 19 only; opsets 10-18 are the same
         # op with fewer types, and int8 Q/DQ graphs (transforms/precision.py) use them.

@@ -1,0 +1,1022 @@
+"""OpenVINO: compiled models on the CPU, Intel GPUs and NPUs, and the AUTO plugin.
+
+Precision is honest: OpenVINO's CPU plugin runs bf16 by default where the ISA has it, so every
+compile sets INFERENCE_PRECISION_HINT to what was asked (f32 for fp32) and checks that the
+compiled model kept it; bf16/fp16 are offered only where the device lists them in
+OPTIMIZATION_CAPABILITIES. The compiled-model cache (CACHE_DIR) lives in infer's cache folder.
+
+Execution: `run` uses one InferRequest per calling thread, with inputs shared zero-copy and
+outputs copied out (a request's output buffers are reused, and freed on a shape change, by its
+next inference). `submit` runs on a pool of requests (see `_AsyncPool`); `bind` shares bound
+output buffers the caller owns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import tensors
+from ..cache import Cache
+from ..device import Capabilities, Device, cpu
+from ..errors import CompileError, EngineClosed, InputError, OptionError, RuntimeFailure
+from ..model import Model, ModelFormat
+from ..options import Options
+from ..tensors import TensorSpec, dtype_info
+from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
+
+log = logging.getLogger(__name__)
+
+# backend_options["openvino"]: name -> default (None: leave it to OpenVINO).
+_OPTIONS: dict[str, Any] = {
+    "num_streams": None,  # NUM_STREAMS: a positive int or "AUTO"; overrides what the hint picks
+    "num_requests": None,  # PERFORMANCE_HINT_NUM_REQUESTS: caps the streams the hint creates
+    "execution_mode": None,  # EXECUTION_MODE_HINT: "PERFORMANCE" or "ACCURACY"
+    "cpu_pinning": False,  # ENABLE_CPU_PINNING on the CPU (see _PINNING)
+    "hyper_threading": None,  # ENABLE_HYPER_THREADING
+    "auto_devices": None,  # device="auto" only: AUTO's candidates in order, e.g. "GPU,CPU"
+    "submit_requests": None,  # size of the request pool behind submit(); default: see below
+    "properties": {},  # any other OpenVINO property, checked against the device's list
+}
+
+# OpenVINO's OPTIMIZATION_CAPABILITIES -> infer's precision, and how OpenVINO runs it.
+_CAPABILITY_PRECISION = {"FP32": ("fp32", NATIVE), "BF16": ("bf16", HINT), "FP16": ("fp16", HINT)}
+_INT8_CAPABILITY = "INT8"
+# infer precision -> INFERENCE_PRECISION_HINT. int8 graphs run the rest of the graph in f32
+# (f16 on a device without FP32, such as an NPU).
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+_PRECISION_LABEL = {
+    "fp32": "fp32",
+    "bf16": "bf16 (OpenVINO hint)",
+    "fp16": "fp16 (OpenVINO hint)",
+    "int8": "int8 (Q/DQ graph)",
+}
+# Properties infer sets from its own options; `properties` may not override them.
+_OWNED = {
+    "INFERENCE_PRECISION_HINT": "precision=",
+    "PERFORMANCE_HINT": "hint=",
+    "INFERENCE_NUM_THREADS": "threads=",
+    "CACHE_DIR": "cache= / cache_dir=",
+}
+_EXECUTION_MODES = ("PERFORMANCE", "ACCURACY")
+
+# OpenVINO pins its CPU threads to cores by default on Linux. On a machine whose cores other
+# processes also use (shared hosts, containers under a CPU quota) a pinned thread cannot move off
+# a busy core: measured on a shared 2-core EPYC VM (OpenVINO 2026.4, load ~7), pinned vs not:
+# ocr_cls 3.8-10.5 ms vs 0.8-0.9 ms, cnn 15-16 vs 9-11 ms, ocr_det 170-201 vs 134-135 ms. So infer
+# turns pinning off unless backend_options {"cpu_pinning": True} asks for it.
+_PINNING = "ENABLE_CPU_PINNING"
+
+# Element types numpy and OpenVINO exchange directly; others cross as raw bytes.
+_NUMPY_BRIDGE = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float32,
+        np.float64,
+        np.float16,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+    )
+)
+
+
+@register
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    formats = frozenset({ModelFormat.ONNX, ModelFormat.OPENVINO})
+    install = 'pip install "infer[openvino]"'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._core_obj: Any = None
+        # Filled by the probe: infer device -> OpenVINO device name, and its capabilities.
+        self._ov_names: dict[Device, str] = {}
+        self._caps: dict[Device, frozenset[str]] = {}
+
+    def _core(self) -> Any:
+        if self._core_obj is None:
+            with self._lock:
+                if self._core_obj is None:
+                    import openvino as ov
+
+                    self._core_obj = ov.Core()
+        return self._core_obj
+
+    # -- probe --------------------------------------------------------------------------------
+
+    def _probe(self) -> BackendInfo:
+        try:
+            import openvino as ov
+        except ImportError as e:
+            return BackendInfo(
+                self.name, False, reason=f"openvino is not installed ({e})", install=self.install
+            )
+        core = ov.Core()
+        self._core_obj = core
+        devices: list[Device] = []
+        skipped: list[str] = []
+        for ov_name in core.available_devices:
+            device = self._device(core, ov_name)
+            if device is None:
+                skipped.append(ov_name)
+                continue
+            devices.append(device)
+            self._ov_names[device] = ov_name
+        if devices:
+            auto = Device(
+                "auto",
+                None,
+                f"OpenVINO AUTO over {', '.join(self._ov_names[d] for d in devices)}",
+                Capabilities(source="openvino"),
+            )
+            self._ov_names[auto] = "AUTO"
+            self._caps[auto] = _capabilities(core, "AUTO")
+            devices.append(auto)
+        listed = ", ".join(f"{self._ov_names[d]} ({d.name})" for d in devices if d.kind != "auto")
+        notes = [f"devices: {listed or 'none'}"]
+        if skipped:
+            notes.append(f"not used: {', '.join(skipped)}")
+        return BackendInfo(
+            self.name,
+            True,
+            ov.get_version(),
+            tuple(devices),
+            reason="; ".join(notes),
+            install=self.install,
+        )
+
+    def _device(self, core: Any, ov_name: str) -> Device | None:
+        """infer's Device for one of OpenVINO's device names ("CPU", "GPU.1", "NPU")."""
+        parsed = kind_and_index(ov_name)
+        if parsed is None:
+            return None
+        kind, index = parsed
+        caps = _capabilities(core, ov_name)
+        if kind == "cpu":
+            device = cpu()  # the hardware probe's CPU, so cache keys match other backends'
+        else:
+            full = _property(core, ov_name, "FULL_DEVICE_NAME") or ov_name
+            memory = _property(core, ov_name, "GPU_DEVICE_TOTAL_MEM_SIZE")
+            device = Device(
+                kind,
+                index,
+                str(full),
+                Capabilities(
+                    vendor="Intel" if "intel" in str(full).lower() else "",
+                    precisions=frozenset(
+                        p for c, (p, _) in _CAPABILITY_PRECISION.items() if c in caps
+                    )
+                    | ({"int8"} if _INT8_CAPABILITY in caps else set()),
+                    memory_bytes=int(memory) if memory else None,
+                    source="openvino",
+                ),
+            )
+        self._caps[device] = caps
+        return device
+
+    def device_for(self, request: Device) -> Device | None:
+        devices = self.probe().devices
+        if request.kind == "auto":
+            return next((d for d in devices if d.kind == "auto"), None)
+        return next((d for d in devices if d.kind != "auto" and request.matches(d)), None)
+
+    def ov_device(self, device: Device) -> str:
+        """OpenVINO's name for an infer device this backend probed ("CPU", "GPU.0", "AUTO")."""
+        self.probe()
+        return self._ov_names.get(device, device.kind.upper())
+
+    # -- what it can run ----------------------------------------------------------------------
+
+    def int8_quantizer(self, device: Device, variant: str | None = None) -> str:
+        # NNCF's Q/DQ placement is the one OpenVINO's low-precision transformations fuse best
+        # (benchmarks/precision_int8.py); without NNCF installed, onnxruntime's is used.
+        return "nncf"
+
+    def precisions(self, device: Device, variant: str | None = None) -> Mapping[str, str]:
+        self.probe()
+        caps = self._caps.get(device)
+        if not caps:  # the device did not say: only what every device runs
+            return {"fp32": NATIVE}
+        out = {p: how for c, (p, how) in _CAPABILITY_PRECISION.items() if c in caps}
+        if _INT8_CAPABILITY in caps:
+            out["int8"] = GRAPH
+        return out
+
+    def supports(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        if model.format not in self.formats:
+            return super().supports(model, device, options, variant)
+        runs = self.precisions(device, variant)
+        if options.precision not in runs:
+            listed = ", ".join(sorted(self._caps.get(device, ()))) or "none"
+            return (
+                f"{self.ov_device(device)} runs {', '.join(runs)}, not {options.precision}: "
+                f"its OPTIMIZATION_CAPABILITIES are {listed}"
+            )
+        if model.format is ModelFormat.ONNX and _string_io(model):
+            # Measured with 2026.4: a string Identity runs, then the process aborts at exit
+            # ("free(): invalid pointer") even through OpenVINO's own API.
+            return f"OpenVINO {_version()} corrupts memory with string tensors: {_string_io(model)}"
+        if model.format is ModelFormat.OPENVINO and runs[options.precision] == GRAPH:
+            return (
+                f"{options.precision} takes an ONNX model (infer quantizes ONNX graphs); "
+                "give the ONNX model, or an IR already quantized (e.g. with NNCF) as fp32"
+            )
+        return None
+
+    # -- compile ------------------------------------------------------------------------------
+
+    def compile(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> Session:
+        import openvino as ov
+
+        own = _check_options(options.for_backend(self.name, _OPTIONS))
+        core = self._core()
+        target = self.ov_device(device)
+        if target == "AUTO" and own["auto_devices"]:
+            target = f"AUTO:{own['auto_devices']}"
+        config = self._config(core, target, options, own, self._hint(device, options.precision))
+        cache_dir = None
+        if options.cache:
+            cache_dir = Cache(options.cache_dir).folder(
+                "openvino", model=model.digest, openvino=ov.get_version(), device=device.identity
+            )
+            config["CACHE_DIR"] = str(cache_dir)
+        blobs_before = _blobs(cache_dir)
+        start = time.perf_counter()
+        source, reshaped = self._source(core, model, options)
+        try:
+            compiled = core.compile_model(source, target, config)
+        except Exception as e:
+            raise CompileError(
+                f"OpenVINO could not compile {model!r} for {target}: {_message(e)}"
+            ) from e
+        load_s = time.perf_counter() - start
+        effective = _inference_precisions(compiled)
+        want = config["INFERENCE_PRECISION_HINT"]
+        wrong = {d: p for d, p in effective.items() if p != want}
+        if wrong:
+            raise CompileError(
+                f"OpenVINO compiled {model!r} for {target} with INFERENCE_PRECISION_HINT "
+                f"{wrong} although {want} was set; refusing to run a precision not asked for"
+            )
+        cache = None
+        if cache_dir is not None:
+            new = sorted(_blobs(cache_dir) - blobs_before)
+            hit = _property(compiled, None, "LOADED_FROM_CACHE")
+            if hit is None:  # older OpenVINO: judge by the blobs the compile left behind
+                hit = not new and bool(blobs_before)
+            cache = {"dir": str(cache_dir), "hit": bool(hit), "new_blobs": new}
+        inputs, outputs = _specs(compiled, model)
+        details = {
+            "device": target,
+            "execution_devices": list(_property(compiled, None, "EXECUTION_DEVICES") or []),
+            "inference_precision": effective,
+            "hint": config["PERFORMANCE_HINT"],
+            "streams": _compiled_property(compiled, "NUM_STREAMS"),
+            "optimal_requests": int(
+                _property(compiled, None, "OPTIMAL_NUMBER_OF_INFER_REQUESTS") or 1
+            ),
+            "threads": _compiled_property(compiled, "INFERENCE_NUM_THREADS"),
+            "cpu_pinning": _compiled_property(compiled, _PINNING),
+            "static_shapes": reshaped,
+            "cache": cache,
+            "load_s": load_s,
+            "config": {k: v for k, v in config.items() if k != "CACHE_DIR"},
+        }
+        details["summary"] = _summary(details)
+        return OpenVinoSession(
+            compiled,
+            own,
+            backend=self.name,
+            device=device,
+            inputs=inputs,
+            outputs=outputs,
+            options=options,
+            precision=model.precision or _PRECISION_LABEL[options.precision],  # the transform's
+            details=details,
+        )
+
+    def _hint(self, device: Device, precision: str) -> str:
+        caps = self._caps.get(device, frozenset())
+        if precision == "int8" and caps and "FP32" not in caps and "FP16" in caps:
+            return "f16"
+        return _HINTS[precision]
+
+    def _config(
+        self, core: Any, target: str, options: Options, own: dict, hint: str
+    ) -> dict[str, Any]:
+        supported = _supported_properties(core, target)
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": options.hint.upper(),
+            "INFERENCE_PRECISION_HINT": hint,
+        }
+        if options.threads:
+            if supported and "INFERENCE_NUM_THREADS" not in supported:
+                log.warning(
+                    "threads=%d ignored: %s has no INFERENCE_NUM_THREADS", options.threads, target
+                )
+            else:
+                config["INFERENCE_NUM_THREADS"] = options.threads
+        named = {
+            "num_streams": "NUM_STREAMS",
+            "num_requests": "PERFORMANCE_HINT_NUM_REQUESTS",
+            "execution_mode": "EXECUTION_MODE_HINT",
+            "hyper_threading": "ENABLE_HYPER_THREADING",
+        }
+        user = {prop: own[key] for key, prop in named.items() if own[key] is not None}
+        pinning = own["cpu_pinning"]
+        if target.startswith("AUTO"):
+            if "CPU" in core.available_devices:  # only the CPU plugin takes it
+                config["DEVICE_PROPERTIES"] = {"CPU": {_PINNING: pinning}}
+        elif _PINNING in supported:
+            config[_PINNING] = pinning
+        elif pinning is not _OPTIONS["cpu_pinning"]:
+            user[_PINNING] = pinning  # asked for on a device without it: refused below
+        extra = dict(own["properties"])
+        taken = sorted(set(extra) & set(_OWNED))
+        if taken:
+            raise OptionError(
+                f"backend_options['openvino']['properties']: {taken} are set through "
+                + ", ".join(_OWNED[k] for k in taken)
+                + " of Engine.load, not as raw properties"
+            )
+        user.update(extra)
+        unknown = sorted(k for k in user if supported and k not in supported)
+        if unknown:
+            raise OptionError(
+                f"backend_options['openvino']: {target} does not take the propert"
+                f"{'y' if len(unknown) == 1 else 'ies'} {unknown}; it takes "
+                f"{sorted(supported)}"
+            )
+        config.update(user)
+        return config
+
+    def _source(self, core: Any, model: Model, options: Options) -> tuple[Any, dict | None]:
+        """What to hand compile_model: a file path where possible (OpenVINO then hashes the
+        path for its cache and skips reading the model on a hit), else an ov.Model."""
+        import openvino as ov
+
+        if not options.shapes and model.path is not None:
+            return str(model.path), None
+        try:
+            if model.path is not None:
+                ov_model = core.read_model(str(model.path))
+            else:
+                ov_model = core.read_model(model.data, ov.Tensor(np.empty(0, np.uint8)))
+        except Exception as e:
+            raise CompileError(f"OpenVINO could not read {model!r}: {_message(e)}") from e
+        if not options.shapes:
+            return ov_model, None
+        return ov_model, _reshape(ov, ov_model, options.shapes, model)
+
+
+def kind_and_index(ov_name: str) -> tuple[str, int] | None:
+    """("gpu", 1) for OpenVINO's "GPU.1"; "GPU" alone is index 0; None for kinds infer has not."""
+    kind_name, _, number = ov_name.partition(".")
+    kind = {"CPU": "cpu", "GPU": "gpu", "NPU": "npu"}.get(kind_name)
+    if kind is None or (number and not number.isdigit()):
+        return None
+    return kind, int(number or 0)
+
+
+def _version() -> str:
+    import openvino as ov
+
+    return ov.get_version().split("-")[0]
+
+
+def _string_io(model: Model) -> str:
+    """The ONNX model's string inputs/outputs, as text ("" when it has none)."""
+    from onnx import TensorProto
+
+    graph = model._skeleton.graph
+    names = [
+        v.name
+        for v in (*graph.input, *graph.output)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.STRING
+    ]
+    return ", ".join(names)
+
+
+def _check_options(own: dict[str, Any]) -> dict[str, Any]:
+    streams = own["num_streams"]
+    if streams is not None and not (
+        (isinstance(streams, int) and not isinstance(streams, bool) and streams > 0)
+        or streams == "AUTO"
+    ):
+        raise OptionError(
+            f"backend_options['openvino']['num_streams'] must be a positive int or 'AUTO', got {streams!r}"
+        )
+    for key in ("num_requests", "submit_requests"):
+        value = own[key]
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise OptionError(
+                f"backend_options['openvino'][{key!r}] must be a positive int, got {value!r}"
+            )
+    mode = own["execution_mode"]
+    if mode is not None and mode not in _EXECUTION_MODES:
+        raise OptionError(
+            f"backend_options['openvino']['execution_mode'] must be one of {_EXECUTION_MODES}, got {mode!r}"
+        )
+    for key in ("cpu_pinning", "hyper_threading"):
+        if own[key] is not None and not isinstance(own[key], bool):
+            raise OptionError(
+                f"backend_options['openvino'][{key!r}] must be True or False, got {own[key]!r}"
+            )
+    if own["auto_devices"] is not None and not isinstance(own["auto_devices"], str):
+        raise OptionError(
+            "backend_options['openvino']['auto_devices'] must be a string such as 'GPU,CPU', "
+            f"got {own['auto_devices']!r}"
+        )
+    if not isinstance(own["properties"], Mapping):
+        raise OptionError(
+            "backend_options['openvino']['properties'] must be a dict of OpenVINO property -> "
+            f"value, got {type(own['properties']).__name__}"
+        )
+    return own
+
+
+def _reshape(ov: Any, ov_model: Any, shapes: Mapping[str, Any], model: Model) -> dict[str, str]:
+    """Apply `shapes` ({input: shape, or (min, opt, max)}): a shape fixes the input statically;
+    a (min, opt, max) triple bounds each dimension to [min, max]."""
+    ports = {name: port for port in ov_model.inputs for name in port.get_names()}
+    unknown = sorted(set(shapes) - set(ports))
+    if unknown:
+        listed = sorted(p.get_any_name() for p in ov_model.inputs)
+        raise OptionError(f"shapes: unknown input(s) {unknown}; {model!r} has inputs {listed}")
+    new: dict[Any, Any] = {}
+    for name, spec in shapes.items():
+        triple = (
+            isinstance(spec, (tuple, list))
+            and len(spec) == 3
+            and all(isinstance(s, (tuple, list)) for s in spec)
+        )
+        try:
+            if triple:
+                lo, _, hi = ([int(d) for d in s] for s in spec)
+                if not len(lo) == len(hi):
+                    raise ValueError("min and max shapes differ in rank")
+                dims = [ov.Dimension(a) if a == b else ov.Dimension(a, b) for a, b in zip(lo, hi)]
+                new[ports[name]] = ov.PartialShape(dims)
+            else:
+                new[ports[name]] = ov.PartialShape([int(d) for d in spec])
+        except (TypeError, ValueError) as e:
+            raise OptionError(
+                f"shapes[{name!r}] must be a shape such as (1, 3, 224, 224) or a (min, opt, max) "
+                f"triple of shapes, got {spec!r} ({e})"
+            ) from e
+    try:
+        ov_model.reshape(new)
+    except Exception as e:
+        raise OptionError(
+            f"shapes: OpenVINO cannot reshape {model!r} to {dict(shapes)}: {_message(e)}"
+        ) from e
+    return {p.get_any_name(): str(p.get_partial_shape()) for p in ov_model.inputs}
+
+
+def _capabilities(core: Any, ov_name: str) -> frozenset[str]:
+    caps = _property(core, ov_name, "OPTIMIZATION_CAPABILITIES") or ()
+    return frozenset(str(c) for c in caps)
+
+
+def _property(obj: Any, device: str | None, name: str) -> Any:
+    """A property of a Core device (device given) or a compiled model; None if it has none."""
+    try:
+        return obj.get_property(device, name) if device is not None else obj.get_property(name)
+    except Exception:
+        return None
+
+
+def _compiled_property(compiled: Any, name: str) -> Any:
+    """A compiled model's property, or (AUTO) the first of its devices' values."""
+    value = _property(compiled, None, name)
+    if value is None:
+        nested = _property(compiled, None, "DEVICE_PROPERTIES") or {}
+        value = next(
+            (p[name] for p in nested.values() if isinstance(p, Mapping) and name in p), None
+        )
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)  # OpenVINO's enum-like ints (e.g. streams) as plain ints
+    return value
+
+
+def _supported_properties(core: Any, target: str) -> set[str]:
+    names = [target.split(":", 1)[0]]
+    if names[0] == "AUTO":  # AUTO hands the properties it does not know to its devices
+        names += [d for d in core.available_devices]
+    supported: set[str] = set()
+    for name in names:
+        supported |= set(_property(core, name, "SUPPORTED_PROPERTIES") or {})
+    return supported
+
+
+def _inference_precisions(compiled: Any) -> dict[str, str]:
+    """{device: INFERENCE_PRECISION_HINT} as compiled (AUTO reports it per device)."""
+    direct = _property(compiled, None, "INFERENCE_PRECISION_HINT")
+    if direct is not None:
+        devices = _property(compiled, None, "EXECUTION_DEVICES") or ["?"]
+        return {str(devices[0]): _type_name(direct)}
+    nested = _property(compiled, None, "DEVICE_PROPERTIES") or {}
+    out = {}
+    for device, props in nested.items():
+        if isinstance(props, Mapping) and "INFERENCE_PRECISION_HINT" in props:
+            out[str(device)] = _type_name(props["INFERENCE_PRECISION_HINT"])
+    return out
+
+
+def _type_name(value: Any) -> str:
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def _blobs(folder: Path | None) -> set[str]:
+    if folder is None or not folder.is_dir():
+        return set()
+    return {p.name for p in folder.iterdir() if p.suffix == ".blob"}
+
+
+_NOISE = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)\s*$")
+
+
+def _message(e: BaseException) -> str:
+    """OpenVINO's message without its source-location lines."""
+    lines = [ln.rstrip() for ln in str(e).splitlines()]
+    kept = [ln for ln in lines if ln.strip() and not _NOISE.match(ln.strip())]
+    return "\n".join(kept) or str(e)
+
+
+def _specs(compiled: Any, model: Model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs in the compiled model's port order. For ONNX models the names and
+    symbolic dims come from the ONNX graph (OpenVINO keeps neither dim names nor, always, the
+    one ONNX name a port was given)."""
+    onnx_in: dict[str, TensorSpec] = {}
+    onnx_out: dict[str, TensorSpec] = {}
+    if model.format is ModelFormat.ONNX:
+        graph = model._skeleton.graph
+        initializers = {t.name for t in graph.initializer}
+        onnx_in = {
+            v.name: tensors.spec_from_value_info(v)
+            for v in graph.input
+            if v.name not in initializers
+        }
+        onnx_out = {v.name: tensors.spec_from_value_info(v) for v in graph.output}
+    return (
+        [_spec(port, onnx_in) for port in compiled.inputs],
+        [_spec(port, onnx_out) for port in compiled.outputs],
+    )
+
+
+def _spec(port: Any, onnx: Mapping[str, TensorSpec]) -> TensorSpec:
+    names = port.get_names()
+    name = next((n for n in onnx if n in names), None) or port.get_any_name()
+    dtype = dtype_info(port.get_element_type().get_type_name()).numpy
+    pshape = port.get_partial_shape()
+    if pshape.rank.is_dynamic:
+        return TensorSpec(name, None, dtype)
+    known = onnx.get(name)
+    symbols = known.shape if known is not None and known.shape is not None else ()
+    dims: list[int | str | None] = []
+    for axis, d in enumerate(pshape):
+        if d.is_static:
+            dims.append(d.get_length())
+        else:
+            symbol = symbols[axis] if axis < len(symbols) else None
+            dims.append(symbol if isinstance(symbol, str) else None)
+    return TensorSpec(name, tuple(dims), dtype)
+
+
+def _summary(d: Mapping[str, Any]) -> str:
+    parts = [
+        d["device"]
+        + (f" -> {', '.join(d['execution_devices'])}" if d["execution_devices"] else ""),
+        "precision "
+        + (", ".join(f"{k} {v}" for k, v in d["inference_precision"].items()) or "unreported"),
+        f"{d['hint'].lower()} hint, {d['streams'] or '?'} stream(s)",
+    ]
+    if d["static_shapes"]:
+        parts.append(
+            "static shapes " + ", ".join(f"{k} {v}" for k, v in d["static_shapes"].items())
+        )
+    if d["cache"] is not None:
+        parts.append(
+            "compiled from cache" if d["cache"]["hit"] else "compiled (cached for next load)"
+        )
+    parts.append(f"load {d['load_s'] * 1000:.0f} ms")
+    return "; ".join(parts)
+
+
+# -- tensors across the numpy / OpenVINO boundary ---------------------------------------------
+
+
+def _to_tensor(ov: Any, arr: np.ndarray) -> Any:
+    """An ov.Tensor over `arr`'s memory (no copy) where the element type allows it."""
+    if arr.dtype in _NUMPY_BRIDGE:
+        return ov.Tensor(arr, shared_memory=True)
+    if arr.dtype.kind == "O":
+        return ov.Tensor(arr.astype(str))
+    name = dtype_info(arr.dtype).openvino
+    if name is None:
+        raise InputError(f"OpenVINO has no element type for {dtype_info(arr.dtype).name}")
+    return ov.Tensor(tensors.pack(arr), list(arr.shape), getattr(ov.Type, name))
+
+
+def _from_tensor(tensor: Any, dtype: np.dtype) -> np.ndarray:
+    """A numpy copy of an output tensor's data (safe from the request's next inference)."""
+    if dtype in _NUMPY_BRIDGE:
+        return tensor.data.copy()
+    if dtype.kind == "O":
+        return np.array(tensor.str_data, dtype=object).reshape(tuple(tensor.shape))
+    raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
+    return tensors.unpack(raw, dtype, tuple(tensor.shape))
+
+
+class OpenVinoSession(Session):
+    def __init__(self, compiled: Any, own: Mapping[str, Any], **kw: Any) -> None:
+        super().__init__(**kw)
+        import openvino as ov
+
+        self._ov = ov
+        self._compiled = compiled
+        self._own = own
+        self._local = threading.local()
+        self._input_names = [s.name for s in self.inputs]
+        self._out_index = {s.name: i for i, s in enumerate(self.outputs)}
+        self._out_dtypes = [s.dtype for s in self.outputs]
+        self._async: _AsyncPool | None = None
+        self._async_lock = threading.Lock()
+        self.details["submit_requests"] = self.default_in_flight()
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def _request(self) -> Any:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self._compiled.create_infer_request()
+        return req
+
+    def _set_inputs(self, req: Any, feeds: Mapping[str, np.ndarray]) -> None:
+        ov = self._ov
+        for i, name in enumerate(self._input_names):
+            req.set_input_tensor(i, _to_tensor(ov, feeds[name]))
+
+    def _read(self, req: Any, outputs: list[str] | None) -> dict[str, np.ndarray]:
+        names = outputs or self._output_names
+        index, dtypes = self._out_index, self._out_dtypes
+        return {n: _from_tensor(req.get_output_tensor(index[n]), dtypes[index[n]]) for n in names}
+
+    def _run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str] | None
+    ) -> dict[str, np.ndarray]:
+        req = self._request()
+        self._set_inputs(req, feeds)
+        req.infer()
+        return self._read(req, outputs)
+
+    # -- submit -------------------------------------------------------------------------------
+
+    def default_in_flight(self) -> int:
+        """submit()'s pool: backend_options submit_requests, else max_in_flight, else
+        OPTIMAL_NUMBER_OF_INFER_REQUESTS for the hint (at least 2, so that preparing one
+        request overlaps the inference of another)."""
+        return int(
+            self._own.get("submit_requests")
+            or self.options.max_in_flight
+            or max(2, self.details.get("optimal_requests") or 1)
+        )
+
+    def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
+        """Start an inference on the request pool and return its Future.
+
+        At most `submit_requests` inferences are in flight: a call blocks while every request
+        is busy. submit shares the compiled model that `run` uses, so the hint given to
+        Engine.load applies: hint="throughput" makes OpenVINO run several streams in parallel
+        (the pool then matches OPTIMAL_NUMBER_OF_INFER_REQUESTS); under the default latency
+        hint one stream runs at a time and submit overlaps only the Python work around it.
+        """
+        if self._closed:
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
+        feeds = self._validate(feeds)
+        names = None if outputs is None else self._check_outputs(outputs)
+        pool = self._async
+        if pool is None:
+            with self._async_lock:
+                if self._async is None:
+                    self._async = _AsyncPool(self, self.default_in_flight())
+                pool = self._async
+        return pool.submit(feeds, names)
+
+    # -- bind ---------------------------------------------------------------------------------
+
+    def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
+        """A request of its own whose output tensors are numpy buffers (the binding's, or the
+        arrays given in `outputs`) that OpenVINO writes into; inputs are shared zero-copy."""
+        if self._closed:
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
+        if isinstance(outputs, str):
+            if outputs not in ("host", "device"):
+                raise OptionError(
+                    f"bind(outputs={outputs!r}): use 'host', 'device' or a dict of output name -> array"
+                )
+            if outputs == "device" and self.device.kind not in ("cpu", "auto"):
+                raise OptionError(
+                    f"bind(outputs='device'): OpenVINO remote tensors on {self.device} are not "
+                    "supported by infer; use outputs='host'"
+                )
+            given: Mapping[str, Any] = {}
+        elif isinstance(outputs, Mapping):
+            given = outputs
+        else:
+            raise OptionError(
+                f"bind(outputs=...) takes 'host', 'device' or a dict of output name -> array, "
+                f"got {type(outputs).__name__}"
+            )
+        return OpenVinoBinding(self, given)
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if self._async is not None:
+            self._async.close()
+            self._async = None
+        self._local = threading.local()  # drops every thread's request
+        self._compiled = None
+
+
+class _Job:
+    """One submitted inference: its Future, the outputs asked for, and the feeds it shares."""
+
+    __slots__ = ("feeds", "finished", "future", "outputs")
+
+    def __init__(self, future: Future, outputs: list[str] | None, feeds: dict) -> None:
+        self.future = future
+        self.outputs = outputs
+        self.feeds = feeds  # the request reads their memory until it is done
+        self.finished = False
+
+
+class _AsyncPool:
+    """A fixed pool of InferRequests behind submit(); futures resolve as inferences finish.
+
+    Each request's OpenVINO callback (run on OpenVINO's thread, as ov.AsyncInferQueue's is)
+    copies the outputs, frees the request and resolves the Future. OpenVINO calls no callback
+    for an inference that fails, so a watchdog thread looks, every WATCH_S while inferences are
+    in flight, at those not finished yet, and fails the Future of any that ended in an error.
+    It sleeps in between rather than waiting on each request, so it costs no thread switch per
+    inference.
+
+    Why not ov.AsyncInferQueue itself: measured with OpenVINO 2026.4, after one failed
+    inference its Future would never resolve (no callback), and the failed request's error is
+    raised again by every later start_async that picks that request: one bad input poisons the
+    queue. Done-callbacks of the Futures run on OpenVINO's thread: keep them short.
+    """
+
+    WATCH_S = 0.02
+
+    def __init__(self, session: OpenVinoSession, size: int) -> None:
+        self._session = session
+        self._requests = [session._compiled.create_infer_request() for _ in range(size)]
+        self._jobs: list[_Job | None] = [None] * size
+        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i, req in enumerate(self._requests):
+            req.set_callback(self._done, i)
+            self._idle.put(i)
+        self._lock = threading.Lock()
+        self._in_flight = threading.Condition(self._lock)
+        self._closed = False
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"infer-openvino-{id(self):x}", daemon=True
+        )
+        self._watchdog.start()
+
+    def submit(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> Future:
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+        slot = self._idle.get()  # blocks while every request is in flight
+        req = self._requests[slot]
+        with self._lock:
+            if self._closed:
+                self._idle.put(slot)
+                raise EngineClosed("openvino session is closed")
+            self._jobs[slot] = _Job(fut, outputs, feeds)
+            try:
+                self._session._set_inputs(req, feeds)
+                req.start_async()
+            except Exception as e:
+                self._jobs[slot] = None
+                self._idle.put(slot)
+                raise RuntimeFailure(
+                    f"openvino failed to start an inference on {self._session.device}: {_message(e)}"
+                ) from e
+            self._in_flight.notify()
+        return fut
+
+    def _done(self, slot: int) -> None:
+        """OpenVINO's callback after a successful inference. Never raises."""
+        try:
+            job = self._jobs[slot]
+            if job is None:
+                return
+            try:
+                result: Any = self._session._read(self._requests[slot], job.outputs)
+            except Exception as e:
+                result = RuntimeFailure(f"openvino outputs could not be read: {e}")
+            with self._lock:
+                job.finished = True
+                self._jobs[slot] = None
+            self._idle.put(slot)  # before resolving: a done-callback may submit again
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+        except BaseException:  # an exception escaping into OpenVINO's thread would abort
+            log.exception("openvino completion callback failed")
+
+    def _watch(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not any(self._jobs):
+                    self._in_flight.wait()
+                closing = self._closed
+                pending = [(slot, job) for slot, job in enumerate(self._jobs) if job is not None]
+            if not pending and closing:
+                return
+            if not closing:
+                time.sleep(self.WATCH_S)
+            for slot, job in pending:
+                if job.finished:  # its request may already run a later job
+                    continue
+                req = self._requests[slot]
+                try:
+                    # While closing, wait for the end; else only look (an unfinished job's
+                    # request is its own: the slot is freed only once the job finishes).
+                    req.wait() if closing else req.wait_for(0)
+                except Exception as e:
+                    self._fail(slot, job, e)
+
+    def _fail(self, slot: int, job: _Job, error: Exception) -> None:
+        with self._lock:
+            if job.finished:
+                return
+            job.finished = True
+            self._jobs[slot] = None
+        self._idle.put(slot)
+        job.future.set_exception(
+            RuntimeFailure(f"openvino failed to run on {self._session.device}: {_message(error)}")
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._in_flight.notify()
+        self._watchdog.join()  # every started inference has ended by then
+
+
+class OpenVinoBinding(Binding):
+    """An InferRequest of its own with numpy output buffers bound as its output tensors.
+
+    OpenVINO writes each output straight into a buffer the binding (or the caller) owns, so
+    the arrays returned never point into memory OpenVINO may free. Inputs are shared
+    zero-copy; an input array passed again (same object) is not re-set. When the input shapes
+    change, outputs of a shape not known in advance are learned by running once on a second
+    request, and the bound buffers are reallocated (logged at debug level).
+    """
+
+    def __init__(self, session: OpenVinoSession, given: Mapping[str, Any]) -> None:
+        super().__init__(session)
+        self.session: OpenVinoSession = session
+        unknown = sorted(set(given) - set(session._out_index))
+        if unknown:
+            raise InputError(
+                f"bind(outputs=...): unknown output(s) {unknown}; the model's outputs are "
+                f"{session._output_names}"
+            )
+        self._given = {name: self._check_given(name, arr) for name, arr in given.items()}
+        self._request = session._compiled.create_infer_request()
+        self._learner: Any = None  # a plain request, to learn output shapes
+        self._fed: list[Any] = [None] * len(session.inputs)
+        self._signature: tuple | None = None
+        self._outs: list[np.ndarray] = []
+
+    def _check_given(self, name: str, arr: Any) -> np.ndarray:
+        spec = self.session.outputs[self.session._out_index[name]]
+        if not isinstance(arr, np.ndarray):
+            raise InputError(
+                f"bind(outputs={{{name!r}: ...}}): expected a numpy array, got {type(arr).__name__}"
+            )
+        if arr.dtype != spec.dtype or not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise InputError(
+                f"bind(outputs={{{name!r}: ...}}): expected a writable C-contiguous "
+                f"{tensors.describe(spec.shape, spec.dtype)} array, got "
+                f"{tensors.describe(arr.shape, arr.dtype)}"
+                f"{'' if arr.flags.c_contiguous else ' (not contiguous)'}"
+                f"{'' if arr.flags.writeable else ' (read-only)'}"
+            )
+        if arr.dtype not in _NUMPY_BRIDGE:
+            raise InputError(
+                f"bind(outputs={{{name!r}: ...}}): {dtype_info(arr.dtype).name} outputs cannot "
+                "be shared with OpenVINO; bind this output as 'host'"
+            )
+        if spec.shape is not None and (
+            len(spec.shape) != arr.ndim
+            or any(isinstance(d, int) and d != g for d, g in zip(spec.shape, arr.shape))
+        ):
+            raise InputError(
+                f"bind(outputs={{{name!r}: ...}}): expected {tensors.describe(spec.shape, spec.dtype)}, "
+                f"got shape {list(arr.shape)}"
+            )
+        return arr
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+        s = self.session
+        req = self._request
+        signature = tuple(feeds[n].shape for n in s._input_names)
+        if signature != self._signature:
+            return self._rebind(feeds, signature)
+        ov = s._ov
+        for i, name in enumerate(s._input_names):
+            arr = feeds[name]
+            if self._fed[i] is not arr:
+                req.set_input_tensor(i, _to_tensor(ov, arr))
+                self._fed[i] = arr
+        try:
+            req.infer()
+        except Exception:
+            # A data-dependent output outgrew its buffer (or the inputs are bad): the learner
+            # request either finds the new shapes or raises the real error.
+            return self._rebind(feeds, signature)
+        out = {}
+        for i, (name, buf) in enumerate(zip(s._output_names, self._outs)):
+            tensor = req.get_output_tensor(i)
+            if buf.dtype not in _NUMPY_BRIDGE:  # packed types are not bound: copied out
+                out[name] = _from_tensor(tensor, buf.dtype)
+                continue
+            shape = tuple(tensor.shape)
+            if shape != buf.shape:  # a data-dependent output, smaller than last time
+                buf = buf.reshape(-1)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+            out[name] = buf
+        return out
+
+    def _rebind(self, feeds: dict[str, np.ndarray], signature: tuple) -> dict[str, Any]:
+        """New input shapes: run on the learner request, then bind buffers of the shapes seen."""
+        s = self.session
+        if self._learner is None:
+            self._learner = s._compiled.create_infer_request()
+        s._set_inputs(self._learner, feeds)
+        self._learner.infer()
+        outs = []
+        for i, name in enumerate(s._output_names):
+            tensor = self._learner.get_output_tensor(i)
+            produced = _from_tensor(tensor, s._out_dtypes[i])
+            if name in self._given:
+                buf = self._given[name]
+                if buf.shape != produced.shape:
+                    raise InputError(
+                        f"bound output {name!r} has shape {list(buf.shape)}, but for inputs of "
+                        f"shapes {[list(x) for x in signature]} the model produces "
+                        f"{list(produced.shape)}"
+                    )
+                np.copyto(buf, produced)
+            else:
+                buf = produced  # a fresh array the binding owns: it becomes the bound buffer
+            outs.append(buf)
+        log.debug(
+            "openvino binding: input shapes %s -> output buffers %s",
+            [list(x) for x in signature],
+            [list(b.shape) for b in outs],
+        )
+        ov = s._ov
+        req = self._request
+        for i, name in enumerate(s._input_names):
+            req.set_input_tensor(i, _to_tensor(ov, feeds[name]))
+            self._fed[i] = feeds[name]
+        for i, buf in enumerate(outs):
+            if buf.dtype in _NUMPY_BRIDGE:
+                req.set_output_tensor(i, ov.Tensor(buf, shared_memory=True))
+        self._outs = outs
+        self._signature = signature
+        return dict(zip(s._output_names, outs))
+
+    def _close(self) -> None:
+        self._request = self._learner = None
+        self._fed = []
+        self._outs = []

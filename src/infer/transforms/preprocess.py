@@ -1,0 +1,1218 @@
+"""Preprocessing declared once, fused into the model as ONNX nodes, and mirrored in numpy.
+
+`Preprocess.image(...)` and `Preprocess.tensor(...)` are frozen, serializable specs. `fuse`
+prepends the nodes that carry them out to the model (with `onnx.compose`), so every backend
+runs the same preprocessing on its own device and the engine's inputs become the raw ones
+(uint8 frames, say). `Preprocess.apply` does the same arithmetic in numpy, in the same order,
+for callers who need the tensor itself; the tests hold the two equal.
+
+Resizing is bilinear (or nearest) with the half-pixel convention, antialiasing off: the same
+definition as ONNX `Resize(mode="linear", coordinate_transformation_mode="half_pixel")`, with
+out-of-range coordinates clamped to the edge. It is emitted as index arithmetic in int64 plus
+`Gather` nodes rather than as a `Resize` node, for two reasons:
+
+- Runtimes compute `Resize`'s source coordinates in float32, each in its own way, so on a
+  1080p frame two backends (or a backend and numpy) disagree by up to ~1e-3 after
+  normalization. Integer coordinates and one correctly rounded division per weight give the
+  same answer on every backend and in numpy.
+- The gathers pick the source pixels while they are still uint8, so only the pixels the
+  output needs are converted to float, never the whole full-resolution frame.
+
+Order of operations for an image: raw frame (source dtype and layout) -> resize (per `resize`,
+in float32 on the source values) -> letterbox padding with `pad_value` -> layout -> channel
+selection/reorder -> `x * (scale / std) - mean / std` in float32 -> `dtype`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from ..cache import Cache, Key
+from ..errors import InputError, ModelError, OptionError
+from ..model import Model, ModelFormat
+from ..tensors import TensorSpec, describe, dtype_info, spec_from_value_info
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+"""Version of the spec's dict form and of the graph this module emits (part of the cache key)."""
+
+METADATA_KEY = "infer.preprocess"
+"""metadata_props key under which a fused model records its specs as JSON."""
+
+RESIZE_MODES = ("stretch", "letterbox", "center_crop", "none")
+INTERPOLATIONS = ("linear", "nearest")
+LAYOUTS = ("NCHW", "NHWC")
+SOURCE_LAYOUTS = ("NHWC", "NCHW", "HWC", "CHW")
+MIN_OPSET = 9  # Where, int64 Less/Greater
+
+
+# -- the specs --------------------------------------------------------------------------------
+
+
+class Preprocess(abc.ABC):
+    """A preprocessing spec for one model input. Build one with `Preprocess.image` or
+    `Preprocess.tensor`; pass it (or {input name: spec}) to `Engine.load(preprocess=...)`."""
+
+    kind: ClassVar[str]
+
+    @staticmethod
+    def image(
+        size: int | Sequence[int] | None = None,
+        resize: str = "stretch",
+        *,
+        interpolation: str = "linear",
+        mean: float | Sequence[float] | None = None,
+        std: float | Sequence[float] | None = None,
+        scale: float = 1 / 255,
+        channels: str = "RGB",
+        source_channels: str = "BGR",
+        layout: str = "NCHW",
+        source_layout: str = "NHWC",
+        dtype: str | None = None,
+        source_dtype: str = "uint8",
+        pad_value: float = 114.0,
+    ) -> ImagePreprocess:
+        """Frames in, the model's image tensor out.
+
+        size: (height, width) the model takes (an int: square); None takes it from the model.
+        resize: "stretch" (to `size`, aspect ratio not kept), "letterbox" (fit inside `size`,
+            aspect kept, padded with `pad_value`), "center_crop" (cover `size`, aspect kept,
+            centre cut out) or "none" (frames already have the model's size).
+        interpolation: "linear" (bilinear, half-pixel centres) or "nearest" (the source pixel
+            whose centre is nearest). No antialiasing.
+        mean, std: per output channel, applied after `scale`: (x * scale - mean) / std.
+        channels / source_channels: channel order the model takes / the frames have, as
+            letters ("RGB", "BGR", "BGRA", "L"); channels may drop source channels.
+        layout / source_layout: "NCHW"/"NHWC" for the model; "NHWC", "NCHW", or "HWC"/"CHW"
+            for single frames without a batch axis.
+        dtype: the model input's float type (None: whatever the model takes).
+        source_dtype: element type of the raw frames.
+        pad_value: letterbox border, in source units (114: the usual YOLO grey).
+        """
+        return ImagePreprocess(
+            size=size,  # type: ignore[arg-type]  # normalised in __post_init__
+            resize=resize,
+            interpolation=interpolation,
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            scale=scale,
+            channels=channels,
+            source_channels=source_channels,
+            layout=layout,
+            source_layout=source_layout,
+            dtype=dtype,
+            source_dtype=source_dtype,
+            pad_value=pad_value,
+        )
+
+    @staticmethod
+    def tensor(
+        source_dtype: str | None = None,
+        scale: float | Sequence[float] = 1.0,
+        offset: float | Sequence[float] = 0.0,
+        transpose: Sequence[int] | None = None,
+        *,
+        dtype: str | None = None,
+    ) -> TensorPreprocess:
+        """Any tensor: cast from `source_dtype`, transpose, then `x * scale + offset`.
+
+        source_dtype: element type the raw input arrives in (e.g. "int16" audio); the graph
+            casts it to the model's type. None: the model's own type.
+        transpose: permutation taking the raw input's axes to the model's (numpy.transpose).
+        scale, offset: a number, or one value per element of the model input's last axis.
+        dtype: the model input's type (None: whatever the model takes).
+        """
+        return TensorPreprocess(
+            source_dtype=source_dtype,
+            scale=scale,  # type: ignore[arg-type]
+            offset=offset,  # type: ignore[arg-type]
+            transpose=transpose,  # type: ignore[arg-type]
+            dtype=dtype,
+        )
+
+    # -- serialization ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; `Preprocess.from_dict` reads it back."""
+        out: dict[str, Any] = {"kind": self.kind, "format": FORMAT}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> Preprocess:
+        """The spec `to_dict` wrote; raises OptionError on unknown kinds or fields."""
+        if not isinstance(data, Mapping):
+            raise OptionError(f"a preprocess spec must be a dict, got {type(data).__name__}")
+        fields = dict(data)
+        kind = fields.pop("kind", None)
+        fmt = fields.pop("format", FORMAT)
+        classes: dict[str, type[ImagePreprocess] | type[TensorPreprocess]] = {
+            "image": ImagePreprocess,
+            "tensor": TensorPreprocess,
+        }
+        if kind not in classes:
+            raise OptionError(
+                f"preprocess spec: kind {kind!r} is not valid; use 'image' or 'tensor'"
+            )
+        if fmt != FORMAT:
+            raise OptionError(
+                f"preprocess spec: format {fmt!r} is not supported (this is {FORMAT})"
+            )
+        cls = classes[kind]
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise OptionError(
+                f"Preprocess.{kind}: unknown field(s) {unknown}; it takes {sorted(known)}"
+            )
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Preprocess:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise OptionError(f"preprocess spec is not valid JSON: {e}") from e
+        return Preprocess.from_dict(data)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON form: equal specs, equal digests, on every machine."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    # -- implemented by each kind -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def apply(self, array: Any) -> np.ndarray:
+        """The preprocessing in numpy: the raw input in, the model's input tensor out."""
+
+    @abc.abstractmethod
+    def _resolve(self, spec: TensorSpec) -> Preprocess:
+        """This spec checked against the model input `spec` and completed from it."""
+
+    @abc.abstractmethod
+    def _raw_spec(self, spec: TensorSpec, dims: tuple[str, str]) -> TensorSpec:
+        """The raw input that replaces model input `spec` (`dims`: names for dynamic H, W)."""
+
+    @abc.abstractmethod
+    def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
+        """Add the nodes taking `raw` to the model input; return the output's name."""
+
+
+def _where(kind: str, field: str) -> str:
+    return f"Preprocess.{kind}: {field}"
+
+
+def _choice(kind: str, field: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise OptionError(
+            f"{_where(kind, field)} {value!r} is not valid; use one of {', '.join(allowed)}"
+        )
+    return value
+
+
+def _number(kind: str, field: str, value: Any, *, nonzero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptionError(f"{_where(kind, field)} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or (nonzero and value == 0):
+        raise OptionError(
+            f"{_where(kind, field)} must be a finite{' non-zero' if nonzero else ''} number, got {value!r}"
+        )
+    return value
+
+
+def _per_channel(
+    kind: str, field: str, value: Any, count: int | None, *, nonzero: bool = False
+) -> tuple[float, ...] | float:
+    """A number, or a sequence of numbers (exactly `count` of them when count is given)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        values = tuple(_number(kind, field, v, nonzero=nonzero) for v in np.asarray(value).ravel())
+        if not values or (count is not None and len(values) != count):
+            want = f"{count} values" if count is not None else "at least one value"
+            raise OptionError(f"{_where(kind, field)} must have {want}, got {len(values)}")
+        return values
+    return _number(kind, field, value, nonzero=nonzero)
+
+
+def _dtype_name(kind: str, field: str, value: Any, *, floats: bool) -> str:
+    try:
+        info = dtype_info(value if isinstance(value, str) else np.dtype(value))
+    except (KeyError, TypeError) as e:
+        raise OptionError(f"{_where(kind, field)} {value!r} is not an element type") from e
+    if floats and not _is_float(info.numpy):
+        raise OptionError(f"{_where(kind, field)} must be a float type, got {info.name}")
+    if not floats and info.numpy.kind not in "biuf" and not _is_float(info.numpy):
+        raise OptionError(f"{_where(kind, field)} must be a numeric type, got {info.name}")
+    return info.name
+
+
+@dataclass(frozen=True)
+class ImagePreprocess(Preprocess):
+    """See `Preprocess.image`."""
+
+    kind: ClassVar[str] = "image"
+
+    size: tuple[int, int] | None = None
+    resize: str = "stretch"
+    interpolation: str = "linear"
+    mean: tuple[float, ...] | float | None = None
+    std: tuple[float, ...] | float | None = None
+    scale: float = 1 / 255
+    channels: str = "RGB"
+    source_channels: str = "BGR"
+    layout: str = "NCHW"
+    source_layout: str = "NHWC"
+    dtype: str | None = None
+    source_dtype: str = "uint8"
+    pad_value: float = 114.0
+
+    def __post_init__(self) -> None:
+        k, put = self.kind, object.__setattr__
+        if self.size is not None:
+            size = self.size
+            if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+                size = (int(size), int(size))
+            if (
+                not isinstance(size, (list, tuple))
+                or len(size) != 2
+                or not all(
+                    isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+                    for s in size
+                )
+            ):
+                raise OptionError(
+                    f"{_where(k, 'size')} must be (height, width) in positive pixels or one int, "
+                    f"got {self.size!r}"
+                )
+            put(self, "size", (int(size[0]), int(size[1])))
+        _choice(k, "resize", self.resize, RESIZE_MODES)
+        _choice(k, "interpolation", self.interpolation, INTERPOLATIONS)
+        _choice(k, "layout", self.layout, LAYOUTS)
+        _choice(k, "source_layout", self.source_layout, SOURCE_LAYOUTS)
+        for name in ("channels", "source_channels"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, str)
+                or not value
+                or not value.isalpha()
+                or len(set(value.upper())) != len(value)
+            ):
+                raise OptionError(
+                    f"{_where(k, name)} must be distinct channel letters such as 'RGB', got {value!r}"
+                )
+            put(self, name, value.upper())
+        missing = [c for c in self.channels if c not in self.source_channels]
+        if missing:
+            raise OptionError(
+                f"{_where(k, 'channels')} {self.channels!r} needs {missing}, which "
+                f"source_channels {self.source_channels!r} does not have"
+            )
+        count = len(self.channels)
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                put(self, name, _per_channel(k, name, value, count, nonzero=name == "std"))
+        put(self, "scale", _number(k, "scale", self.scale, nonzero=True))
+        put(self, "pad_value", _number(k, "pad_value", self.pad_value))
+        if self.dtype is not None:
+            put(self, "dtype", _dtype_name(k, "dtype", self.dtype, floats=True))
+        put(self, "source_dtype", _dtype_name(k, "source_dtype", self.source_dtype, floats=False))
+
+    # -- derived facts ------------------------------------------------------------------------
+
+    @property
+    def _batched(self) -> bool:
+        return len(self.source_layout) == 4
+
+    @property
+    def _axes(self) -> tuple[int, int, int]:
+        """(height, width, channel) axes of the raw input."""
+        layout = self.source_layout
+        return layout.index("H"), layout.index("W"), layout.index("C")
+
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per output channel (a, b) with x * a + b == (x * scale - mean) / std, as float32."""
+        count = len(self.channels)
+        mean = np.broadcast_to(
+            np.asarray(0.0 if self.mean is None else self.mean, np.float64), (count,)
+        )
+        std = np.broadcast_to(
+            np.asarray(1.0 if self.std is None else self.std, np.float64), (count,)
+        )
+        return (self.scale / std).astype(np.float32), (-mean / std).astype(np.float32)
+
+    def _channel_index(self) -> list[int] | None:
+        """Source channel per output channel; None when they are the same."""
+        index = [self.source_channels.index(c) for c in self.channels]
+        return None if index == list(range(len(self.source_channels))) else index
+
+    def _need_size(self) -> tuple[int, int]:
+        if self.size is None:
+            raise OptionError(
+                f"{_where(self.kind, 'size')} is None (taken from the model when fused); give "
+                "size=(height, width) to use this spec on its own, or use engine.preprocess"
+            )
+        return self.size
+
+    # -- where the model's pixels come from ---------------------------------------------------
+
+    def meta(self, frame_shape: Sequence[int]) -> ResizeMeta:
+        """How a frame of `frame_shape` maps onto the model's input (scale and offset per axis).
+
+        frame_shape: the raw input's shape (in `source_layout`) or just (height, width).
+        """
+        th, tw = self._need_size()
+        fh, fw = self._frame_hw(frame_shape)
+        (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw)
+        return ResizeMeta(
+            frame=(fh, fw), size=(th, tw), resized=(int(rh), int(rw)), offset=(int(oh), int(ow))
+        )
+
+    def unletterbox(
+        self, boxes: Any, frame_shape: Sequence[int], *, clip: bool = False
+    ) -> np.ndarray:
+        """Boxes [..., 4] as (x1, y1, x2, y2) in model-input pixels -> frame pixels.
+
+        Works for every resize mode (letterbox padding, centre crop, stretch).
+        """
+        return self.meta(frame_shape).to_frame(boxes, clip=clip)
+
+    def _frame_hw(self, frame_shape: Sequence[int]) -> tuple[int, int]:
+        shape = tuple(int(d) for d in frame_shape)
+        if len(shape) == 2:
+            return shape[0], shape[1]
+        if len(shape) != len(self.source_layout):
+            raise InputError(
+                f"frame shape {list(shape)} does not match source_layout {self.source_layout!r}; "
+                "give the raw input's shape or (height, width)"
+            )
+        h, w, _ = self._axes
+        return shape[h], shape[w]
+
+    # -- numpy ----------------------------------------------------------------------------------
+
+    def apply(self, array: Any) -> np.ndarray:
+        """Frames (in `source_layout`, of `source_dtype`) -> the model's input tensor."""
+        th, tw = self._need_size()
+        x = np.asarray(array)
+        want = _np(self.source_dtype)
+        if x.dtype != want:
+            raise InputError(f"Preprocess.apply: expected {want.name} frames, got {x.dtype.name}")
+        if x.ndim != len(self.source_layout):
+            raise InputError(
+                f"Preprocess.apply: expected rank {len(self.source_layout)} ({self.source_layout}), "
+                f"got shape {list(x.shape)}"
+            )
+        if not self._batched:
+            x = x[None]
+        layout4 = self.source_layout if self._batched else "N" + self.source_layout
+        hax, wax, cax = (layout4.index(c) for c in "HWC")
+        if x.shape[cax] != len(self.source_channels):
+            raise InputError(
+                f"Preprocess.apply: expected {len(self.source_channels)} channels "
+                f"({self.source_channels}) on axis {cax}, got shape {list(x.shape)}"
+            )
+        fh, fw = x.shape[hax], x.shape[wax]
+        if self.resize == "none":
+            if (fh, fw) != (th, tw):
+                raise InputError(
+                    f"Preprocess.apply: resize='none' takes {th}x{tw} frames, got {fh}x{fw}"
+                )
+            v = x.astype(np.float32)
+        else:
+            (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw)
+            ys = _source_index(self.interpolation, th, fh, rh, oh)
+            xs = _source_index(self.interpolation, tw, fw, rw, ow)
+            v = _np_sample(x, ys, xs, hax, wax, self.interpolation)
+        target = self.layout
+        v = v.transpose([layout4.index(c) for c in target])
+        if self.resize == "letterbox":
+            valid = _np_along(ys.valid, target.index("H")) & _np_along(xs.valid, target.index("W"))
+            v = np.where(valid, v, np.float32(self.pad_value)).astype(np.float32)
+        index = self._channel_index()
+        out_c = target.index("C")
+        if index is not None:
+            v = np.take(v, index, axis=out_c)
+        a, b = self._affine()
+        shape = [1] * 4
+        shape[out_c] = len(a)
+        v = v * a.reshape(shape) + b.reshape(shape)
+        return np.ascontiguousarray(v.astype(_np(self.dtype or "float32")))
+
+    # -- with a model ---------------------------------------------------------------------------
+
+    def _resolve(self, spec: TensorSpec) -> ImagePreprocess:
+        where = f"preprocess for input {spec.name!r} ({_describe(spec)})"
+        if spec.shape is None or len(spec.shape) != 4:
+            raise OptionError(f"{where}: an image spec needs a rank-4 model input ({self.layout})")
+        if not _is_float(spec.dtype):
+            raise OptionError(f"{where}: an image spec needs a float model input")
+        model_dtype = dtype_info(spec.dtype).name
+        if self.dtype is not None and self.dtype != model_dtype:
+            raise OptionError(
+                f"{where}: dtype {self.dtype!r} does not match the model's {model_dtype}"
+            )
+        dims = dict(zip(self.layout, spec.shape))
+        if isinstance(dims["C"], int) and dims["C"] != len(self.channels):
+            raise OptionError(
+                f"{where}: channels {self.channels!r} gives {len(self.channels)} channels, the "
+                f"model's {self.layout} input has {dims['C']}"
+            )
+        hw = (dims["H"], dims["W"])
+        size = self.size
+        if size is None:
+            if not all(isinstance(d, int) for d in hw):
+                raise OptionError(
+                    f"{where}: size is None but the model's height and width are not fixed; "
+                    "give size=(height, width)"
+                )
+            size = (int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
+        for axis, model_dim, want in zip(("height", "width"), hw, size):
+            if isinstance(model_dim, int) and model_dim != want:
+                raise OptionError(
+                    f"{where}: size {size} does not fit the model, whose {axis} is {model_dim}"
+                )
+        return dataclasses.replace(self, size=size, dtype=model_dtype)
+
+    def _raw_spec(self, spec: TensorSpec, dims: tuple[str, str]) -> TensorSpec:
+        batch = spec.shape[self.layout.index("N")] if spec.shape else None
+        h, w = self.size if self.resize == "none" else dims  # type: ignore[misc]
+        values: dict[str, Any] = {"N": batch, "H": h, "W": w, "C": len(self.source_channels)}
+        return TensorSpec(
+            spec.name,
+            tuple(values[c] for c in self.source_layout),
+            _np(self.source_dtype),
+        )
+
+    def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
+        th, tw = self._need_size()
+        x = raw
+        if not self._batched:
+            x = g.op("Reshape", [x, g.op("Concat", [g.const([1]), g.op("Shape", [x])], axis=0)])
+        layout4 = self.source_layout if self._batched else "N" + self.source_layout
+        hax, wax, cax = (layout4.index(c) for c in "HWC")
+        if self.resize == "none":
+            v = g.op("Cast", [x], to=TensorProto.FLOAT)
+        else:
+            shape = g.op("Shape", [x])
+            fh = g.op("Gather", [shape, g.const(hax)], axis=0)  # scalar int64
+            fw = g.op("Gather", [shape, g.const(wax)], axis=0)
+            (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw, g)
+            ys = _source_index(self.interpolation, th, fh, rh, oh, g)
+            xs = _source_index(self.interpolation, tw, fw, rw, ow, g)
+            v = _onnx_sample(
+                g, x, ys, xs, (hax, wax, cax), len(self.source_channels), self.interpolation
+            )
+        target = self.layout
+        perm = [layout4.index(c) for c in target]
+        if perm != [0, 1, 2, 3]:
+            v = g.op("Transpose", [v], perm=perm)
+        if self.resize == "letterbox":
+            # Masked in the model's layout: a [1, 1, H, W] mask broadcasts fast over NCHW.
+            valid_y = _onnx_along(g, ys.valid, target.index("H"))
+            valid_x = _onnx_along(g, xs.valid, target.index("W"))
+            if target[-1] == "C":
+                count = len(self.source_channels)
+                valid_x = g.op("Tile", [valid_x, g.const(np.asarray([1, 1, 1, count], np.int64))])
+            valid = g.op("And", [valid_y, valid_x])
+            v = g.op("Where", [valid, v, g.const(np.float32(self.pad_value))])
+        index = self._channel_index()
+        out_c = target.index("C")
+        if index is not None:
+            v = g.op("Gather", [v, g.const(np.asarray(index, np.int64))], axis=out_c)
+        a, b = self._affine()
+        shape = [1] * 4
+        shape[out_c] = len(a)
+        v = g.op("Mul", [v, g.const(a.reshape(shape))])
+        v = g.op("Add", [v, g.const(b.reshape(shape))])
+        if spec.dtype != np.float32:
+            v = g.op("Cast", [v], to=dtype_info(spec.dtype).onnx)
+        return v
+
+
+@dataclass(frozen=True)
+class TensorPreprocess(Preprocess):
+    """See `Preprocess.tensor`."""
+
+    kind: ClassVar[str] = "tensor"
+
+    source_dtype: str | None = None
+    scale: tuple[float, ...] | float = 1.0
+    offset: tuple[float, ...] | float = 0.0
+    transpose: tuple[int, ...] | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        k, put = self.kind, object.__setattr__
+        if self.source_dtype is not None:
+            put(
+                self,
+                "source_dtype",
+                _dtype_name(k, "source_dtype", self.source_dtype, floats=False),
+            )
+        if self.dtype is not None:
+            put(self, "dtype", _dtype_name(k, "dtype", self.dtype, floats=False))
+        put(self, "scale", _per_channel(k, "scale", self.scale, None, nonzero=True))
+        put(self, "offset", _per_channel(k, "offset", self.offset, None))
+        if self.transpose is not None:
+            perm = self.transpose
+            if (
+                not isinstance(perm, (list, tuple))
+                or not all(
+                    isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in perm
+                )
+                or sorted(int(p) for p in perm) != list(range(len(perm)))
+            ):
+                raise OptionError(
+                    f"{_where(k, 'transpose')} must be a permutation of 0..rank-1, got {perm!r}"
+                )
+            put(self, "transpose", tuple(int(p) for p in perm))
+        for name in ("scale", "offset"):
+            if (
+                isinstance(getattr(self, name), tuple)
+                and self.dtype is not None
+                and not _is_float(_np(self.dtype))
+            ):
+                raise OptionError(f"{_where(k, name)} needs a float dtype, got {self.dtype}")
+
+    @property
+    def _is_affine(self) -> bool:
+        return self.scale != 1.0 or self.offset != 0.0
+
+    def apply(self, array: Any) -> np.ndarray:
+        """The raw tensor -> the model's input tensor."""
+        x = np.asarray(array)
+        if self.source_dtype is not None and x.dtype != _np(self.source_dtype):
+            raise InputError(
+                f"Preprocess.apply: expected {self.source_dtype} input, got {x.dtype.name}"
+            )
+        dtype = _np(self.dtype) if self.dtype is not None else x.dtype
+        if self.transpose is not None:
+            if x.ndim != len(self.transpose):
+                raise InputError(
+                    f"Preprocess.apply: transpose {list(self.transpose)} needs rank "
+                    f"{len(self.transpose)}, got shape {list(x.shape)}"
+                )
+            x = x.transpose(self.transpose)
+        compute = _compute_dtype(dtype)
+        x = x.astype(compute)
+        if self._is_affine:
+            x = x * np.asarray(self.scale, compute) + np.asarray(self.offset, compute)
+        return np.ascontiguousarray(x.astype(dtype))
+
+    def _resolve(self, spec: TensorSpec) -> TensorPreprocess:
+        where = f"preprocess for input {spec.name!r} ({_describe(spec)})"
+        model_dtype = dtype_info(spec.dtype).name
+        if spec.dtype.kind not in "biuf" and not _is_float(spec.dtype):
+            raise OptionError(f"{where}: a tensor spec needs a numeric model input")
+        if self.dtype is not None and self.dtype != model_dtype:
+            raise OptionError(
+                f"{where}: dtype {self.dtype!r} does not match the model's {model_dtype}"
+            )
+        if self._is_affine and not _is_float(spec.dtype):
+            raise OptionError(
+                f"{where}: scale/offset need a float model input, it is {model_dtype}"
+            )
+        rank = None if spec.shape is None else len(spec.shape)
+        if self.transpose is not None and rank != len(self.transpose):
+            raise OptionError(
+                f"{where}: transpose {list(self.transpose)} is for rank {len(self.transpose)}, "
+                f"the input has rank {rank}"
+            )
+        for name in ("scale", "offset"):
+            value = getattr(self, name)
+            last = spec.shape[-1] if spec.shape else None
+            if (
+                isinstance(value, tuple)
+                and len(value) != 1
+                and not (isinstance(last, int) and last == len(value))
+            ):
+                raise OptionError(
+                    f"{where}: {name} has {len(value)} values, the input's last axis is {last}"
+                )
+        return dataclasses.replace(
+            self, dtype=model_dtype, source_dtype=self.source_dtype or model_dtype
+        )
+
+    def _raw_spec(self, spec: TensorSpec, dims: tuple[str, str]) -> TensorSpec:
+        shape = spec.shape
+        if shape is not None and self.transpose is not None:
+            raw = [None] * len(shape)
+            for model_axis, raw_axis in enumerate(self.transpose):
+                raw[raw_axis] = shape[model_axis]
+            shape = tuple(raw)
+        source = _np(self.source_dtype) if self.source_dtype else spec.dtype
+        return TensorSpec(spec.name, shape, source)
+
+    def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
+        x = raw
+        if self.transpose is not None:
+            x = g.op("Transpose", [x], perm=list(self.transpose))
+        compute = _compute_dtype(spec.dtype)
+        if _np(self.source_dtype) != compute:  # type: ignore[arg-type]
+            x = g.op("Cast", [x], to=dtype_info(compute).onnx)
+        if self._is_affine:
+            x = g.op("Mul", [x, g.const(np.asarray(self.scale, compute))])
+            x = g.op("Add", [x, g.const(np.asarray(self.offset, compute))])
+        if compute != spec.dtype:
+            x = g.op("Cast", [x], to=dtype_info(spec.dtype).onnx)
+        if x == raw:  # nothing to do: still give the model input its own edge
+            x = g.op("Identity", [x])
+        return x
+
+
+def _compute_dtype(dtype: np.dtype) -> np.dtype:
+    """float16/bfloat16/float8 inputs are computed in float32 and cast at the end, like images."""
+    dtype = np.dtype(dtype)
+    if _is_float(dtype) and dtype.itemsize < 4:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def _describe(spec: TensorSpec) -> str:
+    return describe(spec.shape, spec.dtype)
+
+
+def _np(name: str) -> np.dtype:
+    """numpy dtype for a name from the dtype table ("bfloat16" included)."""
+    return dtype_info(name).numpy
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    """float16/32/64 and ml_dtypes' bfloat16 and float8 types."""
+    if np.dtype(dtype).kind == "f":
+        return True
+    try:
+        return dtype_info(dtype).name.startswith(("bfloat", "float"))
+    except KeyError:
+        return False
+
+
+# -- geometry, shared by numpy and the graph ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResizeMeta:
+    """Where a frame lands in the model's input: model = frame * resized / frame + offset.
+
+    frame: (height, width) of the raw frame; size: the model's (height, width); resized: the
+    frame's size after resizing; offset: (top, left) of the resized frame in the model's input
+    (letterbox padding is positive, a centre crop negative). Coordinates are continuous pixel
+    edges (the half-pixel convention), so the mappings are exact inverses.
+    """
+
+    frame: tuple[int, int]
+    size: tuple[int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(y, x) model pixels per frame pixel."""
+        return self.resized[0] / self.frame[0], self.resized[1] / self.frame[1]
+
+    @property
+    def pad(self) -> tuple[int, int, int, int]:
+        """Letterbox border (top, left, bottom, right) in model pixels; 0 where there is none."""
+        top, left = max(self.offset[0], 0), max(self.offset[1], 0)
+        bottom = max(self.size[0] - self.resized[0] - self.offset[0], 0)
+        right = max(self.size[1] - self.resized[1] - self.offset[1], 0)
+        return top, left, bottom, right
+
+    def to_frame(self, boxes: Any, *, clip: bool = False) -> np.ndarray:
+        """Boxes [..., 4] (x1, y1, x2, y2) in model pixels -> frame pixels (float64)."""
+        b = _boxes(boxes)
+        (fh, fw), (rh, rw), (oy, ox) = self.frame, self.resized, self.offset
+        out = np.empty_like(b)
+        out[..., 0::2] = (b[..., 0::2] - ox) * fw / rw
+        out[..., 1::2] = (b[..., 1::2] - oy) * fh / rh
+        if clip:
+            out[..., 0::2] = out[..., 0::2].clip(0, fw)
+            out[..., 1::2] = out[..., 1::2].clip(0, fh)
+        return out
+
+    def to_model(self, boxes: Any) -> np.ndarray:
+        """Boxes [..., 4] (x1, y1, x2, y2) in frame pixels -> model pixels (float64)."""
+        b = _boxes(boxes)
+        (fh, fw), (rh, rw), (oy, ox) = self.frame, self.resized, self.offset
+        out = np.empty_like(b)
+        out[..., 0::2] = b[..., 0::2] * rw / fw + ox
+        out[..., 1::2] = b[..., 1::2] * rh / fh + oy
+        return out
+
+
+def _boxes(boxes: Any) -> np.ndarray:
+    b = np.asarray(boxes, np.float64)
+    if b.ndim == 0 or b.shape[-1] != 4:
+        raise InputError(f"boxes must have shape [..., 4] (x1, y1, x2, y2), got {list(b.shape)}")
+    return b
+
+
+def _placement(mode: str, fh: Any, fw: Any, th: int, tw: int, g: _Builder | None = None) -> Any:
+    """((resized_h, offset_h), (resized_w, offset_w)) for a frame fh x fw and target th x tw.
+
+    Integer arithmetic only, identical in numpy (ints) and in the graph (int64 scalars):
+    the scaled side is round-half-up(side * target / other side).
+    """
+    m = _Math(g)
+    if mode == "stretch":
+        return (th, 0), (tw, 0)
+    # letterbox scales by the smaller of th/fh and tw/fw (fits), center_crop by the larger (covers).
+    lhs = m.mul(fw, th)  # th / fh <= tw / fw  <=>  th * fw <= tw * fh
+    rhs = m.mul(fh, tw)
+    # letterbox: th/fh <= tw/fw (height limits); center_crop: th/fh >= tw/fw (height covers)
+    use_height = m.not_(m.less(rhs, lhs)) if mode == "letterbox" else m.not_(m.less(lhs, rhs))
+    # scaled by th / fh: width = round(fw * th / fh); by tw / fw: height = round(fh * tw / fw)
+    w_by_h = m.round_div(m.mul(fw, th), fh)
+    h_by_w = m.round_div(m.mul(fh, tw), fw)
+    rh = m.max1(m.where(use_height, th, h_by_w))
+    rw = m.max1(m.where(use_height, w_by_h, tw))
+    if mode == "letterbox":
+        oh = m.floordiv(m.sub(th, rh), 2)
+        ow = m.floordiv(m.sub(tw, rw), 2)
+    else:
+        oh = m.neg(m.floordiv(m.sub(rh, th), 2))
+        ow = m.neg(m.floordiv(m.sub(rw, tw), 2))
+    return (rh, oh), (rw, ow)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Source indices (and weights) for each output pixel along one axis."""
+
+    i0: Any
+    i1: Any | None  # None for nearest
+    weight: Any | None  # float32, weight of i1
+    valid: Any  # bool: inside the resized frame (what letterbox keeps)
+
+
+def _source_index(interp: str, t: int, s: Any, r: Any, o: Any, g: _Builder | None = None) -> _Axis:
+    """Output pixels 0..t-1 sample a frame axis of size s resized to r and placed at o.
+
+    linear (half-pixel): x = (i - o + 0.5) * s / r - 0.5, clamped to [0, s - 1];
+    i0 = floor(x), weight = x - i0 as (n mod d) / d with n = (2(i-o)+1)s - r, d = 2r.
+    nearest: floor((i - o + 0.5) * s / r), the source pixel whose centre is nearest.
+    """
+    m = _Math(g)
+    pos = m.sub(m.arange(t), o)  # position in the resized frame
+    valid = m.and_(m.not_(m.less(pos, 0)), m.less(pos, r))
+    last = m.sub(r, 1)
+    pos = m.where(m.less(pos, 0), 0, m.where(m.less(last, pos), last, pos))
+    smax = m.sub(s, 1)
+    if interp == "nearest":
+        i0 = m.floordiv(m.mul(m.add(m.mul(pos, 2), 1), s), m.mul(r, 2))
+        i0 = m.where(m.less(smax, i0), smax, i0)
+        return _Axis(i0, None, None, valid)
+    n = m.sub(m.mul(m.add(m.mul(pos, 2), 1), s), r)
+    n = m.where(m.less(n, 0), 0, n)
+    d = m.mul(r, 2)
+    i0 = m.floordiv(n, d)
+    rem = m.sub(n, m.mul(i0, d))
+    weight = m.fdiv(m.to_float(rem), m.to_float(d))
+    i1 = m.add(i0, 1)
+    i1 = m.where(m.less(smax, i1), smax, i1)
+    return _Axis(i0, i1, weight, valid)
+
+
+class _Math:
+    """The integer/float ops `_placement` and `_source_index` need, on numpy values or as nodes.
+
+    With a builder, an op becomes a node only when an operand is one (a node name); ops on
+    known values are computed here, so the graph holds only what depends on the frame's size.
+    """
+
+    def __init__(self, g: _Builder | None) -> None:
+        self.g = g
+
+    def _v(self, x: Any) -> str:
+        if isinstance(x, str):
+            return x
+        arr = np.asarray(x)
+        return self.g.const(arr if arr.dtype in (np.bool_, np.float32) else arr.astype(np.int64))  # type: ignore[union-attr]
+
+    def _op(self, op: str, *args: Any, fn: Any) -> Any:
+        if self.g is None or not any(isinstance(a, str) for a in args):
+            return fn(*args)
+        return self.g.op(op, [self._v(a) for a in args])
+
+    def arange(self, t: int) -> Any:
+        return np.arange(t, dtype=np.int64)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return self._op("Add", a, b, fn=lambda x, y: np.add(x, y, dtype=np.int64))
+
+    def sub(self, a: Any, b: Any) -> Any:
+        return self._op("Sub", a, b, fn=lambda x, y: np.subtract(x, y, dtype=np.int64))
+
+    def mul(self, a: Any, b: Any) -> Any:
+        return self._op("Mul", a, b, fn=lambda x, y: np.multiply(x, y, dtype=np.int64))
+
+    def neg(self, a: Any) -> Any:
+        return self._op("Neg", a, fn=lambda x: np.negative(x, dtype=np.int64))
+
+    def floordiv(self, a: Any, b: Any) -> Any:
+        # Only used on non-negative operands, where ONNX's truncating Div is floor division.
+        return self._op("Div", a, b, fn=lambda x, y: np.floor_divide(x, y, dtype=np.int64))
+
+    def round_div(self, a: Any, b: Any) -> Any:
+        """round-half-up(a / b) for positive a, b: (2a + b) // 2b."""
+        return self.floordiv(self.add(self.mul(a, 2), b), self.mul(b, 2))
+
+    def less(self, a: Any, b: Any) -> Any:
+        return self._op("Less", a, b, fn=np.less)
+
+    def not_(self, a: Any) -> Any:
+        return self._op("Not", a, fn=np.logical_not)
+
+    def and_(self, a: Any, b: Any) -> Any:
+        return self._op("And", a, b, fn=np.logical_and)
+
+    def where(self, c: Any, a: Any, b: Any) -> Any:
+        return self._op("Where", c, a, b, fn=lambda *v: np.where(*v).astype(np.int64))
+
+    def max1(self, a: Any) -> Any:
+        return self.where(self.less(a, 1), 1, a)
+
+    def to_float(self, a: Any) -> Any:
+        if isinstance(a, str):
+            return self.g.op("Cast", [a], to=TensorProto.FLOAT)  # type: ignore[union-attr]
+        return np.asarray(a).astype(np.float32)
+
+    def fdiv(self, a: Any, b: Any) -> Any:
+        """float32 a / b, correctly rounded (IEEE division) in numpy and in every runtime."""
+        return self._op("Div", a, b, fn=lambda x, y: np.divide(x, y, dtype=np.float32))
+
+
+def _np_along(v: np.ndarray, axis: int) -> np.ndarray:
+    shape = [1] * 4
+    shape[axis] = -1
+    return np.asarray(v).reshape(shape)
+
+
+def _np_sample(x: np.ndarray, ys: _Axis, xs: _Axis, hax: int, wax: int, interp: str) -> np.ndarray:
+    if interp == "nearest":
+        return x.take(ys.i0, axis=hax).take(xs.i0, axis=wax).astype(np.float32)
+    r0, r1 = x.take(ys.i0, axis=hax), x.take(ys.i1, axis=hax)
+    a = r0.take(xs.i0, axis=wax).astype(np.float32)
+    b = r0.take(xs.i1, axis=wax).astype(np.float32)
+    c = r1.take(xs.i0, axis=wax).astype(np.float32)
+    d = r1.take(xs.i1, axis=wax).astype(np.float32)
+    # Materialised weights: numpy broadcasts a stride-0 axis over a short inner one slowly.
+    wx = np.ascontiguousarray(np.broadcast_to(_np_along(xs.weight, wax), a.shape))
+    wy = np.ascontiguousarray(np.broadcast_to(_np_along(ys.weight, hax), a.shape))
+    top = a + (b - a) * wx
+    bottom = c + (d - c) * wx
+    return top + (bottom - top) * wy
+
+
+def _onnx_along(g: _Builder, v: Any, axis: int) -> str:
+    """`v` (a node, or a value known when building) laid along `axis` of a rank-4 tensor."""
+    if not isinstance(v, str):
+        return g.const(_np_along(v, axis))
+    shape = [1] * 4
+    shape[axis] = -1
+    return g.op("Reshape", [v, g.const(np.asarray(shape, np.int64))])
+
+
+def _onnx_sample(
+    g: _Builder,
+    x: str,
+    ys: _Axis,
+    xs: _Axis,
+    axes: tuple[int, int, int],
+    channels: int,
+    interp: str,
+) -> str:
+    hax, wax, cax = axes
+
+    def gather(data: str, index: Any, axis: int) -> str:
+        return g.op(
+            "Gather", [data, index if isinstance(index, str) else g.const(index)], axis=axis
+        )
+
+    def as_float(v: str) -> str:
+        return g.op("Cast", [v], to=TensorProto.FLOAT)
+
+    if interp == "nearest":
+        return as_float(gather(gather(x, ys.i0, hax), xs.i0, wax))
+    r0, r1 = gather(x, ys.i0, hax), gather(x, ys.i1, hax)
+    a, b = as_float(gather(r0, xs.i0, wax)), as_float(gather(r0, xs.i1, wax))
+    c, d = as_float(gather(r1, xs.i0, wax)), as_float(gather(r1, xs.i1, wax))
+    wx, wy = _onnx_along(g, xs.weight, wax), _onnx_along(g, ys.weight, hax)
+    # Weights broadcast over the channel axis when it is innermost are slow to broadcast in
+    # some runtimes (ONNX Runtime: ~10x); repeat them over the channels instead.
+    if cax == 3:
+        wx = g.op("Tile", [wx, g.const(np.asarray([1, 1, 1, channels], np.int64))])
+    top = g.op("Add", [a, g.op("Mul", [g.op("Sub", [b, a]), wx])])
+    bottom = g.op("Add", [c, g.op("Mul", [g.op("Sub", [d, c]), wx])])
+    return g.op("Add", [top, g.op("Mul", [g.op("Sub", [bottom, top]), wy])])
+
+
+# -- the graph ------------------------------------------------------------------------------
+
+
+class _Builder:
+    """Collects nodes and constants for one input's preprocessing, every name under `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self._count = 0
+
+    def _name(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def const(self, value: Any) -> str:
+        if isinstance(value, float):
+            value = np.float32(value)
+        arr = np.asarray(value)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = self._name("const")
+            self.initializers.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
+        out = self._name(op_type.lower())
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), [out], name=f"{out}_node", **attrs)
+        )
+        return out
+
+
+def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
+    """The model with `preprocess` prepended as ONNX nodes; its inputs become the raw ones.
+
+    preprocess: one spec (for a one-input model), or {input name: spec or spec dict}.
+    cache: the cache to keep the fused model in (keyed by the model's digest, the specs'
+    digest, the onnx version and this module's FORMAT), or None to build it in memory.
+    """
+    if model.format is not ModelFormat.ONNX:
+        raise OptionError(
+            f"preprocess= fuses ONNX nodes into the model, but {model!r} is {model.format.value}; "
+            "give the ONNX model, or preprocess the inputs yourself (Preprocess.apply)"
+        )
+    skeleton = model.proto if model.path is None else model._skeleton
+    resolved = resolve(skeleton, preprocess)
+    digest = specs_digest(resolved)
+    if cache is None:
+        return _named(Model.load(build(model.proto, resolved)), model)
+    key = Key.of(
+        "onnx-preprocess",
+        model=model.digest,
+        preprocess=digest,
+        onnx=onnx.__version__,
+        format=FORMAT,
+    )
+
+    def write(folder: Any) -> dict[str, Any]:
+        fused = build(model.proto, resolved)
+        _save(fused, folder / "model.onnx")
+        return {"source": str(model.path or model.name), "specs": _specs_json(resolved)}
+
+    entry, built = cache.get_or_build(key, write)
+    log.debug(
+        "%s fused preprocessing %s (%s)", "built" if built else "reused", digest[:12], entry.path
+    )
+    return _named(Model.load(entry.file("model.onnx")), model)
+
+
+def _named(fused: Model, source: Model) -> Model:
+    fused.name = source.name
+    return fused
+
+
+def _save(proto: onnx.ModelProto, path: Any) -> None:
+    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GiB limit, with room for the graph
+        onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def model_inputs(proto: onnx.ModelProto) -> list[TensorSpec]:
+    """The graph inputs a caller feeds (initializers listed as inputs are not)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    return [spec_from_value_info(v) for v in proto.graph.input if v.name not in initializers]
+
+
+def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
+    """{input name: spec}, each checked against the model input and completed from it
+    (size and dtype filled in), in the model's input order."""
+    inputs = {s.name: s for s in model_inputs(proto)}
+    if isinstance(preprocess, Preprocess):
+        if len(inputs) != 1:
+            raise OptionError(
+                f"preprocess: the model has {len(inputs)} inputs ({', '.join(inputs)}); "
+                "give preprocess={input name: spec}"
+            )
+        given: dict[str, Any] = {next(iter(inputs)): preprocess}
+    elif isinstance(preprocess, Mapping):
+        given = dict(preprocess)
+    else:
+        raise OptionError(
+            "preprocess must be a Preprocess (Preprocess.image(...), Preprocess.tensor(...)) or "
+            f"a dict of input name -> Preprocess, got {type(preprocess).__name__}"
+        )
+    unknown = sorted(set(given) - set(inputs))
+    if unknown:
+        raise OptionError(
+            f"preprocess: unknown input(s) {unknown}; the model's inputs are {list(inputs)}"
+        )
+    out: dict[str, Preprocess] = {}
+    for name, spec in inputs.items():
+        if name not in given:
+            continue
+        value = given[name]
+        if isinstance(value, Mapping):
+            value = Preprocess.from_dict(value)
+        if not isinstance(value, Preprocess):
+            raise OptionError(
+                f"preprocess[{name!r}] must be a Preprocess or its dict, got {type(value).__name__}"
+            )
+        out[name] = value._resolve(spec)
+    return out
+
+
+def _specs_json(specs: Mapping[str, Preprocess]) -> str:
+    return json.dumps({n: s.to_dict() for n, s in specs.items()}, sort_keys=True)
+
+
+def specs_digest(specs: Mapping[str, Preprocess]) -> str:
+    """One digest for a model's specs (part of the fused model's cache key)."""
+    return hashlib.sha256(_specs_json(specs).encode()).hexdigest()
+
+
+def specs_of(model: Model) -> dict[str, Preprocess]:
+    """The specs a fused model carries in its metadata ({} for a model without any)."""
+    if model.format is not ModelFormat.ONNX:
+        return {}
+    for prop in model._skeleton.metadata_props:
+        if prop.key == METADATA_KEY:
+            return {n: Preprocess.from_dict(d) for n, d in json.loads(prop.value).items()}
+    return {}
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ModelError("the model imports no default ONNX opset")
+
+
+def build(proto: onnx.ModelProto, specs: Mapping[str, Preprocess]) -> onnx.ModelProto:
+    """The fused model: each spec's nodes feed the model input it names (`specs` resolved)."""
+    opset = _opset(proto)
+    if opset < MIN_OPSET:
+        raise OptionError(
+            f"preprocess needs a model of opset >= {MIN_OPSET}; this one is opset {opset} "
+            "(convert it with onnx.version_converter.convert_version)"
+        )
+    inputs = {s.name: s for s in model_inputs(proto)}
+    taken = _all_names(proto.graph)
+    dim_names = _dim_names(proto, specs)
+    nodes, initializers, raw_inputs, outputs, io_map = [], [], [], [], []
+    for name, spec in specs.items():
+        g = _Builder(_fresh_prefix(f"infer_pre/{name}/", taken))
+        model_input = inputs[name]
+        out = spec._emit(g, name, model_input)
+        raw = spec._raw_spec(model_input, dim_names[name])
+        raw_inputs.append(_value_info(raw))
+        outputs.append(_value_info(TensorSpec(out, model_input.shape, model_input.dtype)))
+        io_map.append((out, name))
+        nodes += g.nodes
+        initializers += g.initializers
+    pre = helper.make_graph(nodes, "infer_preprocess", raw_inputs, outputs, initializers)
+    pre_model = helper.make_model(pre, opset_imports=[helper.make_opsetid("", opset)])
+    pre_model.ir_version = proto.ir_version
+    onnx.checker.check_model(pre_model)  # small: catches a malformed preprocessing graph early
+    merged = compose.merge_graphs(pre, proto.graph, io_map, name=proto.graph.name)
+    # merge_graphs lists the raw inputs first; keep the model's own input order.
+    order = {v.name: i for i, v in enumerate(proto.graph.input)}
+    ordered = sorted(merged.input, key=lambda v: order.get(v.name, len(order)))
+    del merged.input[:]
+    merged.input.extend(ordered)
+    merged.doc_string = proto.graph.doc_string
+    fused = onnx.ModelProto()
+    for field, value in proto.ListFields():  # everything but the graph, without copying it
+        if field.name == "graph":
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(fused, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # message
+            getattr(fused, field.name).CopyFrom(value)
+        else:
+            setattr(fused, field.name, value)
+    fused.graph.CopyFrom(merged)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[METADATA_KEY] = _specs_json(specs)
+    helper.set_model_props(fused, props)
+    return fused
+
+
+def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    shape = None if spec.shape is None else [d if d is not None else "" for d in spec.shape]
+    return helper.make_tensor_value_info(spec.name, dtype_info(spec.dtype).onnx, shape)
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+    names |= {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+    return names
+
+
+def _fresh_prefix(prefix: str, taken: set[str]) -> str:
+    """`prefix`, or `prefix` with a number, such that no model name starts with it."""
+    candidate, n = prefix, 0
+    while any(t.startswith(candidate) for t in taken):
+        n += 1
+        candidate = f"{prefix[:-1]}_{n}/"
+    return candidate
+
+
+def _dim_names(
+    proto: onnx.ModelProto, specs: Mapping[str, Preprocess]
+) -> dict[str, tuple[str, str]]:
+    """Names for the raw frames' dynamic height and width, distinct per input and from the
+    model's own dimension names (inputs sharing a name would have to share a size)."""
+    used = set()
+    for v in proto.graph.input:
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param:
+                used.add(d.dim_param)
+    images = [n for n, s in specs.items() if isinstance(s, ImagePreprocess)]
+    out = {}
+    for name in specs:
+        base = ("height", "width") if len(images) == 1 else (f"{name}_height", f"{name}_width")
+        if used & set(base):
+            base = (f"{name}_height", f"{name}_width")
+        out[name] = base
+    return out
