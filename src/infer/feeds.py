@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelError
-from .model import Model, ModelFormat
-from .tensors import TensorSpec, describe, dtype_info, spec_from_value_info
+from .errors import InputError
+from .model import Model
+from .tensors import TensorSpec, describe, dtype_info
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ def parse_shapes(items: Iterable[str]) -> dict[str, tuple[int, ...] | int]:
 
 def model_inputs(model: Model) -> list[TensorSpec]:
     """The inputs of an ONNX model (initializers listed as inputs are left out)."""
-    if model.format is not ModelFormat.ONNX:
-        raise ModelError(f"{model!r} is {model.format.value}; its inputs are known once loaded")
-    graph = model._skeleton.graph
-    inits = {t.name for t in graph.initializer}
-    return [spec_from_value_info(v) for v in graph.input if v.name not in inits]
+    return model.inputs
 
 
 def resolve_shapes(

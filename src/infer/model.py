@@ -13,6 +13,7 @@ import onnx
 from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelError
+from .tensors import TensorSpec, graph_inputs, graph_outputs
 
 ModelSource = Union[str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto, "Model"]
 
@@ -217,6 +218,26 @@ class Model:
         if self.format is not ModelFormat.ONNX or self.path is None:
             return ()
         return tuple(_external_files(self._skeleton, self.path.parent, repr(str(self.path))))
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """The inputs an ONNX model declares (initializers listed as inputs left out)."""
+        return self._declared(graph_inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """The outputs an ONNX model declares."""
+        return self._declared(graph_outputs)
+
+    def _declared(self, read: Any) -> list[TensorSpec]:
+        if self.format is not ModelFormat.ONNX:
+            raise ModelError(
+                f"{self!r} is {self.format.value}; its inputs and outputs are known once loaded"
+            )
+        try:
+            return read(self._skeleton.graph)
+        except KeyError as e:
+            raise ModelError(f"{self!r} declares an element type ONNX does not define ({e})") from e
 
     @property
     def weights_path(self) -> Path:

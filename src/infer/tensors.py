@@ -97,6 +97,14 @@ for _row in DTYPES:
             _BY_NAME.setdefault(_key, _row)
 _BY_NAME.update({"string": _BY_ONNX[TensorProto.STRING], "str": _BY_ONNX[TensorProto.STRING]})
 
+NUMPY_NATIVE: frozenset[np.dtype] = frozenset(
+    np.dtype(t)
+    for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+              np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)
+)  # fmt: skip
+"""Element types numpy has itself; runtimes' Python APIs take these directly (ml_dtypes' bfloat16,
+float8 and int4 must cross as raw bytes)."""
+
 
 def dtype_info(key: Any) -> DType:
     """Look a dtype up by numpy dtype, ONNX enum, or any runtime's name for it."""
@@ -164,6 +172,17 @@ def spec_from_value_info(value_info: Any) -> TensorSpec:
             for d in ttype.shape.dim
         )
     return TensorSpec(value_info.name, shape, dtype_info(ttype.elem_type).numpy)
+
+
+def graph_inputs(graph: Any) -> list[TensorSpec]:
+    """The inputs an ONNX graph's caller feeds (initializers listed as inputs are not)."""
+    initializers = {t.name for t in graph.initializer}
+    return [spec_from_value_info(v) for v in graph.input if v.name not in initializers]
+
+
+def graph_outputs(graph: Any) -> list[TensorSpec]:
+    """An ONNX graph's declared outputs."""
+    return [spec_from_value_info(v) for v in graph.output]
 
 
 def _container_spec(name: str, type_proto: Any) -> TensorSpec:

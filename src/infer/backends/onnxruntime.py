@@ -25,7 +25,7 @@ from ..device_array import DeviceArray, DeviceView
 from ..errors import CompileError, InputError
 from ..model import Model
 from ..options import Options
-from ..tensors import TensorSpec, describe, dtype_info
+from ..tensors import NUMPY_NATIVE, TensorSpec, describe, dtype_info
 from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
 
 log = logging.getLogger(__name__)
@@ -50,24 +50,7 @@ _PROVIDER_INSTALL = {
 _OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
 # Element types ONNX Runtime's Python API converts to and from numpy itself.
-_NUMPY_BRIDGE = frozenset(
-    np.dtype(t)
-    for t in (
-        np.float32,
-        np.float64,
-        np.float16,
-        np.int8,
-        np.int16,
-        np.int32,
-        np.int64,
-        np.uint8,
-        np.uint16,
-        np.uint32,
-        np.uint64,
-        np.bool_,
-        object,
-    )
-)
+_NUMPY_BRIDGE = NUMPY_NATIVE | {np.dtype(object)}
 
 _OPTIONS = {
     "graph_optimization_level": "all",  # "disable", "basic", "extended", "all"

@@ -31,7 +31,7 @@ from ..device import Capabilities, Device, cpu
 from ..errors import CompileError, EngineClosed, InputError, OptionError, RuntimeFailure
 from ..model import Model, ModelFormat
 from ..options import Options
-from ..tensors import TensorSpec, dtype_info
+from ..tensors import NUMPY_NATIVE, TensorSpec, dtype_info
 from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
 
 log = logging.getLogger(__name__)
@@ -77,23 +77,7 @@ _EXECUTION_MODES = ("PERFORMANCE", "ACCURACY")
 _PINNING = "ENABLE_CPU_PINNING"
 
 # Element types numpy and OpenVINO exchange directly; others cross as raw bytes.
-_NUMPY_BRIDGE = frozenset(
-    np.dtype(t)
-    for t in (
-        np.float32,
-        np.float64,
-        np.float16,
-        np.int8,
-        np.int16,
-        np.int32,
-        np.int64,
-        np.uint8,
-        np.uint16,
-        np.uint32,
-        np.uint64,
-        np.bool_,
-    )
-)
+_NUMPY_BRIDGE = NUMPY_NATIVE
 
 
 @register

@@ -12,7 +12,6 @@ from ..device import Device, cpu
 from ..errors import CompileError
 from ..model import Model
 from ..options import Options
-from ..tensors import spec_from_value_info
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 
 
@@ -55,9 +54,7 @@ class ReferenceBackend(Backend):
             evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
-        initializers = {t.name for t in proto.graph.initializer}
-        inputs = _specs(model, [v for v in proto.graph.input if v.name not in initializers])
-        outputs = _specs(model, proto.graph.output)
+        inputs, outputs = model.inputs, model.outputs
         # onnx.reference's Optional op wraps its value in a list: these outputs are unwrapped.
         optional_tensors = frozenset(
             v.name
@@ -75,19 +72,6 @@ class ReferenceBackend(Backend):
             options=options,
             precision=model.precision or options.precision,
         )
-
-
-def _specs(model: Model, values: Any) -> list:
-    out = []
-    for v in values:
-        try:
-            out.append(spec_from_value_info(v))
-        except KeyError as e:
-            raise CompileError(
-                f"the ONNX reference evaluator cannot run {model!r}: graph input/output "
-                f"{v.name!r} has an element type ONNX does not define ({e})"
-            ) from e
-    return out
 
 
 class ReferenceSession(Session):

@@ -46,7 +46,7 @@ from ..errors import (
 )
 from ..model import Model, ModelFormat
 from ..options import Options
-from ..tensors import FeedValidator, TensorSpec, describe, dtype_info, spec_from_value_info
+from ..tensors import FeedValidator, TensorSpec, describe, dtype_info
 from . import _trt_build as build
 from ._trt_profiles import OpenDimensions, ProfileCheck, Range, derive, summary
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Binding, Session, register
@@ -130,7 +130,7 @@ class TensorRtBackend(Backend):
                 # takes it as it is); a `shapes=` that is itself wrong stays the caller's error.
                 try:
                     derive(
-                        _onnx_inputs(model),
+                        model.inputs,
                         options.shapes,
                         max_batch=own.max_batch,
                         hint=options.hint,
@@ -169,16 +169,6 @@ def _installed(module: str) -> bool:
 # -- compile ----------------------------------------------------------------------------------
 
 
-def _onnx_inputs(model: Model) -> list[TensorSpec]:
-    graph = model.proto.graph
-    initializers = {t.name for t in graph.initializer}
-    return [spec_from_value_info(v) for v in graph.input if v.name not in initializers]
-
-
-def _onnx_outputs(model: Model) -> list[TensorSpec]:
-    return [spec_from_value_info(v) for v in model.proto.graph.output]
-
-
 def _contexts(options: Options, own: build.Settings) -> int:
     return own.contexts or options.max_in_flight or 1
 
@@ -186,7 +176,7 @@ def _contexts(options: Options, own: build.Settings) -> int:
 def _build_onnx(
     trt: Any, model: Model, device: Device, options: Options, own: build.Settings
 ) -> Session:
-    inputs = _onnx_inputs(model)
+    inputs = model.inputs
     ranges = derive(inputs, options.shapes, max_batch=own.max_batch, hint=options.hint)
     dynamic = any(not r.fixed for r in ranges.values()) or any(not s.is_static for s in inputs)
     profiles = [ranges] * (_contexts(options, own) if dynamic else 1)
@@ -241,7 +231,7 @@ def _build_onnx(
         runtime=runtime,
         device=device,
         options=options,
-        names={s.name: s for s in (*inputs, *_onnx_outputs(model))},
+        names={s.name: s for s in (*inputs, *model.outputs)},
         advice=(
             "Load the model with shapes={name: (min, opt, max)} covering it, or with "
             "backend_options={'tensorrt': {'max_batch': N}} for a larger batch"

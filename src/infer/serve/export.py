@@ -25,7 +25,7 @@ from ..cache import Cache
 from ..errors import CompileError, OptionError
 from ..model import Model, ModelFormat, ModelSource
 from ..options import Options
-from ..tensors import TensorSpec, spec_from_value_info
+from ..tensors import TensorSpec, graph_inputs, graph_outputs
 from . import _specs
 
 log = logging.getLogger(__name__)
@@ -260,9 +260,7 @@ def _graph(source: Model, request: _Request, *, precision: bool = True) -> Model
 
 
 def _io(proto: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    weights = {t.name for t in proto.graph.initializer}
-    inputs = [spec_from_value_info(v) for v in proto.graph.input if v.name not in weights]
-    return inputs, [spec_from_value_info(v) for v in proto.graph.output]
+    return graph_inputs(proto.graph), graph_outputs(proto.graph)
 
 
 def _write_onnx(source: Model, version: Path, request: _Request) -> tuple[list, list]:

@@ -42,7 +42,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 from ..cache import Cache, Key
 from ..errors import InputError, ModelError, OptionError
 from ..model import Model, ModelFormat
-from ..tensors import TensorSpec, describe, dtype_info, spec_from_value_info
+from ..tensors import TensorSpec, describe, dtype_info, graph_inputs
 
 log = logging.getLogger(__name__)
 
@@ -1054,16 +1054,10 @@ def _save(proto: onnx.ModelProto, path: Any) -> None:
         onnx.save_model(proto, str(path))
 
 
-def model_inputs(proto: onnx.ModelProto) -> list[TensorSpec]:
-    """The graph inputs a caller feeds (initializers listed as inputs are not)."""
-    initializers = {t.name for t in proto.graph.initializer}
-    return [spec_from_value_info(v) for v in proto.graph.input if v.name not in initializers]
-
-
 def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
     """{input name: spec}, each checked against the model input and completed from it
     (size and dtype filled in), in the model's input order."""
-    inputs = {s.name: s for s in model_inputs(proto)}
+    inputs = {s.name: s for s in graph_inputs(proto.graph)}
     if isinstance(preprocess, Preprocess):
         if len(inputs) != 1:
             raise OptionError(
@@ -1132,7 +1126,7 @@ def build(proto: onnx.ModelProto, specs: Mapping[str, Preprocess]) -> onnx.Model
             f"preprocess needs a model of opset >= {MIN_OPSET}; this one is opset {opset} "
             "(convert it with onnx.version_converter.convert_version)"
         )
-    inputs = {s.name: s for s in model_inputs(proto)}
+    inputs = {s.name: s for s in graph_inputs(proto.graph)}
     taken = _all_names(proto.graph)
     dim_names = _dim_names(proto, specs)
     nodes, initializers, raw_inputs, outputs, io_map = [], [], [], [], []
