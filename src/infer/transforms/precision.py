@@ -39,7 +39,7 @@ from ..calibration import Calibration
 from ..errors import BackendUnavailable, CompileError, ModelError, OptionError
 from ..model import Model, ModelFormat
 from ..options import Options
-from ..tensors import TensorSpec, spec_from_value_info
+from ..tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _int8(model: Model, options: Options, current: str, backend_choice: str) -> 
         )
     proto = model.proto
     _check_exclude(proto, calib.exclude)
-    inputs = _inputs(proto)
+    inputs = model.inputs
     report = _reporter(options.progress)
     data, count = calib.digest(inputs, cast=options.cast)
     versions = _versions(quantizer)
@@ -573,11 +573,6 @@ def _as_is(model: Model, text: str) -> Model:
     same = Model.load(model.path) if model.path is not None else Model.load(model.proto)
     same.name = model.name
     return _described(same, text)
-
-
-def _inputs(proto: onnx.ModelProto) -> list[TensorSpec]:
-    initializers = {t.name for t in proto.graph.initializer}
-    return [spec_from_value_info(v) for v in proto.graph.input if v.name not in initializers]
 
 
 def _check_exclude(proto: onnx.ModelProto, exclude: Sequence[str]) -> None:
