@@ -204,8 +204,10 @@ def test_compare_int8_against_fp32(real_model):
         "--min-top1",
         "0.9",
     )
-    assert result.exit_code in (0, 1)  # the tolerances decide; the run itself must work
-    assert "onnxruntime@int8" in result.stdout
+    # int8 needs calibration data (issue 6) and compare has no --calibration option yet: the
+    # load refuses in words, a usage error, never a run at another precision.
+    assert result.exit_code == 2
+    assert "precision='int8' needs calibration data" in result.stderr
 
 
 # -- build ---------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from . import convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
+from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
+from .accuracy import AccuracyReport, accuracy
 from .backends.base import Attempt, BackendInfo
+from .calibration import Calibration
 from .compare import compare
 from .device import Capabilities, Device
 from .engine import Engine
@@ -33,10 +35,12 @@ from .transforms.preprocess import Preprocess
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyReport",
     "Attempt",
     "BackendInfo",
     "BackendUnavailable",
     "CacheError",
+    "Calibration",
     "Capabilities",
     "CompileError",
     "Device",
@@ -51,7 +55,9 @@ __all__ = [
     "Preprocess",
     "RuntimeFailure",
     "TensorSpec",
+    "accuracy",
     "backends",
+    "cache",
     "compare",
     "convert",
     "devices",

@@ -96,6 +96,14 @@ class Entry:
     def size(self) -> int:
         return sum(int(f["size"]) for f in self.meta.get("files", {}).values())
 
+    @property
+    def key(self) -> dict[str, str]:
+        """The named parts of the key this entry was built for."""
+        return dict(self.meta.get("key", {}))
+
+    def __repr__(self) -> str:
+        return f"Entry({self.kind!r}, {self.size} bytes, {str(self.path)!r})"
+
 
 class Cache:
     """The artifact cache under one root folder (created 0700)."""
@@ -217,6 +225,17 @@ class Cache:
                 count += sum(1 for p in kdir.iterdir() if p.is_dir())
                 shutil.rmtree(kdir, ignore_errors=True)
         return count
+
+
+def entries(kind: str | None = None, root: str | os.PathLike | None = None) -> list[Entry]:
+    """Every entry of the cache (of one kind: "onnx-int8", "onnx-fp16", "calibration", ...),
+    newest first; `root` defaults to $INFER_CACHE_DIR or ~/.cache/infer."""
+    return Cache(root).entries(kind)
+
+
+def clear(kind: str | None = None, root: str | os.PathLike | None = None) -> int:
+    """Remove every entry (of one kind); returns how many were removed."""
+    return Cache(root).clear(kind)
 
 
 def _read_meta(folder: Path) -> dict[str, Any] | None:

@@ -329,15 +329,19 @@ class _PrecisionTransform:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self._converted: Model | None = None
+        self._converted: dict[str | None, Model] = {}
 
     def __call__(
         self, model: Model, backend: Backend, device: Device, variant: str | None
     ) -> Model:
         if not selection.needs_graph_precision(backend, device, self.options, variant):
             return model
-        if self._converted is None:
-            from .transforms import precision
+        from .transforms import precision
 
-            self._converted = precision.convert(model, self.options)
-        return self._converted
+        # int8 graphs differ by quantizer (Q/DQ placement); a backend may prefer its own.
+        quantizer = precision.quantizer_for(self.options, backend.int8_quantizer(device, variant))
+        if quantizer not in self._converted:
+            self._converted[quantizer] = precision.convert(
+                model, self.options, quantizer=quantizer
+            )
+        return self._converted[quantizer]

@@ -88,6 +88,10 @@ class Model:
         self._data = data
         self._proto = proto
         self.name = name or (path.stem if path else "model")
+        # Set by a graph transform (transforms/precision.py): what the graph now computes in,
+        # e.g. "int8 (QDQ, minmax, 200 samples)". A backend compiling this model reports it as
+        # its session's precision; None for a model as loaded.
+        self.precision: str | None = None
 
     def __repr__(self) -> str:
         where = str(self.path) if self.path else f"{len(self.data)} bytes in memory"

@@ -175,8 +175,10 @@ def select(
             attempts.append(Attempt(row.label, str(device), verdict, why))
             continue
         start = time.perf_counter()
+        # The precision transform is shared by every candidate: its failure (no calibration
+        # data, feeds that do not fit the model) is the load's, raised rather than fallen back from.
+        target = transform(model, b, device, row.variant) if transform else model
         try:
-            target = transform(model, b, device, row.variant) if transform else model
             session = b.compile(target, device, options, row.variant)
         except OptionError:
             raise  # the caller's mistake: no other backend would make it right

@@ -86,6 +86,12 @@ class Backend(abc.ABC):
         """precision -> how it runs on `device` (NATIVE, GRAPH or HINT); absent: it cannot."""
         return {"fp32": NATIVE}
 
+    def int8_quantizer(self, device: Device, variant: str | None = None) -> str:
+        """Whose Q/DQ placement this runtime runs best, for int8 taken as a GRAPH with
+        `Calibration(quantizer="auto")`: "onnxruntime" (uint8 activations, int8 weights),
+        "onnxruntime-symmetric" (zero points 0, as TensorRT requires) or "nncf" (OpenVINO's)."""
+        return "onnxruntime"
+
     def supports(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:

@@ -116,6 +116,13 @@ class OnnxRuntimeBackend(Backend):
             return {"fp32": NATIVE, "fp16": GRAPH}
         return {"fp32": NATIVE, "fp16": HINT, "int8": GRAPH}  # openvino
 
+    def int8_quantizer(self, device: Device, variant: str | None = None) -> str:
+        # TensorRT takes only symmetric int8; OpenVINO fuses NNCF's placement best (measured in
+        # benchmarks/precision_int8.py); the CPU provider's QLinear kernels want uint8 activations.
+        if variant in ("cuda", "tensorrt"):
+            return "onnxruntime-symmetric"
+        return "nncf" if variant == "openvino" else "onnxruntime"
+
     def supports(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:
@@ -178,7 +185,7 @@ class OnnxRuntimeBackend(Backend):
             backend=self.name,
             device=device,
             options=options,
-            precision=options.precision,
+            precision=model.precision or options.precision,
             details={
                 "providers": sess.get_providers(),
                 "nodes": dict(claimed),

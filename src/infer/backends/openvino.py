@@ -187,6 +187,11 @@ class OpenVinoBackend(Backend):
 
     # -- what it can run ----------------------------------------------------------------------
 
+    def int8_quantizer(self, device: Device, variant: str | None = None) -> str:
+        # NNCF's Q/DQ placement is the one OpenVINO's low-precision transformations fuse best
+        # (benchmarks/precision_int8.py); without NNCF installed, onnxruntime's is used.
+        return "nncf"
+
     def precisions(self, device: Device, variant: str | None = None) -> Mapping[str, str]:
         self.probe()
         caps = self._caps.get(device)
@@ -290,7 +295,7 @@ class OpenVinoBackend(Backend):
             inputs=inputs,
             outputs=outputs,
             options=options,
-            precision=_PRECISION_LABEL[options.precision],
+            precision=model.precision or _PRECISION_LABEL[options.precision],  # the transform's
             details=details,
         )
 

@@ -51,7 +51,7 @@ class ReferenceBackend(Backend):
         except Exception as e:
             raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
-            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops())
+            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         inputs, outputs = model.inputs, model.outputs
@@ -70,7 +70,7 @@ class ReferenceBackend(Backend):
             inputs=inputs,
             outputs=outputs,
             options=options,
-            precision=options.precision,
+            precision=model.precision or options.precision,
         )
 
 
@@ -102,7 +102,11 @@ class ReferenceSession(Session):
         self._evaluator = None
 
 
-def _corrected_ops() -> list[type]:
+def _opset(proto: Any) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _corrected_ops(opset: int = 1) -> list[type]:
     """Ops whose reference implementation in onnx <= 1.23 gives wrong answers, corrected here.
 
     BatchNormalization 9-13 picks test mode by the number of outputs; onnx's evaluator picks it
@@ -192,4 +196,20 @@ def _corrected_ops() -> list[type]:
             np.put_along_axis(y, first, 1, axis=axis)
             return y
 
-    return [BatchNormalization, Softmax, LogSoftmax, Hardmax]
+    ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax]
+    if 10 <= opset < 19:
+        # onnx <= 1.23 implements DequantizeLinear from opset 19 only; opsets 10-18 are the same
+        # op with fewer types, and int8 Q/DQ graphs (transforms/precision.py) use them.
+        # The evaluator fills in the newest schema's attribute defaults, so the newest kernel.
+        from onnx.reference.ops import op_dequantize_linear as dq
+
+        newest = max(
+            (c for n, c in vars(dq).items() if n.startswith("DequantizeLinear_")),
+            key=lambda c: int(c.__name__.rsplit("_", 1)[1]),
+        )
+
+        class DequantizeLinear(newest):  # type: ignore[valid-type,misc]
+            op_domain = ""
+
+        ops.append(DequantizeLinear)
+    return ops

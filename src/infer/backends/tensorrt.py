@@ -106,6 +106,9 @@ class TensorRtBackend(Backend):
                 out[p] = GRAPH
         return out
 
+    def int8_quantizer(self, device: Device, variant: str | None = None) -> str:
+        return "onnxruntime-symmetric"  # TensorRT's Q/DQ takes int8 with zero points of 0
+
     def supports(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:
@@ -233,7 +236,7 @@ def _build_onnx(
             "Load the model with shapes={name: (min, opt, max)} covering it, or with "
             "backend_options={'tensorrt': {'max_batch': N}} for a larger batch"
         ),
-        precision=options.precision,
+        precision=model.precision or options.precision,  # the transform's description
         facts={
             "tensorrt": version,
             "plan": where,
