@@ -395,6 +395,33 @@ def test_an_input_openvino_drops_but_the_model_reads_is_refused():
         assert "dropped input 'P'" in engine.selection[0].reason
 
 
+def test_a_batch_first_rnn_is_refused():
+    # OpenVINO 2026.4 runs RNN/GRU/LSTM with layout=1 as if it were layout=0 (a wrong answer,
+    # with Y_h of the wrong shape): infer says so and lets the next backend take the model.
+    batch, seq, size, hidden = 3, 2, 2, 4
+    rng = np.random.default_rng(5)
+    weights = {
+        "W": rng.standard_normal((1, hidden, size)).astype(np.float32),
+        "R": rng.standard_normal((1, hidden, hidden)).astype(np.float32),
+    }
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("RNN", ["X", "W", "R"], ["", "Y_h"], hidden_size=hidden, layout=1)],
+            "g",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, seq, size])],
+            [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [batch, 1, hidden])],
+            initializer=[onnx.numpy_helper.from_array(v, k) for k, v in weights.items()],
+        ),
+        opset_imports=[helper.make_opsetid("", 14)],
+    )
+    with pytest.raises(BackendUnavailable, match=r"RNN with layout=1"):
+        _load(model)
+    x = rng.standard_normal((batch, seq, size)).astype(np.float32)
+    with infer.Engine.load(model, device="cpu", backend=["openvino", "reference"]) as engine:
+        assert engine.backend == "reference"
+        assert engine.run({"X": x})["Y_h"].shape == (batch, 1, hidden)
+
+
 # -- shapes -----------------------------------------------------------------------------------
 
 

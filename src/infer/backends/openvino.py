@@ -18,7 +18,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,8 @@ class OpenVinoBackend(Backend):
             # Measured with 2026.4: a string Identity runs, then the process aborts at exit
             # ("free(): invalid pointer") even through OpenVINO's own API.
             return f"OpenVINO {_version()} corrupts memory with string tensors: {_string_io(model)}"
+        if model.format is ModelFormat.ONNX and (wrong := _miscomputed(model)):
+            return wrong
         if model.format is ModelFormat.OPENVINO and runs[options.precision] == GRAPH:
             return (
                 f"{options.precision} takes an ONNX model (infer quantizes ONNX graphs); "
@@ -411,6 +413,34 @@ def _string_io(model: Model) -> str:
         if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.STRING
     ]
     return ", ".join(names)
+
+
+def _miscomputed(model: Model) -> str:
+    """Why OpenVINO would run this ONNX model and answer wrongly ("" when no known reason).
+
+    Measured with OpenVINO 2026.4 against the ONNX backend suite: its RNN/GRU/LSTM ignore
+    layout=1 (batch first) and run the batch as the sequence (test_*_batchwise).
+    """
+    for node in _nodes(model._skeleton.graph):
+        if node.op_type in ("RNN", "GRU", "LSTM") and node.domain in ("", "ai.onnx"):
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            if layout:
+                return (
+                    f"OpenVINO {_version()} runs {node.op_type} with layout=1 (batch first) as "
+                    f"if it were layout=0: node {node.name or node.output[0]!r}"
+                )
+    return ""
+
+
+def _nodes(graph: Any) -> Iterator[Any]:
+    """Every node of an ONNX graph, subgraphs (If/Loop/Scan bodies) included."""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
+                yield from _nodes(sub)
 
 
 def _check_options(own: dict[str, Any]) -> dict[str, Any]:
