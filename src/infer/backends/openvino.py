@@ -427,9 +427,14 @@ def _miscomputed(model: Model) -> str:
             if layout:
                 return (
                     f"OpenVINO {_version()} runs {node.op_type} with layout=1 (batch first) as "
-                    f"if it were layout=0: node {node.name or node.output[0]!r}"
+                    f"if it were layout=0: node {_node_name(node)!r}"
                 )
     return ""
+
+
+def _node_name(node: Any) -> str:
+    """A node's name, else its first named output (what ONNX tools call it)."""
+    return node.name or next((o for o in node.output if o), node.op_type)
 
 
 def _nodes(graph: Any) -> Iterator[Any]:
@@ -713,7 +718,7 @@ def _readers(graph: Any) -> dict[str, tuple[str, str]]:
 
     def visit(g: Any, holder: tuple[str, str] | None) -> None:
         for node in g.node:
-            reader = holder or (node.op_type, node.name or node.output[0])
+            reader = holder or (node.op_type, _node_name(node))
             training = node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]
             for i, name in enumerate(node.input):
                 unread = (node.op_type, i) in _UNREAD_AT_INFERENCE and not training
