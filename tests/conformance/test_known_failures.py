@@ -125,6 +125,11 @@ def test_auto_fails_only_where_onnxruntime_fails(names):
             '[[failure]]\npattern = "x"\nbackend = "auto"\ncategory = "dtype"\nnote = "n"\nwhy = 1',
             "unknown keys",
         ),
+        (
+            '[[failure]]\npattern = "x"\nbackends = ["auto"]\ncategory = "dtype"\nnote = "n"\n'
+            "strict = false",
+            "outcome is random",
+        ),
         ('[[tolerance]]\npattern = "x"\nbackends = ["auto"]\nnote = "n"', "rtol, atol"),
         ('[[tolerance]]\npattern = "x"\nbackends = ["auto"]\natol = 2.0\nnote = "n"', "(0, 1)"),
         ('[[xfail]]\npattern = "x"', "unknown tables"),
