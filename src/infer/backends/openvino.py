@@ -633,8 +633,9 @@ def _input_names(ports: list[Any], onnx_in: Mapping[str, TensorSpec], model: Mod
     A port usually carries its input's name. Where an input flows unchanged to an output
     (Identity, Dropout at inference), OpenVINO's ONNX frontend names the Parameter after the
     output instead. Its Parameters keep the graph's input order (less the inputs it drops), so
-    such a port is the input between its named neighbours that has its element type; where
-    that leaves a choice, the model is refused rather than fed the wrong input.
+    such a port is the input between its named neighbours, or the one of those that fits it
+    (element type, rank, static dims); where that leaves a choice, the model is refused rather
+    than fed the wrong input.
     """
     names = list(onnx_in)
     index = {n: i for i, n in enumerate(names)}
@@ -647,10 +648,10 @@ def _input_names(ports: list[Any], onnx_in: Mapping[str, TensorSpec], model: Mod
         lo = max((f for f in found[:k] if f is not None), default=-1) + 1
         nxt = next((j for j in range(k + 1, len(ports)) if found[j] is not None), len(ports))
         hi = found[nxt] if nxt < len(ports) else len(names)
-        fits = [i for i in range(lo, hi) if _fits(port, onnx_in[names[i]])]
         if hi - lo == nxt - k:  # none of these inputs was dropped: they are in order
             found[k] = lo
             continue
+        fits = [i for i in range(lo, hi) if _fits(port, onnx_in[names[i]])]
         if len(fits) == 1:
             found[k] = fits[0]
             continue
