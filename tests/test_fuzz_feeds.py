@@ -185,9 +185,19 @@ def test_feeds_give_input_errors_or_right_answers(engine, feed):
         return
     assert expected is not None, f"accepted an invalid feed: {feed!r}"
     assert set(out) == set(expected)
+    if engine.backend == "openvino" and _beyond_int32(expected["count"]):
+        # OpenVINO's CPU plugin computes int64 in int32 (nothing turns that off in 2026.4):
+        # b and 2*b come back wrapped. test_openvino pins that limit; only `masked` is checked.
+        event("openvino: int64 values beyond int32")
+        expected = {"masked": expected["masked"]}
     for name, want in expected.items():
         assert out[name].dtype == want.dtype, name
         np.testing.assert_array_equal(out[name], want, err_msg=name)
+
+
+def _beyond_int32(values: np.ndarray) -> bool:
+    info = np.iinfo(np.int32)
+    return bool(values.size) and bool((values.min() < info.min) | (values.max() > info.max))
 
 
 @settings(

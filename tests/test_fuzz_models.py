@@ -320,6 +320,7 @@ def _run_batch(files: list[str], tmp: Path, index: int) -> tuple[list[dict], lis
             cwd=ROOT,
             capture_output=True,
             text=True,
+            errors="replace",  # runtimes print parts of the damaged files they parse
             timeout=600,
             env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )

@@ -274,6 +274,166 @@ def test_string_models_are_refused():
         assert refused.verdict == "unsupported" and "string tensors: s, t" in refused.reason
 
 
+# -- inputs OpenVINO renames, drops or cannot share ------------------------------------------
+
+
+def _add_model() -> onnx.ModelProto:
+    return helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Add", ["a", "b"], ["c"])],
+            "g",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [64]) for n in "ab"],
+            [helper.make_tensor_value_info("c", TensorProto.FLOAT, [64])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    out = np.frombuffer(arr.tobytes(), arr.dtype).reshape(arr.shape)
+    assert not out.flags.writeable
+    return out
+
+
+def test_read_only_inputs_run_submit_and_bind():
+    # OpenVINO cannot share a read-only array (np.frombuffer, onnx.numpy_helper's arrays):
+    # infer copies it, and keeps that copy alive until the inference is done. Two inputs of
+    # one size: were the first copy freed early, the second would reuse its memory and the
+    # model would compute b + b.
+    rng = np.random.default_rng(21)
+    a, b = (rng.standard_normal(64).astype(np.float32) for _ in range(2))
+    feeds = {"a": _read_only(a), "b": _read_only(b)}
+    with _load(_add_model()) as engine:
+        for _ in range(3):
+            np.testing.assert_array_equal(engine.run(feeds)["c"], a + b)
+        np.testing.assert_array_equal(engine.submit(feeds).result()["c"], a + b)
+        with engine.bind() as binding:
+            for _ in range(2):
+                np.testing.assert_array_equal(binding.run(feeds)["c"], a + b)
+
+
+def test_an_input_no_output_reads_stays_declared_and_is_ignored():
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            "g",
+            [
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+                helper.make_tensor_value_info("unused", TensorProto.INT64, [2]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    x = np.array([-1, 0, 2], np.float32)
+    with _load(model) as engine:
+        assert [s.name for s in engine.inputs] == ["x", "unused"]
+        out = engine.run({"x": x, "unused": np.zeros(2, np.int64)})
+        np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+        with pytest.raises(InputError, match="unused"):  # declared, so still checked
+            engine.run({"x": x, "unused": np.zeros(2, np.float32)})
+        with engine.bind() as binding:
+            out = binding.run({"x": x, "unused": np.zeros(2, np.int64)})
+            np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
+
+
+def test_an_input_openvino_names_after_the_output_keeps_its_onnx_name():
+    # x -> Dropout (inference: the identity) -> y: OpenVINO's Parameter is named "y". The ratio
+    # r, which ONNX says Dropout ignores at inference, is dropped; the port left is told apart
+    # from it by its shape.
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Dropout", ["x", "r"], ["y"])],
+            "g",
+            [
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                helper.make_tensor_value_info("r", TensorProto.FLOAT, []),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with _load(model) as engine:
+        assert [(s.name, s.shape) for s in engine.inputs] == [("x", (2, 3)), ("r", ())]
+        out = engine.run({"x": x, "r": np.array(0.5, np.float32)})
+        np.testing.assert_array_equal(out["y"], x)
+
+
+def test_an_input_openvino_drops_but_the_model_reads_is_refused():
+    # OpenVINO's LSTM has no peepholes: it drops the input P, so a feed for it would be
+    # ignored. infer refuses the model (and auto falls back) rather than answer wrongly.
+    hidden, size = 3, 2
+    f32 = TensorProto.FLOAT
+    shapes = {
+        "X": [1, 1, size],
+        "W": [1, 4 * hidden, size],
+        "R": [1, 4 * hidden, hidden],
+        "B": [1, 8 * hidden],
+        "sequence_lens": [1],
+        "initial_h": [1, 1, hidden],
+        "initial_c": [1, 1, hidden],
+        "P": [1, 3 * hidden],
+    }
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT32 if n == "sequence_lens" else f32, shape)
+        for n, shape in shapes.items()
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("LSTM", list(shapes), ["", "Y_h"], hidden_size=hidden)],
+            "g",
+            inputs,
+            [helper.make_tensor_value_info("Y_h", f32, [1, 1, hidden])],
+        ),
+        opset_imports=[helper.make_opsetid("", 14)],
+    )
+    with pytest.raises(CompileError, match=r"dropped input 'P'.*LSTM"):
+        _load(model)
+    with infer.Engine.load(model, device="cpu", backend=["openvino", "onnxruntime"]) as engine:
+        assert engine.backend == "onnxruntime"
+        assert "dropped input 'P'" in engine.selection[0].reason
+
+
+def test_a_batch_first_rnn_is_refused():
+    # OpenVINO 2026.4 runs RNN/GRU/LSTM with layout=1 as if it were layout=0 (a wrong answer,
+    # with Y_h of the wrong shape): infer says so and lets the next backend take the model.
+    batch, seq, size, hidden = 3, 2, 2, 4
+    rng = np.random.default_rng(5)
+    weights = {
+        "W": rng.standard_normal((1, hidden, size)).astype(np.float32),
+        "R": rng.standard_normal((1, hidden, hidden)).astype(np.float32),
+    }
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("RNN", ["X", "W", "R"], ["", "Y_h"], hidden_size=hidden, layout=1)],
+            "g",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, seq, size])],
+            [helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [batch, 1, hidden])],
+            initializer=[onnx.numpy_helper.from_array(v, k) for k, v in weights.items()],
+        ),
+        opset_imports=[helper.make_opsetid("", 14)],
+    )
+    with pytest.raises(BackendUnavailable, match=r"RNN with layout=1"):
+        _load(model)
+    x = rng.standard_normal((batch, seq, size)).astype(np.float32)
+    with infer.Engine.load(model, device="cpu", backend=["openvino", "reference"]) as engine:
+        assert engine.backend == "reference"
+        assert engine.run({"X": x})["Y_h"].shape == (batch, 1, hidden)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="OpenVINO 2026.4's CPU plugin computes int64 in int32 (float64 in float32): 2**30 * 2 "
+    "comes back as -2**31. No property turns it off; when one does, infer should set it.",
+)
+def test_int64_arithmetic_beyond_int32():
+    with _load(models.multi_io()) as engine:
+        b = np.array([[2**30, 2**31, -(2**33), 7]], np.int64)
+        feeds = {"a": np.zeros((1, 4), np.float32), "b": b, "mask": np.zeros((1, 4), bool)}
+        np.testing.assert_array_equal(engine.run(feeds)["count"], b * 2)
+
+
 # -- shapes -----------------------------------------------------------------------------------
 
 

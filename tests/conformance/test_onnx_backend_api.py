@@ -9,6 +9,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
+from infer import selection
+from infer.backends import base
 from infer.onnx_backend import InferBackend, InferRep, infer_device, one_node_model
 
 BACKENDS = ["onnxruntime", "reference"]
@@ -96,16 +98,23 @@ def test_with_options_fixes_the_load_options_and_prepare_overrides_them():
     assert InferBackend.options == {}
 
 
-def test_auto_picks_onnxruntime_and_falls_back_to_the_reference_evaluator():
+def test_auto_picks_onnxruntime_and_falls_back_down_the_cpu_row():
     assert InferBackend.prepare(_add_model()).engine.backend == "onnxruntime"
-    # ONNX Runtime dropped its kernels for Add-6 (opset 6); the reference evaluator runs it.
+    # ONNX Runtime dropped its kernels for Add-6 (opset 6): the next backend of the CPU row that
+    # is installed takes the model (OpenVINO here, else the reference evaluator).
     a = np.eye(2, dtype=np.float32)
     model = one_node_model(helper.make_node("Add", ["a", "b"], ["c"]), [a, a], opset=6)
-    rep = InferBackend.prepare(model)
-    assert rep.engine.backend == "reference"
-    verdicts = [x.verdict for x in rep.engine.selection if x.backend.startswith("onnxruntime")]
-    assert verdicts == ["failed"]
-    np.testing.assert_array_equal(rep.run([a, a])[0], 2 * a)
+    after = [
+        c.backend
+        for c in selection.TABLE["cpu"]
+        if c.backend != "onnxruntime" and base.get(c.backend).probe().available
+    ]
+    for backend in (None, ["onnxruntime", "reference"]):
+        rep = InferBackend.prepare(model, backend=backend)
+        assert rep.engine.backend == (after[0] if backend is None else "reference")
+        verdicts = [x.verdict for x in rep.engine.selection if x.backend.startswith("onnxruntime")]
+        assert verdicts == ["failed"]
+        np.testing.assert_array_equal(rep.run([a, a])[0], 2 * a)
 
 
 def test_a_forced_backend_that_cannot_compile_raises_an_infer_error():

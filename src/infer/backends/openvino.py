@@ -18,7 +18,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,8 @@ class OpenVinoBackend(Backend):
             # Measured with 2026.4: a string Identity runs, then the process aborts at exit
             # ("free(): invalid pointer") even through OpenVINO's own API.
             return f"OpenVINO {_version()} corrupts memory with string tensors: {_string_io(model)}"
+        if model.format is ModelFormat.ONNX and (wrong := _miscomputed(model)):
+            return wrong
         if model.format is ModelFormat.OPENVINO and runs[options.precision] == GRAPH:
             return (
                 f"{options.precision} takes an ONNX model (infer quantizes ONNX graphs); "
@@ -269,7 +271,7 @@ class OpenVinoBackend(Backend):
             if hit is None:  # older OpenVINO: judge by the blobs the compile left behind
                 hit = not new and bool(blobs_before)
             cache = {"dir": str(cache_dir), "hit": bool(hit), "new_blobs": new}
-        inputs, outputs = _specs(compiled, model)
+        inputs, outputs, ports = _specs(compiled, model)
         details = {
             "device": target,
             "execution_devices": list(_property(compiled, None, "EXECUTION_DEVICES") or []),
@@ -290,6 +292,7 @@ class OpenVinoBackend(Backend):
         return OpenVinoSession(
             compiled,
             own,
+            ports,
             backend=self.name,
             device=device,
             inputs=inputs,
@@ -399,6 +402,39 @@ def _string_io(model: Model) -> str:
         if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.STRING
     ]
     return ", ".join(names)
+
+
+def _miscomputed(model: Model) -> str:
+    """Why OpenVINO would run this ONNX model and answer wrongly ("" when no known reason).
+
+    Measured with OpenVINO 2026.4 against the ONNX backend suite: its RNN/GRU/LSTM ignore
+    layout=1 (batch first) and run the batch as the sequence (test_*_batchwise).
+    """
+    for node in _nodes(model._skeleton.graph):
+        if node.op_type in ("RNN", "GRU", "LSTM") and node.domain in ("", "ai.onnx"):
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            if layout:
+                return (
+                    f"OpenVINO {_version()} runs {node.op_type} with layout=1 (batch first) as "
+                    f"if it were layout=0: node {_node_name(node)!r}"
+                )
+    return ""
+
+
+def _node_name(node: Any) -> str:
+    """A node's name, else its first named output (what ONNX tools call it)."""
+    return node.name or next((o for o in node.output if o), node.op_type)
+
+
+def _nodes(graph: Any) -> Iterator[Any]:
+    """Every node of an ONNX graph, subgraphs (If/Loop/Scan bodies) included."""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
+                yield from _nodes(sub)
 
 
 def _check_options(own: dict[str, Any]) -> dict[str, Any]:
@@ -549,30 +585,149 @@ def _message(e: BaseException) -> str:
     return "\n".join(kept) or str(e)
 
 
-def _specs(compiled: Any, model: Model) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Input and output specs in the compiled model's port order. For ONNX models the names and
-    symbolic dims come from the ONNX graph (OpenVINO keeps neither dim names nor, always, the
-    one ONNX name a port was given)."""
-    onnx_in: dict[str, TensorSpec] = {}
-    onnx_out: dict[str, TensorSpec] = {}
-    if model.format is ModelFormat.ONNX:
-        graph = model._skeleton.graph
-        initializers = {t.name for t in graph.initializer}
-        onnx_in = {
-            v.name: tensors.spec_from_value_info(v)
-            for v in graph.input
-            if v.name not in initializers
-        }
-        onnx_out = {v.name: tensors.spec_from_value_info(v) for v in graph.output}
+def _specs(
+    compiled: Any, model: Model
+) -> tuple[list[TensorSpec], list[TensorSpec], list[tuple[int, str]]]:
+    """Input and output specs, and which inputs OpenVINO has a port for ([(port, name)]).
+
+    For ONNX models the inputs are the graph's declared inputs in its order, with names and
+    symbolic dims from the ONNX graph (OpenVINO keeps no dim names). OpenVINO drops some inputs
+    (those no output depends on, or whose value it never reads); they stay in the specs (a
+    feed that includes them is valid) and are not handed to OpenVINO.
+    """
+    if model.format is not ModelFormat.ONNX:
+        inputs = [_spec(port, {}) for port in compiled.inputs]
+        outputs = [_spec(port, {}) for port in compiled.outputs]
+        return inputs, outputs, [(i, s.name) for i, s in enumerate(inputs)]
+    graph = model._skeleton.graph
+    initializers = {t.name for t in graph.initializer}
+    onnx_in = {
+        v.name: tensors.spec_from_value_info(v) for v in graph.input if v.name not in initializers
+    }
+    onnx_out = {v.name: tensors.spec_from_value_info(v) for v in graph.output}
+    names = _input_names(list(compiled.inputs), onnx_in, model)
+    ported = {name: _spec(port, onnx_in, name) for port, name in zip(compiled.inputs, names)}
+    inputs = [ported.get(name, spec) for name, spec in onnx_in.items()]
+    _check_dropped(inputs, set(ported), model)
     return (
-        [_spec(port, onnx_in) for port in compiled.inputs],
+        inputs,
         [_spec(port, onnx_out) for port in compiled.outputs],
+        list(enumerate(names)),
     )
 
 
-def _spec(port: Any, onnx: Mapping[str, TensorSpec]) -> TensorSpec:
-    names = port.get_names()
-    name = next((n for n in onnx if n in names), None) or port.get_any_name()
+def _input_names(ports: list[Any], onnx_in: Mapping[str, TensorSpec], model: Model) -> list[str]:
+    """The ONNX input each of OpenVINO's input ports stands for.
+
+    A port usually carries its input's name. Where an input flows unchanged to an output
+    (Identity, Dropout at inference), OpenVINO's ONNX frontend names the Parameter after the
+    output instead. Its Parameters keep the graph's input order (less the inputs it drops), so
+    such a port is the input between its named neighbours, or the one of those that fits it
+    (element type, rank, static dims); where that leaves a choice, the model is refused rather
+    than fed the wrong input.
+    """
+    names = list(onnx_in)
+    index = {n: i for i, n in enumerate(names)}
+    found: list[int | None] = [
+        min((index[n] for n in port.get_names() if n in index), default=None) for port in ports
+    ]
+    for k, port in enumerate(ports):
+        if found[k] is not None:
+            continue
+        lo = max((f for f in found[:k] if f is not None), default=-1) + 1
+        nxt = next((j for j in range(k + 1, len(ports)) if found[j] is not None), len(ports))
+        hi = found[nxt] if nxt < len(ports) else len(names)
+        if hi - lo == nxt - k:  # none of these inputs was dropped: they are in order
+            found[k] = lo
+            continue
+        fits = [i for i in range(lo, hi) if _fits(port, onnx_in[names[i]])]
+        if len(fits) == 1:
+            found[k] = fits[0]
+            continue
+        raise CompileError(
+            f"OpenVINO's input {port.get_any_name()!r} of {model!r} carries none of the ONNX "
+            f"inputs' names, and which of {[names[i] for i in range(lo, hi)]} it stands for "
+            "cannot be told"
+        )
+    return [names[f] for f in found if f is not None]
+
+
+def _fits(port: Any, spec: TensorSpec) -> bool:
+    """Whether an OpenVINO port can be the ONNX input `spec`: same element type and rank, and
+    no static dims that differ."""
+    if dtype_info(port.get_element_type().get_type_name()).numpy != spec.dtype:
+        return False
+    pshape = port.get_partial_shape()
+    if pshape.rank.is_dynamic or spec.shape is None:
+        return True
+    if pshape.rank.get_length() != len(spec.shape):
+        return False
+    return all(
+        not (d.is_static and isinstance(want, int)) or d.get_length() == want
+        for d, want in zip(pshape, spec.shape)
+    )
+
+
+# (op, input index) whose value ONNX says is not read at inference: Dropout's ratio when the
+# node has no training_mode input (Dropout is then the identity).
+_UNREAD_AT_INFERENCE = {("Dropout", 1)}
+
+
+def _check_dropped(inputs: Sequence[TensorSpec], ported: set[str], model: Model) -> None:
+    """Refuse a model whose ONNX inputs OpenVINO dropped although their values matter.
+
+    OpenVINO's ONNX frontend drops inputs no output depends on, but also some whose use it
+    does not implement (measured with 2026.4: LSTM's peephole input P, DFT's runtime axis, a
+    float8 QuantizeLinear's zero point): a feed for those would be ignored and the answer
+    silently wrong. An input may be dropped when it holds no elements or when no node reads
+    its value.
+    """
+    dropped = [
+        s.name
+        for s in inputs
+        if s.name not in ported and not (s.shape is not None and 0 in s.shape)
+    ]
+    if not dropped:
+        return
+    readers = _readers(model._skeleton.graph)
+    for name in dropped:
+        if name in readers:
+            op, where = readers[name]
+            raise CompileError(
+                f"OpenVINO dropped input {name!r} of {model!r}, which {op} node {where!r} "
+                "reads: its value would be ignored"
+            )
+
+
+def _readers(graph: Any) -> dict[str, tuple[str, str]]:
+    """{value name: (op, node name) of its first reader} over a graph and its subgraphs (a
+    value a subgraph reads counts as read by the node holding the subgraph)."""
+    from onnx import AttributeProto
+
+    out: dict[str, tuple[str, str]] = {}
+
+    def visit(g: Any, holder: tuple[str, str] | None) -> None:
+        for node in g.node:
+            reader = holder or (node.op_type, _node_name(node))
+            training = node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]
+            for i, name in enumerate(node.input):
+                unread = (node.op_type, i) in _UNREAD_AT_INFERENCE and not training
+                if name and not unread:
+                    out.setdefault(name, reader)
+            for attr in node.attribute:
+                subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+                for sub in subs:
+                    visit(sub, reader)
+
+    visit(graph, None)
+    return out
+
+
+def _spec(port: Any, onnx: Mapping[str, TensorSpec], name: str | None = None) -> TensorSpec:
+    """A port's spec, named `name`, else the first ONNX name it carries, else OpenVINO's."""
+    if name is None:
+        names = port.get_names()
+        name = next((n for n in onnx if n in names), None) or port.get_any_name()
     dtype = dtype_info(port.get_element_type().get_type_name()).numpy
     pshape = port.get_partial_shape()
     if pshape.rank.is_dynamic:
@@ -613,15 +768,24 @@ def _summary(d: Mapping[str, Any]) -> str:
 
 
 def _to_tensor(ov: Any, arr: np.ndarray) -> Any:
-    """An ov.Tensor over `arr`'s memory (no copy) where the element type allows it."""
+    """An ov.Tensor over `arr`'s memory (no copy) where the element type allows it.
+
+    A read-only array (np.frombuffer, a broadcast view, onnx.numpy_helper's arrays) is copied:
+    an ov.Tensor's memory is writable, so OpenVINO refuses to share it.
+    """
     if arr.dtype in _NUMPY_BRIDGE:
-        return ov.Tensor(arr, shared_memory=True)
+        return ov.Tensor(arr if arr.flags.writeable else arr.copy(), shared_memory=True)
     if arr.dtype.kind == "O":
         return ov.Tensor(arr.astype(str))
     name = dtype_info(arr.dtype).openvino
     if name is None:
         raise InputError(f"OpenVINO has no element type for {dtype_info(arr.dtype).name}")
     return ov.Tensor(tensors.pack(arr), list(arr.shape), getattr(ov.Type, name))
+
+
+def _shared(arr: np.ndarray) -> bool:
+    """Whether `_to_tensor` shares `arr`'s memory (so a change to `arr` reaches OpenVINO)."""
+    return arr.dtype in _NUMPY_BRIDGE and arr.flags.writeable
 
 
 def _from_tensor(tensor: Any, dtype: np.dtype) -> np.ndarray:
@@ -635,7 +799,9 @@ def _from_tensor(tensor: Any, dtype: np.dtype) -> np.ndarray:
 
 
 class OpenVinoSession(Session):
-    def __init__(self, compiled: Any, own: Mapping[str, Any], **kw: Any) -> None:
+    def __init__(
+        self, compiled: Any, own: Mapping[str, Any], ports: Sequence[tuple[int, str]], **kw: Any
+    ) -> None:
         super().__init__(**kw)
         import openvino as ov
 
@@ -643,7 +809,9 @@ class OpenVinoSession(Session):
         self._compiled = compiled
         self._own = own
         self._local = threading.local()
-        self._input_names = [s.name for s in self.inputs]
+        # (port index, input name) for the inputs OpenVINO kept; feeds of the others (inputs
+        # no output depends on, which OpenVINO drops) are validated and then unused.
+        self._ports = list(ports)
         self._out_index = {s.name: i for i, s in enumerate(self.outputs)}
         self._out_dtypes = [s.dtype for s in self.outputs]
         self._async: _AsyncPool | None = None
@@ -658,10 +826,19 @@ class OpenVinoSession(Session):
             req = self._local.request = self._compiled.create_infer_request()
         return req
 
-    def _set_inputs(self, req: Any, feeds: Mapping[str, np.ndarray]) -> None:
+    def _set_inputs(self, req: Any, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        """Set the request's input tensors; returns them, to be kept alive until it is done.
+
+        An ov.Tensor keeps the array it shares alive, but the request does not keep the
+        ov.Tensor: an array made here (a copy, packed bytes) lives only as long as the list.
+        """
         ov = self._ov
-        for i, name in enumerate(self._input_names):
-            req.set_input_tensor(i, _to_tensor(ov, feeds[name]))
+        kept = []
+        for i, name in self._ports:
+            tensor = _to_tensor(ov, feeds[name])
+            req.set_input_tensor(i, tensor)
+            kept.append(tensor)
+        return kept
 
     def _read(self, req: Any, outputs: list[str] | None) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
@@ -672,9 +849,11 @@ class OpenVinoSession(Session):
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
         req = self._request()
-        self._set_inputs(req, feeds)
+        kept = self._set_inputs(req, feeds)
         req.infer()
-        return self._read(req, outputs)
+        out = self._read(req, outputs)
+        del kept  # the inputs' memory may go now
+        return out
 
     # -- submit -------------------------------------------------------------------------------
 
@@ -751,10 +930,10 @@ class _Job:
 
     __slots__ = ("feeds", "finished", "future", "outputs")
 
-    def __init__(self, future: Future, outputs: list[str] | None, feeds: dict) -> None:
+    def __init__(self, future: Future, outputs: list[str] | None) -> None:
         self.future = future
         self.outputs = outputs
-        self.feeds = feeds  # the request reads their memory until it is done
+        self.feeds: list[Any] = []  # the input tensors: the request reads them until it is done
         self.finished = False
 
 
@@ -801,9 +980,9 @@ class _AsyncPool:
             if self._closed:
                 self._idle.put(slot)
                 raise EngineClosed("openvino session is closed")
-            self._jobs[slot] = _Job(fut, outputs, feeds)
+            job = self._jobs[slot] = _Job(fut, outputs)
             try:
-                self._session._set_inputs(req, feeds)
+                job.feeds = self._session._set_inputs(req, feeds)
                 req.start_async()
             except Exception as e:
                 self._jobs[slot] = None
@@ -880,7 +1059,8 @@ class OpenVinoBinding(Binding):
 
     OpenVINO writes each output straight into a buffer the binding (or the caller) owns, so
     the arrays returned never point into memory OpenVINO may free. Inputs are shared
-    zero-copy; an input array passed again (same object) is not re-set. When the input shapes
+    zero-copy; an input array passed again (same object) is not re-set, unless it could not be
+    shared (read-only, or a packed element type) and was copied. When the input shapes
     change, outputs of a shape not known in advance are learned by running once on a second
     request, and the bound buffers are reallocated (logged at debug level).
     """
@@ -897,7 +1077,7 @@ class OpenVinoBinding(Binding):
         self._given = {name: self._check_given(name, arr) for name, arr in given.items()}
         self._request = session._compiled.create_infer_request()
         self._learner: Any = None  # a plain request, to learn output shapes
-        self._fed: list[Any] = [None] * len(session.inputs)
+        self._fed: list[tuple[np.ndarray, Any] | None] = [None] * len(session._ports)
         self._signature: tuple | None = None
         self._outs: list[np.ndarray] = []
 
@@ -933,15 +1113,17 @@ class OpenVinoBinding(Binding):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         s = self.session
         req = self._request
-        signature = tuple(feeds[n].shape for n in s._input_names)
+        signature = tuple(feeds[n].shape for _, n in s._ports)
         if signature != self._signature:
             return self._rebind(feeds, signature)
         ov = s._ov
-        for i, name in enumerate(s._input_names):
+        for k, (i, name) in enumerate(s._ports):
             arr = feeds[name]
-            if self._fed[i] is not arr:
-                req.set_input_tensor(i, _to_tensor(ov, arr))
-                self._fed[i] = arr
+            fed = self._fed[k]
+            if fed is None or fed[0] is not arr or not _shared(arr):
+                tensor = _to_tensor(ov, arr)
+                req.set_input_tensor(i, tensor)
+                self._fed[k] = (arr, tensor)
         try:
             req.infer()
         except Exception:
@@ -965,8 +1147,9 @@ class OpenVinoBinding(Binding):
         s = self.session
         if self._learner is None:
             self._learner = s._compiled.create_infer_request()
-        s._set_inputs(self._learner, feeds)
+        kept = s._set_inputs(self._learner, feeds)
         self._learner.infer()
+        del kept
         outs = []
         for i, name in enumerate(s._output_names):
             tensor = self._learner.get_output_tensor(i)
@@ -990,9 +1173,10 @@ class OpenVinoBinding(Binding):
         )
         ov = s._ov
         req = self._request
-        for i, name in enumerate(s._input_names):
-            req.set_input_tensor(i, _to_tensor(ov, feeds[name]))
-            self._fed[i] = feeds[name]
+        for k, (i, name) in enumerate(s._ports):
+            tensor = _to_tensor(ov, feeds[name])
+            req.set_input_tensor(i, tensor)
+            self._fed[k] = (feeds[name], tensor)  # the tensor keeps what it reads alive
         for i, buf in enumerate(outs):
             if buf.dtype in _NUMPY_BRIDGE:
                 req.set_output_tensor(i, ov.Tensor(buf, shared_memory=True))
