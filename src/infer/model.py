@@ -195,7 +195,10 @@ class Model:
         where = repr(str(self.path)) if self.path else "the model bytes"
         try:
             if self.path is not None:
-                return onnx.load(str(self.path), load_external_data=False)
+                # Read once: the same bytes are parsed and start the content hash.
+                raw = self.path.read_bytes()
+                self._file_hash = self._hash_start(self.path.name, raw)
+                return onnx.load_from_string(raw)
             return onnx.load_from_string(self._data)
         except Exception as e:
             raise ModelError(f"ONNX model {where} cannot be parsed: {e}") from e
@@ -264,12 +267,22 @@ class Model:
             files.append(self.weights_path)
         elif self.format is ModelFormat.COREML and self.path.is_dir():
             files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        started = getattr(self, "_file_hash", None)
+        if started is not None and files[0] == self.path:
+            h, files = started.copy(), files[1:]
         for f in files:
             h.update(str(f.relative_to(self.path.parent) if f != self.path else f.name).encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(chunk)
         return h.hexdigest()
+
+    def _hash_start(self, name: str, content: bytes) -> Any:
+        """The content hash after the main file: what `digest` computes first."""
+        h = hashlib.sha256(self.format.value.encode())
+        h.update(name.encode())
+        h.update(content)
+        return h
 
 
 def _check_onnx_proto(proto: onnx.ModelProto, where: str) -> None:

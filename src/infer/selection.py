@@ -62,15 +62,15 @@ _REFERENCE = Choice("reference", "cpu", race=False)
 _COREML_AUTO = Choice("coreml", "auto", "all")
 # ONNX Runtime leads on the CPU: it runs the most of the ONNX spec, and no backend wins every
 # model on speed (see benchmarks/); backend="fastest" measures instead of assuming.
-# OpenVINO follows it. Measured by benchmarks/openvino_vs_ort.py (batch 1, shared 2-core EPYC VM,
-# three runs, OpenVINO's CPU pinning off as infer sets it): OpenVINO over ONNX Runtime latency was
-# ocr_det 0.38-0.72x, ocr_rec 0.34-0.40x, cnn 0.43-1.05x, ocr_cls 0.83-1.09x, orientation
-# 0.62-1.31x, a one-node model ~10x (per-call cost). OpenVINO is often faster, but not on every
-# model nor in every run, and ONNX Runtime stays first as the safer default: it loads 2.5-7x
-# faster than OpenVINO compiles cold (ocr_det 32 vs 176 ms), it runs models OpenVINO cannot
-# convert (silero_vad's nested If), and it rounds f32 -> bf16 Casts to nearest as ONNX does where
-# OpenVINO's CPU plugin truncates.
-# For speed, backend="fastest" times both on the model and caches the winner.
+# OpenVINO follows it. Measured by benchmarks/openvino_vs_ort.py on a quiet 2-core EPYC (batch 1,
+# OpenVINO's CPU pinning off as infer sets it), OpenVINO over ONNX Runtime latency: ocr_det 0.58x,
+# ocr_rec 0.67x, ocr_cls 0.82x, orientation 1.25x, cnn 1.59x, a one-node model 11.6x (per-call
+# cost). So speed alone would split the models between them; ONNX Runtime stays first because it
+# is the more correct default: it passes 1,861 of the 2,033 ONNX backend tests to OpenVINO's
+# 1,633 (tests/conformance), computes int64 and float64 at full width where OpenVINO's CPU
+# plugin uses 32 bits, rounds f32 -> bf16 Casts to nearest as ONNX says, runs models OpenVINO
+# cannot convert (silero_vad), and loads 2.5-7x faster than OpenVINO compiles cold.
+# For speed on a given model, backend="fastest" times both and caches the winner.
 _CPU = (
     Choice("onnxruntime", "cpu", "cpu"),
     Choice("openvino", "cpu"),
