@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -18,8 +15,6 @@ sys.path.insert(0, str(ROOT))  # tests.models / tests.conftest: the same models 
 
 from tests import models  # noqa: E402
 from tests.conftest import wheel_model  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 # name -> (model source factory, input name, input shape)
 MODELS: dict[str, tuple[Callable[[], object], str, tuple[int, ...]]] = {
@@ -79,22 +74,7 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
 
-def machine() -> dict[str, object]:
-    import infer
-
-    cpu = infer.devices()[0]
-    versions = {b.name: b.version for b in infer.backends()}
-    return {
-        "cpu": cpu.name,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "note": "shared machine: other jobs ran on the same cores; compare ratios, not absolutes",
-    }
-
-
 def write(name: str, data: dict[str, object]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **data}, indent=1, default=str))
-    return path
+    from benchmarks import _results
+
+    return _results.write(name, data)

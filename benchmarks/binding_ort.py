@@ -18,8 +18,6 @@ shared and noisy: only neighbouring measurements compare); the best-block ratio 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -34,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from tests import models  # noqa: E402
 
 import infer  # noqa: E402
-from infer.bench import environment  # noqa: E402
+from benchmarks import _results  # noqa: E402
 
 
 def timed(cases: dict, number: int, repeat: int) -> dict[str, list[float]]:
@@ -131,18 +129,14 @@ def main() -> None:
             print(f"  {k:32s} {v:10.2f} us  {paired:5.2f}x ({best:5.2f}x)")
         target = targets.get(r["model"], 1.0)
         print(f"  target for the binding: <= {target:.2f}x of sess.run")
-    result = {
-        "benchmark": "binding_ort",
-        "environment": environment(),
-        "note": "shared, noisy machine (2 cores, several jobs): compare ratios",
-        "load_average": list(os.getloadavg()),
-        "number": args.number,
-        "repeat": args.repeat,
-        "runs": runs,
-    }
-    out = ROOT / "benchmarks" / "results" / "binding_ort.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    _results.write(
+        "binding_ort",
+        {
+            "number": args.number,
+            "repeat": args.repeat,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

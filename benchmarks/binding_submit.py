@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import statistics
 import sys
 import threading
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests import models  # noqa: E402
 
 import infer  # noqa: E402
-from infer.bench import environment  # noqa: E402
+from benchmarks import _results  # noqa: E402
 
 
 class RawPool:
@@ -141,18 +139,14 @@ def main() -> None:
         print(f"\n{r['model']}, {r['requests']} requests")
         for k, v in r["best_runs_per_s"].items():
             print(f"  {k:26s} {v:9.1f} runs/s  {r['paired_ratio_vs_raw'][k]:5.2f}x")
-    result = {
-        "benchmark": "binding_submit",
-        "environment": environment(),
-        "note": "shared, noisy machine (2 cores, several jobs): compare ratios",
-        "load_average": list(os.getloadavg()),
-        "in_flight": args.in_flight,
-        "trials": args.trials,
-        "runs": runs,
-    }
-    out = ROOT / "benchmarks" / "results" / "binding_submit.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    _results.write(
+        "binding_submit",
+        {
+            "in_flight": args.in_flight,
+            "trials": args.trials,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -98,8 +98,7 @@ def main() -> None:
             f"{name:12} {i['cold_ms']:>9.1f}ms {i['warm_ms']:>6.1f}ms {i['warm_over_cold']:>6.3f}"
             f"   {w['cold_ms']:>7.1f}ms {w['warm_ms']:>6.1f}ms {w['warm_over_cold']:>6.3f}"
         )
-    path = write("openvino_load", {"target_warm_over_cold": 0.2, "models": rows})
-    print(f"wrote {path}")
+    write("openvino_load", {"target_warm_over_cold": 0.2, "models": rows})
 
 
 if __name__ == "__main__":

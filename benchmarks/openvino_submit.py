@@ -105,8 +105,7 @@ def main() -> None:
             f"{name:12} {r['pool']:>4} {r['raw_queue_per_s']:>12.1f} "
             f"{r['infer_submit_per_s']:>10.1f} {r['ratio']:>6.3f} {r['best_ratio']:>6.3f}"
         )
-    path = write("openvino_submit", {"hint": "throughput", "target_ratio": 0.98, "models": rows})
-    print(f"wrote {path}")
+    write("openvino_submit", {"hint": "throughput", "target_ratio": 0.98, "models": rows})
 
 
 if __name__ == "__main__":

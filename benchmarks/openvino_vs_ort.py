@@ -78,8 +78,7 @@ def main() -> None:
             + " ".join(f"{r[c]:>11.2f}ms" for c in cols)
             + f"   {r['ov_over_ort']:>6.2f}  {r['auto_backend']}"
         )
-    path = write("openvino_vs_ort", {"batch": 1, "unit": "ms (median)", "models": rows})
-    print(f"wrote {path}")
+    write("openvino_vs_ort", {"batch": 1, "unit": "ms (median)", "models": rows})
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ measurements compare).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -37,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from tests import models  # noqa: E402
 
 import infer  # noqa: E402
-from infer.bench import environment  # noqa: E402
+from benchmarks import _results  # noqa: E402
 from infer.transforms.preprocess import ImagePreprocess, _placement, _source_index  # noqa: E402
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -172,18 +170,14 @@ def main() -> None:
         for k, v in r["ratios"].items():
             print(f"  {k:42s} {v:8.2f} x  (median of same-round pairs)")
     print("  (target: fused <= 0.80x of numpy preprocessing + float32 feed)")
-    result = {
-        "benchmark": "preprocess_fused",
-        "environment": environment(),
-        "note": "shared, noisy machine (2 cores, several jobs): compare ratios",
-        "load_average": list(os.getloadavg()),
-        "number": args.number,
-        "repeat": args.repeat,
-        "runs": runs,
-    }
-    out = ROOT / "benchmarks" / "results" / "preprocess_fused.json"
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    _results.write(
+        "preprocess_fused",
+        {
+            "number": args.number,
+            "repeat": args.repeat,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -51,24 +51,9 @@ class PortInUse(ServeError):
     """A port the server needs is already taken by another process."""
 
 
-def triton(
-    engine_or_model: Engine | ModelSource,
-    *,
-    name: str | None = None,
-    max_batch: int = 16,
-    max_queue_delay_us: int = 500,
-    instances: int = 1,
-    http_port: int = 8000,
-    grpc_port: int = 8001,
-    metrics_port: int = 8002,
-    host: str = "127.0.0.1",
-    shutdown_timeout_s: int = 5,
-    startup_timeout_s: float = 60.0,
-    device: str = "auto",
-    **load_options: Any,
-) -> TritonServer:
-    """A Triton Inference Server for an Engine (or a model, loaded with `device` and
-    `load_options` such as backend=, precision=, preprocess=); use it as a context manager.
+class TritonServer:
+    """Triton Inference Server for an Engine (or a model, loaded with `device` and
+    `load_options` such as backend=, precision=, preprocess=): `start()`/`stop()`, or `with` it.
 
     name: the model name clients use (default: the model file's stem).
     max_batch: the largest batch Triton's dynamic batcher forms; used when every input and
@@ -80,25 +65,6 @@ def triton(
     host: the address to bind: loopback by default; anything else exposes the server.
     shutdown_timeout_s: how long stopping waits for requests in flight.
     """
-    return TritonServer(
-        engine_or_model,
-        name=name,
-        max_batch=max_batch,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        host=host,
-        shutdown_timeout_s=shutdown_timeout_s,
-        startup_timeout_s=startup_timeout_s,
-        device=device,
-        **load_options,
-    )
-
-
-class TritonServer:
-    """Triton serving one infer Engine. `start()`/`stop()`, or `with` it; see `triton()`."""
 
     def __init__(
         self,
@@ -609,3 +575,7 @@ def _fail_fast_triton_class(timeout_s: float) -> type:
             super()._wait_for_server()
 
     return _Triton
+
+
+triton = TritonServer
+"""`infer.serve.triton(model_or_engine, ...)`: the server, to use as a context manager."""
