@@ -622,28 +622,6 @@ def test_submit_is_bounded_by_the_pool():
         assert len(pool._requests) == 3 and engine.details["submit_requests"] == 3
 
 
-def test_the_session_shadows_nothing_of_the_base_session():
-    """An attribute named like a base method (say `_pool`) would break the base's use of it."""
-    import ast
-    import inspect
-
-    from infer.backends import openvino
-    from infer.backends.base import Binding, Session
-
-    tree = ast.parse(inspect.getsource(openvino))
-    for cls, base_cls in (("OpenVinoSession", Session), ("OpenVinoBinding", Binding)):
-        node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
-        assigned = {
-            t.attr
-            for n in ast.walk(node)
-            if isinstance(n, (ast.Assign, ast.AnnAssign))
-            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
-            if isinstance(t, ast.Attribute) and getattr(t.value, "id", None) == "self"
-        }
-        methods = {name for name, _ in inspect.getmembers(base_cls, callable)}
-        assert not assigned & methods, f"{cls} overwrites {assigned & methods}"
-
-
 def test_binding_runs_equal_unbound_runs():
     rng = np.random.default_rng(9)
     with _load(models.cnn()) as engine, engine._session.bind() as b:

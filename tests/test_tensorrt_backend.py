@@ -162,28 +162,6 @@ def test_cuda_helpers_fail_in_words_without_a_driver():
         cuda.set_device(0)
 
 
-def test_the_session_shadows_nothing_of_the_base_session():
-    """An attribute named like a base method (say `_pool`) would break submit() on a GPU."""
-    import ast
-    import inspect
-
-    from infer.backends import tensorrt
-    from infer.backends.base import Binding, Session
-
-    tree = ast.parse(inspect.getsource(tensorrt))
-    for cls, base_cls in (("TensorRtSession", Session), ("TensorRtBinding", Binding)):
-        node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
-        assigned = {
-            t.attr
-            for n in ast.walk(node)
-            if isinstance(n, (ast.Assign, ast.AnnAssign))
-            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
-            if isinstance(t, ast.Attribute) and getattr(t.value, "id", None) == "self"
-        }
-        methods = {name for name, _ in inspect.getmembers(base_cls, callable)}
-        assert not assigned & methods, f"{cls} overwrites {assigned & methods}"
-
-
 def qdq_model(zero_point):
     from onnx import TensorProto, helper, numpy_helper
 
