@@ -56,7 +56,7 @@ class Skipped:
 
     backend: str
     device: str
-    verdict: str  # "unavailable" (not installed or no such device) or "unsupported"
+    verdict: str  # "unavailable" (not installed or no such device), "unsupported" or "skipped"
     reason: str
 
 

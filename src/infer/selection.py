@@ -158,42 +158,17 @@ def select(
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
-        b = base.get(row.backend)
-        info = b.probe()
-        where = _device_request(row, request)
-        if not info.available:
-            attempts.append(Attempt(row.label, str(where), "unavailable", _unavailable(info)))
-            continue
-        device = b.device_for(where)
-        if device is None:
-            attempts.append(Attempt(row.label, str(where), "unavailable", _no_device(b, where)))
-            continue
-        why = b.supports(model, device, options, row.variant)
-        if why:
-            # A backend that does not read the model's format is passed over, not fallen back from.
-            verdict = "unsupported" if model.format in b.formats else "skipped"
-            attempts.append(Attempt(row.label, str(device), verdict, why))
+        device, verdict = check(row, model, request, options)
+        if verdict is not None:
+            attempts.append(verdict)
             continue
         start = time.perf_counter()
-        # The precision transform is shared by every candidate: its failure (no calibration
-        # data, feeds that do not fit the model) is the load's, raised rather than fallen back from.
-        target = transform(model, b, device, row.variant) if transform else model
-        try:
-            session = b.compile(target, device, options, row.variant)
-        except OptionError:
-            raise  # the caller's mistake: no other backend would make it right
-        except Exception as e:
-            if not isinstance(e, InferError):  # a backend bug must not leak a raw exception
-                wrapped = CompileError(f"{row.label} failed unexpectedly: {type(e).__name__}: {e}")
-                wrapped.__cause__ = e
-                e = wrapped
-            attempts.append(
-                Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
-            )
-            last_error = e
-            log.debug("%s on %s failed", row.label, device, exc_info=True)
-            continue
+        session = _compile(row, device, model, options, transform)
         seconds = time.perf_counter() - start
+        if isinstance(session, InferError):
+            attempts.append(Attempt(row.label, str(device), "failed", str(session), seconds))
+            last_error = session
+            continue
         attempts.append(
             Attempt(row.label, str(device), "selected", session.details.get("summary", ""), seconds)
         )
@@ -223,8 +198,35 @@ def check(
         return None, Attempt(row.label, str(where), "unavailable", _no_device(b, where))
     why = b.supports(model, device, options, row.variant)
     if why:
-        return device, Attempt(row.label, str(device), "unsupported", why)
+        # A backend that does not read the model's format is passed over, not fallen back from.
+        verdict = "unsupported" if model.format in b.formats else "skipped"
+        return device, Attempt(row.label, str(device), verdict, why)
     return device, None
+
+
+def _compile(
+    row: Choice,
+    device: Device,
+    model: Model,
+    options: Options,
+    transform: Callable[[Model, Backend, Device, str | None], Model] | None,
+) -> Session | InferError:
+    """Compile one row; a failure the next row may not share comes back as the error."""
+    b = base.get(row.backend)
+    # The precision transform is shared by every candidate: its failure (no calibration
+    # data, feeds that do not fit the model) is the load's, raised rather than fallen back from.
+    target = transform(model, b, device, row.variant) if transform else model
+    try:
+        return b.compile(target, device, options, row.variant)
+    except OptionError:
+        raise  # the caller's mistake: no other backend would make it right
+    except Exception as e:
+        log.debug("%s on %s failed", row.label, device, exc_info=True)
+        if isinstance(e, InferError):
+            return e
+        wrapped = CompileError(f"{row.label} failed unexpectedly: {type(e).__name__}: {e}")
+        wrapped.__cause__ = e  # a backend bug must not leak a raw exception
+        return wrapped
 
 
 def preflight(
@@ -323,13 +325,13 @@ def _race(
     and device identities), precision, hint and shapes, so the next load compiles only it."""
     rows = TABLE[request.kind]
     verdicts: dict[Choice, Attempt] = {}
-    racers: list[tuple[Choice, Backend, Device]] = []
+    racers: list[tuple[Choice, Device]] = []
     for row in rows:
-        checked = _eligible(row, model, request, options)
-        if isinstance(checked, Attempt):
-            verdicts[row] = checked
+        device, verdict = check(row, model, request, options)
+        if verdict is not None:
+            verdicts[row] = verdict
         elif row.race:
-            racers.append((row, *checked))
+            racers.append((row, device))
     if len(racers) < 2:  # nothing to race: the table's order decides
         log.info("backend='fastest': %d candidate(s) to time; using the table order", len(racers))
         return select(model, request, options, None, transform)
@@ -342,7 +344,8 @@ def _race(
         hint=options.hint,
         shapes={k: repr(v) for k, v in options.shapes.items()},
         candidates=[
-            f"{row.label} {b.probe().version} on {device.identity}" for row, b, device in racers
+            f"{row.label} {base.get(row.backend).probe().version} on {device.identity}"
+            for row, device in racers
         ],
     )
     entry = cache.get(key) if cache is not None else None
@@ -353,13 +356,13 @@ def _race(
         except (OSError, ValueError, KeyError, StopIteration):
             earlier, winner = None, None
         if winner is not None:
-            row, b, device = winner
+            row, device = winner
             start = time.perf_counter()
-            compiled = _compile_row(row, b, device, model, options, transform)
+            compiled = _compile(row, device, model, options, transform)
             seconds = time.perf_counter() - start
             if isinstance(compiled, Session):
                 timings = ", ".join(f"{k} {v:.3g} ms" for k, v in earlier["median_ms"].items())
-                for other, _, other_device in racers:
+                for other, other_device in racers:
                     if other != row:
                         verdicts[other] = Attempt(
                             other.label,
@@ -375,21 +378,22 @@ def _race(
                     seconds,
                 )
                 return compiled, [verdicts[r] for r in rows if r in verdicts]
-            verdicts[row] = compiled  # it no longer compiles: race again
+            # It no longer compiles: race again.
+            verdicts[row] = Attempt(row.label, str(device), "failed", str(compiled), seconds)
             cache.remove(entry)  # type: ignore[union-attr]
 
     timed: list[tuple[float, int, Choice, Device, Session, float]] = []
     untimed: list[tuple[Choice, Device, Session, float]] = []
     feeds: dict[str, np.ndarray] | None = None
-    for i, (row, b, device) in enumerate(racers):
+    for i, (row, device) in enumerate(racers):
         if options.progress is not None:
             options.progress("race", i, len(racers))
         start = time.perf_counter()
-        compiled = _compile_row(row, b, device, model, options, transform)
-        if isinstance(compiled, Attempt):
-            verdicts[row] = compiled
-            continue
+        compiled = _compile(row, device, model, options, transform)
         seconds = time.perf_counter() - start
+        if isinstance(compiled, InferError):
+            verdicts[row] = Attempt(row.label, str(device), "failed", str(compiled), seconds)
+            continue
         if feeds is None:
             feeds = race_feeds(compiled.inputs, options.shapes)
         try:
@@ -460,44 +464,6 @@ def _race(
         except CacheError as e:
             log.warning("backend='fastest': could not cache the choice: %s", e)
     return best, [verdicts[r] for r in rows if r in verdicts]
-
-
-def _eligible(
-    row: Choice, model: Model, request: Device, options: Options
-) -> tuple[Backend, Device] | Attempt:
-    """The row's backend and device if it can take the model, else the verdict why not."""
-    b = base.get(row.backend)
-    info = b.probe()
-    where = _device_request(row, request)
-    if not info.available:
-        return Attempt(row.label, str(where), "unavailable", _unavailable(info))
-    device = b.device_for(where)
-    if device is None:
-        return Attempt(row.label, str(where), "unavailable", _no_device(b, where))
-    why = b.supports(model, device, options, row.variant)
-    if why:
-        verdict = "unsupported" if model.format in b.formats else "skipped"
-        return Attempt(row.label, str(device), verdict, why)
-    return b, device
-
-
-def _compile_row(
-    row: Choice,
-    b: Backend,
-    device: Device,
-    model: Model,
-    options: Options,
-    transform: Callable[[Model, Backend, Device, str | None], Model] | None,
-) -> Session | Attempt:
-    start = time.perf_counter()
-    try:
-        target = transform(model, b, device, row.variant) if transform else model
-        return b.compile(target, device, options, row.variant)
-    except OptionError:
-        raise
-    except InferError as e:
-        log.debug("%s on %s failed", row.label, device, exc_info=True)
-        return Attempt(row.label, str(device), "failed", str(e), time.perf_counter() - start)
 
 
 def _time_runs(session: Session, feeds: dict[str, np.ndarray]) -> tuple[float, int]:
