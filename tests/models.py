@@ -30,6 +30,15 @@ def relu(batch: str | int = "N", width: int = 3) -> onnx.ModelProto:
     )
 
 
+def double(batch: str | int = "N") -> onnx.ModelProto:
+    """x: float32[batch] -> y = x + x. A batched rank-1 tensor."""
+    return _model(
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch])],
+    )
+
+
 def multi_io() -> onnx.ModelProto:
     """Several inputs and outputs of several dtypes, sharing the dynamic batch dim "N".
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 import infer
 from infer.options import Options
@@ -21,6 +20,7 @@ from infer.serve import export as export_module
 from infer.serve import export_triton
 
 from . import models
+from .net import free_ports
 from .skips import PYTRITON_MISSING
 
 model_config_pb2 = pytest.importorskip(
@@ -45,19 +45,6 @@ def accelerator(config) -> dict[str, str] | None:
         return None
     assert [a.name for a in accs] == ["tensorrt"]
     return dict(accs[0].parameters)
-
-
-def scale_model() -> onnx.ModelProto:
-    """x: float32[N] -> y = 2x (a batched rank-1 tensor)."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def test_onnxruntime_repository_for_any_device(tmp_path):
@@ -136,7 +123,7 @@ def test_model_without_a_batch_axis_is_exported_unbatched(tmp_path):
 
 
 def test_batched_rank1_tensors_are_reshaped(tmp_path):
-    config = parse(export_triton(scale_model(), tmp_path, name="scale"))
+    config = parse(export_triton(models.double(), tmp_path, name="scale"))
     assert config.max_batch_size == 16
     for tensor in [*config.input, *config.output]:
         assert list(tensor.dims) == [1]
@@ -267,12 +254,6 @@ def _tritonserver() -> tuple[Path, Path, Path]:
     return root / "bin" / "tritonserver", root / "backends", Path(get_libs_path())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.triton
 def test_tritonserver_accepts_the_exported_configs(tmp_path):
     """Triton parses and validates each config.pbtxt when it polls the repository, before it
@@ -283,7 +264,7 @@ def test_tritonserver_accepts_the_exported_configs(tmp_path):
     repo = tmp_path / "repo"
     export_triton(models.multi_io(), repo, name="ort_auto")
     export_triton(models.relu(batch=2), repo, name="ort_cpu", device="cpu")
-    export_triton(scale_model(), repo, name="ort_rank1", device="gpu")
+    export_triton(models.double(), repo, name="ort_rank1", device="gpu")
     export_triton(models.cnn(), repo, name="ov", backend="openvino")
     with infer.Engine.load(models.cnn(), "cpu") as engine:
         request = export_module._Request("trt", "gpu", Options(), 8, 500, 1, True)
@@ -300,6 +281,7 @@ def test_tritonserver_accepts_the_exported_configs(tmp_path):
         text.replace("max_queue_delay_microseconds: 500", "preferred_batch_size: [64]")
     )
     env = {**os.environ, "LD_LIBRARY_PATH": str(libs)}
+    http_port, grpc_port = free_ports(2)
     run = subprocess.run(
         [
             str(binary),
@@ -307,9 +289,9 @@ def test_tritonserver_accepts_the_exported_configs(tmp_path):
             f"--backend-directory={backends}",
             "--disable-auto-complete-config",
             "--http-address=127.0.0.1",
-            f"--http-port={_free_port()}",
+            f"--http-port={http_port}",
             "--grpc-address=127.0.0.1",
-            f"--grpc-port={_free_port()}",
+            f"--grpc-port={grpc_port}",
             "--allow-metrics=false",
             "--exit-timeout-secs=2",
         ],

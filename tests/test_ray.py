@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import urllib.request
 import uuid
@@ -18,6 +17,7 @@ import infer
 import infer.ray
 
 from . import models
+from .net import free_ports
 
 ray = pytest.importorskip("ray", reason="needs ray (the [ray] extra)")
 pytest.importorskip("ray.data", reason="needs ray[data] (the [ray] extra)")
@@ -137,17 +137,11 @@ def test_models_without_a_batch_axis_run_row_by_row():
     assert out["y"].shape == (4, 3) and not out["y"].any()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_serve_deployment_batches_handle_and_http_calls(local_ray):
     from ray import serve
 
-    port = _free_port()
+    port = free_ports(1)[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         app = infer.ray.deployment(

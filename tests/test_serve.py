@@ -14,14 +14,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import infer
 from infer.serve import PortInUse
 
 from . import models
+from .net import free_ports
 from .skips import PYTRITON_MISSING
 
 pytestmark = pytest.mark.triton
@@ -33,18 +32,6 @@ grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient
 triton_module = importlib.import_module("infer.serve.triton")
 
 TRITON_TYPES = {np.float32: "FP32", np.int64: "INT64", np.bool_: "BOOL"}
-
-
-def free_ports(n: int = 3) -> list[int]:
-    """Ports free on 127.0.0.1 now (held together so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def port_kwargs() -> dict[str, int]:
@@ -195,22 +182,9 @@ def test_real_wheel_model_over_http_and_grpc(real_model):
     engine.close()
 
 
-def _scale_model() -> onnx.ModelProto:
-    """x: float32[N] -> y = 2x: a batched rank-1 tensor, declared [1] to Triton."""
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "scale",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.mark.slow
 def test_rank1_batched_tensors_travel_as_batch_by_one():
-    with infer.serve.triton(_scale_model(), device="cpu", name="scale", **port_kwargs()) as s:
+    with infer.serve.triton(models.double(), device="cpu", name="scale", **port_kwargs()) as s:
         x = np.array([[1.5], [-2.0], [3.0]], np.float32)
         got = grpc_infer(s.grpc_address, "scale", {"x": x})
     np.testing.assert_array_equal(got["y"], 2 * x)

@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from . import models
+from .net import free_ports
 from .skips import PYTRITON_MISSING
 
 typer = pytest.importorskip("typer", reason="needs typer (the [cli] extra)")
@@ -34,17 +35,6 @@ app = typer.Typer()
 register(app)
 app()
 """
-
-
-def free_ports(n: int = 3) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @pytest.fixture
