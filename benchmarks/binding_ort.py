@@ -18,9 +18,7 @@ shared and noisy: only neighbouring measurements compare); the best-block ratio 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests import models  # noqa: E402
 
 import infer  # noqa: E402
-from benchmarks import _results  # noqa: E402
-
-
-def timed(cases: dict, number: int, repeat: int) -> dict[str, list[float]]:
-    """Seconds per call: `repeat` blocks of `number` calls per case, cases taking turns."""
-    for f in cases.values():
-        for _ in range(max(10, number // 10)):
-            f()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeat):
-        for k, f in cases.items():
-            t0 = time.perf_counter()
-            for _ in range(number):
-                f()
-            times[k].append((time.perf_counter() - t0) / number)
-    return times
+from benchmarks import _results, _timing  # noqa: E402
 
 
 def measure(label: str, model, x: np.ndarray, number: int, repeat: int) -> dict:
@@ -78,15 +61,13 @@ def measure(label: str, model, x: np.ndarray, number: int, repeat: int) -> dict:
         "engine.run": lambda: engine.run(feeds),
         "IOBinding bound once (raw)": lambda: sess.run_with_iobinding(io),
     }
-    times = timed(cases, number, repeat)
+    times = _timing.blocks(cases, number, repeat, warmup=max(10, number // 10))
     out: dict = {"model": label, "input": list(x.shape)}
     base = times["sess.run (raw)"]
     out["best_us"] = {k: min(v) * 1e6 for k, v in times.items()}
     out["best_ratio_vs_sess_run"] = {k: min(v) / min(base) for k, v in times.items()}
     # Each block against the sess.run block of the same round: steadiest under a shared load.
-    out["paired_ratio_vs_sess_run"] = {
-        k: statistics.median(a / b for a, b in zip(v, base)) for k, v in times.items()
-    }
+    out["paired_ratio_vs_sess_run"] = {k: _timing.paired_ratio(v, base) for k, v in times.items()}
     return out
 
 

@@ -20,9 +20,7 @@ measurements compare).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from tests import models  # noqa: E402
 
 import infer  # noqa: E402
-from benchmarks import _results  # noqa: E402
+from benchmarks import _results, _timing  # noqa: E402
 from infer.transforms.preprocess import ImagePreprocess, _placement, _source_index  # noqa: E402
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -57,21 +55,6 @@ def naive_numpy(spec: ImagePreprocess, frame: np.ndarray) -> np.ndarray:
     bot += x[:, ys.i1][:, :, xs.i1] * xs.weight[None, None, :, None]
     y = top * (1 - ys.weight)[None, :, None, None] + bot * ys.weight[None, :, None, None]
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-
-
-def timed(cases: dict, number: int, repeat: int) -> dict[str, list[float]]:
-    """Seconds per call for each case: `repeat` blocks of `number` calls, cases taking turns
-    block by block (timeit's scheme; the best block is the least disturbed by the load)."""
-    for f in cases.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(repeat):
-        for k, f in cases.items():
-            t0 = time.perf_counter()
-            for _ in range(number):
-                f()
-            times[k].append((time.perf_counter() - t0) / number)
-    return times
 
 
 def measure(
@@ -98,13 +81,12 @@ def measure(
         "model alone (float32 feed)": lambda: plain.run([output], {name: tensor}),
     }
     cases.update(openvino_cases(fused.model, source, name, spec, frame))
-    times = timed(cases, number=number, repeat=repeat)
+    times = _timing.blocks(cases, number, repeat, warmup=1)
     result: dict = {"model": label, "frame": list(frame.shape)}
     result["best_ms"] = {k: min(v) * 1e3 for k, v in times.items()}
 
     def paired(a: str, b: str) -> float:
-        """Median over rounds of case a's block against case b's block of the same round."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+        return _timing.paired_ratio(times[a], times[b])
 
     result["ratios"] = {
         "fused / numpy naive": paired("fused uint8 (infer)", "numpy naive + float32 feed"),
