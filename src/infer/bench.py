@@ -28,7 +28,7 @@ from . import selection
 from .device import Device, cpu
 from .engine import Engine
 from .errors import InferError, OptionError
-from .feeds import model_inputs, profile, random_feeds, resolve_shapes
+from .feeds import profile, random_feeds, resolve_shapes
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import TensorSpec
@@ -419,7 +419,7 @@ def _profile(
     """Build-time shapes covering every batch size, for backends that fix them (TensorRT)."""
     if model.format is not ModelFormat.ONNX:
         return None
-    specs = model_inputs(model)
+    specs = model.inputs
     sets = []
     for batch in batches:
         try:

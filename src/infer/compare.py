@@ -18,7 +18,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
-from .feeds import model_inputs, profile, random_feeds, resolve_shapes
+from .feeds import profile, random_feeds, resolve_shapes
 from .model import Model, ModelFormat, ModelSource
 from .options import PRECISIONS
 
@@ -255,7 +255,7 @@ def _profile(
     """Build-time shapes for the feeds compare will make, for backends that fix them."""
     if model.format is not ModelFormat.ONNX:
         return None
-    specs = model_inputs(model)
+    specs = model.inputs
     try:
         sets = [
             resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in p.items()})[0]

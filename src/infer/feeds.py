@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .model import Model
 from .tensors import TensorSpec, describe, dtype_info
 
 log = logging.getLogger(__name__)
@@ -61,11 +60,6 @@ def parse_shapes(items: Iterable[str]) -> dict[str, tuple[int, ...] | int]:
             raise InputError(f"--shape {item!r}: expected NAME=SHAPE, e.g. images=1x3x224x224")
         out[name.strip()] = parse_shape(value)
     return out
-
-
-def model_inputs(model: Model) -> list[TensorSpec]:
-    """The inputs of an ONNX model (initializers listed as inputs are left out)."""
-    return model.inputs
 
 
 def resolve_shapes(

@@ -16,7 +16,7 @@ import infer
 from ..cache import Cache
 from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
-from ..feeds import model_inputs, parse_shape, random_feeds, read_samples, resolve_shapes
+from ..feeds import parse_shape, random_feeds, read_samples, resolve_shapes
 from ..model import ModelFormat
 from ._cache import Item, scan
 from ._common import (
@@ -94,7 +94,7 @@ def build_command(
             k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
             for k, v in shapes.items()
         }
-        data = read_samples(calibration, model_inputs(source), opt, limit=limit)
+        data = read_samples(calibration, source.inputs, opt, limit=limit)
         samples = infer.Calibration(data) if hasattr(infer, "Calibration") else data
         err().print(f"calibration: {len(data)} samples from {calibration}")
     cache = Cache()

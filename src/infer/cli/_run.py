@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..engine import Engine
 from ..errors import OptionError
-from ..feeds import model_inputs, random_feeds, read_inputs, resolve_shapes
+from ..feeds import random_feeds, read_inputs, resolve_shapes
 from ..model import ModelFormat
 from ..tensors import dtype_info
 from ._common import (
@@ -83,7 +83,7 @@ def run_command(
     build_shapes = None
     if shapes and source.format is ModelFormat.ONNX:
         # Backends that fix shapes when they build (TensorRT) build for exactly these.
-        build_shapes, _ = resolve_shapes(model_inputs(source), shapes, arrays=given)
+        build_shapes, _ = resolve_shapes(source.inputs, shapes, arrays=given)
     start = time.perf_counter()
     with Engine.load(
         source, device, backend=chosen, precision=precision_of(precision), shapes=build_shapes
