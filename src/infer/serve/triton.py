@@ -318,7 +318,9 @@ class TritonServer:
                 previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
         try:
             while not stop.wait(poll_s):
-                if not self.running and not stop.wait(1.0):  # a signal also reaches Triton
+                # pytriton's liveness also checks each model's handler threads; under load it can
+                # read false for a moment, and a signal also reaches Triton: look again after 1 s.
+                if not self.running and not stop.wait(1.0) and not self.running:
                     raise ServeError(f"Triton stopped unexpectedly.\n{self._log_tail()}")
         finally:
             for sig, old in previous.items():
