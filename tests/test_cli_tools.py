@@ -78,7 +78,7 @@ def test_bench_all_is_every_backend_that_can(tmp_path):
     data = json.loads(result.stdout)  # with --json -, stdout is only the JSON
     labels = {r["backend"] for r in data["results"]}
     found, _ = infer.bench.targets(infer.Model.load(infer.demo.model()), "cpu")
-    assert labels == {t.label for t in found} and {"onnxruntime[cpu]", "reference"} <= labels
+    assert labels == {t.backend for t in found} and {"onnxruntime[cpu]", "reference"} <= labels
 
 
 def test_bench_real_model(real_model):

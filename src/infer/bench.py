@@ -43,24 +43,6 @@ MIN_RUNS = 3
 
 
 @dataclass(frozen=True)
-class Target:
-    """A backend (variant) on a device, as `Engine.load(device=..., backend=...)` takes them."""
-
-    label: str
-    device: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A candidate that was not benchmarked, and why."""
-
-    backend: str
-    device: str
-    verdict: str  # "unavailable" (not installed or no such device), "unsupported" or "skipped"
-    reason: str
-
-
-@dataclass(frozen=True)
 class Stats:
     """Latency statistics in milliseconds."""
 
@@ -124,7 +106,7 @@ class BenchReport:
     warmup: float
     concurrency: int
     results: tuple[Measurement, ...]
-    skipped: tuple[Skipped, ...]
+    skipped: tuple[selection.Attempt, ...]  # rows not benchmarked, with why
     auto: str | None  # the backend device="..." with no backend named would pick
     notes: tuple[str, ...] = ()
     environment: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -167,7 +149,7 @@ class BenchReport:
             "concurrency": self.concurrency,
             "auto": self.auto,
             "results": [one(m) for m in self.results],
-            "skipped": [vars(s) for s in self.skipped],
+            "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
             "environment": dict(self.environment),
         }
@@ -178,47 +160,36 @@ def targets(
     device: str | Device = "auto",
     precision: str = "fp32",
     backends: str | Sequence[str] = "all",
-) -> tuple[list[Target], list[Skipped]]:
+) -> tuple[list[selection.Attempt], list[selection.Attempt]]:
     """What to benchmark: every backend (variant) that can take the model on `device` here
-    ("all"), or the first that can for each name given; and what was left out, with why."""
-    request = Device.parse(device)
-    options = Options(precision=precision)
-    found: list[Target] = []
-    skipped: list[Skipped] = []
+    ("all"), or the first that can for each name given; and what was left out, with why.
+    Both are `selection.preflight`'s verdicts."""
+    return _split(model, Device.parse(device), Options(precision=precision), backends)[:2]
 
-    def miss(row: selection.Choice, attempt: Any) -> None:
-        s = Skipped(row.label, attempt.device, attempt.verdict, attempt.reason)
-        if s not in skipped:
-            skipped.append(s)
 
+def _split(
+    model: Model, request: Device, options: Options, backends: str | Sequence[str]
+) -> tuple[list[selection.Attempt], list[selection.Attempt], str | None]:
+    """(to benchmark, left out, what device=... with no backend named would try first)."""
+    everything = selection.preflight(model, request, options)
+    auto = next((a.backend for a in everything if a.eligible), None)
     if isinstance(backends, str) and backends == "all":
-        for row, dev, attempt in selection.preflight(model, request, options):
-            if attempt is None:
-                target = Target(row.label, str(dev))
-                if target not in found:
-                    found.append(target)
-            else:
-                miss(row, attempt)
-        return found, skipped
+        found = [a for a in everything if a.eligible]
+        return found, [a for a in everything if not a.eligible], auto
+    found, skipped = [], []
     for name in [backends] if isinstance(backends, str) else backends:
         rows = selection.preflight(model, request, options, name)
-        hit = next(((row, dev) for row, dev, attempt in rows if attempt is None), None)
+        hit = next((a for a in rows if a.eligible), None)
         if hit is None:
-            for row, _, attempt in rows:
-                miss(row, attempt)
-        elif (t := Target(hit[0].label, str(hit[1]))) not in found:
-            found.append(t)
-    return found, skipped
+            skipped += [a for a in rows if a not in skipped]
+        elif hit not in found:
+            found.append(hit)
+    return found, skipped, auto
 
 
 def auto_choice(model: Model, device: str | Device = "auto", precision: str = "fp32") -> str | None:
     """The backend `Engine.load(model, device)` would try first (None: no candidate passes)."""
-    for row, dev, attempt in selection.preflight(
-        model, Device.parse(device), Options(precision=precision)
-    ):
-        if attempt is None and dev is not None:
-            return row.label
-    return None
+    return _split(model, Device.parse(device), Options(precision=precision), "all")[2]
 
 
 def benchmark(
@@ -260,7 +231,9 @@ def benchmark(
     if not batches or any(b < 1 for b in batches):
         raise OptionError(f"batch sizes must be positive integers, got {list(batches)}")
     source = model if isinstance(model, Model) else Model.load(model)
-    todo, skipped = targets(source, device, precision, backends)
+    todo, skipped, auto = _split(
+        source, Device.parse(device), Options(precision=precision), backends
+    )
     if not todo:
         why = "\n".join(f"  - {s.backend} on {s.device}: {s.reason}" for s in skipped)
         what = name or (str(source.path) if source.path else repr(source))
@@ -295,7 +268,7 @@ def benchmark(
         concurrency=concurrency,
         results=tuple(results),
         skipped=tuple(skipped),
-        auto=auto_choice(source, device, precision),
+        auto=auto,
         notes=tuple(dict.fromkeys(notes)),
         environment=environment(),
     )
@@ -312,7 +285,7 @@ def _cache_folder(given: str | Path | None) -> Iterator[Path]:
 
 def _bench_one(
     model: Model,
-    target: Target,
+    target: selection.Attempt,
     *,
     precision: str,
     batches: tuple[int, ...],
@@ -327,7 +300,7 @@ def _bench_one(
     progress: Progress | None,
     notes: list[str],
 ) -> list[Measurement]:
-    label = target.label
+    label = target.backend
     total = len(batches) * (warmup + duration)
     tick = progress or (lambda *_: None)
     kw: dict[str, Any] = dict(

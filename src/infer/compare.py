@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from . import selection
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
 from .feeds import profile, random_feeds, resolve_shapes
 from .model import Model, ModelFormat, ModelSource
-from .options import PRECISIONS
+from .options import PRECISIONS, Options
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +268,8 @@ def _profile(
 
 
 def _available(model: Model, device: str, precision: str) -> list[str]:
-    from .bench import targets
-
-    found, _ = targets(model, device, precision)
-    return [t.label for t in found]
+    verdicts = selection.preflight(model, device, Options(precision=precision))
+    return [a.backend for a in verdicts if a.eligible]
 
 
 # -- the numbers --------------------------------------------------------------------------------
