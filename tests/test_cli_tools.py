@@ -113,6 +113,31 @@ def test_bench_concurrency_and_failures(cnn_file):
     assert named.exit_code == 2 and "'nope' is not known" in named.stderr
 
 
+def test_bench_times_the_shapes_a_real_run_takes(real_model):
+    # A detector with open height and width: timed at a detector's size, not 1x1, and the table
+    # says which shapes it timed.
+    result = cli("bench", real_model("ocr_det"), "-b", "onnxruntime", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert " 1x3x640x640 " in result.stdout
+    assert "note: x[2] ('p2o.DynamicDimension.1') = 640: a detector's input size" in result.stdout
+    data = json.loads(
+        cli("bench", real_model("ocr_det"), "-b", "onnxruntime", *FAST, "--json", "-").stdout
+    )
+    assert data["results"][0]["shapes"] == {"x": [1, 3, 640, 640]}
+
+
+def test_bench_exits_1_when_a_row_did_not_run(real_model):
+    # Silero VAD refuses random one-sample audio at run time: every backend's row fails, none
+    # is dropped, and the exit status says the benchmark did not run.
+    result = cli("bench", real_model("silero_vad"), "--device", "cpu", *FAST)
+    assert result.exit_code == 1, result.stdout
+    assert "✗ onnxruntime[cpu] (batch 1):" in result.stdout
+    assert "benchmark row(s) did not run" in result.stderr
+    named = cli("bench", real_model("silero_vad"), "-b", "onnxruntime", *FAST, "--json", "-")
+    assert named.exit_code == 1
+    assert json.loads(named.stdout)["results"][0]["error"]
+
+
 # -- compare -------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from . import selection
 from .device import Device, cpu
 from .engine import Engine
 from .errors import InferError, OptionError
-from .feeds import profile, random_feeds, resolve_shapes
+from .feeds import profile, random_feeds, representative_shapes
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import TensorSpec
@@ -87,6 +87,8 @@ class Measurement:
     throughput: float | None = None  # samples (batch items) per second
     summary: str = ""  # the backend's own line from engine.selection
     error: str | None = None
+    skipped: bool = False  # the batch size does not apply to the model (an error, not a failure)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the inputs timed
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -111,6 +113,10 @@ class BenchReport:
     notes: tuple[str, ...] = ()
     environment: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
+    def failures(self) -> list[Measurement]:
+        """Rows that did not run: a backend that failed to load, or a run that failed."""
+        return [m for m in self.results if not m.ok and not m.skipped]
+
     def best(self, batch: int) -> Measurement | None:
         """The fastest backend (lowest median latency) at `batch`."""
         ok = [m for m in self.results if m.ok and m.batch == batch and m.latency]
@@ -134,6 +140,8 @@ class BenchReport:
                 "throughput": m.throughput,
                 "summary": m.summary,
                 "error": m.error,
+                "skipped": m.skipped,
+                "shapes": {k: list(v) for k, v in m.shapes.items()},
             }
             if samples:
                 d["samples_ms"] = list(m.samples_ms)
@@ -216,8 +224,9 @@ def benchmark(
         warm-up run happen however long they take).
     concurrency: requests kept in flight (through Engine.submit); > 1 also asks backends
         for their throughput setting (hint="throughput").
-    shapes: sizes for dynamic dimensions (see `infer.feeds.resolve_shapes`); the first
-        dimension of every input where it is dynamic is the batch size.
+    shapes: sizes for dynamic dimensions (see `infer.feeds.representative_shapes`, which
+        sizes those not given as a real run would); the first dimension of every input
+        where it is dynamic is the batch size.
     inputs: arrays to use as they are for some inputs (a sample rate, a state); the others
         are seeded random.
     cache_dir: where the cold load builds and the warm load reads back; default a temporary
@@ -342,12 +351,18 @@ def _bench_one(
                 summary=summary,
             )
             try:
-                feed_shapes, batch_used, dims = _batched_shapes(engine.inputs, shapes, batch, given)
-                notes += [f"dynamic dimension {d} (set it with --shape)" for d in dims]
+                feed_shapes, batch_used, dims = _batched_shapes(
+                    engine.inputs, shapes, batch, given, model
+                )
+                notes += [f"{d}; set it with --shape" for d in dims]
                 feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
+            except _NoBatch as e:
+                out.append(Measurement(batch=batch, error=_one_line(e), skipped=True, **common))
+                continue
             except InferError as e:
                 out.append(Measurement(batch=batch, error=_one_line(e), **common))
                 continue
+            common["shapes"] = {k: tuple(np.shape(v)) for k, v in feeds.items()}
 
             def report(phase: str, seconds: float, base: float = base, batch: int = batch) -> None:
                 tick(label, f"{phase} b={batch}", base + seconds, total)
@@ -396,10 +411,14 @@ def _profile(
     sets = []
     for batch in batches:
         try:
-            sets.append(_batched_shapes(specs, shapes, batch, given)[0])
+            sets.append(_batched_shapes(specs, shapes, batch, given, model)[0])
         except InferError:
             continue  # that batch will fail with its reason when it is run
     return profile(sets) or None
+
+
+class _NoBatch(InferError):
+    """The batch size asked for does not apply: no input has a dynamic first dimension."""
 
 
 def _batched_shapes(
@@ -407,25 +426,32 @@ def _batched_shapes(
     shapes: Mapping[str, Any] | None,
     batch: int,
     given: Mapping[str, np.ndarray] | None = None,
+    model: Model | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], int, list[str]]:
     """Input shapes with `batch` on every dynamic first dimension of a random input (whatever
-    `shapes` says about it), the batch that applies, and notes for other dynamic dims
-    defaulted to 1. Inputs in `given` keep their own shapes."""
+    `shapes` says about it), other dynamic dims as a real run would size them
+    (`representative_shapes`), the batch that applies, and notes for the sizes chosen.
+    Inputs in `given` keep their own shapes."""
     given = given or {}
-    resolved, notes = resolve_shapes(specs, shapes, arrays=given)
     dynamic = [
         s.name for s in specs if s.shape and not isinstance(s.shape[0], int) and s.name not in given
     ]
+    wanted = dict(shapes or {})
+    for s in specs:  # a named batch dimension takes the batch wherever it appears
+        first = s.shape[0] if s.shape else None
+        if s.name in dynamic and isinstance(first, str) and first:
+            wanted[first] = batch
+    resolved, notes = representative_shapes(specs, wanted, arrays=given, model=model)
     out = dict(resolved)
     for name in dynamic:
         out[name] = (batch, *resolved[name][1:])
-    notes = [n for n in notes if not any(n.startswith(f"{name}[0] ") for name in dynamic)]
+    notes = [n for n in notes if not any(n.startswith(f"{name}[0] (?)") for name in dynamic)]
     if dynamic:
         return out, batch, notes
     firsts = {v[0] for v in out.values() if v}
     used = firsts.pop() if len(firsts) == 1 else 1
     if batch not in (used, 1):
-        raise InferError(
+        raise _NoBatch(
             f"batch {batch} cannot be run: no input has a dynamic first dimension "
             f"(inputs: {', '.join(f'{k}={list(v)}' for k, v in out.items())})"
         )
