@@ -138,6 +138,34 @@ def test_bench_exits_1_when_a_row_did_not_run(real_model):
     assert json.loads(named.stdout)["results"][0]["error"]
 
 
+def test_shape_by_dimension_name_on_every_backend(tmp_path):
+    # OpenVINO compiled with static shapes reports no dimension names: names are resolved
+    # against the ONNX model's declared inputs, whatever the backend reports.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "seq.onnx"
+    onnx.save(proto, path)
+    for backend in ("onnxruntime", "openvino"):
+        ran = cli("run", path, "--shape", "sequence=48", "-b", backend, "--save", tmp_path / "y")
+        assert ran.exit_code == 0, (backend, ran.stderr)
+        with np.load(tmp_path / "y.npz") as got:
+            assert got["y"].shape == (1, 48), backend
+    result = cli(
+        "bench", path, "-b", "onnxruntime,openvino", "--shape", "sequence=48", *FAST, "--json", "-"
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert [r["backend"] for r in rows] == ["onnxruntime[cpu]", "openvino"]
+    assert all(r["error"] is None and r["shapes"] == {"x": [1, 48]} for r in rows), rows
+
+
 # -- compare -------------------------------------------------------------------------------------
 
 

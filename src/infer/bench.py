@@ -352,7 +352,7 @@ def _bench_one(
             )
             try:
                 feed_shapes, batch_used, dims = _batched_shapes(
-                    engine.inputs, shapes, batch, given, model
+                    _declared(model, engine), shapes, batch, given, model
                 )
                 notes += [f"{d}; set it with --shape" for d in dims]
                 feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
@@ -415,6 +415,12 @@ def _profile(
         except InferError:
             continue  # that batch will fail with its reason when it is run
     return profile(sets) or None
+
+
+def _declared(model: Model, engine: Engine) -> list[TensorSpec]:
+    """The inputs to size feeds from: an ONNX model's own (with its dimension names, which a
+    backend that compiled static shapes no longer reports), else the engine's."""
+    return model.inputs if model.format is ModelFormat.ONNX else engine.inputs
 
 
 class _NoBatch(InferError):

@@ -91,7 +91,10 @@ def run_command(
         source, device, backend=chosen, precision=precision_of(precision), shapes=build_shapes
     ) as engine:
         load_s = time.perf_counter() - start
-        resolved, notes = representative_shapes(engine.inputs, shapes, arrays=given, model=source)
+        # Dimension names are the ONNX model's: a backend that compiled static shapes (OpenVINO
+        # given shapes=) reports none.
+        declared = source.inputs if onnx else engine.inputs
+        resolved, notes = representative_shapes(declared, shapes, arrays=given, model=source)
         feeds = random_feeds(engine.inputs, resolved, seed=seed, given=given)
         for note in notes:
             err().print(Text(f"note: dynamic dimension {note}; set it with --shape", style="dim"))
