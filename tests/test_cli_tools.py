@@ -164,6 +164,9 @@ def test_shape_by_dimension_name_on_every_backend(tmp_path):
     rows = json.loads(result.stdout)["results"]
     assert [r["backend"] for r in rows] == ["onnxruntime[cpu]", "openvino"]
     assert all(r["error"] is None and r["shapes"] == {"x": [1, 48]} for r in rows), rows
+    compared = cli("compare", path, "-b", "openvino,onnxruntime", "--shape", "sequence=48")
+    assert compared.exit_code == 0, compared.stderr
+    assert "x: float32[1, 48]" in compared.stdout
 
 
 # -- compare -------------------------------------------------------------------------------------
