@@ -367,3 +367,21 @@ def test_cache_path_list_clear(_isolated_cache):
     ]
     cli("cache", "clear")
     assert "(empty)" in cli("cache", "list").stdout
+
+
+def test_inspect_says_which_backends_implement_the_ops(real_model, tmp_path):
+    # Silero VAD: OpenVINO cannot convert what its If holds (compiling it fails); the check
+    # says so without compiling, and --compile confirms it.
+    result = cli("inspect", real_model("silero_vad"), "--json")
+    verdicts = {b["backend"]: b for b in json.loads(result.stdout)["backends"]}
+    assert verdicts["onnxruntime[cpu]"]["ok"] is True and verdicts["reference"]["ok"] is True
+    if verdicts.get("openvino", {}).get("device") == "cpu:0":
+        assert verdicts["openvino"]["ok"] is False
+        assert "does not implement If (node 'If_0')" in verdicts["openvino"]["reason"]
+        text = cli("inspect", real_model("silero_vad"), "--compile").stdout
+        assert "✗ openvino on cpu:0: OpenVINO could not compile" in text
+        assert re.search(r"✓ onnxruntime\[cpu\] on cpu:0: compiled in \d+", text)
+    onnx.save(models.custom_op(), tmp_path / "custom.onnx")
+    text = " ".join(cli("inspect", tmp_path / "custom.onnx").stdout.split())
+    assert "✗ reference on cpu:0: reference" in text
+    assert "does not implement com.example:Frobnicate (opset 1)" in text

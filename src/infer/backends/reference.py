@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +12,7 @@ import numpy as np
 
 from ..device import Device, cpu
 from ..errors import CompileError
-from ..model import Model
+from ..model import Model, ModelFormat
 from ..options import Options
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 
@@ -35,6 +37,25 @@ class ReferenceBackend(Backend):
     def precisions(self, device: Device, variant: str | None = None) -> Mapping[str, str]:
         # It evaluates whatever graph it is given, so transformed graphs run as they are.
         return {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}
+
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """The model's ops onnx.reference has no implementation of at the model's opsets (its
+        op registry and the schemas' function bodies, and the ops corrected here)."""
+        if model.format is not ModelFormat.ONNX:
+            return None
+        from .._ops import op_uses
+
+        proto = model._skeleton
+        corrected = {("", c.__name__) for c in _corrected_ops(_opset(proto))}
+        missing: dict[str, None] = {}
+        for use in op_uses(proto):
+            if (use.domain, use.op) not in corrected and not _implemented(
+                use.domain, use.op, use.version
+            ):
+                missing[f"{use.label} (opset {use.version})" if use.version else use.label] = None
+        return list(missing)
 
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
@@ -100,6 +121,37 @@ class ReferenceSession(Session):
 
     def _close(self) -> None:
         self._evaluator = None
+
+
+@functools.cache
+def _implemented(domain: str, op: str, version: int | None) -> bool:
+    """Whether onnx.reference loads an implementation of the op at this opset, as its
+    evaluator does for each node (a function body counts; no opset import does not)."""
+    if version is None:
+        return False
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import RuntimeContextError
+
+    try:
+        if domain == "":
+            from onnx.reference.ops import load_op
+
+            load_op(domain, op, version, evaluator_cls=ReferenceEvaluator)
+            return True
+        loaders = {
+            "ai.onnx.ml": "onnx.reference.ops.aionnxml",
+            "ai.onnx.preview": "onnx.reference.ops.aionnx_preview",
+            "ai.onnx.preview.training": "onnx.reference.ops.aionnx_preview_training",
+            "experimental": "onnx.reference.ops.experimental",
+        }
+        if domain not in loaders:
+            return False
+        importlib.import_module(loaders[domain]).load_op(domain, op, version)
+        return True
+    except RuntimeContextError:  # a function body that depends on the node: it builds one
+        return True
+    except Exception:  # no implementation (NotImplementedError, its RuntimeImplementationError)
+        return False
 
 
 def _opset(proto: Any) -> int:

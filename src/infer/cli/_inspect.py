@@ -10,14 +10,26 @@ from rich.text import Text
 
 from ..inspect import Inspection, Node, inspect
 from ..tensors import describe
-from ._common import ModelArg, fmt_bytes, fmt_count, help_text, load_model, out, write_json
+from ._common import (
+    ModelArg,
+    fmt_bytes,
+    fmt_count,
+    fmt_s,
+    help_text,
+    load_model,
+    out,
+    write_json,
+)
 
 HELP = help_text(
     "Show what a model holds: IR version, producer, opsets per domain, inputs and "
     "outputs (symbolic dims by name), node count and op types, initializers and their "
     "bytes, subgraphs, custom domains, external data, and which backends here can "
-    "load it.",
+    "load it: ✓ where a backend implements every op at the model's opsets (checked "
+    "without compiling), ✗ with the reason where it cannot, ? where that is known only "
+    "by compiling; --compile loads the model on each to be sure.",
     "infer inspect model.onnx",
+    "infer inspect model.onnx --compile",
     "infer inspect model.onnx --nodes | less",
     "infer inspect model.onnx --json | jq .onnx.opsets",
 )
@@ -39,9 +51,13 @@ def inspect_command(
         bool,
         typer.Option("--backends/--no-backends", help="Ask each backend whether it can load it."),
     ] = True,
+    compile: Annotated[
+        bool,
+        typer.Option("--compile", help="Load the model on each backend here to be sure."),
+    ] = False,
 ) -> None:
     source, name = load_model(model)
-    result = inspect(source, backends=backends)
+    result = inspect(source, backends=backends, compile=compile)
     if as_json:
         data = result.to_dict(nodes=nodes)
         data["name"] = name
@@ -116,9 +132,15 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
     here = [s for s in r.backends if s.device != "-"]
     absent = [s.backend for s in r.backends if s.device == "-"]
     for i, s in enumerate(here):
-        mark = Text("✓ ", style="green") if s.ok else Text("✗ ", style="red")
+        mark = {True: Text("✓ ", style="green"), None: Text("? ", style="yellow")}.get(
+            s.ok, Text("✗ ", style="red")
+        )
         line = mark + Text(f"{s.backend} on {s.device}")
-        if not s.ok:
+        if s.verdict == "compiled":
+            line.append(f": compiled in {fmt_s(s.seconds)}", style="dim")
+        elif s.ok is None:
+            line.append(f": not checked ({s.reason})", style="dim")
+        elif not s.ok:
             line.append(f": {s.reason}", style="dim")
         grid.add_row("backends" if i == 0 else "", line)
     if absent:
