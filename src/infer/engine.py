@@ -20,7 +20,7 @@ from .device import Device
 from .errors import InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
-from .selection import Attempt
+from .selection import Attempt, Selection
 from .tensors import TensorSpec, describe
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Engine:
         self, session: Session, selection: Sequence[Attempt], model: Model, options: Options
     ) -> None:
         self._session = session
-        self._selection = tuple(selection)
+        self._selection = Selection(selection)
         self._model = model
         self._options = options
         self._preprocess: dict[str, Any] | None = None
@@ -119,8 +119,9 @@ class Engine:
         return self._session.device
 
     @property
-    def selection(self) -> tuple[Attempt, ...]:
-        """Every candidate considered, in order, with its verdict and reason."""
+    def selection(self) -> Selection:
+        """Every candidate considered, in order, with its verdict and reason (a tuple of
+        Attempt; `print(engine.selection)` gives one line each)."""
         return self._selection
 
     @property

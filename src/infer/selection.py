@@ -96,6 +96,48 @@ class Attempt:
         return f"{self.backend} on {self.device}: {self.verdict}{why}"
 
 
+class Selection(tuple[Attempt, ...]):
+    """What `Engine.load` tried, in order (a tuple of Attempt, the data as it was): prints as
+    one line per candidate it could try (seconds rounded, reasons cut) and one line naming
+    those not here (their reasons stay in the data); `repr` is one line."""
+
+    REASON_CHARS = 160
+
+    @property
+    def chosen(self) -> Attempt | None:
+        """The attempt that was selected (None: none was)."""
+        return next((a for a in reversed(self) if a.verdict == "selected"), None)
+
+    def __str__(self) -> str:
+        lines = [self._line(a) for a in self if a.verdict != "unavailable"]
+        absent = [a.backend for a in self if a.verdict == "unavailable"]
+        if absent:
+            lines.append(f"- not here: {', '.join(absent)}")
+        return "\n".join(lines) or "(no candidates)"
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{a.backend} {a.verdict}"
+            + (f" in {_seconds(a.seconds)}" if a.seconds is not None else "")
+            for a in self
+        ]
+        return f"Selection({'; '.join(parts)})"
+
+    def _line(self, a: Attempt) -> str:
+        mark = "✓" if a.verdict == "selected" else "✗" if a.verdict == "failed" else "-"
+        took = f" in {_seconds(a.seconds)}" if a.seconds is not None else ""
+        reason = " ".join(a.reason.split())
+        if len(reason) > self.REASON_CHARS:
+            reason = reason[: self.REASON_CHARS - 1] + "…"
+        return f"{mark} {a.backend} on {a.device}: {a.verdict}{took}" + (
+            f": {reason}" if reason else ""
+        )
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
@@ -224,7 +266,10 @@ def select(
         _warn_on_fallback(attempts, named=forced)
         return session, attempts
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
-        raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
+        # Its own text once: the other candidates' verdicts follow, not this one again.
+        others = [a for a in attempts if a.reason != str(last_error)]
+        also = f"\n{_explain(others)}" if others else ""
+        raise type(last_error)(f"{last_error}{also}") from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..device import Device, cpu
-from ..errors import CompileError
+from ..errors import CompileError, RuntimeFailure
 from ..model import Model, ModelFormat
 from ..options import Options
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
@@ -110,7 +111,12 @@ class ReferenceSession(Session):
         names = outputs or self._output_names
         # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
         with self._lock, np.errstate(over="ignore"):
-            results = self._evaluator.run(names, feeds)
+            try:
+                results = self._evaluator.run(names, feeds)
+            except (TypeError, AttributeError) as e:
+                raise RuntimeFailure(
+                    f"{self.backend} failed to run on {self.device}: {_cause(e)}"
+                ) from e
         # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
         out = {}
         for n, r in zip(names, results):
@@ -152,6 +158,21 @@ def _implemented(domain: str, op: str, version: int | None) -> bool:
         return True
     except Exception:  # no implementation (NotImplementedError, its RuntimeImplementationError)
         return False
+
+
+_WRAPPED = re.compile(r"^Issues with types .*\(operator '([^']*)'\)\.?$", re.S)
+
+
+def _cause(e: BaseException) -> str:
+    """What went wrong, without the layers onnx.reference wraps around it: each op that a
+    failure passes through (a Loop, then its body's op) re-raises "Issues with types [<class
+    'numpy.ndarray'>, ...] (operator 'Loop')" from the one below."""
+    ops: list[str] = []
+    while (found := _WRAPPED.match(str(e))) and e.__cause__ is not None:
+        ops.append(found.group(1))
+        e = e.__cause__
+    where = f"in {' > '.join(ops)}: " if ops else ""
+    return f"{where}{type(e).__name__}: {e}"
 
 
 def _opset(proto: Any) -> int:

@@ -21,6 +21,9 @@ from ._common import (
     write_json,
 )
 
+METADATA_CHARS = 120
+"""Metadata values longer than this are cut in the text output (--full and --json keep them)."""
+
 HELP = help_text(
     "Show what a model holds: IR version, producer, opsets per domain, inputs and "
     "outputs (symbolic dims by name), node count and op types, initializers and their "
@@ -55,6 +58,9 @@ def inspect_command(
         bool,
         typer.Option("--compile", help="Load the model on each backend here to be sure."),
     ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Show long metadata values in full.")
+    ] = False,
 ) -> None:
     source, name = load_model(model)
     result = inspect(source, backends=backends, compile=compile)
@@ -63,10 +69,10 @@ def inspect_command(
         data["name"] = name
         write_json(data, "-")
         return
-    render(result, name, nodes)
+    render(result, name, nodes, full)
 
 
-def render(r: Inspection, name: str, nodes: bool = False) -> None:
+def render(r: Inspection, name: str, nodes: bool = False, full: bool = False) -> None:
     console = out()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -118,7 +124,7 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
                 f"{', '.join(o.external_data)} ({fmt_bytes(o.external_bytes)})",
             )
         for i, (k, v) in enumerate(o.metadata):
-            grid.add_row("metadata" if i == 0 else "", f"{k}: {v}")
+            grid.add_row("metadata" if i == 0 else "", f"{k}: {v if full else _value(v)}")
     elif r.native is not None:
         n = r.native
         for note in n.notes:
@@ -153,7 +159,7 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
     if histogram:
         console.print()
         console.print(Text("op types", style="bold"))
-        console.print(_columns([f"{op} {n}" for op, n in histogram]))
+        console.print(_columns([f"{op} {n}" for op, n in histogram], console.width - 2))
     if nodes and r.nodes:
         console.print()
         console.print(Text("nodes", style="bold"))
@@ -163,6 +169,16 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
 
 def _spec(spec: Any) -> str:
     return f"{spec.name}: {describe(spec.shape, spec.dtype)}"
+
+
+def _value(text: str, limit: int = METADATA_CHARS) -> str:
+    """A metadata value on one line, cut to `limit` characters, saying how long it is."""
+    flat = text.replace("\r", "").replace("\n", "⏎")
+    if len(flat) <= limit:
+        return flat
+    lines = text.count("\n") + 1
+    size = f"{len(text):,} characters" + (f", {lines:,} lines" if lines > 1 else "")
+    return f"{flat[:limit]}… ({size}; --full shows it)"
 
 
 def _columns(items: list[str], width: int = 78) -> Table:
