@@ -109,7 +109,9 @@ def table(reports: dict[str, BenchReport]) -> str:
         cells = [f"{name} ({MODELS[name][0]})"]
         for b in backends:
             m = by.get(b)
-            if m is None:
+            if m is None and any(s.backend == b and s.verdict == "unsupported" for s in r.skipped):
+                cells.append("fails")  # its op check says it cannot take the model
+            elif m is None:
                 cells.append("–")
             elif not m.ok:
                 cells.append("fails")
