@@ -654,12 +654,13 @@ def test_binding_into_given_arrays():
         assert np.array_equal(out, want)
         with (
             engine._session.bind(outputs={"logits": out}) as b,
-            pytest.raises(InputError, match="bound output 'logits' has shape"),
+            pytest.raises(InputError, match=r"output 'logits' has shape \[1, 10\].*\[2, 10\]"),
         ):
             b.run({"input": x[:1]})
-        with pytest.raises(InputError, match="unknown output"):
+        # The same mistakes raise what every backend raises (tests/test_edge.py).
+        with pytest.raises(OptionError, match="unknown output"):
             engine._session.bind(outputs={"nope": out})
-        with pytest.raises(InputError, match="writable C-contiguous float32"):
+        with pytest.raises(OptionError, match=r"output 'logits' is float32.*float64"):
             engine._session.bind(outputs={"logits": np.zeros((2, 10), np.float64)})
 
 

@@ -26,13 +26,24 @@ from typing import Any
 import numpy as np
 
 from .. import tensors
+from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
-from ..errors import CompileError, EngineClosed, InputError, OptionError, RuntimeFailure
+from ..errors import CompileError, EngineClosed, InputError, OptionError
 from ..model import Model, ModelFormat
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, TensorSpec, dtype_info
-from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
+from .base import (
+    GRAPH,
+    HINT,
+    NATIVE,
+    Backend,
+    BackendInfo,
+    Binding,
+    OutputPlan,
+    Session,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -867,7 +878,7 @@ class OpenVinoSession(Session):
             or max(2, self.details.get("optimal_requests") or 1)
         )
 
-    def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
+    def _submit(self, feeds: dict[str, Any], outputs: list[str] | None) -> Future:
         """Start an inference on the request pool and return its Future.
 
         At most `submit_requests` inferences are in flight: a call blocks while every request
@@ -876,44 +887,30 @@ class OpenVinoSession(Session):
         (the pool then matches OPTIMAL_NUMBER_OF_INFER_REQUESTS); under the default latency
         hint one stream runs at a time and submit overlaps only the Python work around it.
         """
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
-        feeds = self._validate(feeds)
-        names = None if outputs is None else self._check_outputs(outputs)
         pool = self._async
         if pool is None:
             with self._async_lock:
+                self._check_open()
                 if self._async is None:
                     self._async = _AsyncPool(self, self.default_in_flight())
                 pool = self._async
-        return pool.submit(feeds, names)
+        return pool.submit(feeds, outputs)
+
+    def _error_text(self, error: BaseException) -> str:
+        return _message(error)
 
     # -- bind ---------------------------------------------------------------------------------
 
-    def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
+    def _bind(self, plan: OutputPlan) -> Binding:
         """A request of its own whose output tensors are numpy buffers (the binding's, or the
         arrays given in `outputs`) that OpenVINO writes into; inputs are shared zero-copy."""
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
-        if isinstance(outputs, str):
-            if outputs not in ("host", "device"):
+        for name, arr in plan.given.items():
+            if arr.dtype not in _NUMPY_BRIDGE:
                 raise OptionError(
-                    f"bind(outputs={outputs!r}): use 'host', 'device' or a dict of output name -> array"
+                    f"bind(outputs={{{name!r}: ...}}): {dtype_info(arr.dtype).name} outputs "
+                    "cannot be shared with OpenVINO; bind this output as 'host'"
                 )
-            if outputs == "device" and self.device.kind not in ("cpu", "auto"):
-                raise OptionError(
-                    f"bind(outputs='device'): OpenVINO remote tensors on {self.device} are not "
-                    "supported by infer; use outputs='host'"
-                )
-            given: Mapping[str, Any] = {}
-        elif isinstance(outputs, Mapping):
-            given = outputs
-        else:
-            raise OptionError(
-                f"bind(outputs=...) takes 'host', 'device' or a dict of output name -> array, "
-                f"got {type(outputs).__name__}"
-            )
-        return OpenVinoBinding(self, given)
+        return OpenVinoBinding(self, plan)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -987,9 +984,10 @@ class _AsyncPool:
             except Exception as e:
                 self._jobs[slot] = None
                 self._idle.put(slot)
-                raise RuntimeFailure(
-                    f"openvino failed to start an inference on {self._session.device}: {_message(e)}"
-                ) from e
+                failure = self._session.failure(e)
+                failure.__cause__ = e
+                fut.set_exception(failure)
+                return fut
             self._in_flight.notify()
         return fut
 
@@ -1002,7 +1000,8 @@ class _AsyncPool:
             try:
                 result: Any = self._session._read(self._requests[slot], job.outputs)
             except Exception as e:
-                result = RuntimeFailure(f"openvino outputs could not be read: {e}")
+                result = self._session.failure(e)
+                result.__cause__ = e
             with self._lock:
                 job.finished = True
                 self._jobs[slot] = None
@@ -1043,9 +1042,9 @@ class _AsyncPool:
             job.finished = True
             self._jobs[slot] = None
         self._idle.put(slot)
-        job.future.set_exception(
-            RuntimeFailure(f"openvino failed to run on {self._session.device}: {_message(error)}")
-        )
+        failure = self._session.failure(error)
+        failure.__cause__ = error
+        job.future.set_exception(failure)
 
     def close(self) -> None:
         with self._lock:
@@ -1065,50 +1064,15 @@ class OpenVinoBinding(Binding):
     request, and the bound buffers are reallocated (logged at debug level).
     """
 
-    def __init__(self, session: OpenVinoSession, given: Mapping[str, Any]) -> None:
-        super().__init__(session)
+    def __init__(self, session: OpenVinoSession, plan: OutputPlan) -> None:
+        super().__init__(session, plan)
         self.session: OpenVinoSession = session
-        unknown = sorted(set(given) - set(session._out_index))
-        if unknown:
-            raise InputError(
-                f"bind(outputs=...): unknown output(s) {unknown}; the model's outputs are "
-                f"{session._output_names}"
-            )
-        self._given = {name: self._check_given(name, arr) for name, arr in given.items()}
+        self._given: Mapping[str, np.ndarray] = plan.given
         self._request = session._compiled.create_infer_request()
         self._learner: Any = None  # a plain request, to learn output shapes
         self._fed: list[tuple[np.ndarray, Any] | None] = [None] * len(session._ports)
         self._signature: tuple | None = None
         self._outs: list[np.ndarray] = []
-
-    def _check_given(self, name: str, arr: Any) -> np.ndarray:
-        spec = self.session.outputs[self.session._out_index[name]]
-        if not isinstance(arr, np.ndarray):
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): expected a numpy array, got {type(arr).__name__}"
-            )
-        if arr.dtype != spec.dtype or not arr.flags.c_contiguous or not arr.flags.writeable:
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): expected a writable C-contiguous "
-                f"{tensors.describe(spec.shape, spec.dtype)} array, got "
-                f"{tensors.describe(arr.shape, arr.dtype)}"
-                f"{'' if arr.flags.c_contiguous else ' (not contiguous)'}"
-                f"{'' if arr.flags.writeable else ' (read-only)'}"
-            )
-        if arr.dtype not in _NUMPY_BRIDGE:
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): {dtype_info(arr.dtype).name} outputs cannot "
-                "be shared with OpenVINO; bind this output as 'host'"
-            )
-        if spec.shape is not None and (
-            len(spec.shape) != arr.ndim
-            or any(isinstance(d, int) and d != g for d, g in zip(spec.shape, arr.shape))
-        ):
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): expected {tensors.describe(spec.shape, spec.dtype)}, "
-                f"got shape {list(arr.shape)}"
-            )
-        return arr
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         s = self.session
@@ -1157,11 +1121,7 @@ class OpenVinoBinding(Binding):
             if name in self._given:
                 buf = self._given[name]
                 if buf.shape != produced.shape:
-                    raise InputError(
-                        f"bound output {name!r} has shape {list(buf.shape)}, but for inputs of "
-                        f"shapes {[list(x) for x in signature]} the model produces "
-                        f"{list(produced.shape)}"
-                    )
+                    raise target_mismatch(name, buf, produced.shape)
                 np.copyto(buf, produced)
             else:
                 buf = produced  # a fresh array the binding owns: it becomes the bound buffer
