@@ -43,6 +43,10 @@ class Engine:
         self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        # An engine dropped without close(), or still open at interpreter exit, finishes its
+        # in-flight runs and frees the runtime then: a runtime thread calling back into a
+        # finalizing interpreter aborts the process (OpenVINO did, with pending submits).
+        self._finalizer = weakref.finalize(self, session.close)
 
     @classmethod
     def load(
@@ -196,7 +200,9 @@ class Engine:
         return meta
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Shorthand: `engine(x)` or `engine(x=..., y=...)`; one output comes back bare."""
+        """Shorthand: `engine(x)` or `engine(x=..., y=...)`. One output comes back bare,
+        several as a tuple in the model's output order (`boxes, scores = engine(x)`);
+        `run` gives them by name."""
         if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
             feeds = dict(args[0])
         else:
@@ -212,13 +218,16 @@ class Engine:
                 raise InputError(f"input(s) {clash} given both by position and by name")
             feeds.update(kwargs)
         out = self._session.run(feeds)
-        return next(iter(out.values())) if len(out) == 1 else out
+        return next(iter(out.values())) if len(out) == 1 else tuple(out.values())
 
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
         """Run in the background and return a `concurrent.futures.Future` of the outputs.
 
-        At most `max_in_flight` runs are queued or running; past that, `submit` blocks until
-        one finishes, so a fast producer cannot queue unbounded work.
+        The same on every backend: feeds are checked before anything is queued, and a mistake
+        in them (`InputError`) comes back in the Future at once, as a runtime failure does
+        later; only a closed engine raises here. At most `max_in_flight` runs are queued or
+        running; past that, `submit` blocks until one finishes, so a fast producer cannot
+        queue unbounded work.
         """
         return self._session.submit(feeds, outputs)
 
@@ -247,7 +256,12 @@ class Engine:
         pending: deque[Future] = deque()
         try:
             for item in items:
-                pending.append(self.submit(self._as_feeds(item), outputs))
+                try:
+                    fut = self.submit(self._as_feeds(item), outputs)
+                except InputError as e:  # an item that is no feed dict: raised at its place
+                    fut = Future()
+                    fut.set_exception(e)
+                pending.append(fut)
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -294,7 +308,9 @@ class Engine:
                 for frame in frames:
                     y = b.run({"images": frame})
         """
-        return self._session.bind(outputs)
+        binding = self._session.bind(outputs)
+        binding.owner = self  # the engine, and so its session, lives while the binding does
+        return binding
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -303,8 +319,9 @@ class Engine:
         return self._session.closed
 
     def close(self) -> None:
-        """Free the compiled model; later calls to run raise EngineClosed."""
-        self._session.close()
+        """Finish the runs in flight, then free the compiled model; later calls to run raise
+        EngineClosed."""
+        self._finalizer()
 
     def __enter__(self) -> Engine:
         return self
