@@ -39,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
+from .. import _onnx
 from ..cache import Cache, Key
 from ..errors import InputError, ModelError, OptionError
 from ..model import Model, ModelFormat
@@ -1032,7 +1033,7 @@ def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
 
     def write(folder: Any) -> dict[str, Any]:
         fused = build(model.proto, resolved)
-        _save(fused, folder / "model.onnx")
+        _onnx.save(fused, folder / "model.onnx")
         return {"source": str(model.path or model.name), "specs": _specs_json(resolved)}
 
     entry, built = cache.get_or_build(key, write)
@@ -1045,13 +1046,6 @@ def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
 def _named(fused: Model, source: Model) -> Model:
     fused.name = source.name
     return fused
-
-
-def _save(proto: onnx.ModelProto, path: Any) -> None:
-    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GiB limit, with room for the graph
-        onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
-    else:
-        onnx.save_model(proto, str(path))
 
 
 def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
@@ -1111,16 +1105,11 @@ def specs_of(model: Model) -> dict[str, Preprocess]:
     return {}
 
 
-def _opset(proto: onnx.ModelProto) -> int:
-    for entry in proto.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise ModelError("the model imports no default ONNX opset")
-
-
 def build(proto: onnx.ModelProto, specs: Mapping[str, Preprocess]) -> onnx.ModelProto:
     """The fused model: each spec's nodes feed the model input it names (`specs` resolved)."""
-    opset = _opset(proto)
+    opset = _onnx.opset(proto)
+    if opset is None:
+        raise ModelError("the model imports no default ONNX opset")
     if opset < MIN_OPSET:
         raise OptionError(
             f"preprocess needs a model of opset >= {MIN_OPSET}; this one is opset {opset} "
