@@ -20,7 +20,7 @@ from .device import Device
 from .errors import InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
-from .tensors import TensorSpec, describe
+from .tensors import TensorSpec, describe_specs
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Engine:
             if len(args) > len(names):
                 raise InputError(
                     f"{len(args)} positional inputs given, the model takes {len(names)}: "
-                    + ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.inputs)
+                    + describe_specs(self.inputs)
                 )
             feeds = dict(zip(names, args))
             clash = sorted(set(feeds) & set(kwargs))
@@ -332,8 +332,8 @@ class Engine:
     def __repr__(self) -> str:
         state = " (closed)" if self.closed else ""
         name = f" ({self.device.name})" if self.device.name else ""
-        ins = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.inputs)
-        outs = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.outputs)
+        ins = describe_specs(self.inputs)
+        outs = describe_specs(self.outputs)
         return f"<Engine {self.backend} on {self.device}{name}{state}: ({ins}) -> ({outs})>"
 
 

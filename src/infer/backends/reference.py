@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _onnx
 from ..device import Device, cpu
 from ..errors import CompileError
 from ..model import Model
@@ -51,7 +52,7 @@ class ReferenceBackend(Backend):
         except Exception as e:
             raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
-            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
+            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_onnx.opset(proto) or 1))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         inputs, outputs = model.inputs, model.outputs
@@ -100,10 +101,6 @@ class ReferenceSession(Session):
 
     def _close(self) -> None:
         self._evaluator = None
-
-
-def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _corrected_ops(opset: int = 1) -> list[type]:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..inspect import Inspection, Node, inspect
-from ..tensors import describe
+from ..tensors import describe_specs
 from ._common import ModelArg, fmt_bytes, fmt_count, help_text, load_model, out, write_json
 
 HELP = help_text(
@@ -140,7 +140,7 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
 
 
 def _spec(spec: Any) -> str:
-    return f"{spec.name}: {describe(spec.shape, spec.dtype)}"
+    return describe_specs([spec])
 
 
 def _columns(items: list[str], width: int = 78) -> Table:
