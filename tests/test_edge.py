@@ -3,6 +3,8 @@ same words whichever backend runs the model (backends/base.py owns run/submit/bi
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -67,9 +69,7 @@ MISTAKES = {
     "unknown bound output": lambda e: e.bind(outputs={"nope": np.empty((2, 3), np.float32)}),
     "bound output of another dtype": lambda e: e.bind(outputs={"y": np.empty((2, 3))}),
     "bound output of another rank": lambda e: e.bind(outputs={"y": np.empty(6, np.float32)}),
-    "bound output not contiguous": lambda e: e.bind(
-        outputs={"y": np.empty((3, 2), np.float32).T}
-    ),
+    "bound output not contiguous": lambda e: e.bind(outputs={"y": np.empty((3, 2), np.float32).T}),
     "bound output not an array": lambda e: e.bind(outputs={"y": [[0.0] * 3] * 2}),
     "bound device output on the host": lambda e: e.bind(outputs={"y": CudaArray((2, 3))}),
     "bind argument": lambda e: e.bind(outputs="hosted"),
@@ -127,3 +127,41 @@ def test_map_yields_every_good_result_before_the_bad_one_on_every_backend(backen
         assert len(seen) == 3
         for got, x in zip(seen, items):
             np.testing.assert_array_equal(got, np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_close_while_other_threads_run_lets_their_runs_finish(backend):
+    """A run in progress when close() is called finishes on the session; later runs raise
+    EngineClosed; none fails half-way through freed runtime resources."""
+
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    engine = infer.Engine.load(models.cnn(), device="cpu", backend=backend)
+    want = engine.run({"input": x})["logits"]
+    outcomes: list[object] = []
+    started = threading.Barrier(5)
+
+    def loop() -> None:
+        started.wait()
+        while True:
+            try:
+                got = engine.run({"input": x})["logits"]
+            except EngineClosed:
+                outcomes.append("closed")
+                return
+            except Exception as e:  # anything else is the bug this test is for
+                outcomes.append(e)
+                return
+            outcomes.append(bool(np.array_equal(got, want)))
+
+    threads = [threading.Thread(target=loop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.05)
+    engine.close()
+    for t in threads:
+        t.join(timeout=60)
+    assert outcomes.count("closed") == 4
+    assert all(o is True or o == "closed" for o in outcomes), [
+        o for o in outcomes if not (o is True or o == "closed")
+    ]

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import abc
 import importlib
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -283,6 +285,11 @@ def _check_target(spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...]) -> 
         )
 
 
+def _value(counter: itertools.count) -> int:
+    """The next value an itertools.count would give, without taking it."""
+    return counter.__reduce__()[1][0]  # type: ignore[no-any-return,index]
+
+
 def _failed(error: BaseException) -> Future:
     fut: Future = Future()
     fut.set_exception(error)
@@ -326,6 +333,10 @@ class Session(abc.ABC):
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: threading.BoundedSemaphore | None = None
         self._exec_lock = threading.Lock()
+        # Runs started and finished (each `next` is atomic): close() waits for the runs
+        # other threads have in progress before the runtime's resources go.
+        self._started = itertools.count()
+        self._finished = itertools.count()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} on {self.device}>"
@@ -361,16 +372,20 @@ class Session(abc.ABC):
         self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Check `feeds`, run, and return {output name: array} (all outputs, or `outputs`)."""
-        if self._closed:
-            self._check_open()
-        feeds = self._feeds(feeds)
-        names = None if outputs is None else self._check_outputs(outputs)
+        next(self._started)  # counted before the closed check: close() waits for this run
         try:
-            return self._run(feeds, names)
-        except InferError:
-            raise
-        except Exception as e:
-            raise self.failure(e) from e
+            if self._closed:
+                self._check_open()
+            feeds = self._feeds(feeds)
+            names = None if outputs is None else self._check_outputs(outputs)
+            try:
+                return self._run(feeds, names)
+            except InferError:
+                raise
+            except Exception as e:
+                raise self.failure(e) from e
+        finally:
+            next(self._finished)
 
     @abc.abstractmethod
     def _run(self, feeds: dict[str, Any], outputs: list[str] | None) -> dict[str, np.ndarray]:
@@ -494,7 +509,16 @@ class Session(abc.ABC):
             # done-callback dropping the last engine reference) cannot wait for itself.
             own = threading.current_thread().name.startswith(f"infer-{self.backend}")
             executor.shutdown(wait=not own)
+        self._drain()
         self._close()
+
+    def _drain(self) -> None:
+        """Wait until no `run` is in progress on another thread (a run that began before the
+        session was closed finishes on it; later ones are refused)."""
+        delay = 1e-4
+        while _value(self._finished) < _value(self._started):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def _close(self) -> None:
         """Release backend resources (called once, after submitted runs have finished)."""
