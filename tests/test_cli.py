@@ -280,6 +280,14 @@ def test_run_random_inputs_are_seeded_and_saved(cnn_file, tmp_path):
     assert "note: dynamic dimension input[0] ('N') = 1" in other.stderr
 
 
+def test_run_sizes_open_dims_as_a_real_run_would(real_model, tmp_path):
+    result = cli("run", real_model("ocr_det"), "--save-inputs", tmp_path / "in.npz")
+    assert result.exit_code == 0, result.stderr
+    with np.load(tmp_path / "in.npz") as got:
+        assert got["x"].shape == (1, 3, 640, 640)
+    assert "= 640: a detector's input size" in " ".join(result.stderr.split())
+
+
 def test_run_real_model_with_input_files_and_values(real_model, tmp_path):
     path = real_model("silero_vad")
     rng = np.random.default_rng(0)

@@ -78,7 +78,7 @@ def test_bench_all_is_every_backend_that_can(tmp_path):
     data = json.loads(result.stdout)  # with --json -, stdout is only the JSON
     labels = {r["backend"] for r in data["results"]}
     found, _ = infer.bench.targets(infer.Model.load(infer.demo.model()), "cpu")
-    assert labels == {t.label for t in found} and {"onnxruntime[cpu]", "reference"} <= labels
+    assert labels == {t.backend for t in found} and {"onnxruntime[cpu]", "reference"} <= labels
 
 
 def test_bench_real_model(real_model):
@@ -111,6 +111,62 @@ def test_bench_concurrency_and_failures(cnn_file):
     assert "✗ onnxruntime[cpu] (batch 4): batch 4 cannot be run" in result.stdout
     named = cli("bench", cnn_file, "-b", "onnxruntime,nope", *FAST)
     assert named.exit_code == 2 and "'nope' is not known" in named.stderr
+
+
+def test_bench_times_the_shapes_a_real_run_takes(real_model):
+    # A detector with open height and width: timed at a detector's size, not 1x1, and the table
+    # says which shapes it timed.
+    result = cli("bench", real_model("ocr_det"), "-b", "onnxruntime", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert " 1x3x640x640 " in result.stdout
+    assert "note: x[2] ('p2o.DynamicDimension.1') = 640: a detector's input size" in result.stdout
+    data = json.loads(
+        cli("bench", real_model("ocr_det"), "-b", "onnxruntime", *FAST, "--json", "-").stdout
+    )
+    assert data["results"][0]["shapes"] == {"x": [1, 3, 640, 640]}
+
+
+def test_bench_exits_1_when_a_row_did_not_run(real_model):
+    # Silero VAD refuses random one-sample audio at run time: every backend's row fails, none
+    # is dropped, and the exit status says the benchmark did not run.
+    result = cli("bench", real_model("silero_vad"), "--device", "cpu", *FAST)
+    assert result.exit_code == 1, result.stdout
+    assert "✗ onnxruntime[cpu] (batch 1):" in result.stdout
+    assert "benchmark row(s) did not run" in result.stderr
+    named = cli("bench", real_model("silero_vad"), "-b", "onnxruntime", *FAST, "--json", "-")
+    assert named.exit_code == 1
+    assert json.loads(named.stdout)["results"][0]["error"]
+
+
+def test_shape_by_dimension_name_on_every_backend(tmp_path):
+    # OpenVINO compiled with static shapes reports no dimension names: names are resolved
+    # against the ONNX model's declared inputs, whatever the backend reports.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "seq.onnx"
+    onnx.save(proto, path)
+    for backend in ("onnxruntime", "openvino"):
+        ran = cli("run", path, "--shape", "sequence=48", "-b", backend, "--save", tmp_path / "y")
+        assert ran.exit_code == 0, (backend, ran.stderr)
+        with np.load(tmp_path / "y.npz") as got:
+            assert got["y"].shape == (1, 48), backend
+    result = cli(
+        "bench", path, "-b", "onnxruntime,openvino", "--shape", "sequence=48", *FAST, "--json", "-"
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert [r["backend"] for r in rows] == ["onnxruntime[cpu]", "openvino"]
+    assert all(r["error"] is None and r["shapes"] == {"x": [1, 48]} for r in rows), rows
+    compared = cli("compare", path, "-b", "openvino,onnxruntime", "--shape", "sequence=48")
+    assert compared.exit_code == 0, compared.stderr
+    assert "x: float32[1, 48]" in compared.stdout
 
 
 # -- compare -------------------------------------------------------------------------------------

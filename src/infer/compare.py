@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from . import selection
 from ._diff import ATOL, RTOL, OutputDiff, diff
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
 from .feeds import profile, random_feeds, resolve_shapes
 from .model import Model, ModelFormat, ModelSource
-from .options import PRECISIONS
+from .options import PRECISIONS, Options
+from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +141,16 @@ def compare(
         engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
         try:
             if feed_sets is None:
+                # Dimension names are the ONNX model's (a backend that compiled static shapes
+                # reports none).
+                declared = source.inputs if source.format is ModelFormat.ONNX else engine.inputs
                 feed_sets = [
-                    random_feeds(engine.inputs, shapes, seed=seed + i, given=given)
+                    random_feeds(
+                        engine.inputs,
+                        _shapes_for(declared, shapes, given),
+                        seed=seed + i,
+                        given=given,
+                    )
                     for i, given in enumerate(partial)
                 ]
             start = time.perf_counter()
@@ -227,6 +237,13 @@ def _engine(
     return engine, spec, True, time.perf_counter() - start
 
 
+def _shapes_for(
+    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None, given: Mapping[str, Any]
+) -> dict[str, tuple[int, ...]]:
+    """Every input's shape for one feed set: `given` arrays as they are, the rest by `shapes`."""
+    return resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in given.items()})[0]
+
+
 def _profile(
     model: Model, shapes: Mapping[str, Any] | None, partial: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any] | None:
@@ -235,17 +252,12 @@ def _profile(
         return None
     specs = model.inputs
     try:
-        sets = [
-            resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in p.items()})[0]
-            for p in partial
-        ]
+        sets = [_shapes_for(specs, shapes, p) for p in partial]
     except InferError:
         return None  # the feeds will fail with the reason when they are made
     return profile(sets) or None
 
 
 def _available(model: Model, device: str, precision: str) -> list[str]:
-    from .bench import targets
-
-    found, _ = targets(model, device, precision)
-    return [t.label for t in found]
+    verdicts = selection.preflight(model, device, Options(precision=precision))
+    return [a.backend for a in verdicts if a.eligible]

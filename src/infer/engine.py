@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from . import selection
-from .backends.base import Attempt, Backend, Binding, Session
+from .backends.base import Backend, Binding, Session
 from .cache import Cache
 from .device import Device
 from .errors import InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
+from .selection import Attempt
 from .tensors import TensorSpec, describe_specs
 
 log = logging.getLogger(__name__)
@@ -358,7 +359,5 @@ class _PrecisionTransform:
         # int8 graphs differ by quantizer (Q/DQ placement); a backend may prefer its own.
         quantizer = precision.quantizer_for(self.options, backend.int8_quantizer(device, variant))
         if quantizer not in self._converted:
-            self._converted[quantizer] = precision.convert(
-                model, self.options, quantizer=quantizer
-            )
+            self._converted[quantizer] = precision.convert(model, self.options, quantizer=quantizer)
         return self._converted[quantizer]

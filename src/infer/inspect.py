@@ -20,7 +20,7 @@ from onnx import defs, helper
 from onnx.external_data_helper import uses_external_data
 
 from . import _onnx, selection
-from .device import Device
+from .backends import base
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import Dim, TensorSpec, dtype_info, packed_bits, spec_from_value_info
@@ -111,19 +111,6 @@ class NativeSummary:
 
 
 @dataclass(frozen=True)
-class Support:
-    """Whether a backend (variant) can take the model on a device here, and why not."""
-
-    backend: str
-    device: str
-    reason: str | None = None  # None: it can
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
-
-
-@dataclass(frozen=True)
 class Inspection:
     """Everything `infer.inspect` found."""
 
@@ -133,7 +120,7 @@ class Inspection:
     sha256: str
     onnx: OnnxSummary | None
     native: NativeSummary | None
-    backends: tuple[Support, ...]
+    backends: tuple[selection.Attempt, ...]  # see `support`
     nodes: tuple[Node, ...] = ()
 
     @property
@@ -197,8 +184,13 @@ class Inspection:
                 "notes": list(n.notes),
             }
         out["backends"] = [
-            {"backend": s.backend, "device": s.device, "ok": s.ok, "reason": s.reason}
-            for s in self.backends
+            {
+                "backend": a.backend,
+                "device": a.device,
+                "ok": a.ok,  # None: not known without compiling
+                "reason": None if a.ok else a.reason,
+            }
+            for a in self.backends
         ]
         if nodes:
             out["node_list"] = [
@@ -243,45 +235,34 @@ def inspect(model: ModelSource, *, backends: bool = True) -> Inspection:
     )
 
 
-def support(model: Model, options: Options | None = None) -> tuple[Support, ...]:
-    """Each backend's verdict on `model` for every device of a kind it serves that is here.
+def support(model: Model, options: Options | None = None) -> tuple[selection.Attempt, ...]:
+    """`selection.preflight`'s verdict on `model` for every backend on each device kind it
+    serves here, grouped by backend.
 
-    A backend that is not installed appears once, with the reason; a backend with no device
-    here appears once, saying so.
+    A backend that is not installed appears once, with the reason, on device "-"; so does a
+    backend with no device here, saying so.
     """
-    options = options or Options()
-    out: list[Support] = []
-    rows: list[selection.Choice] = []
-    for kind, choices in selection.TABLE.items():
-        if kind == "auto":
-            continue
-        rows += [c for c in choices if c.kind == kind and c not in rows]
+    verdicts = selection.preflight(model, None, options)
+    out: list[selection.Attempt] = []
     for name in selection.BACKENDS:
-        mine = [r for r in rows if r.backend == name]
-        verdicts: list[Support] = []
-        missing: list[str] = []
-        for row in mine:
-            device, attempt = selection.check(row, model, Device(row.kind), options)
-            if attempt is None:
-                verdicts.append(Support(row.label, str(device)))
-            elif attempt.verdict == "unavailable" and device is None:
-                if not _installed(name):
-                    verdicts = [Support(name, "-", attempt.reason)]
-                    break
-                missing.append(row.kind)
-            else:
-                verdicts.append(Support(row.label, attempt.device, attempt.reason))
-        if not verdicts and mine:
-            kinds = ", ".join(dict.fromkeys(missing))
-            verdicts.append(Support(name, "-", f"no device of a kind it drives here ({kinds})"))
-        out += verdicts
+        mine = [a for a in verdicts if a.row is not None and a.row.backend == name]
+        if not mine:
+            continue
+        info = base.get(name).probe()
+        if not info.available:
+            out.append(selection.Attempt(name, "-", "unavailable", mine[0].reason))
+            continue
+        here = [a for a in mine if a.verdict != "unavailable"]  # unavailable: no such device
+        absent = [a.row.kind for a in mine if a.verdict == "unavailable"]  # type: ignore[union-attr]
+        out += here
+        if not here:
+            kinds = ", ".join(dict.fromkeys(absent))
+            out.append(
+                selection.Attempt(
+                    name, "-", "unavailable", f"no device of a kind it drives here ({kinds})"
+                )
+            )
     return tuple(out)
-
-
-def _installed(name: str) -> bool:
-    from .backends import base
-
-    return base.get(name).probe().available
 
 
 # -- ONNX ---------------------------------------------------------------------------------------

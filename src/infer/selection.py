@@ -2,7 +2,9 @@
 the loop that tries them (probe, supports, compile), falling back and recording each verdict.
 
 This table is the only place besides `backends/` that names backends. Adding a backend is a
-module `infer/backends/<name>.py` plus a row here.
+module `infer/backends/<name>.py` plus a row here. It is also the one answer to "which
+backends can take this model here, and why not the others": `preflight` gives one `Attempt`
+per row without compiling, and inspect, bench, compare and `infer devices` ask it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backends import base
-from .backends.base import GRAPH, Attempt, Backend, BackendInfo, Session
+from .backends.base import GRAPH, Backend, BackendInfo, Session
 from .cache import Cache, Key
 from .device import Device, probe_hardware
 from .errors import BackendUnavailable, CacheError, CompileError, InferError, OptionError
@@ -45,6 +47,53 @@ class Choice:
     @property
     def label(self) -> str:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
+
+
+ELIGIBLE = ("eligible", "unchecked")
+"""Verdicts of rows that pass every check made without compiling."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row's verdict: which backend on which device, the verdict, and why.
+
+    verdict: "selected" or "failed" (it was compiled), "unavailable" (not installed, or no
+    such device), "unsupported" (it cannot take this model), "skipped" (passed over: another
+    format, or slower in a race), and from `preflight`: "eligible" (it would be compiled) or
+    "unchecked" (it would be compiled, but whether it implements the model's ops cannot be
+    told without compiling).
+    """
+
+    backend: str  # the row's label: "onnxruntime[cpu]", "openvino"
+    device: str
+    verdict: str
+    reason: str = ""
+    seconds: float | None = field(default=None, compare=False)
+    row: Choice | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def eligible(self) -> bool:
+        """Whether the row passed every check made without compiling (or compiled)."""
+        return self.verdict in (*ELIGIBLE, "selected")
+
+    @property
+    def ok(self) -> bool | None:
+        """True: it can take the model (as far as was checked); False: it cannot; None: not
+        known without compiling."""
+        return None if self.verdict == "unchecked" else self.eligible
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "seconds": self.seconds,
+        }
+
+    def __str__(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.backend} on {self.device}: {self.verdict}{why}"
 
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
@@ -231,12 +280,35 @@ def _compile(
 
 def preflight(
     model: Model,
-    request: Device,
-    options: Options,
+    request: Device | str | None = None,
+    options: Options | None = None,
     backend: str | Sequence[str] | None = None,
-) -> list[tuple[Choice, Device | None, Attempt | None]]:
-    """`check` for every candidate `select` would try, in the same order."""
-    return [(row, *check(row, model, request, options)) for row in candidates(request, backend)]
+) -> list[Attempt]:
+    """Which backends can take `model` here, and why not the others: one Attempt per row of
+    the table, in its order, from the checks `select` makes before compiling (nothing is
+    compiled). Rows that pass are "eligible", on the device they would get.
+
+    request: a device ("auto", "cpu", ...: the rows `select` would try, restricted to
+    `backend` as `candidates` does), or None for every row of every device kind, each on its
+    own kind (what `infer inspect` lists).
+    """
+    options = options or Options()
+    if request is None:
+        rows: list[Choice] = []
+        for kind, choices in TABLE.items():
+            if kind != "auto":
+                rows += [r for r in choices if r.kind == kind and r not in rows]
+        pairs = [(row, Device(row.kind)) for row in rows]
+    else:
+        wanted = Device.parse(request) if isinstance(request, str) else request
+        pairs = [(row, wanted) for row in candidates(wanted, backend)]
+    out = []
+    for row, where in pairs:
+        device, verdict = check(row, model, where, options)
+        if verdict is None:
+            verdict = Attempt(row.label, str(device), "eligible")
+        out.append(replace(verdict, row=row))
+    return out
 
 
 def needs_graph_precision(

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, final
 
 import numpy as np
@@ -656,18 +656,3 @@ def get(name: str) -> Backend:
             if name not in _REGISTRY:
                 importlib.import_module(f"{__package__}.{name}")
     return _REGISTRY[name]
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One step of backend selection: which backend on which device, the verdict, and why."""
-
-    backend: str
-    device: str
-    verdict: str  # "selected", "unavailable", "unsupported", "failed", "skipped"
-    reason: str = ""
-    seconds: float | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        why = f": {self.reason}" if self.reason else ""
-        return f"{self.backend} on {self.device}: {self.verdict}{why}"

@@ -51,7 +51,7 @@ ShapeOpt = Annotated[
     typer.Option(
         "--shape",
         help="INPUT=1x3x224x224 (a whole input) or DIM=4 (a named dimension); repeatable. "
-        "Dynamic dimensions not named are 1.",
+        "Dynamic dimensions not named are sized as a real run would be (noted).",
         show_default=False,
     ),
 ]
