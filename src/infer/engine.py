@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from . import selection
+from ._switch import Sessions, Watch
 from .backends.base import Backend, Binding, Session
 from .cache import Cache
 from .device import Device
-from .errors import InputError, OptionError
+from .errors import EngineClosed, InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
-from .selection import Attempt
+from .selection import Attempt, Chosen, Pending
 from .tensors import TensorSpec, describe_specs
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,12 @@ class Engine:
     """
 
     def __init__(
-        self, session: Session, selection: Sequence[Attempt], model: Model, options: Options
+        self,
+        session: Session,
+        selection: Sequence[Attempt],
+        model: Model,
+        options: Options,
+        pending: Pending | None = None,
     ) -> None:
         self._session = session
         self._selection = tuple(selection)
@@ -44,10 +50,15 @@ class Engine:
         self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._sessions = Sessions(session)
+        self._watch: Watch | None = None
+        if pending is not None:
+            self._watch = Watch(pending, self._sessions, self._selection[-1].backend, self._chosen)
+            self._sessions.watch = self._watch
         # An engine dropped without close(), or still open at interpreter exit, finishes its
         # in-flight runs and frees the runtime then: a runtime thread calling back into a
         # finalizing interpreter aborts the process (OpenVINO did, with pending submits).
-        self._finalizer = weakref.finalize(self, session.close)
+        self._finalizer = weakref.finalize(self, self._sessions.close)
 
     @classmethod
     def load(
@@ -62,6 +73,8 @@ class Engine:
         shapes: Mapping[str, Any] | None = None,
         cast: bool = False,
         hint: str = "latency",
+        choose: str = "background",
+        example: Any = None,
         threads: int | None = None,
         max_in_flight: int | None = None,
         cache: bool = True,
@@ -73,12 +86,19 @@ class Engine:
 
         device: "auto", "cpu", "cuda[:N]", "gpu[:N]", "npu" or "ane".
         backend: force one backend ("onnxruntime", "openvino", "onnxruntime[cuda]", ...) —
-            its failure is then an error — or give a list to try in that order; "fastest"
-            times every eligible backend on the model and keeps the fastest (cached).
+            its failure is then an error — or give a list to try in that order. With none
+            named, the choice is measured (see `choose`); "fastest" is choose="measure".
         precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
         cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
         hint: "latency" (default) or "throughput", for backends with performance hints.
+        choose: how the default picks among the device's backends. "background" (default):
+            start on the first that compiles, race the others once the engine has been busy a
+            couple of seconds, and switch to the fastest whose outputs agree; "measure": race
+            them now; "first": the first that compiles, nothing timed. A verdict is cached:
+            later loads compile the winner alone.
+        example: feeds (a dict, or a list of dicts) to race on; by default the first real
+            feeds (background) or random ones at the sizes a model of this kind takes.
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
@@ -89,6 +109,8 @@ class Engine:
             shapes=dict(shapes or {}),
             cast=cast,
             hint=hint,
+            choose=choose,
+            example=example,
             threads=threads,
             max_in_flight=max_in_flight,
             cache=cache,
@@ -104,11 +126,11 @@ class Engine:
             source = pre.fuse(
                 source, options.preprocess, Cache(options.cache_dir) if options.cache else None
             )
-        session, attempts = selection.select(
+        chosen = selection.choose(
             source, request, options, backend, transform=_PrecisionTransform(options)
         )
-        engine = cls(session, attempts, source, options)
-        log.info("loaded %s on %s with %s", source, session.device, session.backend)
+        engine = cls(chosen.session, chosen.attempts, source, options, chosen.pending)
+        log.info("loaded %s on %s with %s", source, chosen.session.device, chosen.session.backend)
         return engine
 
     # -- what was chosen ----------------------------------------------------------------------
@@ -124,8 +146,41 @@ class Engine:
 
     @property
     def selection(self) -> tuple[Attempt, ...]:
-        """Every candidate considered, in order, with its verdict and reason."""
+        """Every candidate considered, in order, with its verdict and reason (after a
+        background race: the race's, with each candidate's median and difference)."""
         return self._selection
+
+    @property
+    def choosing(self) -> bool:
+        """Whether a background race may still switch the backend (see `settle`)."""
+        return self._watch is not None
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Run the background race now, if one is pending, and wait for it: afterwards
+        `backend` and `selection` say what runs for good. Returns False if `timeout` passed
+        first. For servers that warm up before taking traffic."""
+        watch = self._watch
+        return True if watch is None else watch.wait(timeout)
+
+    def _chosen(self, chosen: Chosen | None) -> None:
+        """The background race's verdict (None: cancelled or failed): switch to its winner."""
+        self._watch = self._sessions.watch = None
+        if chosen is None:
+            return
+        if chosen.session is not self._session:
+            old = self._session
+            if self._sessions.switch(chosen.session) is None:  # closed meanwhile
+                chosen.session.close()
+                return
+            self._session = chosen.session
+            log.info(
+                "switched from %s to %s: %s",
+                old.backend,
+                chosen.session.backend,
+                chosen.attempts
+                and next((a.reason for a in chosen.attempts if a.verdict == "selected"), ""),
+            )
+        self._selection = tuple(chosen.attempts)
 
     @property
     def precision(self) -> str:
@@ -186,10 +241,23 @@ class Engine:
         (`infer.transforms.preprocess.ResizeMeta`: `.to_frame(boxes)` maps boxes back):
         `outputs, meta = engine.run(feeds, return_meta=True)`.
         """
-        out = self._session.run(feeds, outputs)
+        watch = self._watch
+        if watch is None:
+            out = self._run(feeds, outputs)
+        else:
+            out = watch.run(lambda: self._run(feeds, outputs), feeds)
         if not return_meta:
             return out
         return out, self._meta(feeds)
+
+    def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
+        session = self._session
+        try:
+            return session.run(feeds, outputs)
+        except EngineClosed:
+            if session is self._session:
+                raise
+            return self._session.run(feeds, outputs)  # switched as the call began
 
     def _meta(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         from .transforms.preprocess import ImagePreprocess
@@ -218,7 +286,7 @@ class Engine:
             if clash:
                 raise InputError(f"input(s) {clash} given both by position and by name")
             feeds.update(kwargs)
-        out = self._session.run(feeds)
+        out = self.run(feeds)
         return next(iter(out.values())) if len(out) == 1 else tuple(out.values())
 
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
@@ -230,7 +298,17 @@ class Engine:
         running; past that, `submit` blocks until one finishes, so a fast producer cannot
         queue unbounded work.
         """
-        return self._session.submit(feeds, outputs)
+        session = self._session
+        try:
+            future = session.submit(feeds, outputs)
+        except EngineClosed:
+            if session is self._session:
+                raise
+            future = self._session.submit(feeds, outputs)  # switched as the call began
+        watch = self._watch
+        if watch is not None:
+            watch.submitted(future, feeds)
+        return future
 
     def map(
         self,
@@ -295,7 +373,7 @@ class Engine:
         if slots is None:
             slots = self._async_slots[loop] = asyncio.Semaphore(self.max_in_flight)
         async with slots:
-            return await asyncio.wrap_future(self._session.submit(feeds, outputs), loop=loop)
+            return await asyncio.wrap_future(self.submit(feeds, outputs), loop=loop)
 
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """I/O binding: buffers allocated once (per shape) and reused by every `run`.
@@ -311,6 +389,7 @@ class Engine:
         """
         binding = self._session.bind(outputs)
         binding.owner = self  # the engine, and so its session, lives while the binding does
+        self._sessions.bound(binding)  # a session a switch retires stays open while it is used
         return binding
 
     # -- lifetime -----------------------------------------------------------------------------

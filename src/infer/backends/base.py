@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
 import itertools
 import logging
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, final
@@ -66,6 +68,8 @@ class Backend(abc.ABC):
     """One runtime: answers what it can do without loading a model, and compiles sessions."""
 
     name: ClassVar[str]
+    runtime: ClassVar[str] = ""
+    """The module of the runtime it drives ("onnxruntime", "openvino", ...)."""
     formats: ClassVar[frozenset[ModelFormat]] = frozenset({ModelFormat.ONNX})
     install: ClassVar[str] = ""
 
@@ -89,6 +93,22 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _probe(self) -> BackendInfo: ...
+
+    def fingerprint(self) -> str:
+        """What changes when the runtime is upgraded or replaced, read without importing it
+        (for cache keys): where its package is, with the size and time of its __init__; ""
+        when it is not installed."""
+        try:
+            spec = importlib.util.find_spec(self.runtime)
+        except (ImportError, ValueError):
+            return ""
+        if spec is None or spec.origin is None:
+            return ""
+        try:
+            st = os.stat(spec.origin)
+        except OSError:
+            return spec.origin
+        return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
 
     def device_for(self, request: Device) -> Device | None:
         """The first device this backend drives that satisfies `request` (None: it has none)."""
@@ -540,6 +560,7 @@ class Binding(abc.ABC):
         self.session = session
         self.plan = plan
         self.owner: Any = None  # what must outlive the binding (the Engine that made it)
+        self.on_close: Callable[[], None] | None = None  # told once the binding is closed
         self._closed = False
         self._check = session.feed_check(device_inputs)
 
@@ -578,12 +599,18 @@ class Binding(abc.ABC):
         """A copy of one returned output that the next run leaves alone."""
         return value.copy() if isinstance(value, np.ndarray) else value
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     @final
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._close()
             _close_views(self.plan)
+            if self.on_close is not None:
+                self.on_close()
 
     def _close(self) -> None:
         """Release bound buffers (called once)."""

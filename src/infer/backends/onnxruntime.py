@@ -77,6 +77,7 @@ _logging_lock = threading.Lock()
 @register
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    runtime = "onnxruntime"
     install = 'pip install "infer[cpu]" (or "infer[gpu]" for CUDA/TensorRT)'
 
     def _probe(self) -> BackendInfo:

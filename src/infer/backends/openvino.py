@@ -98,6 +98,7 @@ _NUMPY_BRIDGE = NUMPY_NATIVE
 @register
 class OpenVinoBackend(Backend):
     name = "openvino"
+    runtime = "openvino"
     formats = frozenset({ModelFormat.ONNX, ModelFormat.OPENVINO})
     install = 'pip install "infer[openvino]"'
 

@@ -19,6 +19,7 @@ from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 @register
 class ReferenceBackend(Backend):
     name = "reference"
+    runtime = "onnx"
     install = "nothing: it ships with onnx"
 
     def _probe(self) -> BackendInfo:

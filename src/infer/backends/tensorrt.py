@@ -41,6 +41,7 @@ _INSTALL = 'pip install "infer[tensorrt]" on a machine with an NVIDIA GPU and dr
 @register
 class TensorRtBackend(Backend):
     name = "tensorrt"
+    runtime = "tensorrt"
     formats = frozenset({ModelFormat.ONNX, ModelFormat.TENSORRT})
     install = _INSTALL
 
