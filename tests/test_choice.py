@@ -282,3 +282,24 @@ def test_an_exit_during_a_background_race_is_clean(tmp_path):
         [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, timeout=300
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_rows_that_build_for_minutes_are_left_to_the_background_race(tmp_path, monkeypatch):
+    """On a GPU, TensorRT's first load builds a plan for minutes: the background choice starts
+    on a quick row (ONNX Runtime's CUDA provider) and builds TensorRT in its race. The same
+    rows, played here by the CPU's: ONNX Runtime marked as a row that builds."""
+    from dataclasses import replace
+
+    rows = list(selection.TABLE["cpu"])
+    rows[0] = replace(rows[0], builds=True)
+    monkeypatch.setitem(selection.TABLE, "cpu", tuple(rows))
+    with infer.Engine.load(models.cnn(), device="cpu", cache_dir=tmp_path) as engine:
+        assert engine.backend == "openvino" and engine.choosing  # nothing built yet
+        assert "onnxruntime[cpu]" not in {a.backend for a in engine.selection}
+        engine.run({"input": X})
+        assert engine.settle(timeout=120)
+        raced = {a.backend for a in engine.selection if "ms median" in a.reason}
+        assert raced == {"onnxruntime[cpu]", "openvino"}
+        chosen = next(a for a in engine.selection if a.verdict == "selected")
+        # the most conformant row (the table's first) is the one outputs are compared with
+        assert "agrees with onnxruntime[cpu]" in chosen.reason

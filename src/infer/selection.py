@@ -40,7 +40,10 @@ class Choice:
     kind: str
     variant: str | None = None
     race: bool = True
-    """Whether backend="fastest" times this row (False: a last resort, too slow to time)."""
+    """Whether the measured choice times this row (False: a last resort, too slow to time)."""
+    builds: bool = False
+    """Whether its first compile builds an engine for minutes (TensorRT): the background
+    choice starts on a quicker row and builds this one in its race."""
 
     @property
     def label(self) -> str:
@@ -98,8 +101,8 @@ BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
-    Choice("tensorrt", "cuda"),
-    Choice("onnxruntime", "cuda", "tensorrt"),
+    Choice("tensorrt", "cuda", builds=True),
+    Choice("onnxruntime", "cuda", "tensorrt", builds=True),
     Choice("onnxruntime", "cuda", "cuda"),
 )
 _ANE = (Choice("onnxruntime", "ane", "coreml"),)
@@ -414,9 +417,14 @@ def choose(
         return cached
     if mode == "measure":
         return pending.race()
-    session, attempts = select(model, request, options, None, transform)
+    rows = TABLE[request.kind]
+    quick = [r.label for r in rows if not r.builds]
+    # Engines that take minutes to build wait for the race; the quick rows answer now.
+    first = quick if len(quick) < len(rows) and quick else None
+    session, attempts = select(model, request, options, first, transform)
     if not pending.worth_racing(attempts):
         return Chosen(session, attempts)
+    pending.passed = {a.backend for a in attempts[:-1]}
     return Chosen(session, attempts, pending)
 
 
@@ -440,6 +448,8 @@ class Pending:
         if isinstance(example, (list, tuple)):
             example = example[0] if example else None
         self.example: Mapping[str, Any] | None = example
+        self.passed: set[str] = set()
+        """Rows that could not take the model at load: the race leaves them out."""
         self._key: Key | None = None
 
     @property
@@ -468,7 +478,7 @@ class Pending:
 
     def worth_racing(self, attempts: Sequence[Attempt]) -> bool:
         """Whether a race could change the choice `select` made: it chose a timed row, and a
-        timed row after it was never tried (the ones before it could not take the model)."""
+        timed row was never tried (one after it, or one that builds for minutes)."""
         reached = {a.backend for a in attempts}
         timed = {r.label for r in self.rows}
         return attempts[-1].backend in timed and any(r.label not in reached for r in self.rows)
@@ -506,11 +516,7 @@ class Pending:
         is left to its owner."""
         attempts: dict[str, Attempt] = {}
         compiled: dict[str, tuple[Choice, Device, Session, float]] = {}
-        rows = self.rows
-        if incumbent is not None:  # the rows before it could not take the model at load
-            labels = [r.label for r in rows]
-            rows = rows[labels.index(incumbent[0]) :] if incumbent[0] in labels else rows
-        for row in rows:
+        for row in [r for r in self.rows if r.label not in self.passed]:
             if cancel is not None and cancel.is_set():
                 break
             device, refused = check(row, self.model, self.request, self.options)
