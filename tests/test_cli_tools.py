@@ -193,6 +193,38 @@ def test_compare_passes_on_agreeing_backends(real_model, tmp_path):
     assert data["outputs"][0]["top1"] == 1.0
 
 
+def test_compare_leaves_out_backends_that_cannot_load(tmp_path):
+    # CastLike from float4: ONNX Runtime 1.32 passes it through its check (the op has a
+    # function body) but finds no Cast kernel when it loads; OpenVINO and the reference
+    # evaluator run it. With no -b, compare leaves ONNX Runtime out, says why, compares the rest.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("CastLike", ["x", "like"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT4E2M1, ["N"]),
+            helper.make_tensor_value_info("like", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)])
+    proto.ir_version = 11
+    path = tmp_path / "castlike.onnx"
+    onnx.save(proto, path)
+    result = cli("compare", path, "--device", "cpu", "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.stderr
+    assert "left out onnxruntime[cpu] on cpu:0: onnxruntime could not load" in result.stdout
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert [r["label"] for r in data["runners"]] == ["openvino", "reference"]
+    (left,) = data["skipped"]
+    assert (left["backend"], left["verdict"]) == ("onnxruntime[cpu]", "failed")
+    assert "Could not find an implementation for Cast" in left["reason"]
+    # named, the same backend's failure is the error
+    named = cli("compare", path, "-b", "onnxruntime,reference")
+    assert named.exit_code == 2 and "onnxruntime could not load" in named.stderr
+
+
 def test_compare_fails_with_exit_1_when_a_weight_is_perturbed(cnn_file, tmp_path):
     # Golden outputs from the original model, then the same seeded inputs through a model
     # with one weight changed: every backend runs the wrong model, so all must fail.

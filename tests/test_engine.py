@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import ml_dtypes
@@ -307,3 +308,24 @@ def test_repr():
     with infer.Engine.load(models.relu()) as engine:
         assert repr(engine).startswith("<Engine onnxruntime on cpu:0")
         assert "(x: float32[N, 3]) -> (y: float32[N, 3])" in repr(engine)
+
+
+def test_selection_prints_compactly_and_keeps_the_data():
+    with infer.Engine.load(models.relu(), device="auto") as engine:
+        sel = engine.selection
+        assert isinstance(sel, tuple) and all(isinstance(a, infer.Attempt) for a in sel)
+        assert sel.chosen is sel[-1] and sel.chosen.verdict == "selected"
+        text = str(sel)
+        assert text.startswith("✓ onnxruntime[cpu] on cpu:0: selected in ")
+        assert re.search(r"selected in \d+ ms", text)  # rounded, not 0.01234567 s
+        absent = [a.backend for a in sel if a.verdict == "unavailable"]
+        if absent:
+            assert f"- not here: {', '.join(absent)}" in text
+        assert len(text) < 400 and "\n" not in repr(sel) and repr(sel).startswith("Selection(")
+        assert sel[-1].seconds is not None  # the data as it was
+
+
+def test_a_compile_error_says_the_runtimes_text_once():
+    with pytest.raises(CompileError) as info:
+        infer.Engine.load(models.bf16_add(), device="cpu", backend="onnxruntime")
+    assert str(info.value).count("Could not find an implementation for Add") == 1

@@ -54,6 +54,7 @@ class Comparison:
     min_top1: float | None
     feeds: tuple[tuple[str, tuple[int, ...], str], ...]  # (input, shape, dtype) of the first run
     runs: int
+    skipped: tuple[selection.Attempt, ...] = ()  # backends here left out (default list), and why
 
     @property
     def passed(self) -> bool:
@@ -82,6 +83,7 @@ class Comparison:
             "outputs": [
                 {**vars(d), "shape": None if d.shape is None else list(d.shape)} for d in self.diffs
             ],
+            "skipped": [a.to_dict() for a in self.skipped],
         }
 
 
@@ -107,7 +109,8 @@ def compare(
     backends: names as `Engine.load` takes them ("onnxruntime", "openvino",
         "onnxruntime[cpu]"), each optionally "@precision" ("openvino@fp16"), or Engines
         already loaded (they are not closed). Default: every backend that can take the model
-        on `device` here.
+        on `device` here (`selection.preflight`); those that then fail to load it or to run
+        the feeds are left out too, each with its reason in `Comparison.skipped`.
     feeds: one feed dict, or a list of them; inputs they leave out are random. Default:
         `runs` seeded random feed sets (seeds seed, seed + 1, ...) shaped by `shapes` (see
         `infer.feeds.resolve_shapes`), the same `infer run --seed` makes.
@@ -120,12 +123,20 @@ def compare(
     source = model if isinstance(model, Model) else Model.load(model)
     if rtol < 0 or atol < 0:
         raise OptionError(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
-    specs = list(backends) if backends is not None else list(_available(source, device, precision))
-    if not specs or (len(specs) < 2 and expected is None):
-        raise OptionError(
-            "compare needs at least two backends (or one and `expected` outputs); got "
-            f"{[str(s) for s in specs]}"
-        )
+    every = backends is None
+    skipped: list[selection.Attempt] = []
+    where: dict[str, str] = {}  # label -> the device preflight found for it
+    if every:
+        specs: list[str | Engine] = []
+        for a in selection.preflight(source, device, Options(precision=precision)):
+            if a.eligible:
+                specs.append(a.backend)
+                where[a.backend] = a.device
+            elif a.verdict == "unsupported":
+                skipped.append(a)
+    else:
+        specs = list(backends)  # type: ignore[arg-type]
+    _enough(specs, expected, skipped)
     runners: list[Runner] = []
     results: list[list[dict[str, Any]]] = []
     feed_sets: list[dict[str, np.ndarray]] | None = None
@@ -138,7 +149,16 @@ def compare(
     if "shapes" not in load_options:
         load_options["shapes"] = _profile(source, shapes, partial)
     for spec in specs:
-        engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
+        try:
+            engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
+        except OptionError:
+            raise  # the caller's mistake, whichever backend
+        except InferError as e:
+            if not every:
+                raise
+            label = str(spec)
+            skipped.append(selection.Attempt(label, where.get(label, device), "failed", str(e)))
+            continue
         try:
             if feed_sets is None:
                 # Dimension names are the ONNX model's (a backend that compiled static shapes
@@ -154,7 +174,16 @@ def compare(
                     for i, given in enumerate(partial)
                 ]
             start = time.perf_counter()
-            outs = [engine.run(f) for f in feed_sets]
+            try:
+                outs = [engine.run(f) for f in feed_sets]
+            except (InputError, OptionError):
+                raise
+            except InferError as e:
+                if not every:
+                    raise
+                why = f"could not run the feeds: {e}"
+                skipped.append(selection.Attempt(label, str(engine.device), "failed", why))
+                continue
             run_s = (time.perf_counter() - start) / len(feed_sets)
             runners.append(
                 Runner(label, engine.backend, str(engine.device), engine.precision, load_s, run_s)
@@ -164,6 +193,8 @@ def compare(
         finally:
             if owned:
                 engine.close()
+    if every:
+        _enough([r.label for r in runners], expected, skipped)
     assert feed_sets is not None
     if expected is not None:
         want = [dict(expected)] if isinstance(expected, Mapping) else [dict(e) for e in expected]
@@ -205,6 +236,18 @@ def compare(
         min_top1=min_top1,
         feeds=tuple((n, tuple(np.shape(a)), str(np.asarray(a).dtype)) for n, a in first.items()),
         runs=len(feed_sets),
+        skipped=tuple(skipped),
+    )
+
+
+def _enough(specs: Sequence[Any], expected: Any, skipped: Sequence[selection.Attempt]) -> None:
+    """Refuse a comparison of fewer than two sides, saying which backends were left out."""
+    if specs and (len(specs) >= 2 or expected is not None):
+        return
+    left = "".join(f"\n  - {a}" for a in skipped)
+    raise OptionError(
+        "compare needs at least two backends (or one and `expected` outputs); got "
+        f"{[str(s) for s in specs]}" + (f"; left out:{left}" if left else "")
     )
 
 

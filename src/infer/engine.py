@@ -21,7 +21,7 @@ from .device import Device
 from .errors import EngineClosed, InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
-from .selection import Attempt, Chosen, Pending
+from .selection import Attempt, Chosen, Pending, Selection
 from .tensors import TensorSpec, describe_specs
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Engine:
         pending: Pending | None = None,
     ) -> None:
         self._session = session
-        self._selection = tuple(selection)
+        self._selection = Selection(selection)
         self._model = model
         self._options = options
         self._preprocess: dict[str, Any] | None = None
@@ -145,9 +145,10 @@ class Engine:
         return self._session.device
 
     @property
-    def selection(self) -> tuple[Attempt, ...]:
-        """Every candidate considered, in order, with its verdict and reason (after a
-        background race: the race's, with each candidate's median and difference)."""
+    def selection(self) -> Selection:
+        """Every candidate considered, in order, with its verdict and reason (a tuple of
+        Attempt; `print(engine.selection)` gives one line each). After a background race:
+        the race's verdicts, with each candidate's median and difference."""
         return self._selection
 
     @property
@@ -180,7 +181,7 @@ class Engine:
                 chosen.attempts
                 and next((a.reason for a in chosen.attempts if a.verdict == "selected"), ""),
             )
-        self._selection = tuple(chosen.attempts)
+        self._selection = Selection(chosen.attempts)
 
     @property
     def precision(self) -> str:

@@ -8,10 +8,11 @@ JSON form `infer inspect --json` prints.
 from __future__ import annotations
 
 import os
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from onnx.external_data_helper import uses_external_data
 
 from . import _onnx, selection
 from .backends import base
+from .errors import InferError
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import Dim, TensorSpec, dtype_info, packed_bits, spec_from_value_info
@@ -210,11 +212,13 @@ class Inspection:
         return out
 
 
-def inspect(model: ModelSource, *, backends: bool = True) -> Inspection:
+def inspect(model: ModelSource, *, backends: bool = True, compile: bool = False) -> Inspection:
     """Describe a model (path, bytes or ModelProto) without running it.
 
-    backends: also ask every backend's cheap `supports` check whether it can load the model
-    on the devices found here (this imports the installed runtimes).
+    backends: also ask `selection.preflight` whether each backend can load the model on the
+        devices found here, without compiling (this imports the installed runtimes): its
+        checks, and each backend's op check where the backend can tell.
+    compile: also load the model on each backend here (`Engine.load`) and say how it went.
     """
     m = Model.load(model)
     onnx_part = native = None
@@ -230,14 +234,17 @@ def inspect(model: ModelSource, *, backends: bool = True) -> Inspection:
         sha256=m.digest,
         onnx=onnx_part,
         native=native,
-        backends=support(m) if backends else (),
+        backends=support(m, compile=compile) if backends or compile else (),
         nodes=node_list,
     )
 
 
-def support(model: Model, options: Options | None = None) -> tuple[selection.Attempt, ...]:
+def support(
+    model: Model, options: Options | None = None, compile: bool = False
+) -> tuple[selection.Attempt, ...]:
     """`selection.preflight`'s verdict on `model` for every backend on each device kind it
-    serves here, grouped by backend.
+    serves here, grouped by backend; with `compile`, each row that has a device here and reads
+    the model's format is loaded instead, and its verdict is "compiled" or "failed".
 
     A backend that is not installed appears once, with the reason, on device "-"; so does a
     backend with no device here, saying so.
@@ -254,7 +261,7 @@ def support(model: Model, options: Options | None = None) -> tuple[selection.Att
             continue
         here = [a for a in mine if a.verdict != "unavailable"]  # unavailable: no such device
         absent = [a.row.kind for a in mine if a.verdict == "unavailable"]  # type: ignore[union-attr]
-        out += here
+        out += [_compiled(model, a, options) if compile else a for a in here]
         if not here:
             kinds = ", ".join(dict.fromkeys(absent))
             out.append(
@@ -263,6 +270,28 @@ def support(model: Model, options: Options | None = None) -> tuple[selection.Att
                 )
             )
     return tuple(out)
+
+
+def _compiled(
+    model: Model, verdict: selection.Attempt, options: Options | None
+) -> selection.Attempt:
+    """Load the model as `verdict`'s row would (its backend, on its device); how it went."""
+    if verdict.verdict == "skipped":  # another format: nothing to try
+        return verdict
+    from .engine import Engine
+
+    precision = options.precision if options is not None else "fp32"
+    start = time.perf_counter()
+    try:
+        with Engine.load(
+            model, verdict.device, backend=verdict.backend, precision=precision, cache=False
+        ) as engine:
+            summary = engine.selection[-1].reason if engine.selection else ""
+    except InferError as e:
+        seconds = time.perf_counter() - start
+        return replace(verdict, verdict="failed", reason=str(e), seconds=seconds)
+    seconds = time.perf_counter() - start
+    return replace(verdict, verdict="compiled", reason=summary, seconds=seconds)
 
 
 # -- ONNX ---------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class Attempt:
     such device), "unsupported" (it cannot take this model), "skipped" (passed over: another
     format, or slower in a race), and from `preflight`: "eligible" (it would be compiled) or
     "unchecked" (it would be compiled, but whether it implements the model's ops cannot be
-    told without compiling).
+    told without compiling); "compiled" where a tool (`infer inspect --compile`) compiled it.
     """
 
     backend: str  # the row's label: "onnxruntime[cpu]", "openvino"
@@ -75,7 +75,7 @@ class Attempt:
     @property
     def eligible(self) -> bool:
         """Whether the row passed every check made without compiling (or compiled)."""
-        return self.verdict in (*ELIGIBLE, "selected")
+        return self.verdict in (*ELIGIBLE, "selected", "compiled")
 
     @property
     def ok(self) -> bool | None:
@@ -95,6 +95,48 @@ class Attempt:
     def __str__(self) -> str:
         why = f": {self.reason}" if self.reason else ""
         return f"{self.backend} on {self.device}: {self.verdict}{why}"
+
+
+class Selection(tuple[Attempt, ...]):
+    """What `Engine.load` tried, in order (a tuple of Attempt, the data as it was): prints as
+    one line per candidate it could try (seconds rounded, reasons cut) and one line naming
+    those not here (their reasons stay in the data); `repr` is one line."""
+
+    REASON_CHARS = 160
+
+    @property
+    def chosen(self) -> Attempt | None:
+        """The attempt that was selected (None: none was)."""
+        return next((a for a in reversed(self) if a.verdict == "selected"), None)
+
+    def __str__(self) -> str:
+        lines = [self._line(a) for a in self if a.verdict != "unavailable"]
+        absent = [a.backend for a in self if a.verdict == "unavailable"]
+        if absent:
+            lines.append(f"- not here: {', '.join(absent)}")
+        return "\n".join(lines) or "(no candidates)"
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{a.backend} {a.verdict}"
+            + (f" in {_seconds(a.seconds)}" if a.seconds is not None else "")
+            for a in self
+        ]
+        return f"Selection({'; '.join(parts)})"
+
+    def _line(self, a: Attempt) -> str:
+        mark = "✓" if a.verdict == "selected" else "✗" if a.verdict == "failed" else "-"
+        took = f" in {_seconds(a.seconds)}" if a.seconds is not None else ""
+        reason = " ".join(a.reason.split())
+        if len(reason) > self.REASON_CHARS:
+            reason = reason[: self.REASON_CHARS - 1] + "…"
+        return f"{mark} {a.backend} on {a.device}: {a.verdict}{took}" + (
+            f": {reason}" if reason else ""
+        )
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
@@ -223,7 +265,10 @@ def select(
         _warn_on_fallback(attempts, named=forced)
         return session, attempts
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
-        raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
+        # Its own text once: the other candidates' verdicts follow, not this one again.
+        others = [a for a in attempts if a.reason != str(last_error)]
+        also = f"\n{_explain(others)}" if others else ""
+        raise type(last_error)(f"{last_error}{also}") from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
 
@@ -282,10 +327,14 @@ def preflight(
     request: Device | str | None = None,
     options: Options | None = None,
     backend: str | Sequence[str] | None = None,
+    *,
+    ops: bool = True,
 ) -> list[Attempt]:
     """Which backends can take `model` here, and why not the others: one Attempt per row of
-    the table, in its order, from the checks `select` makes before compiling (nothing is
-    compiled). Rows that pass are "eligible", on the device they would get.
+    the table, in its order, from the checks `select` makes before compiling and, with
+    `ops`, each backend's own op check (`Backend.unsupported_ops`). Nothing is compiled.
+    Rows that pass are "eligible" ("unchecked" where the ops cannot be told without
+    compiling), on the device they would get.
 
     request: a device ("auto", "cpu", ...: the rows `select` would try, restricted to
     `backend` as `candidates` does), or None for every row of every device kind, each on its
@@ -305,9 +354,49 @@ def preflight(
     for row, where in pairs:
         device, verdict = check(row, model, where, options)
         if verdict is None:
-            verdict = Attempt(row.label, str(device), "eligible")
+            assert device is not None
+            verdict = _ops_verdict(row, model, device) if ops else None
+            verdict = verdict or Attempt(row.label, str(device), "eligible")
         out.append(replace(verdict, row=row))
     return out
+
+
+_OPS_SHOWN = 6
+_ops_checked: dict[tuple[str, str | None, str, str], list[str] | None] = {}
+
+
+def _ops_verdict(row: Choice, model: Model, device: Device) -> Attempt:
+    """The row's verdict from its backend's op check (cached per model, row and device)."""
+    b = base.get(row.backend)
+    key = (row.backend, row.variant, model.digest, device.identity)
+    if key not in _ops_checked:
+        try:
+            _ops_checked[key] = b.unsupported_ops(model, device, row.variant)
+        except Exception:  # a check that breaks tells nothing: compiling will
+            log.debug("unsupported_ops of %s failed", row.label, exc_info=True)
+            _ops_checked[key] = None
+        if len(_ops_checked) > 256:
+            _ops_checked.pop(next(iter(_ops_checked)))
+    missing = _ops_checked[key]
+    version = b.probe().version
+    if missing is None:
+        return Attempt(
+            row.label,
+            str(device),
+            "unchecked",
+            f"whether {b.name} runs every op here is known only by compiling",
+        )
+    if not missing:
+        return Attempt(row.label, str(device), "eligible")
+    version = (version or "").split("-")[0]  # OpenVINO's carries its build: 2026.4.1-22982-...
+    shown = ", ".join(missing[:_OPS_SHOWN])
+    more = f" and {len(missing) - _OPS_SHOWN} more" if len(missing) > _OPS_SHOWN else ""
+    return Attempt(
+        row.label,
+        str(device),
+        "unsupported",
+        f"{b.name} {version} does not implement {shown}{more} (checked without compiling)",
+    )
 
 
 def needs_graph_precision(

@@ -140,6 +140,14 @@ class Backend(abc.ABC):
             return f"runs {', '.join(runs)} on {device}, not {options.precision}"
         return None
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """The model's ops this backend cannot run on `device`, found without compiling (its
+        op registry at its version, against the model's opsets): [] when it takes them all,
+        None when that cannot be told without compiling."""
+        return None
+
     @abc.abstractmethod
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None

@@ -145,6 +145,15 @@ class OnnxRuntimeBackend(Backend):
             return f"{provider} does not drive {device.kind} devices"
         return super().supports(model, device, options, variant)
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """Ops with no kernel (at the model's opsets and types) in the CPU provider, which every
+        provider falls back to, or in the variant's own (ONNX Runtime's kernel registry)."""
+        from ._ort_ops import unsupported
+
+        return unsupported(model, {"CPUExecutionProvider", PROVIDERS[variant or "cpu"][0]})
+
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> Session:

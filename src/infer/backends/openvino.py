@@ -243,6 +243,13 @@ class OpenVinoBackend(Backend):
             )
         return None
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        from ._ov_ops import unsupported
+
+        return unsupported(self._core(), model, self.ov_device(device))
+
     # -- compile ------------------------------------------------------------------------------
 
     def compile(

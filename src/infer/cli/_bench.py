@@ -237,8 +237,12 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
             notes.append(f"* what device={r.device!r} picks with no backend named")
-        if len(ok) > 1:
+        if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
+        elif len(ok) > 1:  # no colours to show it: say it in words
+            for b, m in best.items():
+                if m is not None:
+                    notes.append(f"lowest median latency at batch {b}: {m.backend}")
         for n in notes:
             console.print(Text(n, style="dim"))
     failed = [m for m in r.results if not m.ok]

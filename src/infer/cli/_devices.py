@@ -98,7 +98,8 @@ def report() -> dict[str, Any]:
     for d in selection.devices():
         caps = d.capabilities
         verdicts = []
-        rows = selection.preflight(probe_model, Device(d.kind, d.index), options)
+        # Whether a backend drives the device: the probe model's ops are not the question.
+        rows = selection.preflight(probe_model, Device(d.kind, d.index), options, ops=False)
         mine = [a for a in rows if a.row is not None and a.row.kind == d.kind]
         for a in mine:
             verdicts.append(
