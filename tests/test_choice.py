@@ -303,3 +303,16 @@ def test_rows_that_build_for_minutes_are_left_to_the_background_race(tmp_path, m
         chosen = next(a for a in engine.selection if a.verdict == "selected")
         # the most conformant row (the table's first) is the one outputs are compared with
         assert "agrees with onnxruntime[cpu]" in chosen.reason
+
+
+def test_a_race_that_cannot_run_falls_back_to_table_order(tmp_path):
+    wrong = {"input": np.zeros((1, 3, 8, 8), np.float32)}  # the CNN takes 32x32 images
+    with infer.Engine.load(
+        models.cnn(), device="cpu", choose="measure", example=wrong, cache_dir=tmp_path
+    ) as e:
+        chosen = next(a for a in e.selection if a.verdict == "selected")
+        assert chosen.backend == "onnxruntime[cpu]"
+        assert "first in table order: the race could not run" in chosen.reason
+        assert "dimension 2 must be 32" in chosen.reason
+        _close(e.run({"input": X})["logits"], e.run({"input": X})["logits"])
+    assert _verdicts(tmp_path) == []  # nothing measured, nothing kept

@@ -24,7 +24,7 @@ from .backends import base
 from .backends.base import GRAPH, Backend, BackendInfo, Session
 from .cache import Cache, Key
 from .device import Device, probe_hardware
-from .errors import BackendUnavailable, CompileError, InferError, OptionError
+from .errors import BackendUnavailable, CompileError, InferError, InputError, OptionError
 from .feeds import random_feeds, representative_shapes
 from .model import Model
 from .options import Options
@@ -648,17 +648,22 @@ class Pending:
                 return Chosen(
                     session, [attempts[r.label] for r in self.rows if r.label in attempts]
                 )
-            race_feeds = self._feeds(next(iter(compiled.values()))[2], feeds)
-            verdict = _race.run(
-                [_race.Candidate(label, str(d), s) for label, (_, d, s, _) in compiled.items()],
-                race_feeds,
-                self.options.precision,
-                cancel=cancel,
-                versions={
-                    label: str(base.get(r.backend).probe().version)
-                    for label, (r, _, _, _) in compiled.items()
-                },
-            )
+            try:
+                race_feeds = self._feeds(next(iter(compiled.values()))[2], feeds)
+                verdict = _race.run(
+                    [_race.Candidate(label, str(d), s) for label, (_, d, s, _) in compiled.items()],
+                    race_feeds,
+                    self.options.precision,
+                    cancel=cancel,
+                    versions={
+                        label: str(base.get(r.backend).probe().version)
+                        for label, (r, _, _, _) in compiled.items()
+                    },
+                )
+            except (_race.RaceError, InputError) as e:
+                if incumbent is not None:
+                    raise _race.RaceError(str(e)) from e
+                return self._unraced(compiled, attempts, e)
         except BaseException:
             for label, (_, _, session, _) in compiled.items():
                 if incumbent is None or label != incumbent[0]:
@@ -674,6 +679,29 @@ class Pending:
         merged = {a.backend: a for a in found}
         merged.update({k: v for k, v in attempts.items() if k not in merged})
         return Chosen(winner, [merged[r.label] for r in self.rows if r.label in merged])
+
+    def _unraced(
+        self,
+        compiled: Mapping[str, tuple[Choice, Device, Session, float]],
+        attempts: dict[str, Attempt],
+        why: Exception,
+    ) -> Chosen:
+        """The table's first compiled row, when the race could not run at all."""
+        first, *rest = compiled
+        for label in rest:
+            _, device, session, seconds = compiled[label]
+            session.close()
+            attempts[label] = Attempt(label, str(device), "skipped", "not raced", seconds)
+        _, device, session, seconds = compiled[first]
+        attempts[first] = Attempt(
+            first,
+            str(device),
+            "selected",
+            f"first in table order: the race could not run ({why}); "
+            f"{session.details.get('summary', '')}",
+            seconds,
+        )
+        return Chosen(session, [attempts[r.label] for r in self.rows if r.label in attempts])
 
     def _feeds(self, session: Session, given: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
         if given is not None:
