@@ -52,15 +52,19 @@ class Sessions:
             self.bindings.add(binding)
         binding.on_close = self.reap
 
-    def switch(self, session: Session) -> Session | None:
-        """Make `session` the current one; returns the one it replaces (None if closed)."""
+    def adopt(self, session: Session) -> bool:
+        """Make `session` the current one (False: the engine closed meanwhile)."""
         with self.lock:
             if self.closed:
-                return None
-            old, self.current = self.current, session
-            self.retired.append(old)
+                return False
+            self.current = session
+            return True
+
+    def retire(self, session: Session) -> None:
+        """`session` was replaced: close it once no open binding uses it."""
+        with self.lock:
+            self.retired.append(session)
         self.reap()
-        return old
 
     def reap(self) -> None:
         """Close the retired sessions no open binding uses (runs in flight finish first)."""

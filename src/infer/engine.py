@@ -170,10 +170,11 @@ class Engine:
             return
         if chosen.session is not self._session:
             old = self._session
-            if self._sessions.switch(chosen.session) is None:  # closed meanwhile
+            if not self._sessions.adopt(chosen.session):  # closed meanwhile
                 chosen.session.close()
                 return
-            self._session = chosen.session
+            self._session = chosen.session  # before the old one can close: runs move on
+            self._sessions.retire(old)
             log.info(
                 "switched from %s to %s: %s",
                 old.backend,

@@ -271,8 +271,12 @@ class Model:
         started = getattr(self, "_file_hash", None)
         if started is not None and files[0] == self.path:
             h, files = started.copy(), files[1:]
+        real_folder = os.path.realpath(self.path.parent)
         for f in files:
-            h.update(str(f.relative_to(self.path.parent) if f != self.path else f.name).encode())
+            # External data paths are resolved: name them from the real folder, so a model
+            # reached through a symlinked folder hashes as it does by its own path.
+            name = f.name if f == self.path else os.path.relpath(os.path.realpath(f), real_folder)
+            h.update(name.encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(chunk)

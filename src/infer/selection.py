@@ -41,7 +41,7 @@ class Choice:
     variant: str | None = None
     race: bool = True
     """Whether the measured choice times this row (False: a last resort, too slow to time)."""
-    builds: bool = False
+    builds: bool = field(default=False, compare=False)
     """Whether its first compile builds an engine for minutes (TensorRT): the background
     choice starts on a quicker row and builds this one in its race."""
 
@@ -58,7 +58,8 @@ ELIGIBLE = ("eligible", "unchecked")
 class Attempt:
     """One row's verdict: which backend on which device, the verdict, and why.
 
-    verdict: "selected" or "failed" (it was compiled), "unavailable" (not installed, or no
+    verdict: "selected" or "failed" (it was compiled), "deferred" (built in the background
+    race, its first build taking minutes), "unavailable" (not installed, or no
     such device), "unsupported" (it cannot take this model), "skipped" (passed over: another
     format, or slower in a race), and from `preflight`: "eligible" (it would be compiled) or
     "unchecked" (it would be compiled, but whether it implements the model's ops cannot be
@@ -506,15 +507,34 @@ def choose(
         return cached
     if mode == "measure":
         return pending.race()
+    # Rows that take minutes to build wait for the race, where they could run; the quick rows
+    # answer now. (Checked without compiling, so the selection still says why one cannot.)
     rows = TABLE[request.kind]
-    quick = [r.label for r in rows if not r.builds]
-    # Engines that take minutes to build wait for the race; the quick rows answer now.
-    first = quick if len(quick) < len(rows) and quick else None
-    session, attempts = select(model, request, options, first, transform)
+    deferred = {}
+    for row in rows:
+        if row.builds and any(not r.builds for r in rows):
+            device, refused = check(row, model, request, options)
+            if refused is None:
+                deferred[row.label] = Attempt(
+                    row.label,
+                    str(device),
+                    "deferred",
+                    "built in the background race: its first build takes minutes",
+                )
+    quick = [r.label for r in rows if r.label not in deferred] if deferred else None
+    try:
+        session, attempts = select(model, request, options, quick, transform)
+    except BackendUnavailable:
+        if not deferred:
+            raise
+        # no quick row takes the model: build the slow ones now
+        session, attempts = select(model, request, options, None, transform)
+        deferred = {}
     if not pending.worth_racing(attempts):
         return Chosen(session, attempts)
     pending.passed = {a.backend for a in attempts[:-1]}
-    return Chosen(session, attempts, pending)
+    shown = {a.backend: a for a in attempts} | deferred
+    return Chosen(session, [shown[r.label] for r in rows if r.label in shown], pending)
 
 
 Transform = Callable[[Model, Backend, Device, "str | None"], Model]
