@@ -142,8 +142,15 @@ def test_shorthand_call():
         with pytest.raises(InputError, match="given both by position and by name"):
             engine(x, x=x)
     with infer.Engine.load(models.multi_io()) as engine:
-        out = engine(np.ones((1, 4), np.float32), np.ones((1, 4), np.int64), np.ones((1, 4), bool))
-        assert set(out) == {"sum", "masked", "count"}
+        feeds = (np.ones((1, 4), np.float32), np.ones((1, 4), np.int64), np.ones((1, 4), bool))
+        out = engine(*feeds)
+        # Several outputs: a tuple in the model's output order (unpacking a dict would give
+        # the names), the same arrays `run` gives by name.
+        assert isinstance(out, tuple) and len(out) == 3
+        by_name = engine.run(dict(zip([s.name for s in engine.inputs], feeds)))
+        assert [s.name for s in engine.outputs] == ["sum", "masked", "count"]
+        for got, name in zip(out, ["sum", "masked", "count"]):
+            np.testing.assert_array_equal(got, by_name[name])
 
 
 def test_close_and_context_manager():

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .model import Model, ModelFormat
-from .tensors import Dim, TensorSpec, describe, dtype_info
+from .tensors import Dim, TensorSpec, describe, describe_specs, dtype_info
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _fill(
                 )
             sizes[key] = int(dims[0])
             continue
-        listing = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        listing = describe_specs(specs)
         raise InputError(
             f"--shape {key}: no input or dimension is called {key!r}; the model's inputs are "
             f"{listing}"
@@ -375,7 +375,7 @@ def random_feeds(
     given = dict(given or {})
     unknown = sorted(set(given) - {s.name for s in specs})
     if unknown:
-        listing = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        listing = describe_specs(specs)
         raise InputError(f"unknown input(s) {unknown}; the model's inputs are {listing}")
     resolved, notes = resolve_shapes(specs, shapes, arrays=given)
     for note in notes:

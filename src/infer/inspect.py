@@ -20,7 +20,7 @@ import onnx
 from onnx import defs, helper
 from onnx.external_data_helper import uses_external_data
 
-from . import selection
+from . import _onnx, selection
 from .backends import base
 from .errors import InferError
 from .model import Model, ModelFormat, ModelSource
@@ -390,28 +390,24 @@ def _inspect_onnx(m: Model) -> tuple[OnnxSummary, tuple[Node, ...]]:
 
 def _walk(
     graph: onnx.GraphProto,
-    path: str = "",
-    depth: int = 0,
-    outer: dict[str, str] | None = None,
-    holder: str = "",
-    attr: str = "",
 ) -> Iterator[tuple[str, int, onnx.GraphProto, dict[str, str], str, str]]:
     """Every graph, depth first: (path, depth, graph, names visible from enclosing graphs,
     op type of the node holding it, attribute name)."""
-    outer = dict(outer or {})
-    yield path, depth, graph, outer, holder, attr
-    visible = dict(outer)
-    visible.update({v.name: "input" for v in graph.input})
-    visible.update({t.name: "initializer" for t in graph.initializer})
-    for i, node in enumerate(graph.node):
-        label = node.name or f"{node.op_type}_{i}"
-        for a in node.attribute:
-            subs = [a.g] if a.HasField("g") else list(a.graphs)
-            for j, sub in enumerate(subs):
-                name = a.name if len(subs) == 1 else f"{a.name}[{j}]"
-                sub_path = f"{path}/{label}/{name}" if path else f"{label}/{name}"
-                yield from _walk(sub, sub_path, depth + 1, visible, node.op_type, name)
-        visible.update({o: label for o in node.output if o})
+    seen: dict[int, tuple[dict[str, str], list[int]]] = {}  # per scope: names so far, next node
+    for s in _onnx.walk(graph):
+        outer: dict[str, str] = {}
+        if s.parent is not None:  # what the parent graph defines before the holder
+            visible, done = seen[id(s.parent)]
+            for i in range(done[0], s.index):
+                node = s.parent.graph.node[i]
+                visible.update({o: node.name or f"{node.op_type}_{i}" for o in node.output if o})
+            done[0] = s.index
+            outer = dict(visible)
+        visible = dict(outer)
+        visible.update({v.name: "input" for v in s.graph.input})
+        visible.update({t.name: "initializer" for t in s.graph.initializer})
+        seen[id(s)] = (visible, [0])
+        yield s.path, s.depth, s.graph, outer, s.holder.op_type if s.holder else "", s.attribute
 
 
 def _op_id(domain: str, op: str) -> str:

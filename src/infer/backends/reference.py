@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _onnx
 from ..device import Device, cpu
 from ..errors import CompileError, InputError, RuntimeFailure
 from ..model import Model, ModelFormat
@@ -22,6 +23,7 @@ from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 @register
 class ReferenceBackend(Backend):
     name = "reference"
+    runtime = "onnx"
     install = "nothing: it ships with onnx"
 
     def _probe(self) -> BackendInfo:
@@ -50,7 +52,7 @@ class ReferenceBackend(Backend):
         from .._ops import op_uses
 
         proto = model._skeleton
-        corrected = {("", c.__name__) for c in _corrected_ops(_opset(proto))}
+        corrected = {("", c.__name__) for c in _corrected_ops(_onnx.opset(proto) or 1)}
         missing: dict[str, None] = {}
         for use in op_uses(proto):
             if (use.domain, use.op) not in corrected and not _implemented(
@@ -76,7 +78,7 @@ class ReferenceBackend(Backend):
         except Exception as e:
             raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
-            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
+            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_onnx.opset(proto) or 1))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         inputs, outputs = model.inputs, model.outputs
@@ -228,10 +230,6 @@ def _cause(e: BaseException) -> str:
         e = e.__cause__
     where = f"in {' > '.join(ops)}: " if ops else ""
     return f"{where}{type(e).__name__}: {e}"
-
-
-def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
 def _corrected_ops(opset: int = 1) -> list[type]:

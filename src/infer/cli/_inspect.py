@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..inspect import Inspection, Node, inspect
-from ..tensors import describe
+from ..tensors import describe_specs
 from ._common import (
     ModelArg,
     fmt_bytes,
@@ -168,7 +168,7 @@ def render(r: Inspection, name: str, nodes: bool = False, full: bool = False) ->
 
 
 def _spec(spec: Any) -> str:
-    return f"{spec.name}: {describe(spec.shape, spec.dtype)}"
+    return describe_specs([spec])
 
 
 def _value(text: str, limit: int = METADATA_CHARS) -> str:
