@@ -35,7 +35,7 @@ from ..binding import dtype_name, fits, host_array, target_mismatch, where_is
 from ..device import Device
 from ..device_array import DeviceView
 from ..errors import EngineClosed, InferError, InputError, OptionError, RuntimeFailure
-from ..model import Model, ModelFormat
+from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
 from ..tensors import FeedValidator, TensorSpec, describe
 
@@ -109,6 +109,11 @@ class Backend(abc.ABC):
         except OSError:
             return spec.origin
         return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
+
+    def describe(self, model: Model) -> NativeSummary | None:
+        """What the runtime's own format (one of `formats`, not ONNX) says of the model without
+        loading it, for `infer inspect`; None: nothing to say."""
+        return None
 
     def device_for(self, request: Device) -> Device | None:
         """The first device this backend drives that satisfies `request` (None: it has none)."""

@@ -29,7 +29,7 @@ from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
 from ..errors import CompileError, InputError, OptionError
-from ..model import Model, ModelFormat
+from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, dtype_info
 from ._ov_onnx import miscomputed as _miscomputed
@@ -189,6 +189,13 @@ class OpenVinoBackend(Backend):
             )
         self._caps[device] = caps
         return device
+
+    def describe(self, model: Model) -> NativeSummary | None:
+        if model.format is not ModelFormat.OPENVINO:
+            return None
+        from ._ov_ir import summary
+
+        return summary(model)
 
     def device_for(self, request: Device) -> Device | None:
         devices = self.probe().devices

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import demo
-from ..bench import BenchReport, benchmark, plot
+from ..bench import BenchReport, benchmark
 from ..errors import OptionError
 from ..feeds import read_inputs
 from ._app import EXIT_CHECK_FAILED
@@ -34,6 +34,7 @@ from ._common import (
     split_list,
     write_json,
 )
+from ._plot import plot
 
 HELP = help_text(
     "Benchmark a model on every backend here (or those named), side by side: load time "
