@@ -10,6 +10,7 @@ checks of one load pay for one walk.
 from __future__ import annotations
 
 import enum
+import math
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,7 +167,9 @@ class Facts:
     types: dict[str, int] = field(default_factory=dict)
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     origins: dict[str, Origin] = field(default_factory=dict)
-    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    tensors: dict[str, onnx.TensorProto] = field(default_factory=dict)
+    """The small constants (initializers and Constant nodes), read into arrays on demand."""
+    constants: dict[str, np.ndarray | None] = field(default_factory=dict)
     derived: dict[str, Any] = field(default_factory=dict)
     """Analyses a rule builds from these facts once per model, by the rule's own key."""
 
@@ -181,8 +184,12 @@ class Facts:
         return self.origins.get(name, Origin.DATA)
 
     def constant(self, name: str) -> np.ndarray | None:
-        """A constant's value (an initializer or a Constant node), if small enough to keep."""
-        return self.constants.get(name)
+        """A constant's value (an initializer or a Constant node) of at most
+        CONSTANT_ELEMENTS elements; None for anything else."""
+        if name not in self.constants:
+            tensor = self.tensors.get(name)
+            self.constants[name] = None if tensor is None else _array(tensor)
+        return self.constants[name]
 
     def values(self, node: onnx.NodeProto) -> Iterator[tuple[int, str]]:
         """(index, name) of the node's inputs whose values flow into its result."""
@@ -232,17 +239,22 @@ def _constant(out: Facts, name: str, tensor: onnx.TensorProto) -> None:
     """Record an initializer or a Constant's tensor: type, shape, value when small, origin."""
     out.types.setdefault(name, tensor.data_type)
     out.shapes.setdefault(name, tuple(tensor.dims))
-    value: np.ndarray | None = None
     external = tensor.data_location == TensorProto.EXTERNAL
-    wide = tensor.data_type in (INT64, DOUBLE)
-    if not external and (wide or int(np.prod(tensor.dims)) <= CONSTANT_ELEMENTS):
-        try:
-            value = numpy_helper.to_array(tensor)
-        except Exception:  # an element type this numpy cannot hold: no value, no harm
-            value = None
-    if value is not None and value.size <= CONSTANT_ELEMENTS:
-        out.constants[name] = value
+    if not external and math.prod(tensor.dims) <= CONSTANT_ELEMENTS:
+        out.tensors[name] = tensor
+    if tensor.data_type not in (INT64, DOUBLE):
+        out.origins[name] = Origin.SHAPE
+        return
+    # Whether the numbers fit 32 bits: read them (int64 and float64 constants are few).
+    value = out.constant(name) if name in out.tensors else None if external else _array(tensor)
     out.origins[name] = _constant_origin(tensor.data_type, value, external)
+
+
+def _array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception:  # an element type this numpy cannot hold: no value, no harm
+        return None
 
 
 def _constant_origin(dtype: int, value: np.ndarray | None, external: bool) -> Origin:

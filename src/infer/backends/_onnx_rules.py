@@ -2,8 +2,9 @@
 for the backends' `miscomputes`: the walk that applies a backend's rules, and the rules that
 more than one runtime shares.
 
-A rule takes a node of the default domain and the model's `Facts` and returns what the node
-does that its runtime answers differently ("" when nothing). The walk returns the first
+A rule takes a node of the default domain and its model and returns what the node does that
+its runtime answers differently ("" when nothing); a rule that needs more than the node's
+attributes reads the model's `Facts` (built on first use, once per model). The walk returns the first
 rule's text with the node named.
 """
 
@@ -15,9 +16,9 @@ import onnx
 
 from .. import _onnx
 from ..model import Model, ModelFormat
-from ._onnx_facts import Facts, facts
+from ._onnx_facts import facts
 
-Rule = Callable[[onnx.NodeProto, Facts], str]
+Rule = Callable[[onnx.NodeProto, Model], str]
 
 
 def first(model: Model, rules: Mapping[str, Rule], runtime: str) -> str:
@@ -26,13 +27,11 @@ def first(model: Model, rules: Mapping[str, Rule], runtime: str) -> str:
     model without them costs one pass over its node types."""
     if model.format is not ModelFormat.ONNX:
         return ""
-    f: Facts | None = None
     for node, holders in _onnx.walk_nodes(model._skeleton.graph):
         rule = rules.get(node.op_type)
         if rule is None or node.domain not in _onnx.DEFAULT_DOMAINS:
             continue
-        f = f or facts(model)
-        why = rule(node, f)
+        why = rule(node, model)
         if why:
             inside = f" inside {_onnx.node_name(holders[0])!r}" if holders else ""
             return f"{runtime} {why}: {node.op_type} node {_onnx.node_name(node)!r}{inside}"
@@ -53,7 +52,7 @@ def given(node: onnx.NodeProto, index: int) -> str:
 # -- rules shared by several runtimes ---------------------------------------------------------
 
 
-def align_corners_by_fractional_scale(node: onnx.NodeProto, f: Facts) -> str:
+def align_corners_by_fractional_scale(node: onnx.NodeProto, model: Model) -> str:
     """Resize with align_corners and scales whose output length is not length * scale.
 
     The spec maps x_out to x_out * (in - 1) / (in * scale - 1), with the unrounded length
@@ -67,6 +66,7 @@ def align_corners_by_fractional_scale(node: onnx.NodeProto, f: Facts) -> str:
     scales_name = given(node, 2)
     if not scales_name or given(node, 3):
         return ""
+    f = facts(model)
     scales = f.constant(scales_name)
     if scales is None:
         return "maps align_corners coordinates by the rounded output length, and scales are not known when the model is loaded"
@@ -85,7 +85,7 @@ def align_corners_by_fractional_scale(node: onnx.NodeProto, f: Facts) -> str:
     return ""
 
 
-def causal_mask_over_past(node: onnx.NodeProto, f: Facts) -> str:
+def causal_mask_over_past(node: onnx.NodeProto, model: Model) -> str:
     """Attention with is_causal=1, an attn_mask and past key/value: ONNX Runtime 1.32 and
     OpenVINO 2026.4 both place the causal mask differently from onnx.reference over the
     cached positions (test_attention_4d_with_past_and_present_qk_matmul_bias_*_mask_causal);

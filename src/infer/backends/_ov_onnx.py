@@ -1,5 +1,7 @@
-"""OpenVINO's ONNX frontend, checked: the ONNX models it would run wrongly, and which ONNX input
-or output each port of a compiled model stands for (names, symbolic dims, dropped inputs)."""
+"""OpenVINO's ONNX frontend, checked: the ONNX models it would run wrongly (`miscomputed`, which
+`supports` refuses whoever asks; `deviation`, which `miscomputes` reports so that the default
+choice passes OpenVINO over), and which ONNX input or output each port of a compiled model
+stands for (names, symbolic dims, dropped inputs)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from .. import _onnx, tensors
@@ -14,7 +17,7 @@ from ..errors import CompileError
 from ..model import Model, ModelFormat
 from ..tensors import TensorSpec, dtype_info
 from . import _onnx_rules
-from ._onnx_facts import Facts
+from ._onnx_facts import Facts, facts
 from ._ov_narrowing import narrowed
 
 
@@ -39,7 +42,8 @@ def string_io(model: Model) -> str:
 
 
 def miscomputed(model: Model) -> str:
-    """Why OpenVINO would run this ONNX model and answer wrongly ("" when no known reason).
+    """Why OpenVINO would run this ONNX model and answer wrongly whatever the input, so that
+    `supports` refuses it even when named ("" when no known reason).
 
     Measured with OpenVINO 2026.4 against the ONNX backend suite: its RNN/GRU/LSTM ignore
     layout=1 (batch first) and run the batch as the sequence (test_*_batchwise).
@@ -70,8 +74,9 @@ _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorP
 _SIGNED = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64}
 
 
-def _cast(node: Any, f: Facts) -> str:
-    to = _onnx.attribute(node, "to") if node.op_type == "Cast" else f.type(node.input[1])
+def _cast(node: onnx.NodeProto, model: Model) -> str:
+    cast = node.op_type == "Cast"
+    to = _onnx.attribute(node, "to") if cast else facts(model).type(node.input[1])
     if to in _FLOAT8_SATURATING and _onnx.attribute(node, "saturate", 1):
         # test_cast(like)_FLOAT(16)_to_FLOAT8E4M3FN/E5M2: NaN/inf where the spec gives 448/57344
         return "turns values beyond the float8 range into NaN or inf, where saturate=1 clamps them"
@@ -82,19 +87,21 @@ def _cast(node: Any, f: Facts) -> str:
     return ""
 
 
-def _bitshift(node: Any, f: Facts) -> str:
-    if f.type(node.input[0]) in _SIGNED:  # test_bitshift_*_int8/int32_*
+def _bitshift(node: onnx.NodeProto, model: Model) -> str:
+    if facts(model).type(node.input[0]) in _SIGNED:  # test_bitshift_*_int8/int32_*
         return "saturates left shifts of signed integers and shifts negative ones logically"
     return ""
 
 
-def _topk(node: Any, f: Facts) -> str:
-    if f.constant(node.input[1]) is None:  # test_top_k_same_values*: [1, 2, 0] for [0, 1, 2]
+def _topk(node: onnx.NodeProto, model: Model) -> str:
+    if (
+        facts(model).constant(node.input[1]) is None
+    ):  # test_top_k_same_values*: [1, 2, 0] for [0, 1, 2]
         return "orders equal values by other than their index when K is known only at run time"
     return ""
 
 
-def _resize(node: Any, f: Facts) -> str:
+def _resize(node: onnx.NodeProto, model: Model) -> str:
     mode = _text(node, "mode", "nearest")
     if (
         _onnx_rules.given(node, 3)
@@ -105,19 +112,20 @@ def _resize(node: Any, f: Facts) -> str:
         return "computes other values for cubic interpolation with exclude_outside=1"
     if mode != "nearest" and _onnx.attribute(node, "antialias", 0):
         return "computes other values for antialiased downsampling"
-    return _onnx_rules.align_corners_by_fractional_scale(node, f)
+    return _onnx_rules.align_corners_by_fractional_scale(node, model)
 
 
-def _attention(node: Any, f: Facts) -> str:
+def _attention(node: onnx.NodeProto, model: Model) -> str:
     windows = [_onnx.attribute(node, k, -1) for k in ("left_window_size", "right_window_size")]
     if any(w >= 0 for w in windows):  # test_attention_*local_window*, *_bidirectional_window
         return "attends over the whole sequence, ignoring left/right_window_size"
-    return _onnx_rules.causal_mask_over_past(node, f)
+    return _onnx_rules.causal_mask_over_past(node, model)
 
 
-def _tile(node: Any, f: Facts) -> str:
+def _tile(node: onnx.NodeProto, model: Model) -> str:
     # test_tile: uninitialised memory, reproduced with OpenVINO's own API, for repeats given at
     # run time over 4 axes ([2, 2, 2, 2], [7, 6, 4, 2]); 2 and 3 axes measured right
+    f = facts(model)
     if f.constant(node.input[1]) is not None:
         return ""
     shape = f.shape(node.input[1])
@@ -126,7 +134,7 @@ def _tile(node: Any, f: Facts) -> str:
     return ""
 
 
-def _maxpool(node: Any, f: Facts) -> str:
+def _maxpool(node: onnx.NodeProto, model: Model) -> str:
     if _onnx.attribute(node, "ceil_mode", 0) and _text(node, "auto_pad", "NOTSET") == "NOTSET":
         kernel = _onnx.attribute(node, "kernel_shape", [])
         n = len(kernel)
@@ -136,17 +144,17 @@ def _maxpool(node: Any, f: Facts) -> str:
         for k, s, d, end in zip(kernel, strides, dilations, pads[n:]):
             if s > (k - 1) * d + 1 - end:  # the last window can start in the end padding
                 return "counts a last window that starts in the padding (ceil_mode=1)"
-    return _extreme(node, f)
+    return _extreme(node, model)
 
 
-def _extreme(node: Any, f: Facts) -> str:
+def _extreme(node: onnx.NodeProto, model: Model) -> str:
     """The fully masked rows of Attention's expansion (test_attention_*fullymasked*_expanded)
     and test_reduce_max_empty_set: a max starts from -FLT_MAX (a min from FLT_MAX), so a row
     of -inf, or none, gives -FLT_MAX where the spec gives -inf. Measured for ReduceMax,
     ReduceMin and MaxPool; an infinity can reach them from a constant (a -inf mask) only
     where the model says so, so others are taken to hold finite values."""
-    name = node.input[0]
-    if name in _infinite(f):
+    name, f = node.input[0], facts(model)
+    if _infinite(f, name):
         return "takes the max (min) of -inf (inf) values as -FLT_MAX (FLT_MAX), not -inf (inf)"
     shape = f.shape(name)
     floating = f.type(name) in _FLOATS
@@ -165,16 +173,29 @@ _CARRY_INF = frozenset(
 )  # fmt: skip
 
 
-def _infinite(f: Facts) -> set[str]:
-    """Values that may hold an infinity taken from a constant (a -inf attention mask)."""
-    found = f.derived.get("openvino-infinite")
-    if found is None:
-        found = {n for n, v in f.constants.items() if v.dtype.kind == "f" and np.isinf(v).any()}
-        for node in _onnx.nodes(f.graph):
-            if node.op_type in _CARRY_INF and any(i in found for _, i in f.values(node)):
-                found.update(o for o in node.output if o)
-        f.derived["openvino-infinite"] = found
-    return found
+def _infinite(f: Facts, name: str) -> bool:
+    """Whether `name` may hold an infinity taken from a small constant (a -inf attention mask),
+    followed back through the ops that carry one."""
+    producers = f.derived.get("producers")
+    if producers is None:
+        producers = {o: n for n in _onnx.nodes(f.graph) for o in n.output if o}
+        f.derived["producers"] = producers
+    seen, todo = set(), [name]
+    while todo:
+        value = todo.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        tensor = f.tensors.get(value)
+        if tensor is not None:
+            v = f.constant(value) if tensor.data_type in _FLOATS else None
+            if v is not None and np.isinf(v.astype(np.float32)).any():
+                return True
+            continue
+        node = producers.get(value)
+        if node is not None and node.op_type in _CARRY_INF:
+            todo.extend(i for _, i in f.values(node))
+    return False
 
 
 def _text(node: Any, name: str, default: str) -> str:
@@ -192,18 +213,18 @@ RULES: dict[str, _onnx_rules.Rule] = {
     "MaxPool": _maxpool,
     "ReduceMax": _extreme,
     "ReduceMin": _extreme,
-    "DynamicQuantizeLinear": lambda node, f: (
+    "DynamicQuantizeLinear": lambda node, model: (
         "rounds halves (25.5 to 25) where the spec rounds to even (26)"
     ),
-    "SpaceToDepth": lambda node, f: (
+    "SpaceToDepth": lambda node, model: (
         "orders mode='CRD' output channels as DCR" if _text(node, "mode", "DCR") == "CRD" else ""
     ),
-    "DFT": lambda node, f: (
+    "DFT": lambda node, model: (
         "keeps the real input's last dim in a onesided DFT's output shape"
         if _onnx.attribute(node, "onesided", 0)
         else ""
     ),
-    "RoiAlign": lambda node, f: (
+    "RoiAlign": lambda node, model: (
         "takes the max of the interpolated samples, where mode='max' takes the max of the "
         "weighted corner terms"
         if _text(node, "mode", "avg") == "max"

@@ -64,7 +64,7 @@ _OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 # against the ONNX backend suite, tests/conformance), for `miscomputes`.
 _CPU_RULES: dict[str, _onnx_rules.Rule] = {
     # test_maxunpool_export_with_output_shape: values at other indices than the spec's
-    "MaxUnpool": lambda node, f: (
+    "MaxUnpool": lambda node, model: (
         "places values at other indices than the spec when output_shape is given"
         if _onnx_rules.given(node, 2)
         else ""
