@@ -153,6 +153,22 @@ class Backend(abc.ABC):
         None when that cannot be told without compiling."""
         return None
 
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        """None if no reason is known why this backend, taking the model, would answer
+        differently from the ONNX spec; else the reason, naming the node and what it does.
+
+        For what a backend runs but computes otherwise: an op its runtime version gets wrong
+        (measured against the ONNX backend suite, tests/conformance), or a type it computes
+        narrower (OpenVINO's float64 in float32). Where the answer is wrong whoever asks,
+        `supports` refuses instead. Under the default choice (no backend named, or a list of
+        them), selection passes a row with a reason over (verdict "skipped", the reason in
+        `engine.selection`) to the next row; a caller who names the backend gets it, with a
+        warning naming the reason. Cheap, like `supports`: a walk over the graph, no compile.
+        """
+        return None
+
     @abc.abstractmethod
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
