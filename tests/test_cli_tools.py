@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -304,9 +305,28 @@ def test_compare_int8_against_fp32(real_model):
 def test_build_fp32(cnn_file):
     result = cli("build", cnn_file, "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    assert "cnn.onnx: built for onnxruntime on cpu:0 (fp32)" in result.stdout
+    # No backend named: build races them and keeps the verdict (the winner is this machine's).
+    built = re.search(r"cnn\.onnx: built for (\w+) on cpu:0 \(fp32\)", result.stdout)
+    assert built and built.group(1) in ("onnxruntime", "openvino"), result.stdout
+    assert "fastest that agrees with onnxruntime[cpu]" in result.stdout
     assert "checked: one run on random inputs" in result.stdout
-    assert "nothing new in the cache" in result.stdout or "cached in" in result.stdout
+    assert "cached in" in result.stdout and "backend-choice/" in result.stdout
+
+
+def test_build_records_the_verdict_a_later_load_uses(cnn_file):
+    assert cli("build", cnn_file, "--device", "cpu").exit_code == 0
+    listing = cli("cache", "list", "--kind", "backend-choice")
+    assert listing.exit_code == 0, listing.stderr
+    assert "winner" in listing.stdout  # the table folds the line to the terminal's width
+    entry = json.loads(cli("cache", "list", "--json").stdout)["entries"]
+    choice = next(e for e in entry if e["kind"] == "backend-choice")
+    pattern = r"winner \S+ \(onnxruntime\[cpu\] [\d.]+ ms, openvino [\d.]+ ms at input "
+    assert re.match(pattern, choice["note"]), choice["note"]
+    with infer.Engine.load(cnn_file, "cpu") as engine:
+        chosen = next(a for a in engine.selection if a.verdict == "selected")
+        assert "(a cached race at " in chosen.reason  # compiled alone, nothing raced
+        assert not engine.choosing
+        assert choice["note"].startswith(f"winner {chosen.backend} ")
 
 
 def test_build_argument_errors(cnn_file, tmp_path):
