@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import tensors
+from .. import tensors, threads
 from ..binding import device_view, parse_outputs, where_is
 from ..cache import Cache
 from ..device import Device, cpu, probe_hardware
 from ..device_array import DeviceArray, DeviceView
-from ..errors import CompileError, InputError
+from ..errors import CompileError, InputError, OptionError
 from ..model import Model
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, TensorSpec, describe, dtype_info
@@ -58,6 +58,7 @@ _OPTIONS = {
     "execution_mode": "sequential",  # or "parallel"
     "enable_profiling": False,
     "free_dimension_overrides": {},  # {"batch": 1}: fixes symbolic dims for speed
+    "spinning": False,  # let idle pool threads spin (ONNX Runtime's default; see infer.threads)
 }
 
 _logging_routed = False
@@ -151,8 +152,17 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[own["graph_optimization_level"]]
-        if options.threads:
-            so.intra_op_num_threads = options.threads
+        if not isinstance(own["spinning"], bool):
+            raise OptionError(
+                f"backend_options['onnxruntime']['spinning'] must be True or False, "
+                f"got {own['spinning']!r}"
+            )
+        budget = threads.share(options.threads, own["spinning"])
+        if budget.threads:
+            so.intra_op_num_threads = budget.threads
+        if not budget.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if own["inter_op_threads"]:
             so.inter_op_num_threads = int(own["inter_op_threads"])
         if own["execution_mode"] == "parallel":
@@ -190,6 +200,7 @@ class OnnxRuntimeBackend(Backend):
                 "providers": sess.get_providers(),
                 "nodes": dict(claimed),
                 "summary": f"nodes: {share}",
+                "threads": str(budget),
             },
         )
 
@@ -375,8 +386,7 @@ class OnnxRuntimeSession(Session):
         if self._closed:
             return super().bind(outputs)  # raises EngineClosed
         if any(
-            s.dtype == object or tensors.packed_bits(s.dtype)
-            for s in (*self.inputs, *self.outputs)
+            s.dtype == object or tensors.packed_bits(s.dtype) for s in (*self.inputs, *self.outputs)
         ):
             return super().bind(outputs)
         return OnnxRuntimeBinding(self, outputs)
@@ -656,5 +666,9 @@ def _buffer_refused(error: Exception) -> bool:
     text = str(error)
     return any(
         part in text
-        for part in ("pre-allocated", "computed output shape", "Shape mismatch attempting to re-use")
+        for part in (
+            "pre-allocated",
+            "computed output shape",
+            "Shape mismatch attempting to re-use",
+        )
     )
