@@ -15,6 +15,7 @@ import numpy as np
 
 from . import selection
 from .backends.base import Attempt, Backend, Binding, Session
+from .batching import Batcher, Batching, BatchingStats
 from .cache import Cache
 from .device import Device
 from .errors import InputError, OptionError
@@ -43,6 +44,14 @@ class Engine:
         self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._batcher: Batcher | None = None
+        if options.batching is not None:
+            try:
+                self._batcher = Batcher(session, options.batching, cast=options.cast)
+            except BaseException:
+                session.close()
+                raise
+            weakref.finalize(self, self._batcher.close)  # queued requests run at GC and exit
 
     @classmethod
     def load(
@@ -59,6 +68,7 @@ class Engine:
         hint: str = "latency",
         threads: int | None = None,
         max_in_flight: int | None = None,
+        batching: Batching | None = None,
         cache: bool = True,
         cache_dir: str | Path | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -74,6 +84,10 @@ class Engine:
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
         cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
         hint: "latency" (default) or "throughput", for backends with performance hints.
+        threads: the threads of this engine's runtime pool (default: the process's budget, see
+            infer.threads).
+        batching: infer.Batching(max_batch=16, max_delay_ms=2.0) merges concurrent calls into
+            one run along the batch axis (see infer.batching).
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
@@ -86,6 +100,7 @@ class Engine:
             hint=hint,
             threads=threads,
             max_in_flight=max_in_flight,
+            batching=batching,
             cache=cache,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             backend_options=dict(backend_options or {}),
@@ -165,6 +180,11 @@ class Engine:
         """The most runs `submit`, `map` and `arun` keep queued or running at once."""
         return self._session.max_in_flight
 
+    @property
+    def batching_stats(self) -> BatchingStats | None:
+        """What dynamic batching has done (runs, mean batch, queue delays); None without it."""
+        return self._batcher.stats() if self._batcher is not None else None
+
     # -- running ------------------------------------------------------------------------------
 
     def run(
@@ -181,7 +201,10 @@ class Engine:
         (`infer.transforms.preprocess.ResizeMeta`: `.to_frame(boxes)` maps boxes back):
         `outputs, meta = engine.run(feeds, return_meta=True)`.
         """
-        out = self._session.run(feeds, outputs)
+        if self._batcher is not None:
+            out = self._batcher.submit(feeds, outputs).result()
+        else:
+            out = self._session.run(feeds, outputs)
         if not return_meta:
             return out
         return out, self._meta(feeds)
@@ -211,15 +234,18 @@ class Engine:
             if clash:
                 raise InputError(f"input(s) {clash} given both by position and by name")
             feeds.update(kwargs)
-        out = self._session.run(feeds)
+        out = self.run(feeds)
         return next(iter(out.values())) if len(out) == 1 else out
 
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
         """Run in the background and return a `concurrent.futures.Future` of the outputs.
 
         At most `max_in_flight` runs are queued or running; past that, `submit` blocks until
-        one finishes, so a fast producer cannot queue unbounded work.
+        one finishes, so a fast producer cannot queue unbounded work. Under batching= the
+        request joins the batcher's queue (which blocks while it is full) instead.
         """
+        if self._batcher is not None:
+            return self._batcher.submit(feeds, outputs)
         return self._session.submit(feeds, outputs)
 
     def map(
@@ -236,7 +262,9 @@ class Engine:
         endless iterable is consumed lazily. An error is raised at its item's position, and
         the runs still pending are cancelled when the caller stops iterating.
         """
-        window = self.max_in_flight if max_in_flight is None else max_in_flight
+        window = max_in_flight
+        if window is None:
+            window = self._batcher.window if self._batcher else self.max_in_flight
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise OptionError(f"max_in_flight must be a positive integer, got {window!r}")
         return self._map(iter(feeds), outputs, window)
@@ -278,9 +306,14 @@ class Engine:
         loop = asyncio.get_running_loop()
         slots = self._async_slots.get(loop)
         if slots is None:
-            slots = self._async_slots[loop] = asyncio.Semaphore(self.max_in_flight)
+            size = self._batcher.window if self._batcher else self.max_in_flight
+            slots = self._async_slots[loop] = asyncio.Semaphore(size)
         async with slots:
-            return await asyncio.wrap_future(self._session.submit(feeds, outputs), loop=loop)
+            if self._batcher is not None:
+                future = self._batcher.submit(feeds, outputs, block=False)
+            else:
+                future = self._session.submit(feeds, outputs)
+            return await asyncio.wrap_future(future, loop=loop)
 
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """I/O binding: buffers allocated once (per shape) and reused by every `run`.
@@ -303,7 +336,10 @@ class Engine:
         return self._session.closed
 
     def close(self) -> None:
-        """Free the compiled model; later calls to run raise EngineClosed."""
+        """Free the compiled model; later calls to run raise EngineClosed. Requests queued for
+        batching run first."""
+        if self._batcher is not None:
+            self._batcher.close()
         self._session.close()
 
     def __enter__(self) -> Engine:
@@ -341,7 +377,5 @@ class _PrecisionTransform:
         # int8 graphs differ by quantizer (Q/DQ placement); a backend may prefer its own.
         quantizer = precision.quantizer_for(self.options, backend.int8_quantizer(device, variant))
         if quantizer not in self._converted:
-            self._converted[quantizer] = precision.convert(
-                model, self.options, quantizer=quantizer
-            )
+            self._converted[quantizer] = precision.convert(model, self.options, quantizer=quantizer)
         return self._converted[quantizer]

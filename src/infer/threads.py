@@ -26,6 +26,7 @@ from pathlib import Path
 
 _CGROUP = Path("/sys/fs/cgroup")  # where Linux mounts the cgroup hierarchy
 
+
 @dataclass(frozen=True)
 class Share:
     """What one engine's runtime may use of the budget."""

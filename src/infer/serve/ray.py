@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import batching
 from ..engine import Engine
 from ..errors import InputError, OptionError
 from ..model import ModelSource
 from ..tensors import TensorSpec, describe
-from . import _batching, _specs
+from . import _specs
 
 
 class Predictor:
@@ -63,7 +64,7 @@ class Predictor:
         self.columns = {n: columns.get(n, n) for n in names}
         self.outputs = list(outputs) if outputs is not None else None
         self.keep = keep if isinstance(keep, bool) else list(keep)
-        self.batched = _specs.has_batch_axis(self.engine.inputs, self.engine.outputs)
+        self.batched = batching.has_batch_axis(self.engine.inputs, self.engine.outputs)
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
         batch = _as_columns(batch)
@@ -184,22 +185,22 @@ def deployment(
     class InferDeployment:
         def __init__(self) -> None:
             self.engine = Engine.load(model, device, **load_options)
-            self.batched = _specs.has_batch_axis(self.engine.inputs, self.engine.outputs)
+            self.batched = batching.has_batch_axis(self.engine.inputs, self.engine.outputs)
             self.specs = {s.name: s for s in self.engine.inputs}
 
         @serve.batch(
             max_batch_size=max_batch_size,
             batch_wait_timeout_s=batch_wait_timeout_s,
-            batch_size_fn=lambda items: sum(_batching.rows(f) for f in items),
+            batch_size_fn=lambda items: sum(batching.rows(f) for f in items),
         )
         async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[Any]:
             # Each item's result, or its exception: one bad request must not fail the others.
             out: list[Any] = [None] * len(feeds)
-            for idx in _batching.groups(feeds, True):
+            for idx in batching.groups(feeds, True):
                 group = [feeds[i] for i in idx]
                 try:
-                    result = await self._submit(_batching.merge(group))
-                    parts: list[Any] = _batching.split(result, group)
+                    result = await self._submit(batching.merge(group))
+                    parts: list[Any] = batching.split(result, group)
                 except Exception as e:  # find which request failed: run them one by one
                     parts = [e] if len(group) == 1 else [await self._attempt(f) for f in group]
                 for i, part in zip(idx, parts):
