@@ -296,3 +296,18 @@ def test_batches_stay_within_the_widest_tensorrt_profile():
     assert batching._profile_limit(session(8), 16) == 8  # type: ignore[arg-type]
     assert batching._profile_limit(session(4, 32), 16) == 16  # type: ignore[arg-type]
     assert batching._profile_limit(SimpleNamespace(), 16) == 16  # type: ignore[arg-type]
+
+
+def test_the_ray_serve_deployment_batches_with_the_engines_batcher_where_it_can():
+    from infer.serve import ray as infer_ray
+
+    config = Batching(max_batch=4, max_delay_ms=1.0)
+    with infer_ray._batched_engine(affine(), "cpu", config, {"backend": "onnxruntime"}) as e:
+        assert e.batching_stats is not None and e.batching_stats.max_batch == 4
+    with infer_ray._batched_engine(models.relu(batch=1), "cpu", config, {}) as e:
+        assert e.batching_stats is None  # no batch axis: each call runs alone
+    shapes = {"x": (2, 4)}  # OpenVINO compiles the fixed shape: the batch axis is gone
+    with infer_ray._batched_engine(
+        affine(), "cpu", config, {"backend": "openvino", "shapes": shapes}
+    ) as e:
+        assert e.batching_stats is None

@@ -30,6 +30,10 @@ Feeds = Mapping[str, np.ndarray]
 _DELAYS_KEPT = 10_000  # queue delays kept for the percentiles (the most recent ones)
 
 
+class NoBatchAxis(OptionError):
+    """batching= was given for a model whose inputs and outputs do not lead with a batch axis."""
+
+
 @dataclass(frozen=True)
 class Batching:
     """Dynamic batching for `Engine.load(..., batching=Batching(...))`.
@@ -203,7 +207,7 @@ class Batcher:
                 f"{s.name}: {describe(s.shape, s.dtype)}"
                 for s in (*session.inputs, *session.outputs)
             )
-            raise OptionError(
+            raise NoBatchAxis(
                 f"batching= needs a model whose inputs and outputs all lead with one dynamic "
                 f"(batch) dimension; this one has {listing}. Load it without batching="
             )
