@@ -311,3 +311,55 @@ def test_the_ray_serve_deployment_batches_with_the_engines_batcher_where_it_can(
         affine(), "cpu", config, {"backend": "openvino", "shapes": shapes}
     ) as e:
         assert e.batching_stats is None
+
+
+def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
+    from typer.testing import CliRunner
+
+    from infer.bench import benchmark
+    from infer.cli import _app
+
+    report = benchmark(
+        affine(),
+        device="cpu",
+        backends=["onnxruntime", "openvino"],
+        concurrency=8,
+        batching=Batching(max_batch=8, max_delay_ms=2.0),
+        shapes={"x": (1, 4)},
+        duration=0.3,
+        warmup=0.1,
+    )
+    assert [m.backend for m in report.results] == ["onnxruntime[cpu]", "openvino"]
+    for m in report.results:
+        assert m.ok, m.error
+        assert m.batching is not None and m.batching.requests == m.runs
+        assert m.batching.mean_batch > 1
+    data = report.to_dict()
+    assert data["batching"] == {"max_batch": 8, "max_delay_ms": 2.0}
+    assert "recent_delays_ms" not in data["results"][0]["batching"]
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(affine().SerializeToString())
+    args = ["bench", str(path), "-b", "onnxruntime", "-c", "4", "--batching", "4,1", "--shape"]
+    result = CliRunner().invoke(
+        _app.app, [*args, "x=1x4", "--duration", "0.2", "--warmup", "0.1"], env={"COLUMNS": "100"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "batching up to 4 rows, 1 ms" in result.output and "mean batch" in result.output
+    bad = CliRunner().invoke(_app.app, ["bench", str(path), "--batching", "4,x"])
+    assert bad.exit_code == 2 and "--batching takes MAX_BATCH" in bad.output
+
+
+def test_stats_since_an_earlier_snapshot_count_only_what_happened_between():
+    config = Batching(max_batch=2, max_delay_ms=1.0)
+    with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
+        for i in range(3):
+            e.run({"x": _request(i, 0, rows=1)})  # alone: each waits max_delay
+        before = e.batching_stats
+        futures = [e.submit({"x": _request(i, 1, rows=1)}) for i in range(6)]
+        for f in futures:
+            f.result()
+        window = e.batching_stats.since(before)
+    assert window.requests == 6 and window.rows == 6
+    assert window.delays_recorded == 6 and len(window.recent_delays_ms) == 6
+    assert window.batches <= 6

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -87,11 +87,29 @@ class BatchingStats:
     delay_p99_ms: float
     delay_max_ms: float
     """Time requests spent queued before their run, over the last 10,000 requests."""
+    delays_recorded: int = 0
+    """Requests whose queue delay was recorded (all those that reached a run)."""
+    recent_delays_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    """The last 10,000 queue delays, oldest first."""
 
     @property
     def mean_batch(self) -> float:
         """Rows per merged run."""
         return self.rows / self.batches if self.batches else 0.0
+
+    def since(self, earlier: BatchingStats) -> BatchingStats:
+        """What happened between `earlier` (from the same engine) and these counters."""
+        new = self.delays_recorded - earlier.delays_recorded
+        recent = self.recent_delays_ms[
+            len(self.recent_delays_ms) - min(new, len(self.recent_delays_ms)) :
+        ]
+        counts = ("requests", "batches", "rows", "full", "failed")
+        return _stats(
+            {k: getattr(self, k) - getattr(earlier, k) for k in counts},
+            self.max_batch,
+            recent,
+            new,
+        )
 
     def __str__(self) -> str:
         return (
@@ -231,6 +249,7 @@ class Batcher:
         self._local = threading.local()
         self._counts = {"requests": 0, "batches": 0, "rows": 0, "full": 0, "failed": 0}
         self._delays: deque[float] = deque(maxlen=_DELAYS_KEPT)
+        self._recorded = 0
 
     @property
     def window(self) -> int:
@@ -376,7 +395,10 @@ class Batcher:
 
     def _launch(self, batch: list[_Request], full: bool) -> None:
         now = time.perf_counter()
-        self._delays.extend(now - r.queued for r in batch if not r.alone)
+        fresh = [now - r.queued for r in batch if not r.alone]
+        with self._lock:
+            self._delays.extend(fresh)
+            self._recorded += len(fresh)
         try:
             feeds = merge([r.feeds for r in batch])
             outputs = list(batch[0].outputs) if batch[0].outputs is not None else None
@@ -445,18 +467,27 @@ class Batcher:
     def stats(self) -> BatchingStats:
         with self._lock:
             counts = dict(self._counts)
-            delays = np.array(self._delays, dtype=np.float64) * 1e3
-        p50, p90, p99, worst = (
-            np.percentile(delays, [50, 90, 99, 100]) if delays.size else (0.0, 0.0, 0.0, 0.0)
-        )
-        return BatchingStats(
-            **counts,
-            max_batch=self.max_rows,
-            delay_p50_ms=float(p50),
-            delay_p90_ms=float(p90),
-            delay_p99_ms=float(p99),
-            delay_max_ms=float(worst),
-        )
+            delays = tuple(d * 1e3 for d in self._delays)
+            recorded = self._recorded
+        return _stats(counts, self.max_rows, delays, recorded)
+
+
+def _stats(
+    counts: Mapping[str, int], max_batch: int, delays: tuple[float, ...], recorded: int
+) -> BatchingStats:
+    p50, p90, p99, worst = (
+        np.percentile(np.array(delays), [50, 90, 99, 100]) if delays else (0.0, 0.0, 0.0, 0.0)
+    )
+    return BatchingStats(
+        **counts,
+        max_batch=max_batch,
+        delay_p50_ms=float(p50),
+        delay_p90_ms=float(p90),
+        delay_p99_ms=float(p99),
+        delay_max_ms=float(worst),
+        delays_recorded=recorded,
+        recent_delays_ms=delays,
+    )
 
 
 def _profile_limit(session: Session, max_batch: int) -> int:
