@@ -58,7 +58,7 @@ _OPTIONS = {
     "execution_mode": "sequential",  # or "parallel"
     "enable_profiling": False,
     "free_dimension_overrides": {},  # {"batch": 1}: fixes symbolic dims for speed
-    "spinning": False,  # let idle pool threads spin (ONNX Runtime's default; see infer.threads)
+    "spinning": threads.SPIN_RUN,  # "run", "always" or "never": see infer.threads
 }
 
 _logging_routed = False
@@ -152,15 +152,18 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[own["graph_optimization_level"]]
-        if not isinstance(own["spinning"], bool):
+        if own["spinning"] not in threads.SPINNING:
             raise OptionError(
-                f"backend_options['onnxruntime']['spinning'] must be True or False, "
-                f"got {own['spinning']!r}"
+                f"backend_options['onnxruntime']['spinning'] must be one of "
+                f"{', '.join(map(repr, threads.SPINNING))}, got {own['spinning']!r}"
             )
         budget = threads.share(options.threads, own["spinning"])
         if budget.threads:
             so.intra_op_num_threads = budget.threads
-        if not budget.spinning:
+        if budget.spinning == threads.SPIN_RUN:
+            # Threads spin within a run, and stop when the last concurrent run returns.
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+        elif budget.spinning == threads.SPIN_NEVER:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if own["inter_op_threads"]:
