@@ -313,11 +313,15 @@ class Batcher:
         return next(iter(counts.values()), 0)
 
     def _enqueue(self, key: tuple, request: _Request) -> None:
-        """Add to the queue (lock held)."""
+        """Add to the queue (lock held); wake the dispatcher only when that changes what it
+        waits for: a first request (its max_delay starts) or a group that is now full. A later
+        request never moves the oldest one's deadline."""
+        first = not self._queued
         self._queue.setdefault(key, deque()).append(request)
-        self._group_rows[key] = self._group_rows.get(key, 0) + request.rows
+        rows = self._group_rows[key] = self._group_rows.get(key, 0) + request.rows
         self._queued += 1
-        self._arrived.notify()
+        if first or rows >= self.max_rows or request.alone:
+            self._arrived.notify()
 
     # -- the dispatcher -----------------------------------------------------------------------
 
