@@ -119,13 +119,13 @@ def test_fixed_batch_models_say_why_a_batch_cannot_run():
 def test_targets_all_and_named():
     model = Model.load(models.relu())
     found, skipped = targets(model, "cpu")
-    assert [t.label for t in found][:1] == ["onnxruntime[cpu]"]
-    assert "reference" in [t.label for t in found]
+    assert [t.backend for t in found][:1] == ["onnxruntime[cpu]"]
+    assert "reference" in [t.backend for t in found]
     found, _ = targets(model, "cpu", backends=["reference"])
-    assert [(t.label, t.device) for t in found] == [("reference", "cpu:0")]
+    assert [(t.backend, t.device) for t in found] == [("reference", "cpu:0")]
     # a precision a backend cannot run leaves it out, with its reason
     found, skipped = targets(model, "cpu", precision="bf16")
-    assert "onnxruntime[cpu]" not in [t.label for t in found]
+    assert "onnxruntime[cpu]" not in [t.backend for t in found]
     reasons = {s.backend: s for s in skipped}
     assert reasons["onnxruntime[cpu]"].verdict == "unsupported"
     assert "not bf16" in reasons["onnxruntime[cpu]"].reason

@@ -10,7 +10,7 @@ import logging
 
 from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .accuracy import AccuracyReport, accuracy
-from .backends.base import Attempt, BackendInfo
+from .backends.base import BackendInfo
 from .batching import Batching, BatchingStats
 from .calibration import Calibration
 from .compare import compare
@@ -29,7 +29,7 @@ from .errors import (
 )
 from .inspect import inspect
 from .model import Model, ModelFormat
-from .selection import backends, devices
+from .selection import Attempt, backends, devices
 from .tensors import TensorSpec
 from .transforms.preprocess import Preprocess
 

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -217,9 +217,20 @@ class _Request:
 
 class Batcher:
     """The queue behind an engine loaded with `batching=`: one dispatcher thread forms batches
-    and hands each to the session's `submit`, at most `session.max_in_flight` at a time."""
+    and hands each to the session's `submit`, at most `session.max_in_flight` at a time.
 
-    def __init__(self, session: Session, config: Batching, *, cast: bool = False) -> None:
+    `session` fixes the specs, the limits and the run slots; `current()` gives the session
+    to run on now (an engine's background race may switch it), `session` by default.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        config: Batching,
+        *,
+        cast: bool = False,
+        current: Callable[[], Session] | None = None,
+    ) -> None:
         if not has_batch_axis(session.inputs, session.outputs):
             listing = ", ".join(
                 f"{s.name}: {describe(s.shape, s.dtype)}"
@@ -232,6 +243,7 @@ class Batcher:
         self.config = config
         self.max_rows = _profile_limit(session, config.max_batch)
         self._session = session
+        self._current = current or (lambda: session)
         self._validate = FeedValidator(session.inputs, cast=cast)
         self._output_names = [o.name for o in session.outputs]
         self._delay = config.max_delay_ms / 1000.0
@@ -263,17 +275,23 @@ class Batcher:
     ) -> Future:
         """Queue one request; its Future gets its own rows of the merged run's outputs.
 
-        Feeds are checked here, so a bad one raises InputError in the caller and never joins a
-        batch. block: wait while the queue is full (False for asyncio callers, which bound
-        their requests themselves).
+        Feeds are checked here, so a bad one never joins a batch: its InputError is set on the
+        returned Future at once (as `Session.submit` does). Only a closed engine raises.
+        block: wait while the queue is full (False for asyncio callers, which bound their
+        requests themselves).
         """
         if self._closing:
             raise EngineClosed(
                 f"{self._session.backend} engine on {self._session.device} is closed"
             )
-        checked = self._validate(feeds)
-        names = self._check_outputs(outputs)
-        request = _Request(checked, names, self._rows(checked))
+        try:
+            checked = self._validate(feeds)
+            names = self._check_outputs(outputs)
+            request = _Request(checked, names, self._rows(checked))
+        except InputError as e:
+            failed: Future = Future()
+            failed.set_exception(e)
+            return failed
         key = (names, signature(checked))
         with self._lock:
             while block and self._queued >= self._limit and not self._closing:
@@ -406,7 +424,13 @@ class Batcher:
         try:
             feeds = merge([r.feeds for r in batch])
             outputs = list(batch[0].outputs) if batch[0].outputs is not None else None
-            run = self._session.submit(feeds, outputs)
+            session = self._current()
+            try:
+                run = session.submit(feeds, outputs)
+            except EngineClosed:
+                if self._current() is session:
+                    raise
+                run = self._current().submit(feeds, outputs)  # switched as the batch went
         except BaseException as e:
             self._finish(batch, full, None, e)
             return

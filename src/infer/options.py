@@ -12,6 +12,10 @@ from .errors import OptionError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 HINTS = ("latency", "throughput")
+CHOICES = ("background", "measure", "first")
+"""How the default picks a backend (see selection.choose): race the candidates in the
+background after the engine has been busy a while, race them at load, or take the table's
+first that compiles."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class Options:
     shapes: Mapping[str, Any] = field(default_factory=dict)
     cast: bool = False
     hint: str = "latency"
+    choose: str = "background"
+    example: Any = None
+    """Feeds (a dict, or a list of dicts) the measured choice races on."""
     threads: int | None = None
     max_in_flight: int | None = None
     batching: Batching | None = None
@@ -44,6 +51,10 @@ class Options:
             )
         if self.hint not in HINTS:
             raise OptionError(f"hint {self.hint!r} is not valid; use one of {', '.join(HINTS)}")
+        if self.choose not in CHOICES:
+            raise OptionError(
+                f"choose {self.choose!r} is not valid; use one of {', '.join(CHOICES)}"
+            )
         for name, value in (("threads", self.threads), ("max_in_flight", self.max_in_flight)):
             if value is not None and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1

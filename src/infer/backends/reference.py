@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .. import _onnx
 from ..device import Device, cpu
-from ..errors import CompileError
-from ..model import Model
+from ..errors import CompileError, RuntimeFailure
+from ..model import Model, ModelFormat
 from ..options import Options
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 
@@ -18,6 +22,7 @@ from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 @register
 class ReferenceBackend(Backend):
     name = "reference"
+    runtime = "onnx"
     install = "nothing: it ships with onnx"
 
     def _probe(self) -> BackendInfo:
@@ -36,6 +41,25 @@ class ReferenceBackend(Backend):
         # It evaluates whatever graph it is given, so transformed graphs run as they are.
         return {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """The model's ops onnx.reference has no implementation of at the model's opsets (its
+        op registry and the schemas' function bodies, and the ops corrected here)."""
+        if model.format is not ModelFormat.ONNX:
+            return None
+        from .._ops import op_uses
+
+        proto = model._skeleton
+        corrected = {("", c.__name__) for c in _corrected_ops(_onnx.opset(proto) or 1)}
+        missing: dict[str, None] = {}
+        for use in op_uses(proto):
+            if (use.domain, use.op) not in corrected and not _implemented(
+                use.domain, use.op, use.version
+            ):
+                missing[f"{use.label} (opset {use.version})" if use.version else use.label] = None
+        return list(missing)
+
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> Session:
@@ -51,7 +75,7 @@ class ReferenceBackend(Backend):
         except Exception as e:
             raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
-            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
+            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_onnx.opset(proto) or 1))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         inputs, outputs = model.inputs, model.outputs
@@ -89,7 +113,12 @@ class ReferenceSession(Session):
         names = outputs or self._output_names
         # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
         with self._lock, np.errstate(over="ignore"):
-            results = self._evaluator.run(names, feeds)
+            try:
+                results = self._evaluator.run(names, feeds)
+            except (TypeError, AttributeError) as e:
+                raise RuntimeFailure(
+                    f"{self.backend} failed to run on {self.device}: {_cause(e)}"
+                ) from e
         # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
         out = {}
         for n, r in zip(names, results):
@@ -102,8 +131,50 @@ class ReferenceSession(Session):
         self._evaluator = None
 
 
-def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+@functools.cache
+def _implemented(domain: str, op: str, version: int | None) -> bool:
+    """Whether onnx.reference loads an implementation of the op at this opset, as its
+    evaluator does for each node (a function body counts; no opset import does not)."""
+    if version is None:
+        return False
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import RuntimeContextError
+
+    try:
+        if domain == "":
+            from onnx.reference.ops import load_op
+
+            load_op(domain, op, version, evaluator_cls=ReferenceEvaluator)
+            return True
+        loaders = {
+            "ai.onnx.ml": "onnx.reference.ops.aionnxml",
+            "ai.onnx.preview": "onnx.reference.ops.aionnx_preview",
+            "ai.onnx.preview.training": "onnx.reference.ops.aionnx_preview_training",
+            "experimental": "onnx.reference.ops.experimental",
+        }
+        if domain not in loaders:
+            return False
+        importlib.import_module(loaders[domain]).load_op(domain, op, version)
+        return True
+    except RuntimeContextError:  # a function body that depends on the node: it builds one
+        return True
+    except Exception:  # no implementation (NotImplementedError, its RuntimeImplementationError)
+        return False
+
+
+_WRAPPED = re.compile(r"^Issues with types .*\(operator '([^']*)'\)\.?$", re.S)
+
+
+def _cause(e: BaseException) -> str:
+    """What went wrong, without the layers onnx.reference wraps around it: each op that a
+    failure passes through (a Loop, then its body's op) re-raises "Issues with types [<class
+    'numpy.ndarray'>, ...] (operator 'Loop')" from the one below."""
+    ops: list[str] = []
+    while (found := _WRAPPED.match(str(e))) and e.__cause__ is not None:
+        ops.append(found.group(1))
+        e = e.__cause__
+    where = f"in {' > '.join(ops)}: " if ops else ""
+    return f"{where}{type(e).__name__}: {e}"
 
 
 def _corrected_ops(opset: int = 1) -> list[type]:

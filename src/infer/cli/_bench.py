@@ -15,6 +15,7 @@ from ..batching import Batching
 from ..bench import BenchReport, benchmark, plot
 from ..errors import OptionError
 from ..feeds import read_inputs
+from ._app import EXIT_CHECK_FAILED
 from ._common import (
     DEMO,
     DeviceOpt,
@@ -142,9 +143,14 @@ def bench_command(
         write_json(report.to_dict(samples=samples), json_file)
     if json_file != "-":
         render(report, label, named=backends != "all")
-    if plot_file is not None:
+    if plot_file is not None and any(m.ok for m in report.results):
         plot(report, plot_file, title=f"{name} on {device} ({precision})")
         (out() if json_file != "-" else err()).print(f"plot written to {plot_file}")
+    failed = report.failures()
+    if failed:
+        rows = len([m for m in report.results if not m.skipped])
+        err().print(f"error: {len(failed)} of {rows} benchmark row(s) did not run (see above)")
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def batching_of(text: str | None) -> Batching | None:
@@ -208,9 +214,16 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
     )
     ok = [m for m in r.results if m.ok]
     if ok:
-        table = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+        table = Table(
+            box=None, padding=(0, 1), collapse_padding=True, header_style="bold", pad_edge=False
+        )
         table.add_column("backend", no_wrap=True)
         table.add_column("batch", justify="right")
+        table.add_column(
+            "inputs",
+            no_wrap=len({len(m.shapes) for m in ok}) == 1 and len(ok[0].shapes) == 1,
+            overflow="fold",
+        )
         for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s"):
             table.add_column(col, justify="right")
         best = {b: r.best(b) for b in r.batches}
@@ -221,6 +234,7 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             table.add_row(
                 name,
                 str(m.batch),
+                _shapes(m.shapes),
                 fmt_ms(lat.p50 if lat else None),
                 fmt_ms(lat.p90 if lat else None),
                 fmt_ms(lat.p99 if lat else None),
@@ -277,15 +291,20 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
             notes.append(f"* what device={r.device!r} picks with no backend named")
-        if len(ok) > 1:
+        if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
+        elif len(ok) > 1:  # no colours to show it: say it in words
+            for b, m in best.items():
+                if m is not None:
+                    notes.append(f"lowest median latency at batch {b}: {m.backend}")
         for n in notes:
             console.print(Text(n, style="dim"))
     failed = [m for m in r.results if not m.ok]
     if failed:
         console.print()
         for m in failed:
-            console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style="red"))
+            style = "dim" if m.skipped else "red"
+            console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style=style))
     shown = [s for s in r.skipped if named or s.verdict == "unsupported"]
     for s in shown:
         console.print(Text(f"– {s.backend} on {s.device}: {s.reason}", style="dim"))
@@ -299,3 +318,11 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         )
     for n in r.notes:
         console.print(Text(f"note: {n}", style="dim"))
+
+
+def _shapes(shapes: Any) -> str:
+    """The input shapes a row timed: '1x3x640x640' for one input, else 'x 1x4, y 1x4'."""
+    dims = {k: "x".join(map(str, v)) or "scalar" for k, v in shapes.items()}
+    if len(dims) == 1:
+        return next(iter(dims.values()))
+    return ", ".join(f"{k} {v}" for k, v in dims.items())

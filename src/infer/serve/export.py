@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from .. import batching
+from .. import _onnx, batching
 from ..cache import Cache
 from ..errors import CompileError, OptionError
 from ..model import Model, ModelFormat, ModelSource
@@ -31,7 +31,6 @@ from . import _specs
 
 log = logging.getLogger(__name__)
 
-_TWO_GIB = 2**31 - 1
 _PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}  # Triton's ORT-TRT settings
 _KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
@@ -268,14 +267,8 @@ def _write_onnx(source: Model, version: Path, request: _Request) -> tuple[list, 
     model = _graph(source, request)
     proto = model.proto
     target = version / "model.onnx"
-    if model.external_data or proto.ByteSize() > _TWO_GIB:
-        onnx.save_model(
-            proto,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location="model.onnx.data",
-        )
+    if model.external_data or _onnx.is_large(proto):
+        _onnx.save(proto, target, external=True)
     elif model.path is not None and model is source:
         shutil.copyfile(model.path, target)
     else:
