@@ -1,8 +1,11 @@
 """Three models in sequence in one process: PP-OCR detection -> direction -> recognition.
 
 The same pipeline is run on two stacks in one process: raw ONNX Runtime sessions at their
-default session options, and infer engines at infer's defaults (`Engine.load(path,
-device="cpu")`, which keeps every engine to the process's thread budget, see infer.threads).
+default session options, and infer engines on ONNX Runtime at infer's defaults
+(`Engine.load(path, device="cpu", backend="onnxruntime")`, which keeps every engine to the
+process's thread budget, see infer.threads): the same runtime, so the difference is the
+budget. `--backend auto` loads infer's full default instead, which may move a model to
+OpenVINO after its background race (a mixed pipeline).
 For each stack it prints the time of one pass through the three models and the sum of the
 three models' latencies measured alone with raw ONNX Runtime defaults, and their ratio: near 1
 when the models do not get in each other's way. Per model it also prints infer's latency alone
@@ -14,7 +17,7 @@ median over rounds. This machine may be shared: the load average is printed with
 and it moves the raw stack's ratio a lot (spinning pools fight other processes too).
 
     .venv/bin/python benchmarks/pipeline.py [--rounds 7] [--calls 10] [--quick]
-        [--backend openvino] [--spinning run|always|never]
+        [--backend onnxruntime|openvino|auto] [--spinning run|always|never]
 
 Target: infer's pipeline / sum of raw isolated latencies <= 1.10.
 Writes benchmarks/results/pipeline.json.
@@ -156,7 +159,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=10, help="calls per block")
     parser.add_argument(
-        "--backend", default="auto", help="infer's backend (default: what device='cpu' picks)"
+        "--backend",
+        default="onnxruntime",
+        help="infer's backend; auto: what device='cpu' picks (it may switch after a race)",
     )
     parser.add_argument(
         "--spinning",
@@ -168,7 +173,9 @@ def main() -> int:
     rounds, calls = (3, 5) if args.quick else (args.rounds, args.calls)
     result = measure(rounds, calls, args.backend, args.spinning)
     report(result)
-    suffix = "".join(f"-{x}" for x in (args.backend, args.spinning) if x not in ("auto", None))
+    suffix = "".join(
+        f"-{x}" for x in (args.backend, args.spinning) if x not in ("onnxruntime", None)
+    )
     _results.write(f"pipeline{suffix}", result)
     return 0
 
