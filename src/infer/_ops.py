@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from . import _onnx
+
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ def value_types(proto: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
         log.debug("shape inference failed", exc_info=True)
         inferred = proto
     out: dict[str, onnx.TypeProto] = {}
-    for graph in _graphs(inferred.graph):
+    for graph in _onnx.graphs(inferred.graph):
         for v in (*graph.input, *graph.output, *graph.value_info):
             if v.type.WhichOneof("value") is not None:
                 out.setdefault(v.name, v.type)
@@ -91,14 +93,5 @@ def _nodes_uses(
         if (node.domain, node.op_type) not in local:
             domain = domain_of(node)
             yield OpUse(node, domain, opsets.get(domain))
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _nodes_uses(sub.node, opsets, local)
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
-                yield from _graphs(sub)
+        for _, sub in _onnx.subgraphs(node):
+            yield from _nodes_uses(sub.node, opsets, local)

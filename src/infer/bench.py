@@ -5,7 +5,8 @@ runtime is started and everything it caches is built) and again from that folder
 then for each batch size warms up and measures for a fixed time. With `concurrency` N > 1,
 N requests are kept in flight through `Engine.submit`; latency is then per request, from
 submit to result. With `batching` (an `infer.Batching`) the engines merge those requests into
-larger runs, and each measurement carries the batcher's counters. `plot()` draws latency distributions and throughput with matplotlib.
+larger runs, and each measurement carries the batcher's counters. `infer bench --plot` draws
+the report (infer.cli._plot).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from . import selection
 from .batching import Batching, BatchingStats
 from .device import Device, cpu
 from .engine import Engine
-from .errors import InferError, OptionError
+from .errors import BackendUnavailable, InferError, OptionError, RuntimeFailure
 from .feeds import profile, random_feeds, representative_shapes
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
@@ -255,7 +256,9 @@ def benchmark(
     if not todo:
         why = "\n".join(f"  - {s.backend} on {s.device}: {s.reason}" for s in skipped)
         what = name or (str(source.path) if source.path else repr(source))
-        raise InferError(f"no backend here can run {what} on {device} at {precision}:\n{why}")
+        raise BackendUnavailable(
+            f"no backend here can run {what} on {device} at {precision}:\n{why}"
+        )
     notes: list[str] = []
     results: list[Measurement] = []
     with _cache_folder(cache_dir) as folder:
@@ -455,7 +458,7 @@ def _declared(model: Model, engine: Engine) -> list[TensorSpec]:
     return model.inputs if model.format is ModelFormat.ONNX else engine.inputs
 
 
-class _NoBatch(InferError):
+class _NoBatch(OptionError):
     """The batch size asked for does not apply: no input has a dynamic first dimension."""
 
 
@@ -589,7 +592,9 @@ def _loop_concurrent(
         done.wait_for(idle)
     if errors:
         err = errors[0]
-        raise err if isinstance(err, InferError) else InferError(str(err))
+        if isinstance(err, InferError):
+            raise err
+        raise RuntimeFailure(f"a submitted run failed: {_one_line(err)}") from err
     return samples, (last[0] or clock()) - start
 
 
@@ -612,70 +617,3 @@ def environment() -> dict[str, Any]:
         "argv": sys.argv[1:] if sys.argv else [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-# -- plots ----------------------------------------------------------------------------------------
-
-
-def plot(report: BenchReport, path: str | Path, title: str | None = None) -> Path:
-    """Write a PNG: latency distribution per backend and batch (left), throughput (right)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InferError(
-            'plots need matplotlib: pip install "infer[cli]" (or pip install matplotlib)'
-        ) from None
-    ok = [m for m in report.results if m.ok and m.samples_ms]
-    if not ok:
-        raise InferError("nothing to plot: no backend produced timings")
-    labels = [m.backend if len(report.batches) == 1 else f"{m.backend}\nb={m.batch}" for m in ok]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(ok) + 2.8), squeeze=True)
-    try:
-        data = [np.asarray(m.samples_ms) for m in ok]
-        ypos = np.arange(len(ok))
-        horizontal = (
-            {"orientation": "horizontal"}
-            if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10)
-            else {"vert": False}
-        )
-        left.boxplot(
-            data,
-            positions=ypos,
-            **horizontal,
-            widths=0.6,
-            showfliers=True,
-            flierprops={"markersize": 2, "alpha": 0.4},
-        )
-        for y, m in zip(ypos, ok):
-            left.plot([m.latency.p99], [y], marker="|", color="tab:red", markersize=14)  # type: ignore[union-attr]
-        left.set_yticks(ypos, labels)
-        left.invert_yaxis()
-        spread = max(d.max() for d in data) / max(min(d.min() for d in data), 1e-9)
-        if spread > 30:
-            left.set_xscale("log")
-        left.set_xlabel("latency per run (ms); box: p25-p75, line: p50, red: p99")
-        left.set_title("latency")
-        left.grid(axis="x", alpha=0.3)
-
-        values = [m.throughput or 0.0 for m in ok]
-        bars = right.barh(ypos, values, color="tab:blue", alpha=0.8)
-        right.set_yticks(ypos, labels)
-        right.invert_yaxis()
-        right.set_xlabel(f"samples per second (concurrency {report.concurrency})")
-        right.set_title("throughput")
-        right.grid(axis="x", alpha=0.3)
-        for bar, v in zip(bars, values):
-            right.text(v, bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center", fontsize=8)
-        right.set_xlim(0, max(values) * 1.2 if max(values) > 0 else 1)
-        fig.suptitle(title or f"{Path(report.model).name} on {report.device} ({report.precision})")
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, format="png", dpi=110)
-    except OSError as e:
-        raise InferError(f"plot {str(path)!r} cannot be written: {e}") from e
-    finally:
-        plt.close(fig)
-    return out

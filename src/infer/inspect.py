@@ -7,9 +7,7 @@ JSON form `infer inspect --json` prints.
 
 from __future__ import annotations
 
-import os
 import time
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -23,9 +21,9 @@ from onnx.external_data_helper import uses_external_data
 from . import _onnx, selection
 from .backends import base
 from .errors import InferError
-from .model import Model, ModelFormat, ModelSource
+from .model import Model, ModelFormat, ModelSource, NativeSummary
 from .options import Options
-from .tensors import Dim, TensorSpec, dtype_info, packed_bits, spec_from_value_info
+from .tensors import TensorSpec, dtype_info, packed_bits, spec_from_value_info
 
 STANDARD_DOMAINS = frozenset(
     {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"}
@@ -99,17 +97,6 @@ class OnnxSummary:
     external_data: tuple[str, ...]  # file names, relative to the model
     external_bytes: int
     metadata: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class NativeSummary:
-    """What a runtime's own format says without loading it (OpenVINO IR's XML today)."""
-
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-    nodes: int | None = None
-    op_types: tuple[tuple[str, int], ...] = ()
-    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,8 +212,16 @@ def inspect(model: ModelSource, *, backends: bool = True, compile: bool = False)
     node_list: tuple[Node, ...] = ()
     if m.format is ModelFormat.ONNX:
         onnx_part, node_list = _inspect_onnx(m)
-    elif m.format is ModelFormat.OPENVINO:
-        native = _inspect_openvino_ir(m)
+    else:  # a runtime's own format: the backend that reads it says what it holds
+        native = next(
+            (
+                found
+                for name in selection.BACKENDS
+                if m.format in base.get(name).formats
+                and (found := base.get(name).describe(m)) is not None
+            ),
+            None,
+        )
     return Inspection(
         source=str(m.path) if m.path is not None else repr(m),
         format=m.format.value,
@@ -538,64 +533,4 @@ def _tensor_dict(t: TensorSpec) -> dict[str, Any]:
 def _size(m: Model) -> int:
     if m.path is None:
         return len(m.data)
-    if m.path.is_dir():
-        return sum(p.stat().st_size for p in m.path.rglob("*") if p.is_file())
-    total = m.path.stat().st_size
-    if m.format is ModelFormat.ONNX:
-        total += sum(p.stat().st_size for p in m.external_data)
-    elif m.format is ModelFormat.OPENVINO and m.weights_path.is_file():
-        total += m.weights_path.stat().st_size
-    return total
-
-
-def _inspect_openvino_ir(m: Model) -> NativeSummary:
-    """Inputs, outputs and layer types from an IR's XML (no OpenVINO needed)."""
-    try:
-        root = ET.parse(os.fspath(m.path)).getroot()  # type: ignore[arg-type]
-    except (ET.ParseError, OSError) as e:
-        return NativeSummary(notes=(f"the IR XML cannot be parsed: {e}",))
-    layers = root.findall("./layers/layer")
-    ops = Counter(layer.get("type", "?") for layer in layers)
-    inputs, outputs = [], []
-    for layer in layers:
-        kind = layer.get("type")
-        if kind == "Parameter":
-            data = layer.find("data")
-            shape = (data.get("shape", "") if data is not None else "") or ""
-            etype = data.get("element_type", "f32") if data is not None else "f32"
-            inputs.append(TensorSpec(layer.get("name", "?"), _ir_shape(shape), _ir_dtype(etype)))
-        elif kind == "Result":
-            port = layer.find("./input/port")
-            dims = [d.text or "" for d in port.findall("dim")] if port is not None else []
-            outputs.append(
-                TensorSpec(
-                    layer.get("name", "?"),
-                    _ir_shape(",".join(dims)),
-                    _ir_dtype(port.get("precision", "f32").lower() if port is not None else "f32"),
-                )
-            )
-    return NativeSummary(
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        nodes=len(layers),
-        op_types=tuple(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        notes=(f"IR version {root.get('version', '?')}, network {root.get('name', '?')!r}",),
-    )
-
-
-def _ir_shape(text: str) -> tuple[Dim, ...] | None:
-    if text.strip() == "":
-        return ()
-    out: list[Dim] = []
-    for part in text.split(","):
-        part = part.strip()
-        out.append(int(part) if part.isdigit() else None)
-    return tuple(out)
-
-
-def _ir_dtype(name: str) -> np.dtype:
-    aliases = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "i64": "i64", "i32": "i32"}
-    try:
-        return dtype_info(aliases.get(name, name)).numpy
-    except KeyError:
-        return np.dtype(np.float32)
+    return sum(p.stat().st_size for p in m.files)

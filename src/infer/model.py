@@ -6,6 +6,7 @@ import enum
 import functools
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -64,6 +65,18 @@ def _skip_varint(buf: bytes, i: int) -> int:
     while i < len(buf) and buf[i] & 0x80:
         i += 1
     return i + 1
+
+
+@dataclass(frozen=True)
+class NativeSummary:
+    """What a runtime's own format says without loading it (`Backend.describe`): inputs,
+    outputs, node count and types, and notes such as the format's version."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    nodes: int | None = None
+    op_types: tuple[tuple[str, int], ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class Model:
@@ -250,6 +263,21 @@ class Model:
             raise ModelError("an OpenVINO IR must be given as a path to its .xml")
         return self.path.with_suffix(".bin")
 
+    @property
+    def files(self) -> list[Path]:
+        """Every file the model is made of, its own first (ONNX external data, an IR's
+        weights, a Core ML package's contents); [] for a model in memory."""
+        if self.path is None:
+            return []
+        if self.format is ModelFormat.COREML and self.path.is_dir():
+            return sorted(p for p in self.path.rglob("*") if p.is_file())
+        files = [self.path]
+        if self.format is ModelFormat.ONNX:
+            files += list(self.external_data)
+        elif self.format is ModelFormat.OPENVINO and self.weights_path.is_file():
+            files.append(self.weights_path)
+        return files
+
     @functools.cached_property
     def digest(self) -> str:
         """sha256 of the model's content, external data and weight files included."""
@@ -261,13 +289,7 @@ class Model:
                 else self.proto.SerializeToString(deterministic=True)
             )
             return h.hexdigest()
-        files = [self.path]
-        if self.format is ModelFormat.ONNX:
-            files += list(self.external_data)
-        elif self.format is ModelFormat.OPENVINO:
-            files.append(self.weights_path)
-        elif self.format is ModelFormat.COREML and self.path.is_dir():
-            files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        files = self.files
         started = getattr(self, "_file_hash", None)
         if started is not None and files[0] == self.path:
             h, files = started.copy(), files[1:]

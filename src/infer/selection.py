@@ -249,7 +249,7 @@ def select(
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
-        device, verdict = check(row, model, request, options)
+        device, verdict = check(row, model, request, options, named=forced)
         if verdict is not None:
             attempts.append(verdict)
             continue
@@ -274,13 +274,14 @@ def select(
 
 
 def check(
-    row: Choice, model: Model, request: Device, options: Options
+    row: Choice, model: Model, request: Device, options: Options, named: bool = False
 ) -> tuple[Device | None, Attempt | None]:
     """The checks `select` makes on a row before compiling, without compiling anything.
 
     Returns (device, None) when the row would be compiled on `device`, else (device or None,
     the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
-    which backends could take a model.
+    which backends could take a model. `named`: the caller named this backend alone, so a
+    known wrong answer (`Backend.miscomputes`) is a warning rather than a reason to skip it.
     """
     b = base.get(row.backend)
     info = b.probe()
@@ -295,6 +296,11 @@ def check(
         # A backend that does not read the model's format is passed over, not fallen back from.
         verdict = "unsupported" if model.format in b.formats else "skipped"
         return device, Attempt(row.label, str(device), verdict, why)
+    wrong = b.miscomputes(model, device, options, row.variant)
+    if wrong and not named:
+        return device, Attempt(row.label, str(device), "skipped", f"answers wrongly: {wrong}")
+    if wrong:
+        log.warning("%s on %s, as named, answers this model wrongly: %s", row.label, device, wrong)
     return device, None
 
 

@@ -1,15 +1,24 @@
-"""OpenVINO's ONNX frontend, checked: the ONNX models it would run wrongly, and which ONNX input
-or output each port of a compiled model stands for (names, symbolic dims, dropped inputs)."""
+"""OpenVINO's ONNX frontend, checked: the ONNX models it would run wrongly (`miscomputed`, which
+`supports` refuses whoever asks; `deviation`, which `miscomputes` reports so that the default
+choice passes OpenVINO over), and which ONNX input or output each port of a compiled model
+stands for (names, symbolic dims, dropped inputs)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import onnx
+from onnx import TensorProto
+
 from .. import _onnx, tensors
 from ..errors import CompileError
 from ..model import Model, ModelFormat
 from ..tensors import TensorSpec, dtype_info
+from . import _onnx_rules
+from ._onnx_facts import Facts, facts
+from ._ov_narrowing import narrowed
 
 
 def version() -> str:
@@ -33,7 +42,8 @@ def string_io(model: Model) -> str:
 
 
 def miscomputed(model: Model) -> str:
-    """Why OpenVINO would run this ONNX model and answer wrongly ("" when no known reason).
+    """Why OpenVINO would run this ONNX model and answer wrongly whatever the input, so that
+    `supports` refuses it even when named ("" when no known reason).
 
     Measured with OpenVINO 2026.4 against the ONNX backend suite: its RNN/GRU/LSTM ignore
     layout=1 (batch first) and run the batch as the sequence (test_*_batchwise).
@@ -46,6 +56,183 @@ def miscomputed(model: Model) -> str:
                 f"if it were layout=0: node {_onnx.node_name(node)!r}"
             )
     return ""
+
+
+def deviation(model: Model) -> str:
+    """Why OpenVINO would run this ONNX model and answer differently from the spec, for
+    `miscomputes` ("" when no known reason): an op it computes otherwise (`RULES`, each
+    measured against the ONNX backend suite with OpenVINO 2026.4.1), or its 64-bit
+    narrowing (`_ov_narrowing`)."""
+    if model.format is not ModelFormat.ONNX:
+        return ""
+    runtime = f"OpenVINO {version()}"
+    return _onnx_rules.first(model, RULES, runtime) or narrowed(model, version())
+
+
+_FLOAT8_SATURATING = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E5M2}
+_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+_SIGNED = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64}
+
+
+def _cast(node: onnx.NodeProto, model: Model) -> str:
+    cast = node.op_type == "Cast"
+    to = _onnx.attribute(node, "to") if cast else facts(model).type(node.input[1])
+    if to in _FLOAT8_SATURATING and _onnx.attribute(node, "saturate", 1):
+        # test_cast(like)_FLOAT(16)_to_FLOAT8E4M3FN/E5M2: NaN/inf where the spec gives 448/57344
+        return "turns values beyond the float8 range into NaN or inf, where saturate=1 clamps them"
+    if to == TensorProto.FLOAT4E2M1:
+        return "casts NaN to float4e2m1 as 6, where the spec gives -0"  # test_cast*_to_FLOAT4E2M1
+    if to == getattr(TensorProto, "FLOAT8E8M0", None) and _text(node, "round_mode", "up") == "up":
+        return "rounds to float8e8m0 down (1.1 to 1), where round_mode='up' gives 2"
+    return ""
+
+
+def _bitshift(node: onnx.NodeProto, model: Model) -> str:
+    if facts(model).type(node.input[0]) in _SIGNED:  # test_bitshift_*_int8/int32_*
+        return "saturates left shifts of signed integers and shifts negative ones logically"
+    return ""
+
+
+def _topk(node: onnx.NodeProto, model: Model) -> str:
+    if (
+        facts(model).constant(node.input[1]) is None
+    ):  # test_top_k_same_values*: [1, 2, 0] for [0, 1, 2]
+        return "orders equal values by other than their index when K is known only at run time"
+    return ""
+
+
+def _resize(node: onnx.NodeProto, model: Model) -> str:
+    mode = _text(node, "mode", "nearest")
+    if (
+        _onnx_rules.given(node, 3)
+        and _text(node, "keep_aspect_ratio_policy", "stretch") != "stretch"
+    ):
+        return "ignores keep_aspect_ratio_policy and returns exactly `sizes`"
+    if mode == "cubic" and _onnx.attribute(node, "exclude_outside", 0):
+        return "computes other values for cubic interpolation with exclude_outside=1"
+    if mode != "nearest" and _onnx.attribute(node, "antialias", 0):
+        return "computes other values for antialiased downsampling"
+    return _onnx_rules.align_corners_by_fractional_scale(node, model)
+
+
+def _attention(node: onnx.NodeProto, model: Model) -> str:
+    windows = [_onnx.attribute(node, k, -1) for k in ("left_window_size", "right_window_size")]
+    if any(w >= 0 for w in windows):  # test_attention_*local_window*, *_bidirectional_window
+        return "attends over the whole sequence, ignoring left/right_window_size"
+    return _onnx_rules.causal_mask_over_past(node, model)
+
+
+def _tile(node: onnx.NodeProto, model: Model) -> str:
+    # test_tile: uninitialised memory, reproduced with OpenVINO's own API, for repeats given at
+    # run time over 4 axes ([2, 2, 2, 2], [7, 6, 4, 2]); 2 and 3 axes measured right
+    f = facts(model)
+    if f.constant(node.input[1]) is not None:
+        return ""
+    shape = f.shape(node.input[1])
+    if shape is None or not shape or shape[0] is None or shape[0] >= 4:
+        return "returns uninitialised memory for repeats of 4 axes known only at run time"
+    return ""
+
+
+def _maxpool(node: onnx.NodeProto, model: Model) -> str:
+    if _onnx.attribute(node, "ceil_mode", 0) and _text(node, "auto_pad", "NOTSET") == "NOTSET":
+        kernel = _onnx.attribute(node, "kernel_shape", [])
+        n = len(kernel)
+        strides = _onnx.attribute(node, "strides") or [1] * n
+        dilations = _onnx.attribute(node, "dilations") or [1] * n
+        pads = _onnx.attribute(node, "pads") or [0] * (2 * n)
+        for k, s, d, end in zip(kernel, strides, dilations, pads[n:]):
+            if s > (k - 1) * d + 1 - end:  # the last window can start in the end padding
+                return "counts a last window that starts in the padding (ceil_mode=1)"
+    return _extreme(node, model)
+
+
+def _extreme(node: onnx.NodeProto, model: Model) -> str:
+    """The fully masked rows of Attention's expansion (test_attention_*fullymasked*_expanded)
+    and test_reduce_max_empty_set: a max starts from -FLT_MAX (a min from FLT_MAX), so a row
+    of -inf, or none, gives -FLT_MAX where the spec gives -inf. Measured for ReduceMax,
+    ReduceMin and MaxPool; an infinity can reach them from a constant (a -inf mask) only
+    where the model says so, so others are taken to hold finite values."""
+    name, f = node.input[0], facts(model)
+    if _infinite(f, name):
+        return "takes the max (min) of -inf (inf) values as -FLT_MAX (FLT_MAX), not -inf (inf)"
+    shape = f.shape(name)
+    floating = f.type(name) in _FLOATS
+    if node.op_type == "ReduceMax" and floating and shape is not None and 0 in shape:
+        return "reduces an empty axis to -FLT_MAX, not -inf"  # ReduceMin's gives inf, as specified
+    return ""
+
+
+# Ops that carry an infinity from their value inputs to their output unchanged or summed.
+_CARRY_INF = frozenset(
+    {
+        "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
+        "Slice", "Gather", "Expand", "Tile", "Pad", "Where", "Cast", "CastLike", "Add", "Sub",
+        "Max", "Min", "Neg",
+    }
+)  # fmt: skip
+
+
+def _infinite(f: Facts, name: str) -> bool:
+    """Whether `name` may hold an infinity taken from a small constant (a -inf attention mask),
+    followed back through the ops that carry one."""
+    producers = f.derived.get("producers")
+    if producers is None:
+        producers = {o: n for n in _onnx.nodes(f.graph) for o in n.output if o}
+        f.derived["producers"] = producers
+    seen, todo = set(), [name]
+    while todo:
+        value = todo.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        tensor = f.tensors.get(value)
+        if tensor is not None:
+            v = f.constant(value) if tensor.data_type in _FLOATS else None
+            if v is not None and np.isinf(v.astype(np.float32)).any():
+                return True
+            continue
+        node = producers.get(value)
+        if node is not None and node.op_type in _CARRY_INF:
+            todo.extend(i for _, i in f.values(node))
+    return False
+
+
+def _text(node: Any, name: str, default: str) -> str:
+    return _onnx_rules.text(node, name, default)
+
+
+RULES: dict[str, _onnx_rules.Rule] = {
+    "Cast": _cast,
+    "CastLike": _cast,
+    "BitShift": _bitshift,
+    "TopK": _topk,
+    "Resize": _resize,
+    "Attention": _attention,
+    "Tile": _tile,
+    "MaxPool": _maxpool,
+    "ReduceMax": _extreme,
+    "ReduceMin": _extreme,
+    "DynamicQuantizeLinear": lambda node, model: (
+        "rounds halves (25.5 to 25) where the spec rounds to even (26)"
+    ),
+    "SpaceToDepth": lambda node, model: (
+        "orders mode='CRD' output channels as DCR" if _text(node, "mode", "DCR") == "CRD" else ""
+    ),
+    "DFT": lambda node, model: (
+        "keeps the real input's last dim in a onesided DFT's output shape"
+        if _onnx.attribute(node, "onesided", 0)
+        else ""
+    ),
+    "RoiAlign": lambda node, model: (
+        "takes the max of the interpolated samples, where mode='max' takes the max of the "
+        "weighted corner terms"
+        if _text(node, "mode", "avg") == "max"
+        else ""
+    ),
+}
+"""op type -> what OpenVINO 2026.4.1 computes differently for it (measured with the ONNX
+backend suite, tests/conformance: each rule names the suite tests it comes from)."""
 
 
 def specs(

@@ -35,7 +35,7 @@ from ..binding import dtype_name, fits, host_array, target_mismatch, where_is
 from ..device import Device
 from ..device_array import DeviceView
 from ..errors import EngineClosed, InferError, InputError, OptionError, RuntimeFailure
-from ..model import Model, ModelFormat
+from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
 from ..tensors import FeedValidator, TensorSpec, describe
 
@@ -110,6 +110,11 @@ class Backend(abc.ABC):
             return spec.origin
         return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
 
+    def describe(self, model: Model) -> NativeSummary | None:
+        """What the runtime's own format (one of `formats`, not ONNX) says of the model without
+        loading it, for `infer inspect`; None: nothing to say."""
+        return None
+
     def device_for(self, request: Device) -> Device | None:
         """The first device this backend drives that satisfies `request` (None: it has none)."""
         return next((d for d in self.probe().devices if request.matches(d)), None)
@@ -146,6 +151,22 @@ class Backend(abc.ABC):
         """The model's ops this backend cannot run on `device`, found without compiling (its
         op registry at its version, against the model's opsets): [] when it takes them all,
         None when that cannot be told without compiling."""
+        return None
+
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        """None if no reason is known why this backend, taking the model, would answer
+        differently from the ONNX spec; else the reason, naming the node and what it does.
+
+        For what a backend runs but computes otherwise: an op its runtime version gets wrong
+        (measured against the ONNX backend suite, tests/conformance), or a type it computes
+        narrower (OpenVINO's float64 in float32). Where the answer is wrong whoever asks,
+        `supports` refuses instead. Under the default choice (no backend named, or a list of
+        them), selection passes a row with a reason over (verdict "skipped", the reason in
+        `engine.selection`) to the next row; a caller who names the backend gets it, with a
+        warning naming the reason. Cheap, like `supports`: a walk over the graph, no compile.
+        """
         return None
 
     @abc.abstractmethod

@@ -26,6 +26,7 @@ from ..errors import CompileError, InputError, OptionError
 from ..model import Model
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, TensorSpec, describe, dtype_info
+from . import _onnx_rules
 from .base import (
     GRAPH,
     HINT,
@@ -58,6 +59,19 @@ _PROVIDER_INSTALL = {
     "openvino": "install onnxruntime-openvino",
 }
 _OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
+
+# What ONNX Runtime's CPU provider computes differently from the spec (measured with 1.32.0
+# against the ONNX backend suite, tests/conformance), for `miscomputes`.
+_CPU_RULES: dict[str, _onnx_rules.Rule] = {
+    # test_maxunpool_export_with_output_shape: values at other indices than the spec's
+    "MaxUnpool": lambda node, model: (
+        "places values at other indices than the spec when output_shape is given"
+        if _onnx_rules.given(node, 2)
+        else ""
+    ),
+    "Resize": _onnx_rules.align_corners_by_fractional_scale,
+    "Attention": _onnx_rules.causal_mask_over_past,
+}
 
 # Element types ONNX Runtime's Python API converts to and from numpy itself.
 _NUMPY_BRIDGE = NUMPY_NATIVE | {np.dtype(object)}
@@ -154,6 +168,13 @@ class OnnxRuntimeBackend(Backend):
         from ._ort_ops import unsupported
 
         return unsupported(model, {"CPUExecutionProvider", PROVIDERS[variant or "cpu"][0]})
+
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        if (variant or "cpu") != "cpu":
+            return None  # measured on the CPU provider only
+        return _onnx_rules.first(model, _CPU_RULES, f"ONNX Runtime {self.probe().version}") or None
 
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None

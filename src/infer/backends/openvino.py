@@ -29,9 +29,10 @@ from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
 from ..errors import CompileError, InputError, OptionError
-from ..model import Model, ModelFormat
+from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, dtype_info
+from ._ov_onnx import deviation as _deviation
 from ._ov_onnx import miscomputed as _miscomputed
 from ._ov_onnx import specs as _specs
 from ._ov_onnx import string_io as _string_io
@@ -190,6 +191,13 @@ class OpenVinoBackend(Backend):
         self._caps[device] = caps
         return device
 
+    def describe(self, model: Model) -> NativeSummary | None:
+        if model.format is not ModelFormat.OPENVINO:
+            return None
+        from ._ov_ir import summary
+
+        return summary(model)
+
     def device_for(self, request: Device) -> Device | None:
         devices = self.probe().devices
         if request.kind == "auto":
@@ -249,6 +257,13 @@ class OpenVinoBackend(Backend):
         from ._ov_ops import unsupported
 
         return unsupported(self._core(), model, self.ov_device(device))
+
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        # The narrowing is the CPU plugin's (measured); the GPU and NPU plugins have no 64-bit
+        # element types either, and AUTO picks among them.
+        return _deviation(model) or None
 
     # -- compile ------------------------------------------------------------------------------
 

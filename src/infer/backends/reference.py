@@ -13,9 +13,10 @@ import numpy as np
 
 from .. import _onnx
 from ..device import Device, cpu
-from ..errors import CompileError, RuntimeFailure
+from ..errors import CompileError, InputError, RuntimeFailure
 from ..model import Model, ModelFormat
-from ..options import Options
+from ..options import Options, parse_size
+from . import _ref_memory
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 
 
@@ -66,6 +67,8 @@ class ReferenceBackend(Backend):
         import onnx
         from onnx.reference import ReferenceEvaluator
 
+        own = options.for_backend(self.name, _OPTIONS)
+        max_memory = parse_size(own["max_memory"], "backend_options['reference']['max_memory']")
         proto = model.proto
         # The evaluator runs whatever it is given and fails (or answers) at run time on graphs the
         # spec forbids (cycles, inputs nothing produces): the checker refuses those up front.
@@ -89,6 +92,8 @@ class ReferenceBackend(Backend):
         return ReferenceSession(
             evaluator,
             optional_tensors=optional_tensors,
+            graph=model._skeleton,
+            max_memory=max_memory,
             backend=self.name,
             device=device,
             inputs=inputs,
@@ -100,17 +105,26 @@ class ReferenceBackend(Backend):
 
 class ReferenceSession(Session):
     def __init__(
-        self, evaluator: Any, optional_tensors: frozenset[str] = frozenset(), **kw: Any
+        self,
+        evaluator: Any,
+        optional_tensors: frozenset[str] = frozenset(),
+        graph: Any = None,
+        max_memory: int | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self._evaluator = evaluator
         self._optional_tensors = optional_tensors
         self._lock = threading.Lock()  # the evaluator keeps per-run state on its op objects
+        self._graph = graph  # the model without external data, for the memory estimate
+        self._max_memory = max_memory  # None: what the machine has available at each run
+        self._estimates: dict[tuple, int | None] = {}
 
     def _run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
+        self._check_memory(feeds)
         # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
         with self._lock, np.errstate(over="ignore"):
             try:
@@ -127,8 +141,49 @@ class ReferenceSession(Session):
             out[n] = r if r is None or isinstance(r, (list, dict)) else np.asarray(r)
         return out
 
+    def _check_memory(self, feeds: dict[str, np.ndarray]) -> None:
+        """Refuse a run that would hold more than the limit: the evaluator cannot bound itself."""
+        if self._graph is None:
+            return
+        key = tuple(
+            (k, v.shape, v.dtype.str) if isinstance(v, np.ndarray) else (k, type(v).__name__)
+            for k, v in feeds.items()
+        )
+        if key not in self._estimates:
+            if len(self._estimates) > 64:
+                self._estimates.clear()
+            self._estimates[key] = _ref_memory.estimate(self._graph, feeds)
+        need = self._estimates[key]
+        if not need or (self._max_memory is None and need < _SMALL_RUN):
+            return
+        limit = self._max_memory
+        source = "backend_options['reference']['max_memory']"
+        if limit is None:
+            limit, source = _ref_memory.available(), "the memory available here"
+        if limit is None or need <= limit:
+            return
+        shapes = ", ".join(
+            f"{k} {list(v.shape)}" for k, v in feeds.items() if isinstance(v, np.ndarray)
+        )
+        raise InputError(
+            f"the ONNX reference evaluator would hold at least {_gib(need)} for this run "
+            f"({shapes}; it keeps every intermediate tensor), more than {source} "
+            f"({_gib(limit)}); give smaller inputs, another backend, or a higher limit: "
+            f"backend_options={{'reference': {{'max_memory': '{-(-need // 2**30) + 1}GiB'}}}}"
+        )
+
     def _close(self) -> None:
         self._evaluator = None
+
+
+_OPTIONS = {"max_memory": None}
+"""backend_options["reference"]: max_memory, the most a run may hold (bytes, or "32GiB");
+None: the memory available when the run starts."""
+_SMALL_RUN = 64 << 20  # below this, a run is not weighed against the memory available
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from .. import demo
 from ..batching import Batching
-from ..bench import BenchReport, benchmark, plot
+from ..bench import BenchReport, benchmark
 from ..errors import OptionError
 from ..feeds import read_inputs
 from ._app import EXIT_CHECK_FAILED
@@ -35,6 +35,7 @@ from ._common import (
     split_list,
     write_json,
 )
+from ._plot import plot
 
 HELP = help_text(
     "Benchmark a model on every backend here (or those named), side by side: load time "
