@@ -11,6 +11,7 @@ import logging
 from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .accuracy import AccuracyReport, accuracy
 from .backends.base import BackendInfo
+from .batching import Batching, BatchingStats
 from .calibration import Calibration
 from .compare import compare
 from .device import Capabilities, Device
@@ -39,6 +40,8 @@ __all__ = [
     "Attempt",
     "BackendInfo",
     "BackendUnavailable",
+    "Batching",
+    "BatchingStats",
     "CacheError",
     "Calibration",
     "Capabilities",

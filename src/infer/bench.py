@@ -4,7 +4,9 @@
 runtime is started and everything it caches is built) and again from that folder (warm),
 then for each batch size warms up and measures for a fixed time. With `concurrency` N > 1,
 N requests are kept in flight through `Engine.submit`; latency is then per request, from
-submit to result. `infer bench --plot` draws the report (infer.cli._plot).
+submit to result. With `batching` (an `infer.Batching`) the engines merge those requests into
+larger runs, and each measurement carries the batcher's counters. `infer bench --plot` draws
+the report (infer.cli._plot).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import selection
+from .batching import Batching, BatchingStats
 from .device import Device, cpu
 from .engine import Engine
 from .errors import BackendUnavailable, InferError, OptionError, RuntimeFailure
@@ -89,6 +92,7 @@ class Measurement:
     error: str | None = None
     skipped: bool = False  # the batch size does not apply to the model (an error, not a failure)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the inputs timed
+    batching: BatchingStats | None = None  # the timed phase's runs (queue delays: last 10,000)
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -112,6 +116,7 @@ class BenchReport:
     auto: str | None  # the backend device="..." with no backend named would pick
     notes: tuple[str, ...] = ()
     environment: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    batching: Batching | None = None
 
     def failures(self) -> list[Measurement]:
         """Rows that did not run: a backend that failed to load, or a run that failed."""
@@ -142,6 +147,7 @@ class BenchReport:
                 "error": m.error,
                 "skipped": m.skipped,
                 "shapes": {k: list(v) for k, v in m.shapes.items()},
+                "batching": _batching_dict(m.batching, samples),
             }
             if samples:
                 d["samples_ms"] = list(m.samples_ms)
@@ -155,6 +161,7 @@ class BenchReport:
             "duration_s": self.duration,
             "warmup_s": self.warmup,
             "concurrency": self.concurrency,
+            "batching": vars(self.batching) if self.batching else None,
             "auto": self.auto,
             "results": [one(m) for m in self.results],
             "skipped": [s.to_dict() for s in self.skipped],
@@ -210,6 +217,7 @@ def benchmark(
     duration: float = 2.0,
     warmup: float = 0.5,
     concurrency: int = 1,
+    batching: Batching | None = None,
     shapes: Mapping[str, Any] | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
@@ -224,6 +232,8 @@ def benchmark(
         warm-up run happen however long they take).
     concurrency: requests kept in flight (through Engine.submit); > 1 also asks backends
         for their throughput setting (hint="throughput").
+    batching: load the engines with this `infer.Batching`, so the requests in flight are
+        merged into larger runs (give concurrency > 1 for there to be something to merge).
     shapes: sizes for dynamic dimensions (see `infer.feeds.representative_shapes`, which
         sizes those not given as a real run would); the first dimension of every input
         where it is dynamic is the batch size.
@@ -261,6 +271,7 @@ def benchmark(
                 duration=duration,
                 warmup=warmup,
                 concurrency=concurrency,
+                batching=batching,
                 shapes=shapes,
                 given=dict(inputs or {}),
                 seed=seed,
@@ -282,6 +293,7 @@ def benchmark(
         auto=auto,
         notes=tuple(dict.fromkeys(notes)),
         environment=environment(),
+        batching=batching,
     )
 
 
@@ -303,6 +315,7 @@ def _bench_one(
     duration: float,
     warmup: float,
     concurrency: int,
+    batching: Batching | None,
     shapes: Mapping[str, Any] | None,
     given: dict[str, np.ndarray],
     seed: int,
@@ -317,9 +330,14 @@ def _bench_one(
     kw: dict[str, Any] = dict(
         backend=label,
         precision=precision,
-        shapes=_profile(model, shapes, batches, given),
+        # Build-time shapes cover the merged runs too.
+        shapes=_profile(
+            model, shapes, (*batches, *((batching.max_batch,) if batching else ())), given
+        ),
         hint="throughput" if concurrency > 1 else "latency",
-        max_in_flight=concurrency if concurrency > 1 else None,
+        # Under batching the requests in flight are the batcher's; the runs stay the engine's.
+        max_in_flight=concurrency if concurrency > 1 and batching is None else None,
+        batching=batching,
         threads=threads,
         cache_dir=cache_dir,
     )
@@ -371,6 +389,7 @@ def _bench_one(
 
             try:
                 warm_runs = _loop(engine, feeds, warmup, 1, 1, lambda s: report("warm-up", s))[0]
+                before = engine.batching_stats
                 samples, elapsed = _loop(
                     engine,
                     feeds,
@@ -391,6 +410,7 @@ def _bench_one(
                     latency=Stats.of(samples),
                     throughput=len(samples) * batch_used / elapsed if elapsed > 0 else None,
                     samples_ms=tuple(float(s * 1e3) for s in samples),
+                    batching=_since(engine.batching_stats, before),
                     **common,
                 )
             )
@@ -398,6 +418,19 @@ def _bench_one(
     finally:
         engine.close()
     return out
+
+
+def _batching_dict(stats: BatchingStats | None, samples: bool) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    d = {k: v for k, v in vars(stats).items() if samples or k != "recent_delays_ms"}
+    d["mean_batch"] = stats.mean_batch
+    return d
+
+
+def _since(now: BatchingStats | None, before: BatchingStats | None) -> BatchingStats | None:
+    """The batcher's counters of one timed phase."""
+    return now.since(before) if now is not None and before is not None else now
 
 
 def _profile(

@@ -16,6 +16,7 @@ import numpy as np
 from . import selection
 from ._switch import Sessions, Watch
 from .backends.base import Backend, Binding, Session
+from .batching import Batcher, Batching, BatchingStats
 from .cache import Cache
 from .device import Device
 from .errors import EngineClosed, InputError, OptionError
@@ -51,6 +52,18 @@ class Engine:
             weakref.WeakKeyDictionary()
         )
         self._sessions = Sessions(session)
+        self._batcher: Batcher | None = None
+        if options.batching is not None:
+            try:  # runs go to the session current at the time (a background race may switch)
+                self._batcher = Batcher(
+                    session,
+                    options.batching,
+                    cast=options.cast,
+                    current=_current(self._sessions),
+                )
+            except BaseException:
+                self._sessions.close()
+                raise
         self._watch: Watch | None = None
         if pending is not None:
             self._watch = Watch(pending, self._sessions, self._selection[-1].backend, self._chosen)
@@ -58,7 +71,8 @@ class Engine:
         # An engine dropped without close(), or still open at interpreter exit, finishes its
         # in-flight runs and frees the runtime then: a runtime thread calling back into a
         # finalizing interpreter aborts the process (OpenVINO did, with pending submits).
-        self._finalizer = weakref.finalize(self, self._sessions.close)
+        # Requests queued for batching run first.
+        self._finalizer = weakref.finalize(self, _close, self._batcher, self._sessions)
 
     @classmethod
     def load(
@@ -77,6 +91,7 @@ class Engine:
         example: Any = None,
         threads: int | None = None,
         max_in_flight: int | None = None,
+        batching: Batching | None = None,
         cache: bool = True,
         cache_dir: str | Path | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -99,6 +114,10 @@ class Engine:
             later loads compile the winner alone.
         example: feeds (a dict, or a list of dicts) to race on; by default the first real
             feeds (background) or random ones at the sizes a model of this kind takes.
+        threads: the threads of this engine's runtime pool (default: the process's budget, see
+            infer.threads).
+        batching: infer.Batching(max_batch=16, max_delay_ms=2.0) merges concurrent calls into
+            one run along the batch axis (see infer.batching).
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
@@ -113,6 +132,7 @@ class Engine:
             example=example,
             threads=threads,
             max_in_flight=max_in_flight,
+            batching=batching,
             cache=cache,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             backend_options=dict(backend_options or {}),
@@ -227,6 +247,11 @@ class Engine:
         """The most runs `submit`, `map` and `arun` keep queued or running at once."""
         return self._session.max_in_flight
 
+    @property
+    def batching_stats(self) -> BatchingStats | None:
+        """What dynamic batching has done (runs, mean batch, queue delays); None without it."""
+        return self._batcher.stats() if self._batcher is not None else None
+
     # -- running ------------------------------------------------------------------------------
 
     def run(
@@ -253,6 +278,8 @@ class Engine:
         return out, self._meta(feeds)
 
     def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
+        if self._batcher is not None:
+            return self._batcher.submit(feeds, outputs).result()
         session = self._session
         try:
             return session.run(feeds, outputs)
@@ -298,15 +325,24 @@ class Engine:
         in them (`InputError`) comes back in the Future at once, as a runtime failure does
         later; only a closed engine raises here. At most `max_in_flight` runs are queued or
         running; past that, `submit` blocks until one finishes, so a fast producer cannot
-        queue unbounded work.
+        queue unbounded work. Under batching= the request joins the batcher's queue (which
+        blocks while it is full) instead.
         """
-        session = self._session
-        try:
-            future = session.submit(feeds, outputs)
-        except EngineClosed:
-            if session is self._session:
-                raise
-            future = self._session.submit(feeds, outputs)  # switched as the call began
+        return self._submit(feeds, outputs, block=True)
+
+    def _submit(
+        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None, block: bool
+    ) -> Future:
+        if self._batcher is not None:
+            future = self._batcher.submit(feeds, outputs, block=block)
+        else:
+            session = self._session
+            try:
+                future = session.submit(feeds, outputs)
+            except EngineClosed:
+                if session is self._session:
+                    raise
+                future = self._session.submit(feeds, outputs)  # switched as the call began
         watch = self._watch
         if watch is not None:
             watch.submitted(future, feeds)
@@ -326,7 +362,9 @@ class Engine:
         endless iterable is consumed lazily. An error is raised at its item's position, and
         the runs still pending are cancelled when the caller stops iterating.
         """
-        window = self.max_in_flight if max_in_flight is None else max_in_flight
+        window = max_in_flight
+        if window is None:
+            window = self._batcher.window if self._batcher else self.max_in_flight
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise OptionError(f"max_in_flight must be a positive integer, got {window!r}")
         return self._map(iter(feeds), outputs, window)
@@ -373,9 +411,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         slots = self._async_slots.get(loop)
         if slots is None:
-            slots = self._async_slots[loop] = asyncio.Semaphore(self.max_in_flight)
+            size = self._batcher.window if self._batcher else self.max_in_flight
+            slots = self._async_slots[loop] = asyncio.Semaphore(size)
         async with slots:
-            return await asyncio.wrap_future(self.submit(feeds, outputs), loop=loop)
+            # block=False: the batcher's queue bound must not hold the loop (slots bound it)
+            future = self._submit(feeds, outputs, block=False)
+            return await asyncio.wrap_future(future, loop=loop)
 
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """I/O binding: buffers allocated once (per shape) and reused by every `run`.
@@ -401,8 +442,8 @@ class Engine:
         return self._session.closed
 
     def close(self) -> None:
-        """Finish the runs in flight, then free the compiled model; later calls to run raise
-        EngineClosed."""
+        """Finish the runs in flight (and run the requests queued for batching), then free the
+        compiled model; later calls to run raise EngineClosed."""
         self._finalizer()
 
     def __enter__(self) -> Engine:
@@ -417,6 +458,17 @@ class Engine:
         ins = describe_specs(self.inputs)
         outs = describe_specs(self.outputs)
         return f"<Engine {self.backend} on {self.device}{name}{state}: ({ins}) -> ({outs})>"
+
+
+def _current(sessions: Sessions) -> Callable[[], Session]:
+    """The session an engine runs on now (held without the engine: its finalizer needs it)."""
+    return lambda: sessions.current
+
+
+def _close(batcher: Batcher | None, sessions: Sessions) -> None:
+    if batcher is not None:
+        batcher.close()
+    sessions.close()
 
 
 class _PrecisionTransform:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .batching import Batching
 from .errors import OptionError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -37,6 +38,7 @@ class Options:
     """Feeds (a dict, or a list of dicts) the measured choice races on."""
     threads: int | None = None
     max_in_flight: int | None = None
+    batching: Batching | None = None
     cache: bool = True
     cache_dir: Path | None = None
     backend_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -59,6 +61,11 @@ class Options:
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
             ):
                 raise OptionError(f"{name} must be a positive integer, got {value!r}")
+        if self.batching is not None and not isinstance(self.batching, Batching):
+            raise OptionError(
+                "batching must be an infer.Batching(max_batch=..., max_delay_ms=...), got "
+                f"{self.batching!r}"
+            )
         if self.calibration is not None and self.precision != "int8":
             raise OptionError(
                 f"calibration data is only used with precision='int8', but precision is {self.precision!r}"

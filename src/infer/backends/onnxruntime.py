@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import tensors
+from .. import tensors, threads
 from ..binding import device_view, target_mismatch
 from ..cache import Cache
 from ..device import Device, cpu, probe_hardware
 from ..device_array import DeviceArray, DeviceView
-from ..errors import CompileError, InputError
+from ..errors import CompileError, InputError, OptionError
 from ..model import Model
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, TensorSpec, describe, dtype_info
@@ -82,6 +82,7 @@ _OPTIONS = {
     "execution_mode": "sequential",  # or "parallel"
     "enable_profiling": False,
     "free_dimension_overrides": {},  # {"batch": 1}: fixes symbolic dims for speed
+    "spinning": threads.SPIN_RUN,  # "run", "always" or "never": see infer.threads
 }
 
 _logging_routed = False
@@ -192,8 +193,20 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[own["graph_optimization_level"]]
-        if options.threads:
-            so.intra_op_num_threads = options.threads
+        if own["spinning"] not in threads.SPINNING:
+            raise OptionError(
+                f"backend_options['onnxruntime']['spinning'] must be one of "
+                f"{', '.join(map(repr, threads.SPINNING))}, got {own['spinning']!r}"
+            )
+        budget = threads.share(options.threads, own["spinning"])
+        if budget.threads:
+            so.intra_op_num_threads = budget.threads
+        if budget.spinning == threads.SPIN_RUN:
+            # Threads spin within a run, and stop when the last concurrent run returns.
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+        elif budget.spinning == threads.SPIN_NEVER:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if own["inter_op_threads"]:
             so.inter_op_num_threads = int(own["inter_op_threads"])
         if own["execution_mode"] == "parallel":
@@ -231,6 +244,7 @@ class OnnxRuntimeBackend(Backend):
                 "providers": sess.get_providers(),
                 "nodes": dict(claimed),
                 "summary": f"nodes: {share}",
+                "threads": str(budget),
             },
         )
 

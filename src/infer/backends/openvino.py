@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import tensors
+from .. import tensors, threads
 from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
@@ -354,13 +354,15 @@ class OpenVinoBackend(Backend):
             "PERFORMANCE_HINT": options.hint.upper(),
             "INFERENCE_PRECISION_HINT": hint,
         }
-        if options.threads:
+        # The process's thread budget (infer.threads): threads=, or the cores this process may
+        # use where that is fewer than the machine's.
+        pool = threads.share(options.threads).threads
+        if pool:
             if supported and "INFERENCE_NUM_THREADS" not in supported:
-                log.warning(
-                    "threads=%d ignored: %s has no INFERENCE_NUM_THREADS", options.threads, target
-                )
+                if options.threads:
+                    log.warning("threads=%d ignored: %s has no INFERENCE_NUM_THREADS", pool, target)
             else:
-                config["INFERENCE_NUM_THREADS"] = options.threads
+                config["INFERENCE_NUM_THREADS"] = pool
         named = {
             "num_streams": "NUM_STREAMS",
             "num_requests": "PERFORMANCE_HINT_NUM_REQUESTS",

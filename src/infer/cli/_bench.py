@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import demo
+from ..batching import Batching
 from ..bench import BenchReport, benchmark
 from ..errors import OptionError
 from ..feeds import read_inputs
@@ -41,10 +42,13 @@ HELP = help_text(
     "(cold, into an empty cache, and warm), then per batch size a warm-up and a timed "
     "run giving latency p50/p90/p99/mean and throughput. With no MODEL, the built-in "
     "demo CNN. With --concurrency N, N requests stay in flight (Engine.submit) and "
-    "latency is per request.",
+    "latency is per request. With --batching 16,2 as well, the engines merge the requests "
+    "in flight into runs of up to 16 rows, waiting at most 2 ms (infer.Batching), and the "
+    "batcher's counters are shown.",
     "infer bench",
     "infer bench model.onnx -b onnxruntime,openvino --batch 1,8 --plot b.png",
     "infer bench model.onnx -d cuda -p fp16 --concurrency 4 --json b.json",
+    "infer bench model.onnx --concurrency 8 --batching 8,2",
 )
 
 
@@ -77,6 +81,14 @@ def bench_command(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", help="Requests kept in flight.")
     ] = 1,
+    batching: Annotated[
+        str | None,
+        typer.Option(
+            "--batching",
+            help="MAX_BATCH[,MAX_DELAY_MS]: merge the requests in flight (default delay 2 ms).",
+            show_default=False,
+        ),
+    ] = None,
     shape: ShapeOpt = None,
     inputs: InputOpt = None,
     seed: SeedOpt = 0,
@@ -119,6 +131,7 @@ def bench_command(
             duration=duration,
             warmup=warmup,
             concurrency=concurrency,
+            batching=batching_of(batching),
             shapes=shapes_of(shape),
             inputs=read_inputs(inputs or []),
             seed=seed,
@@ -139,6 +152,23 @@ def bench_command(
         rows = len([m for m in report.results if not m.skipped])
         err().print(f"error: {len(failed)} of {rows} benchmark row(s) did not run (see above)")
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def batching_of(text: str | None) -> Batching | None:
+    """--batching "16" or "16,2.5" -> Batching(max_batch=16, max_delay_ms=2.5)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) == 1:
+            return Batching(max_batch=int(parts[0]))
+        if len(parts) == 2:
+            return Batching(max_batch=int(parts[0]), max_delay_ms=float(parts[1]))
+    except ValueError:
+        pass
+    raise OptionError(
+        f"--batching takes MAX_BATCH or MAX_BATCH,MAX_DELAY_MS (e.g. 16,2), got {text!r}"
+    )
 
 
 class _Bars:
@@ -172,6 +202,9 @@ class _Bars:
 def render(r: BenchReport, label: str, named: bool = False) -> None:
     console = out()
     mode = f"{r.concurrency} in flight" if r.concurrency > 1 else "one at a time"
+    if r.batching is not None:
+        b = r.batching
+        mode += f" · batching up to {b.max_batch} rows, {b.max_delay_ms:g} ms"
     console.print(
         Text(f"{label}\n", style="bold")
         + Text(
@@ -235,6 +268,27 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             )
         console.print()
         console.print(loads)
+        batched = [m for m in ok if m.batching is not None]
+        if batched:
+            runs = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+            runs.add_column("backend", no_wrap=True)
+            for col in ("batch", "requests", "runs", "mean batch", "full", "queued p50", "p99"):
+                runs.add_column(col, justify="right")
+            for m in batched:
+                s = m.batching
+                assert s is not None
+                runs.add_row(
+                    m.backend,
+                    str(m.batch),
+                    str(s.requests),
+                    str(s.batches),
+                    f"{s.mean_batch:.1f}",
+                    str(s.full),
+                    fmt_ms(s.delay_p50_ms),
+                    fmt_ms(s.delay_p99_ms),
+                )
+            console.print()
+            console.print(runs)
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
             notes.append(f"* what device={r.device!r} picks with no backend named")

@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from .. import _onnx
+from .. import _onnx, batching
 from ..cache import Cache
 from ..errors import CompileError, OptionError
 from ..model import Model, ModelFormat, ModelSource
@@ -153,7 +153,7 @@ def config_text(
     outputs: Sequence[TensorSpec],
 ) -> str:
     """The model's config.pbtxt (Triton's ModelConfig in protobuf text format)."""
-    batched = request.max_batch > 0 and _specs.has_batch_axis(inputs, outputs)
+    batched = request.max_batch > 0 and batching.has_batch_axis(inputs, outputs)
     if request.max_batch > 0 and not batched:
         log.info(
             "%s: not every input and output has a dynamic leading dimension: exported with "
@@ -338,7 +338,7 @@ def _write_tensorrt(source: Model, version: Path, request: _Request) -> tuple[li
 def _batch_profiles(model: Model, max_batch: int) -> dict[str, tuple]:
     """TensorRT optimisation profiles covering batch 1..max_batch for batched inputs."""
     inputs, outputs = _io(model.proto)
-    if max_batch <= 0 or not _specs.has_batch_axis(inputs, outputs):
+    if max_batch <= 0 or not batching.has_batch_axis(inputs, outputs):
         return {}
     profiles: dict[str, tuple] = {}
     for spec in inputs:
