@@ -17,8 +17,8 @@ from onnx import TensorProto, helper
 
 import infer
 from infer import EngineClosed, InputError, OptionError, Preprocess
-from infer.backends.onnxruntime import OnnxRuntimeBinding
 from infer.backends.base import HostBinding, parse_outputs
+from infer.backends.onnxruntime import OnnxRuntimeBinding
 from infer.binding import device_view, host_array
 from infer.device_array import DeviceArray, DeviceView
 
