@@ -427,12 +427,7 @@ class Session(abc.ABC):
                 self._check_open()
             feeds = self._feeds(feeds)
             names = None if outputs is None else self._check_outputs(outputs)
-            try:
-                return self._run(feeds, names)
-            except InferError:
-                raise
-            except Exception as e:
-                raise self.failure(e) from e
+            return self._run_mapped(feeds, names)
         finally:
             next(self._finished)
 
@@ -485,6 +480,7 @@ class Session(abc.ABC):
         return fut
 
     def _run_mapped(self, feeds: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
+        """`_run`, a runtime's own exception turned into infer's (run and submit share it)."""
         try:
             return self._run(feeds, outputs)
         except InferError:
