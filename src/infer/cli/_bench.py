@@ -241,9 +241,9 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
         elif len(ok) > 1:  # no colours to show it: say it in words
-            for b, m in best.items():
-                if m is not None:
-                    notes.append(f"lowest median latency at batch {b}: {m.backend}")
+            for b, fastest in best.items():
+                if fastest is not None:
+                    notes.append(f"lowest median latency at batch {b}: {fastest.backend}")
         for n in notes:
             console.print(Text(n, style="dim"))
     failed = [m for m in r.results if not m.ok]

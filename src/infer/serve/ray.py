@@ -178,9 +178,6 @@ def deployment(
     _specs.check_count("num_replicas", num_replicas, 1)
     _specs.check_count("max_batch_size", max_batch_size, 1)
 
-    @serve.deployment(
-        name=name, num_replicas=num_replicas, ray_actor_options=dict(ray_actor_options or {})
-    )
     class InferDeployment:
         def __init__(self) -> None:
             self.engine = Engine.load(model, device, **load_options)
@@ -241,4 +238,7 @@ def deployment(
                 return result
             return await self._submit(feeds)
 
-    return InferDeployment.bind()
+    # Applied by call rather than as a class decorator, whose result mypy does not follow.
+    return serve.deployment(
+        name=name, num_replicas=num_replicas, ray_actor_options=dict(ray_actor_options or {})
+    )(InferDeployment).bind()
