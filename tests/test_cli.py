@@ -280,6 +280,23 @@ def test_run_random_inputs_are_seeded_and_saved(cnn_file, tmp_path):
     assert "note: dynamic dimension input[0] ('N') = 1" in other.stderr
 
 
+def test_run_saves_tensors_named_like_savez_arguments(tmp_path):
+    # np.savez(path, **arrays) takes "file" and "allow_pickle" as its own arguments.
+    proto = models._model(
+        [onnx.helper.make_node("Relu", ["file"], ["allow_pickle"])],
+        [onnx.helper.make_tensor_value_info("file", onnx.TensorProto.FLOAT, [2])],
+        [onnx.helper.make_tensor_value_info("allow_pickle", onnx.TensorProto.FLOAT, [2])],
+    )
+    path = tmp_path / "named.onnx"
+    onnx.save(proto, path)
+    out, ins = tmp_path / "out.npz", tmp_path / "in.npz"
+    result = cli("run", path, "--save", out, "--save-inputs", ins)
+    assert result.exit_code == 0, result.stderr
+    with np.load(ins) as got_in, np.load(out) as got_out:
+        assert list(got_in) == ["file"] and list(got_out) == ["allow_pickle"]
+        np.testing.assert_array_equal(got_out["allow_pickle"], np.maximum(got_in["file"], 0))
+
+
 def test_run_sizes_open_dims_as_a_real_run_would(real_model, tmp_path):
     result = cli("run", real_model("ocr_det"), "--save-inputs", tmp_path / "in.npz")
     assert result.exit_code == 0, result.stderr

@@ -143,6 +143,20 @@ def test_read_samples_npy_npz_and_images(tmp_path):
         read_samples(empty, one)
 
 
+def test_read_samples_images_take_the_size_of_the_shape_given(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 10), (0, 255, 0)).save(tmp_path / "green.png")
+    one = [spec("x", ("N", 3, "H", "W"))]
+    (x,) = read_samples(tmp_path, one, {"x": (1, 3, 6, 4)})
+    assert x["x"].shape == (1, 3, 6, 4)
+    # A shape that is not the input's (an int, the wrong rank, a fixed dim changed) is refused
+    # in words, not by an IndexError.
+    for wrong in (3, (6, 4), (1, 4, 6, 4)):
+        with pytest.raises(InputError, match=r"does not fit the input"):
+            read_samples(tmp_path, one, {"x": wrong})
+
+
 def test_profile_covers_every_shape_set():
     assert profile([{"x": (1, 3)}, {"x": (1, 3)}]) == {"x": (1, 3)}
     assert profile([{"x": (4, 3)}, {"x": (1, 3)}, {"x": (16, 3)}]) == {

@@ -109,7 +109,7 @@ class Watch:
         self.label = label
         # Held weakly: a pending race must not keep its engine alive.
         self._on_done: Callable[[], Callable[[Chosen | None], None] | None] = (
-            weakref.WeakMethod(on_done) if hasattr(on_done, "__self__") else lambda: on_done  # type: ignore[arg-type]
+            weakref.WeakMethod(on_done) if hasattr(on_done, "__self__") else lambda: on_done
         )
         self.runs = 0
         self.trigger: int | None = None  # runs after which to race: set from a timed run

@@ -473,7 +473,7 @@ class Batcher:
                 if parts is not None:
                     request.future.set_result(parts[i])
                 else:
-                    request.future.set_exception(error)  # type: ignore[arg-type]
+                    request.future.set_exception(error)
         finally:
             self._local.finishing = False
 

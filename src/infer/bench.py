@@ -12,6 +12,7 @@ the report (infer.cli._plot).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -361,7 +362,7 @@ def _bench_one(
         summary = engine.selection[-1].reason if engine.selection else ""
         for i, batch in enumerate(batches):
             base = i * (warmup + duration)
-            common = dict(
+            common: dict[str, Any] = dict(
                 backend=label,
                 device=str(engine.device),
                 precision=engine.precision,
@@ -587,7 +588,7 @@ def _loop_concurrent(
             slots.release()
             raise
         submitted += 1
-        fut.add_done_callback(lambda f, t0=t0: finished(f, t0))
+        fut.add_done_callback(functools.partial(finished, t0=t0))
     with done:
         done.wait_for(idle)
     if errors:

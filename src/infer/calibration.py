@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class Calibration:
     def __repr__(self) -> str:
         data = self.data
         what = (
-            f"{type(data).__name__} of {len(data)}"
+            f"{type(data).__name__} of {len(cast(Sized, data))}"
             if hasattr(data, "__len__")
             else getattr(data, "__name__", type(data).__name__)
         )

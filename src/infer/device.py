@@ -147,7 +147,7 @@ _ISA_FLAGS = {
 
 
 def _probe_cpu() -> Device:
-    name, flags = "", set()
+    name, flags = "", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -256,9 +256,9 @@ def _probe_nvml() -> tuple[list[Device], str]:
             mem = int(pynvml.nvmlDeviceGetMemoryInfo(h).total)
             caps = Capabilities(
                 vendor="NVIDIA",
-                precisions=_gpu_precisions(cc),  # type: ignore[arg-type]
+                precisions=_gpu_precisions(cc),
                 memory_bytes=mem,
-                compute_capability=cc,  # type: ignore[arg-type]
+                compute_capability=cc,
                 driver=driver,
                 source="nvml",
             )

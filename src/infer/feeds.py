@@ -525,6 +525,11 @@ def _read_image(path: Path, spec: TensorSpec, shapes: ShapeArg | None) -> np.nda
         )
     nchw = shape[1] == 3
     size = dict(shapes or {}).get(spec.name)
+    if size is not None:  # the whole shape of this input: its height and width are read from it
+        size = (size,) if isinstance(size, int) else tuple(size)
+        _check_against(spec, size)
+    h: Dim
+    w: Dim
     h, w = (size[2], size[3]) if size and nchw else (size[1], size[2]) if size else (None, None)
     h = h if h is not None else shape[2] if nchw else shape[1]
     w = w if w is not None else shape[3] if nchw else shape[2]

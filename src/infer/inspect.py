@@ -374,7 +374,8 @@ def _inspect_onnx(m: Model) -> tuple[OnnxSummary, tuple[Node, ...]]:
             unknown_ops=tuple(unknown),
             external_data=tuple(
                 str(p.relative_to(m.path.parent))
-                for p in m.external_data  # type: ignore[union-attr]
+                for p in m.external_data
+                if m.path is not None  # external data is read from a model on disk only
             ),
             external_bytes=external,
             metadata=tuple((p.key, p.value) for p in proto.metadata_props),

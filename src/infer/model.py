@@ -213,6 +213,7 @@ class Model:
                 raw = self.path.read_bytes()
                 self._file_hash = self._hash_start(self.path.name, raw)
                 return onnx.load_from_string(raw)
+            assert self._data is not None  # a Model has a path, bytes or a proto
             return onnx.load_from_string(self._data)
         except Exception as e:
             raise ModelError(f"ONNX model {where} cannot be parsed: {e}") from e
@@ -300,7 +301,7 @@ class Model:
             name = f.name if f == self.path else os.path.relpath(os.path.realpath(f), real_folder)
             h.update(name.encode())
             with open(f, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                for chunk in iter(functools.partial(fh.read, 1 << 20), b""):
                     h.update(chunk)
         return h.hexdigest()
 

@@ -205,8 +205,8 @@ def candidates(request: Device, backend: str | Sequence[str] | None = None) -> l
     wanted = [backend] if isinstance(backend, str) else list(backend)
     out: list[Choice] = []
     for w in wanted:
-        name, _, variant = w.partition("[")
-        variant = variant.rstrip("]") or None
+        name, _, tail = w.partition("[")
+        variant = tail.rstrip("]") or None
         if name not in BACKENDS:
             raise OptionError(
                 f"backend {w!r} is not known; use one of {', '.join(BACKENDS)}, or {FASTEST!r}"
@@ -253,6 +253,7 @@ def select(
         if verdict is not None:
             attempts.append(verdict)
             continue
+        assert device is not None  # check names the device whenever it gives no verdict
         start = time.perf_counter()
         session = _compile(row, device, model, options, transform)
         seconds = time.perf_counter() - start

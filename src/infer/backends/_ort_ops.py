@@ -104,7 +104,8 @@ def _has_function(use: OpUse) -> bool:
         schema = defs.get_schema(use.op, use.version, use.domain)
     except Exception:  # no such op in onnx's schemas at this opset
         return False
-    return bool(schema.has_function or schema.has_context_dependent_function)
+    # onnx's defs.pyi leaves out OpSchema.has_function and has_context_dependent_function.
+    return bool(schema.has_function or schema.has_context_dependent_function)  # type: ignore[attr-defined]
 
 
 def _type_mismatch(

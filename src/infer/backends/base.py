@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, cast, final
 
 import numpy as np
 
@@ -336,7 +336,7 @@ def _check_target(spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...]) -> 
 
 def _value(counter: itertools.count) -> int:
     """The next value an itertools.count would give, without taking it."""
-    return counter.__reduce__()[1][0]  # type: ignore[no-any-return,index]
+    return cast(int, counter.__reduce__()[1][0])
 
 
 def _failed(error: BaseException) -> Future:

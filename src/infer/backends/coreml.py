@@ -186,6 +186,7 @@ def load_spec(model: Model) -> Any:
             f"{model!r} is a Core ML model; reading it needs coremltools "
             f'(pip install "infer[coreml]"): {e}'
         ) from e
+    where: Path | str
     if model.path is not None and model.path.is_dir():
         where = _root_model_file(model.path)
         data = where.read_bytes()

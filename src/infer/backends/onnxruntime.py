@@ -76,7 +76,7 @@ _CPU_RULES: dict[str, _onnx_rules.Rule] = {
 # Element types ONNX Runtime's Python API converts to and from numpy itself.
 _NUMPY_BRIDGE = NUMPY_NATIVE | {np.dtype(object)}
 
-_OPTIONS = {
+_OPTIONS: dict[str, Any] = {
     "graph_optimization_level": "all",  # "disable", "basic", "extended", "all"
     "inter_op_threads": None,
     "execution_mode": "sequential",  # or "parallel"
@@ -320,7 +320,9 @@ def _trt_profiles(shapes: Mapping[str, Any]) -> dict[str, str]:
     """TensorRT EP profile strings from {"input": (min, opt, max)} shapes."""
     if not shapes:
         return {}
-    mins, opts, maxs = [], [], []
+    mins: list[str] = []
+    opts: list[str] = []
+    maxs: list[str] = []
     for name, spec in shapes.items():
         triple = (
             spec
@@ -480,7 +482,7 @@ class OnnxRuntimeBinding(Binding):
         # The C binding and run: the Python wrappers re-check WebGPU graph capture every
         # call (~0.5 us); fall back to them if these ever move.
         c_io, c_sess = getattr(self._io, "_iobinding", None), getattr(sess, "_sess", None)
-        if c_io is not None and hasattr(c_sess, "run_with_iobinding"):
+        if c_io is not None and c_sess is not None and hasattr(c_sess, "run_with_iobinding"):
             self._run_bound = functools.partial(c_sess.run_with_iobinding, c_io, None)
             self._bind_numpy = c_io.bind_input  # (name, array): the array's memory, no copy
         else:
@@ -490,7 +492,7 @@ class OnnxRuntimeBinding(Binding):
         self._specs = {s.name: s for s in session.inputs}
         self._names = [o.name for o in session.outputs]
         self._dtypes = {o.name: o.dtype for o in session.outputs}
-        self._bound: dict[str, Any] = {}  # input name -> the object bound, kept alive
+        self._bound: dict[str, object] = {}  # input name -> the object bound, kept alive
         self._shapes: dict[str, tuple[int, ...]] = {}  # input name -> shape bound
         self._signature: tuple[tuple[int, ...], ...] | None = None
         self._results: dict[str, Any] = {}  # output name -> what run returns
@@ -541,12 +543,12 @@ class OnnxRuntimeBinding(Binding):
                 raise
             # An output's shape depends on the input values: find which, and leave those to
             # the runtime from now on.
-            before = {n: getattr(v, "shape", None) for n, v in self._results.items()}
+            old_shapes = {n: getattr(v, "shape", None) for n, v in self._results.items()}
             self._rebind_outputs()
             self._dynamic = {
                 n
                 for n, v in self._results.items()
-                if n not in self.plan.given and getattr(v, "shape", None) != before.get(n)
+                if n not in self.plan.given and getattr(v, "shape", None) != old_shapes.get(n)
             }
             log.debug("binding on onnxruntime: outputs %s are sized by input values", self._dynamic)
         return dict(self._results)
@@ -678,7 +680,7 @@ class OnnxRuntimeBinding(Binding):
         produced = dict(zip(self._names, self._io.get_outputs()))
         for name in self._dynamic:
             fresh = self._copy_out(produced[name])
-            old = self._results.get(name)
+            old: Any = self._results.get(name)
             same = isinstance(old, np.ndarray) and isinstance(fresh, np.ndarray)
             if same and old.shape == fresh.shape and old.dtype == fresh.dtype:
                 old[...] = fresh

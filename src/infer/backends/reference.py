@@ -6,7 +6,7 @@ import functools
 import importlib
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -134,7 +134,7 @@ class ReferenceSession(Session):
                     f"{self.backend} failed to run on {self.device}: {_cause(e)}"
                 ) from e
         # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
-        out = {}
+        out: dict[str, Any] = {}
         for n, r in zip(names, results):
             if n in self._optional_tensors and isinstance(r, list) and len(r) == 1:
                 r = r[0]
@@ -253,17 +253,17 @@ def _corrected_ops(opset: int = 1) -> list[type]:
 
         def _run(
             self,
-            x,
-            scale,
-            bias,
-            mean,
-            var,
-            epsilon=None,
-            momentum=None,
-            training_mode=None,
-            is_test=None,
-            spatial=None,
-        ):
+            x: np.ndarray,
+            scale: np.ndarray,
+            bias: np.ndarray,
+            mean: np.ndarray,
+            var: np.ndarray,
+            epsilon: float | None = None,
+            momentum: float | None = None,
+            training_mode: int | None = None,
+            is_test: int | None = None,
+            spatial: int | None = None,
+        ) -> tuple[np.ndarray, ...]:
             opset = self.run_params["opsets"].get("", 1)
             epsilon = 1e-5 if epsilon is None else epsilon
             momentum = 0.9 if momentum is None else momentum
@@ -290,10 +290,13 @@ def _corrected_ops(opset: int = 1) -> list[type]:
 
         op_domain = ""
 
-        def _run(self, x, axis=None):
+        _along: Callable[[np.ndarray, int], np.ndarray]  # each op's kernel, a staticmethod
+
+        def _run(self, x: np.ndarray, axis: int | None = None) -> tuple[np.ndarray]:
             opset = self.run_params["opsets"].get("", 1)
             if not any(a.name == "axis" for a in self.onnx_node.attribute):
                 axis = 1 if opset < 13 else -1
+            assert axis is not None  # the node's attribute or, without one, the opset's default
             if x.size == 0:
                 return (x,)
             if opset >= 13:
@@ -304,19 +307,19 @@ def _corrected_ops(opset: int = 1) -> list[type]:
 
     class Softmax(_Normalizer):
         @staticmethod
-        def _along(x, axis):
+        def _along(x: np.ndarray, axis: int) -> np.ndarray:
             e = np.exp(x - x.max(axis=axis, keepdims=True))
             return e / e.sum(axis=axis, keepdims=True)
 
     class LogSoftmax(_Normalizer):
         @staticmethod
-        def _along(x, axis):
+        def _along(x: np.ndarray, axis: int) -> np.ndarray:
             shifted = x - x.max(axis=axis, keepdims=True)
             return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
     class Hardmax(_Normalizer):
         @staticmethod
-        def _along(x, axis):
+        def _along(x: np.ndarray, axis: int) -> np.ndarray:
             y = np.zeros_like(x)
             first = np.expand_dims(np.argmax(x, axis=axis), axis)
             np.put_along_axis(y, first, 1, axis=axis)

@@ -111,7 +111,7 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__()
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -189,7 +189,7 @@ def register_all(target: typer.Typer, optional: Sequence[str] = OPTIONAL) -> lis
         if registrar is not None and _call(registrar, target, name):
             added.append(name)
     try:
-        points = metadata.entry_points(group=ENTRY_POINTS)
+        points: Sequence[metadata.EntryPoint] = metadata.entry_points(group=ENTRY_POINTS)
     except Exception:  # a broken distribution's metadata must not break the CLI
         points = ()
     for point in points:

@@ -270,34 +270,34 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         console.print(loads)
         batched = [m for m in ok if m.batching is not None]
         if batched:
-            runs = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
-            runs.add_column("backend", no_wrap=True)
+            counters = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+            counters.add_column("backend", no_wrap=True)
             for col in ("batch", "requests", "runs", "mean batch", "full", "queued p50", "p99"):
-                runs.add_column(col, justify="right")
+                counters.add_column(col, justify="right")
             for m in batched:
-                s = m.batching
-                assert s is not None
-                runs.add_row(
+                stats = m.batching
+                assert stats is not None
+                counters.add_row(
                     m.backend,
                     str(m.batch),
-                    str(s.requests),
-                    str(s.batches),
-                    f"{s.mean_batch:.1f}",
-                    str(s.full),
-                    fmt_ms(s.delay_p50_ms),
-                    fmt_ms(s.delay_p99_ms),
+                    str(stats.requests),
+                    str(stats.batches),
+                    f"{stats.mean_batch:.1f}",
+                    str(stats.full),
+                    fmt_ms(stats.delay_p50_ms),
+                    fmt_ms(stats.delay_p99_ms),
                 )
             console.print()
-            console.print(runs)
+            console.print(counters)
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
             notes.append(f"* what device={r.device!r} picks with no backend named")
         if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
         elif len(ok) > 1:  # no colours to show it: say it in words
-            for b, m in best.items():
-                if m is not None:
-                    notes.append(f"lowest median latency at batch {b}: {m.backend}")
+            for size, fastest in best.items():
+                if fastest is not None:
+                    notes.append(f"lowest median latency at batch {size}: {fastest.backend}")
         for n in notes:
             console.print(Text(n, style="dim"))
     failed = [m for m in r.results if not m.ok]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -153,7 +154,7 @@ def path_command() -> None:
     print(Cache().root)
 
 
-def _note(meta: dict[str, Any]) -> str:
+def _note(meta: Mapping[str, Any]) -> str:
     """A backend choice's verdict in a line: 'winner openvino (openvino 0.43 ms, ...)'."""
     winner, medians = meta.get("winner"), meta.get("median_ms")
     if not winner or not isinstance(medians, dict):

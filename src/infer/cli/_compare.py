@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..compare import ATOL, RTOL, Comparison, compare
+from .._diff import ATOL, RTOL
+from ..compare import Comparison, compare
 from ..errors import OptionError
 from ..feeds import read_inputs
 from ._app import EXIT_CHECK_FAILED

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -117,11 +119,20 @@ def run_command(
             table.add_row("output", *_row(oname, arr))
         console.print(table)
     if save is not None:
-        np.savez(_npz(save), **{k: np.asarray(v) for k, v in outputs.items()})
+        _savez(_npz(save), {k: np.asarray(v) for k, v in outputs.items()})
         out().print(f"outputs saved to {_npz(save)}")
     if save_inputs is not None:
-        np.savez(_npz(save_inputs), **feeds)
+        _savez(_npz(save_inputs), feeds)
         out().print(f"inputs saved to {_npz(save_inputs)}")
+
+
+def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """np.savez(path, **arrays) for any tensor names: savez would take arrays named "file" or
+    "allow_pickle" as its own arguments (a TypeError, or an array missing from the file)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, arr in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=True)
 
 
 def _npz(path: Path) -> Path:

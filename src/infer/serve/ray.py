@@ -180,9 +180,6 @@ def deployment(
     _specs.check_count("max_batch_size", max_batch_size, 1)
     config = batching.Batching(max_batch=max_batch_size, max_delay_ms=batch_wait_timeout_s * 1e3)
 
-    @serve.deployment(
-        name=name, num_replicas=num_replicas, ray_actor_options=dict(ray_actor_options or {})
-    )
     class InferDeployment:
         def __init__(self) -> None:
             self.engine = _batched_engine(model, device, config, load_options)
@@ -206,7 +203,10 @@ def deployment(
             out = await self.engine.arun(feeds)
             return {"outputs": {k: v.tolist() for k, v in out.items()}}
 
-    return InferDeployment.bind()
+    # Applied by call rather than as a class decorator, whose result mypy does not follow.
+    return serve.deployment(
+        name=name, num_replicas=num_replicas, ray_actor_options=dict(ray_actor_options or {})
+    )(InferDeployment).bind()
 
 
 def _batched_engine(

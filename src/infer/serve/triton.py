@@ -174,6 +174,7 @@ class TritonServer:
         except ImportError as e:
             raise ServeError(f"serving with Triton needs {_INSTALL}: {e}") from e
         if self._engine is None:
+            assert not isinstance(self._source, Engine)  # an engine given is never let go
             self._engine = Engine.load(self._source, self._device, **self._load_options)
         try:
             self._start()
@@ -313,7 +314,7 @@ class TritonServer:
         if self._triton is None:
             self.start()
         stop = threading.Event()
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
@@ -557,7 +558,7 @@ def _fail_fast_triton_class(timeout_s: float) -> type:
     """
     from pytriton.triton import Triton
 
-    class _Triton(Triton):  # type: ignore[misc, valid-type]
+    class _Triton(Triton):
         def _wait_for_server(self) -> None:
             import tritonclient.http as httpclient
 

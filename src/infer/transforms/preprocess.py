@@ -35,7 +35,7 @@ from .. import _onnx
 from ..cache import Cache, Key
 from ..errors import InputError, OptionError
 from ..model import Model, ModelFormat
-from ..tensors import TensorSpec, describe, dtype_info, graph_inputs
+from ..tensors import Dim, TensorSpec, describe, dtype_info, graph_inputs
 from ._preprocess_graph import (
     METADATA_KEY,
     Builder,
@@ -514,9 +514,9 @@ class ImagePreprocess(Preprocess):
         if self.resize == "none":
             v = g.op("Cast", [x], to=TensorProto.FLOAT)
         else:
-            shape = g.op("Shape", [x])
-            fh = g.op("Gather", [shape, g.const(hax)], axis=0)  # scalar int64
-            fw = g.op("Gather", [shape, g.const(wax)], axis=0)
+            x_shape = g.op("Shape", [x])
+            fh = g.op("Gather", [x_shape, g.const(hax)], axis=0)  # scalar int64
+            fw = g.op("Gather", [x_shape, g.const(wax)], axis=0)
             (rh, oh), (rw, ow) = placement(self.resize, fh, fw, th, tw, g)
             ys = source_index(self.interpolation, th, fh, rh, oh, g)
             xs = source_index(self.interpolation, tw, fw, rw, ow, g)
@@ -657,7 +657,7 @@ class TensorPreprocess(Preprocess):
     def _raw_spec(self, spec: TensorSpec, dims: tuple[str, str]) -> TensorSpec:
         shape = spec.shape
         if shape is not None and self.transpose is not None:
-            raw = [None] * len(shape)
+            raw: list[Dim] = [None] * len(shape)
             for model_axis, raw_axis in enumerate(self.transpose):
                 raw[raw_axis] = shape[model_axis]
             shape = tuple(raw)
