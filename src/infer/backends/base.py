@@ -75,6 +75,7 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._info: BackendInfo | None = None
+        self._fingerprint: str | None = None
         self._lock = threading.Lock()
 
     def probe(self) -> BackendInfo:
@@ -97,7 +98,12 @@ class Backend(abc.ABC):
     def fingerprint(self) -> str:
         """What changes when the runtime is upgraded or replaced, read without importing it
         (for cache keys): where its package is, with the size and time of its __init__; ""
-        when it is not installed."""
+        when it is not installed. Read once per process (an upgrade takes a restart)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._read_fingerprint()
+        return self._fingerprint
+
+    def _read_fingerprint(self) -> str:
         try:
             spec = importlib.util.find_spec(self.runtime)
         except (ImportError, ValueError):
