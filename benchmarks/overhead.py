@@ -1,11 +1,12 @@
 """What infer's Engine costs over calling the runtime directly.
 
-Engine.run against a raw onnxruntime.InferenceSession.run (same model, same provider, same
-thread settings) on a 1-node model (where the per-call overhead shows: raw ORT is a few
-microseconds) and on a ~15 ms CNN (where it should vanish). Calls alternate between the two
-in blocks, in one process; each Engine block is paired with the raw block beside it and the
-median of those ratios is reported: this machine is shared and noisy, so only the ratio of
-neighbouring measurements means anything.
+Engine.run against a raw onnxruntime.InferenceSession.run at ONNX Runtime's defaults (same
+model, same provider; the engine under infer's thread budget) on a 1-node model (where the
+per-call overhead shows: raw ORT is a few microseconds) and on a ~15 ms CNN (where it should
+vanish). Calls alternate between the two in blocks with a pause after each, in one process;
+each Engine block is paired with the raw block beside it and the median of those ratios is
+reported: this machine is shared and noisy, so only the ratio of neighbouring measurements
+means anything.
 
     .venv/bin/python benchmarks/overhead.py [--seconds 10] [--quick]
 
@@ -36,6 +37,9 @@ from benchmarks import _readme  # noqa: E402
 from infer.bench import environment  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+PAUSE_S = 0.05
+"""Pause after every block: raw ONNX Runtime's workers spin on after its runs (infer's stop
+when a run returns), and would take the cores from the block that follows."""
 
 CASES = {
     # name: (model, feeds, target ratio)
@@ -87,6 +91,7 @@ def measure(model, feeds: dict, seconds: float) -> dict:
         for call in order:
             t = block_times(call, calls)
             (engine_blocks if call is engine_call else raw_blocks).append(t)
+            time.sleep(PAUSE_S)
         flip = not flip
     engine.close()
     raw_med = statistics.median(raw_blocks)
