@@ -7,7 +7,7 @@ import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..engine import Engine
-from ..errors import OptionError
+from ..errors import InputError, OptionError
 from ..feeds import random_feeds, read_inputs, representative_shapes
 from ..model import ModelFormat
 from ..tensors import dtype_info
@@ -127,12 +127,26 @@ def run_command(
 
 
 def _savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """np.savez(path, **arrays) for any tensor names: savez would take arrays named "file" or
-    "allow_pickle" as its own arguments (a TypeError, or an array missing from the file)."""
+    """np.savez(path, **arrays) for any tensor names: savez takes arrays named like its own
+    arguments ("file", ...) as those (a TypeError, or an array missing from the file)."""
+    plain = {name: _plain(name, arr) for name, arr in arrays.items()}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-        for name, arr in arrays.items():
+        for name, arr in plain.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=True)
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+
+
+def _plain(name: str, value: Any) -> np.ndarray:
+    """An array .npy holds as plain data: strings as fixed-width unicode."""
+    arr = np.asanyarray(value)
+    if arr.dtype == object:
+        if not all(isinstance(x, str) for x in arr.flat):
+            raise InputError(
+                f"{name!r} holds Python objects (a sequence or a map), which .npz files keep "
+                "only as serialized Python objects; --save writes tensors"
+            )
+        arr = arr.astype(str)
+    return arr
 
 
 def _npz(path: Path) -> Path:
