@@ -11,6 +11,7 @@ import logging
 from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .accuracy import AccuracyReport, accuracy
 from .backends.base import Attempt, BackendInfo
+from .budget import Budget
 from .calibration import Calibration
 from .compare import compare
 from .device import Capabilities, Device
@@ -24,12 +25,14 @@ from .errors import (
     InputError,
     ModelError,
     OptionError,
+    PrecisionError,
     RuntimeFailure,
 )
 from .inspect import inspect
 from .model import Model, ModelFormat
 from .selection import backends, devices
 from .tensors import TensorSpec
+from .transforms.int8_search import Int8Report
 from .transforms.preprocess import Preprocess
 
 __version__ = "0.1.0"
@@ -39,6 +42,7 @@ __all__ = [
     "Attempt",
     "BackendInfo",
     "BackendUnavailable",
+    "Budget",
     "CacheError",
     "Calibration",
     "Capabilities",
@@ -48,10 +52,12 @@ __all__ = [
     "EngineClosed",
     "InferError",
     "InputError",
+    "Int8Report",
     "Model",
     "ModelError",
     "ModelFormat",
     "OptionError",
+    "PrecisionError",
     "Preprocess",
     "RuntimeFailure",
     "TensorSpec",
