@@ -375,7 +375,8 @@ class OnnxRuntimeSession(Session):
         if self._closed:
             return super().bind(outputs)  # raises EngineClosed
         if any(
-            s.dtype == object or tensors.packed_bits(s.dtype) for s in (*self.inputs, *self.outputs)
+            s.dtype == object or tensors.packed_bits(s.dtype)
+            for s in (*self.inputs, *self.outputs)
         ):
             return super().bind(outputs)
         return OnnxRuntimeBinding(self, outputs)
@@ -655,9 +656,5 @@ def _buffer_refused(error: Exception) -> bool:
     text = str(error)
     return any(
         part in text
-        for part in (
-            "pre-allocated",
-            "computed output shape",
-            "Shape mismatch attempting to re-use",
-        )
+        for part in ("pre-allocated", "computed output shape", "Shape mismatch attempting to re-use")
     )
