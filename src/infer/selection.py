@@ -181,6 +181,8 @@ def select(
         )
         _warn_on_fallback(attempts, named=forced)
         return session, attempts
+    if forced and isinstance(last_error, PrecisionError):  # with its figures
+        raise PrecisionError(str(last_error), last_error.report) from last_error
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
         raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
     if isinstance(last_error, PrecisionError):  # int8 measured short of its budget everywhere

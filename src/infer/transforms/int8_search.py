@@ -84,6 +84,7 @@ class Int8Report:
     validation: int  # feeds measured on
     held_out: bool  # the validation feeds were held out of the calibration feeds
     search_s: float
+    bounded_s: float  # of search_s, the part Budget.time_limit bounds (steps 2-3)
     evaluations: int  # graphs compiled and measured
     stopped: str
     quantized: str  # what the quantizer made (before any node went back to float)
@@ -263,6 +264,7 @@ class _Search:
         self.int8_options = dataclasses.replace(base, precision="int8", cache=False)
         self.progress = options.progress
         self.evaluations = 0
+        self.bounded_s = 0.0
         self.tried: list[str] = []
 
     # -- the steps ----------------------------------------------------------------------------
@@ -307,6 +309,7 @@ class _Search:
             validation=len(feeds),
             held_out=held_out,
             search_s=time.perf_counter() - start,
+            bounded_s=self.bounded_s,
             evaluations=self.evaluations,
             stopped=stopped,
             quantized=described,
@@ -328,7 +331,8 @@ class _Search:
         finally:
             session.close()
         self.tried[-1] += f", {speed[0]:.2f}x fp32"
-        deadline = time.perf_counter() + budget.time_limit
+        bounded = time.perf_counter()
+        deadline = bounded + budget.time_limit
         if budget.min_speedup is not None and speed[0] < budget.min_speedup:
             return (
                 quantized,
@@ -342,9 +346,11 @@ class _Search:
         if full.met:
             return quantized, [], full, "the fully quantized graph meets the budget", speed
         groups = _qdq.groups(quantized.graph)
-        if not groups:
-            return quantized, [], full, "no quantized node to keep in float", speed
+        # Every group with weights in float is the fp32 model plus overhead: not a candidate.
+        if sum(1 for g in groups if g.weights) < 2:
+            return quantized, [], full, "not met, and no node can go back to float", speed
         order, ranked = self._rank(quantized, float_graph, groups, outs, deadline)
+        most = max(i for i, g in enumerate(order) if g.weights)  # the last one stays int8
         best: tuple[list[str], Measure] | None = None  # fewest nodes that meet the budget
         closest: tuple[list[str], Measure] = ([], full)  # the least short of it
 
@@ -379,12 +385,13 @@ class _Search:
             if m is not None and m.met:
                 break
             failed_below = k
-            if k == len(order):
+            if k == most:
                 stopped = (
-                    f"the budget is not met even with all {len(order)} quantizer groups in float"
+                    "the budget is not met even with every node in float but "
+                    f"{', '.join(order[most].nodes)}"
                 )
                 break
-            k = min(2 * k, len(order))
+            k = min(2 * k, most)
         if best is not None:  # bisect down to the fewest groups that meet it
             hi = k
             lo = failed_below + 1
@@ -398,6 +405,7 @@ class _Search:
                     hi = mid
                 else:
                     lo = mid + 1
+        self.bounded_s = time.perf_counter() - bounded
         note = f" ({ranked} of {len(order)} groups ranked)" if ranked < len(order) else ""
         if best is not None:
             kept, result = best
@@ -510,10 +518,14 @@ class _Search:
         timed in turn (a short pause between, so one runtime's spinning threads do not tax the
         other), the median of the paired ratios; times are each side's best block."""
         feed = self.feeds[0]
+        for s in (fp32, int8):  # warm up (first runs allocate, some runtimes compile lazily)
+            s.run(feed)
         t0 = time.perf_counter()
         for s in (fp32, int8):
             s.run(feed)
-        single = max((time.perf_counter() - t0) / 2, 1e-6)
+            if time.perf_counter() - t0 < 1.0:
+                s.run(feed)
+        single = max((time.perf_counter() - t0) / 4, 1e-6)
         number = max(1, int(_BLOCK_SECONDS / single))
         blocks: dict[str, list[float]] = {"fp32": [], "int8": []}
         start = time.perf_counter()
