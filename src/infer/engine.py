@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .errors import InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
 from .tensors import TensorSpec, describe
+
+if TYPE_CHECKING:
+    from .transforms.int8_search import Int8Report
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class Engine:
         self._model = model
         self._options = options
         self._preprocess: dict[str, Any] | None = None
-        self._precision_report: Any = None  # set by load: the int8 search's outcome, if any
+        self._precision_report: Int8Report | None = None  # set by load: the int8 search's outcome
         self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -129,7 +132,7 @@ class Engine:
         return self._session.precision
 
     @property
-    def precision_report(self) -> Any:
+    def precision_report(self) -> Int8Report | None:
         """For int8 with an accuracy budget: what was reached (`infer.Int8Report`: figures against
         fp32, nodes kept in float, speedup, search time); None otherwise."""
         return self._precision_report
@@ -337,7 +340,7 @@ class _PrecisionTransform:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._converted: dict[str | None, Model] = {}
-        self._searched: dict[str, tuple[Model, Any]] = {}  # backend label -> (model, report)
+        self._searched: dict[str, tuple[Model, Int8Report | None]] = {}  # label -> (model, report)
 
     def __call__(
         self, model: Model, backend: Backend, device: Device, variant: str | None
@@ -369,7 +372,7 @@ class _PrecisionTransform:
             self._converted[quantizer] = precision.convert(model, self.options, quantizer=quantizer)
         return self._converted[quantizer]
 
-    def report_for(self, attempts: Sequence[Attempt]) -> Any:
+    def report_for(self, attempts: Sequence[Attempt]) -> Int8Report | None:
         """The int8 search report of the selected attempt's backend (None without a search)."""
         chosen = next((a for a in attempts if a.verdict == "selected"), None)
         found = self._searched.get(chosen.backend) if chosen is not None else None
