@@ -142,6 +142,17 @@ def test_a_budget_that_holds_returns_a_cached_mixed_graph_with_the_kept_nodes_na
     assert len(infer.cache.entries("onnx-int8-search")) == 1
 
 
+def test_large_graphs_are_ranked_by_blocks_first(monkeypatch):
+    from infer.transforms import int8_search
+
+    monkeypatch.setattr(int8_search, "BLOCKS", 3)  # the outlier CNN's 8 groups: 3 blocks
+    budget = Budget(validation=_feeds(40, 1), max_drop=0.05, **NO_SPEED)
+    engine = _load(outlier_cnn(), Calibration(_feeds(40, 0), budget=budget))
+    report = engine.precision_report
+    assert report.met and ("conv3", "Conv") in report.kept, report
+    assert any(t.startswith("ranked 3 of 3 blocks and") for t in report.tried), report.tried
+
+
 def test_the_validation_data_and_budget_are_part_of_the_key():
     model = outlier_cnn()
     data = _feeds(20, 0)

@@ -74,8 +74,14 @@ def groups(graph: onnx.GraphProto) -> list[Group]:
         for name in g.nodes:
             for i in by_name[name].input:
                 dq = producer.get(i)
-                if _is(dq, "DequantizeLinear") and dq.input[0] in inits:
-                    weights += int(np.prod(inits[dq.input[0]].dims, dtype=np.int64))
+                if not _is(dq, "DequantizeLinear"):
+                    continue
+                source = dq.input[0]
+                q = producer.get(source)
+                if _is(q, "QuantizeLinear"):  # NNCF quantizes float weights in the graph
+                    source = q.input[0]
+                if source in inits:
+                    weights += int(np.prod(inits[source].dims, dtype=np.int64))
         sized.append(Group(g.tensor, g.nodes, weights))
     return sized
 

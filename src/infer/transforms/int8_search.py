@@ -57,6 +57,8 @@ SEARCH_FILE = "search.json"
 _BLOCK_SECONDS = 0.02  # a timing block lasts at least this long
 _TIMING_SECONDS = 3.0  # timing one pair stops starting rounds after this long
 _ROUNDS = 7
+BLOCKS = 16
+"""Graphs with more quantizer groups than this are ranked by blocks of groups first."""
 
 
 class _Backend(Protocol):  # what the search needs of a backends.base.Backend
@@ -433,37 +435,77 @@ class _Search:
         outs: list[dict[str, np.ndarray]],
         deadline: float,
     ) -> tuple[list[_qdq.Group], int]:
-        """Groups by what keeping each alone in float gains on the ranking feeds (loss down),
-        cheapest first among equals; those not ranked before half the time is spent follow in
-        graph order. Returns (order, how many were ranked)."""
+        """Groups by what keeping each in float gains on the ranking feeds (loss down), cheapest
+        first among equals, within half the time left. A graph of more than BLOCKS groups is
+        ranked by blocks of neighbouring groups first (one evaluation each: error spread over
+        many layers shows there, where no single group stands out), then group by group inside
+        the costliest blocks while time lasts; groups not ranked keep their graph order inside
+        their block. Returns (order, how many groups were ranked one by one)."""
         sub = self.feeds[: self.budget.ranking_feeds]
         base = measure(
             self.budget, outs[: len(sub)], self.want[: len(sub)], self.scores, self.names
         )
         stop = time.perf_counter() + (deadline - time.perf_counter()) / 2
-        gains: dict[int, float] = {}
-        for i, g in enumerate(groups):
-            if time.perf_counter() >= stop:
-                break
-            self._report("rank", i, len(groups))
+
+        def gain(nodes: Sequence[str], what: str) -> float | None:
             try:
                 m, _, _ = self._evaluate(
-                    _qdq.revert(quantized, float_graph, g.nodes), None, feeds=sub
+                    _qdq.revert(quantized, float_graph, nodes), None, feeds=sub
                 )
             except InferError as e:
-                log.debug("ranking %s failed: %s", g.tensor, e)
-                continue
-            gains[i] = base.loss - m.loss
-        ranked = sorted(gains, key=lambda i: (-round(gains[i], 6), groups[i].weights, i))
-        rest = [i for i in range(len(groups)) if i not in gains]
-        if ranked:
-            best = groups[ranked[0]]
-            self.tried.append(
-                f"ranked {len(gains)} of {len(groups)} groups on {len(sub)} feeds; most costly: "
-                f"{best.tensor} ({', '.join(best.nodes[:3])}), loss {base.loss:.4g} -> "
-                f"{base.loss - gains[ranked[0]]:.4g} without it"
+                log.debug("ranking %s failed: %s", what, e)
+                return None
+            return base.loss - m.loss
+
+        def by_gain(gains: dict[int, float]) -> list[int]:
+            return sorted(gains, key=lambda i: (-round(gains[i], 6), groups[i].weights, i))
+
+        if len(groups) > BLOCKS:
+            size = -(-len(groups) // BLOCKS)
+            blocks = [
+                list(range(i, min(i + size, len(groups)))) for i in range(0, len(groups), size)
+            ]
+            block_gain: dict[int, float] = {}
+            for b, members in enumerate(blocks):
+                if time.perf_counter() >= stop:
+                    break
+                self._report("rank blocks", b, len(blocks))
+                g = gain([n for i in members for n in groups[i].nodes], f"block {b}")
+                if g is not None:
+                    block_gain[b] = g
+            block_order = sorted(block_gain, key=lambda b: -block_gain[b])
+            block_order += [b for b in range(len(blocks)) if b not in block_gain]
+        else:
+            blocks, block_order, block_gain = [list(range(len(groups)))], [0], {}
+        gains: dict[int, float] = {}
+        order: list[int] = []
+        for b in block_order:
+            inside: dict[int, float] = {}
+            for i in blocks[b]:
+                if time.perf_counter() >= stop:
+                    break
+                self._report("rank", len(gains) + len(inside), len(groups))
+                g = gain(groups[i].nodes, groups[i].tensor)
+                if g is not None:
+                    inside[i] = g
+            gains.update(inside)
+            order += by_gain(inside) + [i for i in blocks[b] if i not in inside]
+        if gains or block_gain:
+            top = by_gain(gains)[:1]
+            costly = (
+                f"; most costly: {groups[top[0]].tensor} ({', '.join(groups[top[0]].nodes[:3])}), "
+                f"loss {base.loss:.4g} -> {base.loss - gains[top[0]]:.4g} without it"
+                if top
+                else ""
             )
-        return [groups[i] for i in ranked + rest], len(gains)
+            blocks_text = (
+                f"{len(block_gain)} of {len(blocks)} blocks and " if len(blocks) > 1 else ""
+            )
+            self.tried.append(
+                f"ranked {blocks_text}{len(gains)} of {len(groups)} groups on {len(sub)} feeds"
+                + costly
+            )
+        return [groups[i] for i in order], len(gains)
 
     # -- measuring ----------------------------------------------------------------------------
 
