@@ -46,7 +46,7 @@ def quantized_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def groups(graph: onnx.GraphProto) -> list[Group]:
     """The quantizer groups of a Q/DQ graph, in graph order."""
-    inits = {t.name: t for t in graph.initializer}
+    inits = _constants(graph)
     readers = _readers(graph)
     producer = _producers(graph)
     covered: set[str] = set()
@@ -260,6 +260,17 @@ def _outer_reads(node: onnx.NodeProto) -> set[str]:
                 names.update(n.input)
                 names.update(_outer_reads(n))
     return names
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant nodes' values (Paddle2ONNX exports weights as Constants)."""
+    out = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None:
+                out[n.output[0]] = value
+    return out
 
 
 def _quantized(node: onnx.NodeProto | None, producer: dict[str, onnx.NodeProto]) -> bool:

@@ -193,6 +193,7 @@ def search(
         device=device.identity,
         threads=options.threads,
         hint=options.hint,
+        shapes={k: repr(v) for k, v in options.shapes.items()},
         **precision._versions(chosen),
     )
 
