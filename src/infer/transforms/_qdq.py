@@ -116,14 +116,16 @@ def revert(
                 graph, dq, node, i, float_nodes, float_inits, inits, producer, added
             )
     _prune(graph)
-    _float_islands(graph)
+    _float_islands(graph, set(wanted))
     return out
 
 
-def _float_islands(graph: onnx.GraphProto) -> None:
-    """Put back in float the weightless nodes (Relu, Reshape, MaxPool, ...) left between float
-    nodes: a node that reads only dequantized outputs of float nodes and whose outputs nobody
-    quantizes again would otherwise keep a quantize/dequantize pair that only costs time."""
+def _float_islands(graph: onnx.GraphProto, reverted: set[str]) -> None:
+    """Put back in float the weightless nodes (Relu, Reshape, MaxPool, ...) left between nodes
+    put back in float: a node whose inputs are dequantized outputs of reverted nodes and whose
+    outputs only reverted nodes read would otherwise keep quantize/dequantize pairs that only
+    cost time. Nodes next to quantized ones keep theirs: ONNX Runtime fuses Conv -> Q into one
+    integer op, and OpenVINO fuses quantized inputs of Add/Mul (NNCF places them on purpose)."""
     while True:
         producer = _producers(graph)
         readers = _readers(graph)
@@ -131,7 +133,7 @@ def _float_islands(graph: onnx.GraphProto) -> None:
         outputs = {o.name for o in graph.output}
         changed = False
         for node in graph.node:
-            if node.op_type in QDQ_OPS:
+            if node.op_type in QDQ_OPS or not node.name or node.name in reverted:
                 continue
             dqs = [(i, producer.get(x)) for i, x in enumerate(node.input)]
             dqs = [(i, d) for i, d in dqs if _is(d, "DequantizeLinear")]
@@ -139,20 +141,20 @@ def _float_islands(graph: onnx.GraphProto) -> None:
                 continue
             if any(o in outputs for o in node.output):
                 continue
-            if any(r.op_type == "QuantizeLinear" for o in node.output for r in readers.get(o, [])):
+            after = [r for o in node.output for r in readers.get(o, [])]
+            if not after or any(r.name not in reverted for r in after):
                 continue
-            # A quantized producer (Conv -> Q) keeps its Q: ONNX Runtime fuses the pair into
-            # one integer op, which it cannot do when the Conv's output stays float.
             sources = [producer.get(d.input[0]) for _, d in dqs]
-            if any(q is None or not _is(q, "QuantizeLinear") for q in sources):
+            if any(not _is(q, "QuantizeLinear") for q in sources):
                 continue
-            if any(_quantized(producer.get(q.input[0]), producer) for q in sources if q):
+            before = [producer.get(q.input[0]) for q in sources if q is not None]
+            if any(b is None or b.name not in reverted for b in before):
                 continue
-            for i, d in dqs:
-                q = producer.get(d.input[0])
-                if _is(q, "QuantizeLinear"):
-                    node.input[i] = q.input[0]
-                    changed = True
+            for (i, _), q in zip(dqs, sources):
+                assert q is not None
+                node.input[i] = q.input[0]
+            reverted.add(node.name)
+            changed = True
         if not changed:
             return
         _prune(graph)
@@ -271,10 +273,6 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
             if value is not None:
                 out[n.output[0]] = value
     return out
-
-
-def _quantized(node: onnx.NodeProto | None, producer: dict[str, onnx.NodeProto]) -> bool:
-    return node is not None and any(_is(producer.get(i), "DequantizeLinear") for i in node.input)
 
 
 def op_types(model: onnx.ModelProto, names: Sequence[str]) -> list[tuple[str, str]]:
