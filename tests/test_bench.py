@@ -10,7 +10,8 @@ import pytest
 
 import infer
 from infer import demo
-from infer.bench import BenchReport, Stats, benchmark, plot, targets
+from infer.bench import BenchReport, Stats, benchmark, targets
+from infer.cli._plot import plot
 from infer.feeds import random_feeds
 from infer.model import Model
 
@@ -119,13 +120,13 @@ def test_fixed_batch_models_say_why_a_batch_cannot_run():
 def test_targets_all_and_named():
     model = Model.load(models.relu())
     found, skipped = targets(model, "cpu")
-    assert [t.label for t in found][:1] == ["onnxruntime[cpu]"]
-    assert "reference" in [t.label for t in found]
+    assert [t.backend for t in found][:1] == ["onnxruntime[cpu]"]
+    assert "reference" in [t.backend for t in found]
     found, _ = targets(model, "cpu", backends=["reference"])
-    assert [(t.label, t.device) for t in found] == [("reference", "cpu:0")]
+    assert [(t.backend, t.device) for t in found] == [("reference", "cpu:0")]
     # a precision a backend cannot run leaves it out, with its reason
     found, skipped = targets(model, "cpu", precision="bf16")
-    assert "onnxruntime[cpu]" not in [t.label for t in found]
+    assert "onnxruntime[cpu]" not in [t.backend for t in found]
     reasons = {s.backend: s for s in skipped}
     assert reasons["onnxruntime[cpu]"].verdict == "unsupported"
     assert "not bf16" in reasons["onnxruntime[cpu]"].reason
@@ -134,7 +135,7 @@ def test_targets_all_and_named():
 
 
 def test_nothing_to_run_is_an_error():
-    with pytest.raises(infer.InferError, match="no backend here can run"):
+    with pytest.raises(infer.BackendUnavailable, match="no backend here can run"):
         # OpenVINO runs bf16 on CPUs that have it: leave it out so that nothing here can.
         benchmark(
             models.relu(),

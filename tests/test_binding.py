@@ -17,8 +17,9 @@ from onnx import TensorProto, helper
 
 import infer
 from infer import EngineClosed, InputError, OptionError, Preprocess
+from infer.backends.base import HostBinding, parse_outputs
 from infer.backends.onnxruntime import OnnxRuntimeBinding
-from infer.binding import HostBinding, device_view, host_array, parse_outputs
+from infer.binding import device_view, host_array
 from infer.device_array import DeviceArray, DeviceView
 
 from . import models
@@ -328,21 +329,22 @@ def test_device_inputs_are_checked_where_they_are_read():
     """device_view: what a GPU binding does before binding a device input by pointer (the
     arrays here only describe memory through their protocols; nothing reads it)."""
     session = infer.Engine.load(models.relu(), backend="onnxruntime")._session
-    view = device_view(session, "x", FakeCudaArray((2, 3), np.float32))
+    spec = session.inputs[0]
+    view = device_view(spec, FakeCudaArray((2, 3), np.float32))
     assert isinstance(view, DeviceView)
     assert (view.ptr, view.shape, view.dtype) == (0x7F0000000000, (2, 3), np.float32)
     view.close()
-    view = device_view(session, "x", FakeDLPackCuda((4, 3)))
+    view = device_view(spec, FakeDLPackCuda((4, 3)))
     assert (view.ptr, view.shape, view.device) == (0x7F0000001010, (4, 3), 1)
     view.close()
     with pytest.raises(InputError, match=r"input 'x'.*holds float16.*cast it on the device"):
-        device_view(session, "x", FakeCudaArray((1, 3), np.float16))
+        device_view(spec, FakeCudaArray((1, 3), np.float16))
     with pytest.raises(InputError, match=r"input 'x': expected float32\[N, 3\].*shape \[1, 4\]"):
-        device_view(session, "x", FakeCudaArray((1, 4), np.float32))
+        device_view(spec, FakeCudaArray((1, 4), np.float32))
     strided = FakeCudaArray((2, 3), np.float32)
     strided.__cuda_array_interface__["strides"] = (4, 8)
     with pytest.raises(InputError, match="not C-contiguous"):
-        device_view(session, "x", strided)
+        device_view(spec, strided)
 
 
 def test_host_dlpack_objects_are_viewed_not_copied():
@@ -424,3 +426,23 @@ def test_device_outputs_on_a_gpu_session_need_a_device_binding():
     assert isinstance(plan.given["y"], DeviceView) and plan.given["y"].shape == (2, 3)
     with pytest.raises(OptionError, match=r"output 'y' is float32\[N, 3\].*float16"):
         parse_outputs(gpu, {"y": FakeCudaArray((2, 3), np.float16)}, device_outputs=True)
+
+
+def test_a_binding_says_what_it_binds(backend):
+    with infer.Engine.load(models.multi_io(), backend=backend) as e:
+        total = np.empty((3, 4), np.float32)
+        b = e.bind(outputs={"sum": total})
+        text = repr(b)
+        assert text.startswith(f"<{type(b).__name__} {backend} on cpu")
+        assert "host outputs, into given arrays for ['sum']" in text
+        b.close()
+        assert repr(b).endswith("(closed)>")
+
+
+def test_a_binding_keeps_its_engine_alive():
+    import gc
+
+    b = infer.Engine.load(models.relu(), backend="onnxruntime").bind()  # no engine reference
+    gc.collect()
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(b.run({"x": x})["y"], x)

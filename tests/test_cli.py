@@ -280,6 +280,14 @@ def test_run_random_inputs_are_seeded_and_saved(cnn_file, tmp_path):
     assert "note: dynamic dimension input[0] ('N') = 1" in other.stderr
 
 
+def test_run_sizes_open_dims_as_a_real_run_would(real_model, tmp_path):
+    result = cli("run", real_model("ocr_det"), "--save-inputs", tmp_path / "in.npz")
+    assert result.exit_code == 0, result.stderr
+    with np.load(tmp_path / "in.npz") as got:
+        assert got["x"].shape == (1, 3, 640, 640)
+    assert "= 640: a detector's input size" in " ".join(result.stderr.split())
+
+
 def test_run_real_model_with_input_files_and_values(real_model, tmp_path):
     path = real_model("silero_vad")
     rng = np.random.default_rng(0)
@@ -359,3 +367,102 @@ def test_cache_path_list_clear(_isolated_cache):
     ]
     cli("cache", "clear")
     assert "(empty)" in cli("cache", "list").stdout
+
+
+def test_inspect_says_which_backends_implement_the_ops(real_model, tmp_path):
+    # Silero VAD: OpenVINO cannot convert what its If holds (compiling it fails); the check
+    # says so without compiling, and --compile confirms it.
+    result = cli("inspect", real_model("silero_vad"), "--json")
+    verdicts = {b["backend"]: b for b in json.loads(result.stdout)["backends"]}
+    assert verdicts["onnxruntime[cpu]"]["ok"] is True and verdicts["reference"]["ok"] is True
+    if verdicts.get("openvino", {}).get("device") == "cpu:0":
+        assert verdicts["openvino"]["ok"] is False
+        assert "does not implement If (node 'If_0')" in verdicts["openvino"]["reason"]
+        text = cli("inspect", real_model("silero_vad"), "--compile").stdout
+        assert "✗ openvino on cpu:0: OpenVINO could not compile" in text
+        assert re.search(r"✓ onnxruntime\[cpu\] on cpu:0: compiled in \d+", text)
+    onnx.save(models.custom_op(), tmp_path / "custom.onnx")
+    text = " ".join(cli("inspect", tmp_path / "custom.onnx").stdout.split())
+    assert "✗ reference on cpu:0: reference" in text
+    assert "does not implement com.example:Frobnicate (opset 1)" in text
+
+
+# -- readable output ---------------------------------------------------------------------------
+
+
+def test_inspect_cuts_long_metadata_unless_full(real_model):
+    path = real_model("ocr_rec")  # "character": a 6,623-line vocabulary
+    short = cli("inspect", path)
+    assert short.exit_code == 0
+    text = " ".join(short.stdout.split())
+    assert "(13,245 characters, 6,623 lines; --full shows it)" in text
+    assert len(short.stdout.splitlines()) < 60
+    full = cli("inspect", path, "--full")
+    assert len(full.stdout.splitlines()) > 6000
+    data = json.loads(cli("inspect", path, "--json").stdout)
+    assert len(data["onnx"]["metadata"]["character"]) == 13245  # JSON keeps it whole
+
+
+def test_tables_use_the_terminal_width(real_model):
+    wide = CliRunner().invoke(
+        _app.app, ["inspect", str(real_model("ocr_det"))], env={"COLUMNS": "160"}
+    )
+    narrow = cli("inspect", real_model("ocr_det"))
+    assert max(len(line) for line in wide.stdout.splitlines()) > 100
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    ops = lambda out: out[out.index("op types") :].count("\n")  # noqa: E731
+    assert ops(wide.stdout) < ops(narrow.stdout)  # more op types per line
+
+
+def test_no_colour_legend_without_colours():
+    result = cli("bench", "-b", "onnxruntime,reference", "--duration", "0.1", "--warmup", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "green:" not in result.stdout  # CliRunner's output is no terminal: no colours
+    assert "lowest median latency at batch 1: onnxruntime[cpu]" in result.stdout
+
+
+def test_reference_loop_failure_names_the_op_not_its_argument_types(tmp_path):
+    # A Loop whose body applies SequenceLength to a tensor: onnx.reference raises a TypeError
+    # in the body, and each op it passes through wraps it in "Issues with types [<class
+    # 'numpy.ndarray'>, ...]".
+    from onnx import TensorProto as T
+    from onnx import helper
+
+    carried = [f"v{i}" for i in range(12)]
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("SequenceLength", ["v0_in"], ["n"]),
+            helper.make_node("CastLike", ["n", "v1_in"], ["nf"]),
+            helper.make_node("Add", ["nf", "v1_in"], ["v0_out"]),
+            *[helper.make_node("Identity", [f"{v}_in"], [f"{v}_out"]) for v in carried[1:]],
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", T.INT64, []),
+            helper.make_tensor_value_info("cond_in", T.BOOL, []),
+            *[helper.make_tensor_value_info(f"{v}_in", T.FLOAT, [2]) for v in carried],
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", T.BOOL, []),
+            *[helper.make_tensor_value_info(f"{v}_out", T.FLOAT, [2]) for v in carried],
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["M", "cond", *carried], [f"{v}_y" for v in carried], body=body)],
+        "g",
+        [
+            helper.make_tensor_value_info("M", T.INT64, []),
+            *[helper.make_tensor_value_info(v, T.FLOAT, [2]) for v in carried],
+        ],
+        [helper.make_tensor_value_info(f"{v}_y", T.FLOAT, [2]) for v in carried],
+        [numpy_helper.from_array(np.array(True), "cond")],
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.save(proto, tmp_path / "loop.onnx")
+    result = cli("run", tmp_path / "loop.onnx", "-b", "reference", "-i", "M=2")
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert "in Loop > SequenceLength: TypeError: input_sequence must be a list" in message
+    assert "<class 'numpy.ndarray'>, <class" not in message and len(message) < 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -78,7 +79,7 @@ def test_bench_all_is_every_backend_that_can(tmp_path):
     data = json.loads(result.stdout)  # with --json -, stdout is only the JSON
     labels = {r["backend"] for r in data["results"]}
     found, _ = infer.bench.targets(infer.Model.load(infer.demo.model()), "cpu")
-    assert labels == {t.label for t in found} and {"onnxruntime[cpu]", "reference"} <= labels
+    assert labels == {t.backend for t in found} and {"onnxruntime[cpu]", "reference"} <= labels
 
 
 def test_bench_real_model(real_model):
@@ -113,6 +114,62 @@ def test_bench_concurrency_and_failures(cnn_file):
     assert named.exit_code == 2 and "'nope' is not known" in named.stderr
 
 
+def test_bench_times_the_shapes_a_real_run_takes(real_model):
+    # A detector with open height and width: timed at a detector's size, not 1x1, and the table
+    # says which shapes it timed.
+    result = cli("bench", real_model("ocr_det"), "-b", "onnxruntime", *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert " 1x3x640x640 " in result.stdout
+    assert "note: x[2] ('p2o.DynamicDimension.1') = 640: a detector's input size" in result.stdout
+    data = json.loads(
+        cli("bench", real_model("ocr_det"), "-b", "onnxruntime", *FAST, "--json", "-").stdout
+    )
+    assert data["results"][0]["shapes"] == {"x": [1, 3, 640, 640]}
+
+
+def test_bench_exits_1_when_a_row_did_not_run(real_model):
+    # Silero VAD refuses random one-sample audio at run time: every backend's row fails, none
+    # is dropped, and the exit status says the benchmark did not run.
+    result = cli("bench", real_model("silero_vad"), "--device", "cpu", *FAST)
+    assert result.exit_code == 1, result.stdout
+    assert "✗ onnxruntime[cpu] (batch 1):" in result.stdout
+    assert "benchmark row(s) did not run" in result.stderr
+    named = cli("bench", real_model("silero_vad"), "-b", "onnxruntime", *FAST, "--json", "-")
+    assert named.exit_code == 1
+    assert json.loads(named.stdout)["results"][0]["error"]
+
+
+def test_shape_by_dimension_name_on_every_backend(tmp_path):
+    # OpenVINO compiled with static shapes reports no dimension names: names are resolved
+    # against the ONNX model's declared inputs, whatever the backend reports.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "seq.onnx"
+    onnx.save(proto, path)
+    for backend in ("onnxruntime", "openvino"):
+        ran = cli("run", path, "--shape", "sequence=48", "-b", backend, "--save", tmp_path / "y")
+        assert ran.exit_code == 0, (backend, ran.stderr)
+        with np.load(tmp_path / "y.npz") as got:
+            assert got["y"].shape == (1, 48), backend
+    result = cli(
+        "bench", path, "-b", "onnxruntime,openvino", "--shape", "sequence=48", *FAST, "--json", "-"
+    )
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    assert [r["backend"] for r in rows] == ["onnxruntime[cpu]", "openvino"]
+    assert all(r["error"] is None and r["shapes"] == {"x": [1, 48]} for r in rows), rows
+    compared = cli("compare", path, "-b", "openvino,onnxruntime", "--shape", "sequence=48")
+    assert compared.exit_code == 0, compared.stderr
+    assert "x: float32[1, 48]" in compared.stdout
+
+
 # -- compare -------------------------------------------------------------------------------------
 
 
@@ -135,6 +192,38 @@ def test_compare_passes_on_agreeing_backends(real_model, tmp_path):
     data = json.loads(report.read_text())
     assert data["passed"] is True and data["feeds"][0]["shape"] == [2, 3, 48, 192]
     assert data["outputs"][0]["top1"] == 1.0
+
+
+def test_compare_leaves_out_backends_that_cannot_load(tmp_path):
+    # CastLike from float4: ONNX Runtime 1.32 passes it through its check (the op has a
+    # function body) but finds no Cast kernel when it loads; OpenVINO and the reference
+    # evaluator run it. With no -b, compare leaves ONNX Runtime out, says why, compares the rest.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("CastLike", ["x", "like"], ["y"])],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT4E2M1, ["N"]),
+            helper.make_tensor_value_info("like", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 25)])
+    proto.ir_version = 11
+    path = tmp_path / "castlike.onnx"
+    onnx.save(proto, path)
+    result = cli("compare", path, "--device", "cpu", "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.stderr
+    assert "left out onnxruntime[cpu] on cpu:0: onnxruntime could not load" in result.stdout
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert [r["label"] for r in data["runners"]] == ["openvino", "reference"]
+    (left,) = data["skipped"]
+    assert (left["backend"], left["verdict"]) == ("onnxruntime[cpu]", "failed")
+    assert "Could not find an implementation for Cast" in left["reason"]
+    # named, the same backend's failure is the error
+    named = cli("compare", path, "-b", "onnxruntime,reference")
+    assert named.exit_code == 2 and "onnxruntime could not load" in named.stderr
 
 
 def test_compare_fails_with_exit_1_when_a_weight_is_perturbed(cnn_file, tmp_path):
@@ -216,9 +305,28 @@ def test_compare_int8_against_fp32(real_model):
 def test_build_fp32(cnn_file):
     result = cli("build", cnn_file, "--device", "cpu")
     assert result.exit_code == 0, result.stderr
-    assert "cnn.onnx: built for onnxruntime on cpu:0 (fp32)" in result.stdout
+    # No backend named: build races them and keeps the verdict (the winner is this machine's).
+    built = re.search(r"cnn\.onnx: built for (\w+) on cpu:0 \(fp32\)", result.stdout)
+    assert built and built.group(1) in ("onnxruntime", "openvino"), result.stdout
+    assert "fastest that agrees with onnxruntime[cpu]" in result.stdout
     assert "checked: one run on random inputs" in result.stdout
-    assert "nothing new in the cache" in result.stdout or "cached in" in result.stdout
+    assert "cached in" in result.stdout and "backend-choice/" in result.stdout
+
+
+def test_build_records_the_verdict_a_later_load_uses(cnn_file):
+    assert cli("build", cnn_file, "--device", "cpu").exit_code == 0
+    listing = cli("cache", "list", "--kind", "backend-choice")
+    assert listing.exit_code == 0, listing.stderr
+    assert "winner" in listing.stdout  # the table folds the line to the terminal's width
+    entry = json.loads(cli("cache", "list", "--json").stdout)["entries"]
+    choice = next(e for e in entry if e["kind"] == "backend-choice")
+    pattern = r"winner \S+ \(onnxruntime\[cpu\] [\d.]+ ms, openvino [\d.]+ ms at input "
+    assert re.match(pattern, choice["note"]), choice["note"]
+    with infer.Engine.load(cnn_file, "cpu") as engine:
+        chosen = next(a for a in engine.selection if a.verdict == "selected")
+        assert "(a cached race at " in chosen.reason  # compiled alone, nothing raced
+        assert not engine.choosing
+        assert choice["note"].startswith(f"winner {chosen.backend} ")
 
 
 def test_build_argument_errors(cnn_file, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import ml_dtypes
@@ -141,8 +142,15 @@ def test_shorthand_call():
         with pytest.raises(InputError, match="given both by position and by name"):
             engine(x, x=x)
     with infer.Engine.load(models.multi_io()) as engine:
-        out = engine(np.ones((1, 4), np.float32), np.ones((1, 4), np.int64), np.ones((1, 4), bool))
-        assert set(out) == {"sum", "masked", "count"}
+        feeds = (np.ones((1, 4), np.float32), np.ones((1, 4), np.int64), np.ones((1, 4), bool))
+        out = engine(*feeds)
+        # Several outputs: a tuple in the model's output order (unpacking a dict would give
+        # the names), the same arrays `run` gives by name.
+        assert isinstance(out, tuple) and len(out) == 3
+        by_name = engine.run(dict(zip([s.name for s in engine.inputs], feeds)))
+        assert [s.name for s in engine.outputs] == ["sum", "masked", "count"]
+        for got, name in zip(out, ["sum", "masked", "count"]):
+            np.testing.assert_array_equal(got, by_name[name])
 
 
 def test_close_and_context_manager():
@@ -300,3 +308,24 @@ def test_repr():
     with infer.Engine.load(models.relu()) as engine:
         assert repr(engine).startswith("<Engine onnxruntime on cpu:0")
         assert "(x: float32[N, 3]) -> (y: float32[N, 3])" in repr(engine)
+
+
+def test_selection_prints_compactly_and_keeps_the_data():
+    with infer.Engine.load(models.relu(), device="auto") as engine:
+        sel = engine.selection
+        assert isinstance(sel, tuple) and all(isinstance(a, infer.Attempt) for a in sel)
+        assert sel.chosen is sel[-1] and sel.chosen.verdict == "selected"
+        text = str(sel)
+        assert text.startswith("✓ onnxruntime[cpu] on cpu:0: selected in ")
+        assert re.search(r"selected in \d+ ms", text)  # rounded, not 0.01234567 s
+        absent = [a.backend for a in sel if a.verdict == "unavailable"]
+        if absent:
+            assert f"- not here: {', '.join(absent)}" in text
+        assert len(text) < 400 and "\n" not in repr(sel) and repr(sel).startswith("Selection(")
+        assert sel[-1].seconds is not None  # the data as it was
+
+
+def test_a_compile_error_says_the_runtimes_text_once():
+    with pytest.raises(CompileError) as info:
+        infer.Engine.load(models.bf16_add(), device="cpu", backend="onnxruntime")
+    assert str(info.value).count("Could not find an implementation for Add") == 1

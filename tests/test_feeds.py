@@ -15,6 +15,7 @@ from infer.feeds import (
     random_feeds,
     read_inputs,
     read_samples,
+    representative_shapes,
     resolve_shapes,
 )
 from infer.model import Model
@@ -150,3 +151,93 @@ def test_profile_covers_every_shape_set():
     # bench builds for every batch size it will run
     got = _profile(Model.load(demo.model()), None, (4, 1, 16), {})
     assert got == {"image": ((1, 3, 64, 64), (4, 3, 64, 64), (16, 3, 64, 64))}
+
+
+def _meta_model(inputs, outputs, metadata=None):
+    """A one-Identity model per input with the given value infos and metadata_props."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Identity", [i[0]], [o[0]]) for i, o in zip(inputs, outputs)]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(proto, dict(metadata or {}))
+    return Model.load(proto)
+
+
+def test_representative_shapes_of_real_models(real_model):
+    want = {
+        "ocr_det": {"x": (1, 3, 640, 640)},  # outputs a map: a detector
+        "ocr_rec": {"x": (1, 3, 48, 320)},  # outputs [N, T, 6625]: a text-line recognizer
+        "ocr_cls": {"x": (1, 3, 224, 224)},  # outputs [N, 2]: a classifier
+        "orientation": {"x": (1, 3, 224, 224)},  # fixed 224x224, batch 1
+    }
+    for key, shapes in want.items():
+        model = Model.load(real_model(key))
+        got, notes = representative_shapes(model.inputs, model=model)
+        assert got == shapes, key
+        assert any("the batch dimension" in n for n in notes), notes
+    det = Model.load(real_model("ocr_det"))
+    _, notes = representative_shapes(det.inputs, model=det)
+    assert "x[2] ('p2o.DynamicDimension.1') = 640: a detector's input size" in notes[1]
+    # every size a real run of the model takes: the detector runs at it
+    from infer import Engine
+
+    with Engine.load(det, backend="onnxruntime") as engine:
+        feeds = random_feeds(engine.inputs, representative_shapes(det.inputs, model=det)[0])
+        assert engine.run(feeds)["sigmoid_0.tmp_0"].shape == (1, 1, 640, 640)
+
+
+def test_representative_shapes_one_value_per_named_dim():
+    specs = [spec("a", ("batch", "sequence")), spec("b", ("batch", "sequence", 8))]
+    shapes, notes = representative_shapes(specs)
+    assert shapes == {"a": (1, 128), "b": (1, 128, 8)}
+    assert notes == [
+        "a[0], b[0] ('batch') = 1: the batch dimension",
+        "a[1], b[1] ('sequence') = 128: a typical sequence length",
+    ]
+    # a batch dim that is not first in another input still gets the one value
+    specs = [spec("x", ("N", 4)), spec("state", (2, "N", 16))]
+    assert representative_shapes(specs)[0] == {"x": (1, 4), "state": (2, 1, 16)}
+
+
+def test_representative_shapes_given_arrays_metadata_then_kinds():
+    specs = [spec("images", ("batch", 3, "height", "width")), spec("t", ("batch", None))]
+    # shapes given win (a dim name, or an input's whole shape; a triple's opt)
+    got, _ = representative_shapes(specs, {"height": 320, "t": ((1, 2), (1, 5), (1, 9))})
+    assert got == {"images": (1, 3, 320, 224), "t": (1, 5)}
+    # example arrays size the dims they name
+    got, _ = representative_shapes(specs, arrays={"images": np.zeros((2, 3, 64, 96))})
+    assert got == {"images": (2, 3, 64, 96), "t": (2, 1)}
+    # an unnamed dim nothing sizes is 1, and the note says so
+    _, notes = representative_shapes(specs)
+    assert "t[1] (?) = 1: nothing says how large" in notes
+    # the model's metadata, as Ultralytics writes it (imgsz, and a dim's own name)
+    yolo = _meta_model(
+        [("images", ["batch", 3, "height", "width"])],
+        [("boxes", ["batch", 84, "anchors"])],
+        {"imgsz": "[480, 800]", "batch": "2", "names": "{0: 'person'}"},
+    )
+    got, notes = representative_shapes(yolo.inputs, model=yolo)
+    assert got == {"images": (2, 3, 480, 800)}
+    assert "images[2] ('height') = 480: from the model's metadata 'imgsz'" in notes
+    # without metadata: its outputs are boxes, so a detector's size
+    plain = _meta_model(
+        [("images", ["batch", 3, "height", "width"])], [("boxes", ["batch", 84, "anchors"])]
+    )
+    assert representative_shapes(plain.inputs, model=plain)[0] == {"images": (1, 3, 640, 640)}
+    # metadata naming an input gives its whole shape
+    named = _meta_model([("x", ["N", 16])], [("y", ["N", 16])], {"x": "4x16"})
+    assert representative_shapes(named.inputs, model=named)[0] == {"x": (4, 16)}
+    # NHWC images, and a fixed height: a text line
+    nhwc = [spec("img", (1, None, None, 3))]
+    assert representative_shapes(nhwc)[0] == {"img": (1, 224, 224, 3)}
+    line = [spec("img", (None, 3, 32, None))]
+    assert representative_shapes(line)[0] == {"img": (1, 3, 32, 320)}
+    # the errors are resolve_shapes'
+    with pytest.raises(InputError, match="no input or dimension is called 'y'"):
+        representative_shapes(specs, {"y": (1,)})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import threading
 from concurrent.futures import as_completed
 
@@ -26,7 +25,6 @@ from infer import (
 from infer.backends import base
 from infer.backends.base import GRAPH, HINT, NATIVE
 from infer.backends.openvino import kind_and_index
-from infer.cache import Cache
 from infer.device import cpu
 from infer.options import Options
 
@@ -654,12 +652,13 @@ def test_binding_into_given_arrays():
         assert np.array_equal(out, want)
         with (
             engine._session.bind(outputs={"logits": out}) as b,
-            pytest.raises(InputError, match="bound output 'logits' has shape"),
+            pytest.raises(InputError, match=r"output 'logits' has shape \[1, 10\].*\[2, 10\]"),
         ):
             b.run({"input": x[:1]})
-        with pytest.raises(InputError, match="unknown output"):
+        # The same mistakes raise what every backend raises (tests/test_edge.py).
+        with pytest.raises(OptionError, match="unknown output"):
             engine._session.bind(outputs={"nope": out})
-        with pytest.raises(InputError, match="writable C-contiguous float32"):
+        with pytest.raises(OptionError, match=r"output 'logits' is float32.*float64"):
             engine._session.bind(outputs={"logits": np.zeros((2, 10), np.float64)})
 
 
@@ -863,28 +862,7 @@ def test_no_gpu_or_npu_here_is_explained():
 # -- backend="fastest" ------------------------------------------------------------------------
 
 
-def test_fastest_times_each_candidate_and_caches_the_choice(tmp_path):
-    proto = models.cnn()
-    x = np.ones((1, 3, 32, 32), np.float32)
-    with infer.Engine.load(proto, device="cpu", backend="fastest", cache_dir=tmp_path) as first:
-        verdicts = {a.backend: a for a in first.selection if "ms median" in a.reason}
-        assert set(verdicts) == {"onnxruntime[cpu]", "openvino"}  # the reference is not raced
-        assert "reference" not in {a.backend for a in first.selection}
-        chosen = next(a for a in first.selection if a.verdict == "selected")
-        loser = next(a for a in verdicts.values() if a is not chosen)
-        assert chosen.reason.startswith("fastest: ") and "ms median over" in chosen.reason
-        assert loser.verdict == "skipped" and "slower than" in loser.reason
-        want = first.run({"input": x})
-    entries = Cache(tmp_path).entries("fastest-choice")
-    assert len(entries) == 1
-    saved = json.loads(entries[0].file("choice.json").read_text())
-    assert saved["winner"] == chosen.backend and set(saved["median_ms"]) == set(verdicts)
-    with infer.Engine.load(proto, device="cpu", backend="fastest", cache_dir=tmp_path) as second:
-        again = {a.backend: a for a in second.selection}
-        assert again[chosen.backend].verdict == "selected"
-        assert again[chosen.backend].reason.startswith("fastest in a cached race")
-        assert again[loser.backend].verdict == "skipped" and again[loser.backend].seconds is None
-        _assert_parity(second.run({"input": x}), want)
+# The race itself (timing, agreement, the cached verdict): tests/test_choice.py.
 
 
 def test_fastest_skips_a_candidate_that_fails(real_model, tmp_path):
@@ -893,22 +871,6 @@ def test_fastest_skips_a_candidate_that_fails(real_model, tmp_path):
     ) as engine:
         # OpenVINO cannot read this model, so only ONNX Runtime is left: no race to run.
         assert engine.backend == "onnxruntime"
-
-
-def test_race_feeds_are_seeded_and_sized():
-    specs = [
-        infer.TensorSpec("x", ("N", 3, "H", "W"), np.dtype(np.float32)),
-        infer.TensorSpec("ids", (None, 5), np.dtype(np.int64)),
-        infer.TensorSpec("m", (2,), np.dtype(np.bool_)),
-    ]
-    a = selection.race_feeds(specs, {"x": ((1, 3, 8, 8), (2, 3, 16, 16), (4, 3, 32, 32))})
-    b = selection.race_feeds(specs, {"x": ((1, 3, 8, 8), (2, 3, 16, 16), (4, 3, 32, 32))})
-    assert a["x"].shape == (2, 3, 16, 16) and a["x"].dtype == np.float32
-    assert a["ids"].shape == (1, 5) and a["ids"].dtype == np.int64 and a["ids"].max() < 4
-    assert a["m"].dtype == np.bool_ and a["m"].shape == (2,)
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    plain = selection.race_feeds(specs[:1])
-    assert plain["x"].shape == (1, 3, selection.RACE_DIM, selection.RACE_DIM)
 
 
 def test_fastest_is_a_known_backend_name():

@@ -23,7 +23,11 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "infer"
-TRT_MODULES = [SRC / "backends" / "tensorrt.py", SRC / "backends" / "_trt_build.py"]
+# The modules that hold TensorRT objects (_trt_profiles.py works on plain shapes).
+TRT_MODULES = [
+    SRC / "backends" / name
+    for name in ("tensorrt.py", "_trt_build.py", "_trt_session.py", "_trt_contexts.py")
+]
 STUBS = "tensorrt-stubs==10.13.0.35.1"
 
 # The naming convention of the TensorRT modules: a variable (or attribute) of this name holds

@@ -18,7 +18,8 @@ import pytest
 
 from infer import InputError
 from infer import device_array as da
-from infer.backends.tensorrt import _Feeds, _has_device_arrays
+from infer.backends.base import FeedCheck
+from infer.binding import device_shape, device_view
 from infer.cuda import CudaError
 from infer.device import probe_hardware
 from infer.tensors import TensorSpec
@@ -93,9 +94,13 @@ def test_what_counts_as_a_device_array():
 
 
 def test_feeds_with_device_arrays_are_routed():
-    assert not _has_device_arrays({"x": np.zeros(2)})
-    assert _has_device_arrays({"x": np.zeros(2), "y": CAI((2,))})
-    assert not _has_device_arrays([CAI((2,))])  # not a dict: the validator reports it
+    check = FeedCheck([TensorSpec("x", (2,), F64)], cast=False, reader=None)
+    host = np.zeros(2)
+    assert check({"x": host})["x"] is host
+    device = CAI((2,), "<f8")
+    assert check({"x": device})["x"] is device  # passed through, to be read in place
+    with pytest.raises(InputError, match="feeds must be a dict"):
+        check([CAI((2,))])  # not a dict: the validator reports it
 
 
 def test_a_cai_view():
@@ -274,59 +279,56 @@ def test_copying_a_device_array_to_the_host_needs_cuda():
 # -- device arrays as feeds -------------------------------------------------------------------
 
 
-F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
+F32, I64, F64 = np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.float64)
+SPECS = [TensorSpec("x", ("N", 3), F32), TensorSpec("ids", ("N",), I64)]
 
 
 @pytest.fixture
 def feeds():
-    return _Feeds(
-        [TensorSpec("x", ("N", 3), F32), TensorSpec("ids", ("N",), I64)], cast=False, device=0
-    )
+    """The edge's one feed check, as a session that reads device arrays in place has it."""
+    return FeedCheck(SPECS, cast=False, reader=None)
 
 
 def test_host_feeds_beside_device_arrays_are_validated_as_usual(feeds):
     x = CAI((2, 3))
-    host, devices = feeds.split({"x": x, "ids": np.array([1, 2], np.int32)})
-    assert devices == {"x": x}
-    assert host["ids"].dtype == np.int64  # the lossless cast every backend does
+    checked = feeds({"x": x, "ids": np.array([1, 2], np.int32)})
+    assert checked["x"] is x
+    assert checked["ids"].dtype == np.int64  # the lossless cast every backend does
     with pytest.raises(InputError, match=r"expected dtype int64.*got float64"):
-        feeds.split({"x": x, "ids": np.array([1.0, 2.0])})
+        feeds({"x": x, "ids": np.array([1.0, 2.0])})
 
 
 def test_missing_or_unknown_inputs_read_as_everywhere_else(feeds):
     with pytest.raises(InputError, match=r"missing input\(s\) \['ids'\]"):
-        feeds.split({"x": CAI((2, 3))})
+        feeds({"x": CAI((2, 3))})
     with pytest.raises(InputError, match=r"unknown input\(s\) \['y'\]"):
-        feeds.split({"x": CAI((2, 3)), "ids": np.zeros(2, np.int64), "y": CAI((1,))})
+        feeds({"x": CAI((2, 3)), "ids": np.zeros(2, np.int64), "y": CAI((1,))})
 
 
 def test_device_shapes_are_checked_before_anything_runs(feeds):
-    assert feeds.shape("x", CAI((5, 3))) == (5, 3)
+    x = SPECS[0]
+    assert device_shape(x, CAI((5, 3))) == (5, 3)
     with pytest.raises(
         InputError,
         match=r"input 'x': expected rank 2 \(float32\[N, 3\]\), got a device array of shape \[5\]",
     ):
-        feeds.shape("x", CAI((5,)))
+        device_shape(x, CAI((5,)))
     with pytest.raises(InputError, match=r"dimension 1 must be 3 .* shape \[5, 4\]"):
-        feeds.shape("x", CAI((5, 4)))
-    assert feeds.shape("x", DLPackOnly(np.zeros((2, 3), np.float32))) == (2, 3)
+        device_shape(x, CAI((5, 4)))
+    with pytest.raises(InputError, match=r"dimension 1 must be 3 .* shape \[5, 4\]"):
+        feeds({"x": CAI((5, 4)), "ids": np.zeros(5, np.int64)})  # the check runs it
+    assert device_shape(x, DLPackOnly(np.zeros((2, 3), np.float32))) == (2, 3)
     with pytest.raises(InputError, match="without a shape attribute"):
-        feeds.shape("x", DLPackOnly(np.zeros((2, 3), np.float32), with_shape=False))
+        device_shape(x, DLPackOnly(np.zeros((2, 3), np.float32), with_shape=False))
 
 
 def test_device_arrays_must_already_match(feeds):
-    feeds.check("x", da.view(CAI((2, 3))))
-    with pytest.raises(
-        InputError, match=r"holds float16, the model takes float32.*cast it on the device"
-    ):
-        feeds.check("x", da.view(CAI((2, 3), "<f2")))
+    x = SPECS[0]
+    device_view(x, CAI((2, 3)), device=0).close()
+    with pytest.raises(InputError, match=r"float32\[N, 3\].*holds float16.*cast it on the device"):
+        device_view(x, CAI((2, 3), "<f2"), device=0)
     with pytest.raises(InputError, match=r"not C-contiguous \(strides \[4, 8\] bytes"):
-        feeds.check("x", da.view(CAI((2, 3), strides=(4, 8))))
-    other = da.view(DLPackOnly(np.zeros((2, 3), np.float32), device=(da.DL_CUDA, 1)))
-    try:
-        with pytest.raises(
-            InputError, match="input 'x' is on cuda:1, but this engine runs on cuda:0"
-        ):
-            feeds.check("x", other)
-    finally:
-        other.close()
+        device_view(x, CAI((2, 3), strides=(4, 8)), device=0)
+    other = DLPackOnly(np.zeros((2, 3), np.float32), device=(da.DL_CUDA, 1))
+    with pytest.raises(InputError, match="input 'x' is on cuda:1, but this engine runs on cuda:0"):
+        device_view(x, other, device=0)

@@ -8,7 +8,16 @@ import pytest
 from onnx import TensorProto, helper
 
 from infer import InputError, TensorSpec
-from infer.tensors import DTYPES, FeedValidator, dims, dtype_info, pack, unpack
+from infer.tensors import (
+    DTYPES,
+    FeedValidator,
+    describe,
+    describe_specs,
+    dims,
+    dtype_info,
+    pack,
+    unpack,
+)
 
 
 def test_table_covers_onnx_types_and_round_trips():
@@ -180,3 +189,17 @@ def test_pack_round_trip(dtype, shape):
 def test_int4_packing_matches_onnx():
     values = np.array([1, -3, 7], dtype=ml_dtypes.int4)
     assert pack(values).tolist() == [0xD1, 0x07]  # low nibble first, as ONNX stores it
+
+
+def test_describe_specs_lists_name_and_type_in_order():
+    specs = [
+        TensorSpec("images", ("N", 3, None, 224), np.float32),
+        TensorSpec("scale", (), np.dtype(ml_dtypes.bfloat16)),
+        TensorSpec("tokens", None, np.int64),
+    ]
+    assert describe(specs[0].shape, specs[0].dtype) == "float32[N, 3, ?, 224]"
+    assert describe_specs(specs) == (
+        "images: float32[N, 3, ?, 224], scale: bfloat16[], tokens: int64?"
+    )
+    assert describe_specs(iter(specs[2:])) == "tokens: int64?"
+    assert describe_specs([]) == ""

@@ -10,7 +10,8 @@ import logging
 
 from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
 from .accuracy import AccuracyReport, accuracy
-from .backends.base import Attempt, BackendInfo
+from .backends.base import BackendInfo
+from .batching import Batching, BatchingStats
 from .budget import Budget
 from .calibration import Calibration
 from .compare import compare
@@ -30,7 +31,7 @@ from .errors import (
 )
 from .inspect import inspect
 from .model import Model, ModelFormat
-from .selection import backends, devices
+from .selection import Attempt, backends, devices
 from .tensors import TensorSpec
 from .transforms.int8_search import Int8Report
 from .transforms.preprocess import Preprocess
@@ -42,6 +43,8 @@ __all__ = [
     "Attempt",
     "BackendInfo",
     "BackendUnavailable",
+    "Batching",
+    "BatchingStats",
     "Budget",
     "CacheError",
     "Calibration",

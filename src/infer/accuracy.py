@@ -1,7 +1,7 @@
 """How far an engine's outputs are from a reference's on the same feeds.
 
 `infer.accuracy(engine, reference="fp32", feeds=holdout)` runs every feed through both and
-reports, per output, what `infer.compare` measures (`compare.diff`: max absolute and
+reports, per output, what `infer.compare` measures (`_diff.diff`: max absolute and
 element-wise relative error, mean absolute error, cosine similarity) and, for 2-D
 [batch, classes] outputs, how often the top-1 class agrees. It is the check to run after
 `precision="int8"` or `"fp16"`, on feeds the model was not calibrated on.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compare import OutputDiff, diff
+from ._diff import OutputDiff, diff
 from .errors import InputError, OptionError
 
 if TYPE_CHECKING:

@@ -4,7 +4,9 @@
 runtime is started and everything it caches is built) and again from that folder (warm),
 then for each batch size warms up and measures for a fixed time. With `concurrency` N > 1,
 N requests are kept in flight through `Engine.submit`; latency is then per request, from
-submit to result. `plot()` draws latency distributions and throughput with matplotlib.
+submit to result. With `batching` (an `infer.Batching`) the engines merge those requests into
+larger runs, and each measurement carries the batcher's counters. `infer bench --plot` draws
+the report (infer.cli._plot).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from . import selection
+from .batching import Batching, BatchingStats
 from .device import Device, cpu
 from .engine import Engine
-from .errors import InferError, OptionError
-from .feeds import profile, random_feeds, resolve_shapes
+from .errors import BackendUnavailable, InferError, OptionError, RuntimeFailure
+from .feeds import profile, random_feeds, representative_shapes
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import TensorSpec
@@ -40,24 +43,6 @@ Progress = Callable[[str, str, float, float], None]
 "warm-up b=N" and "measure b=N"; done/total are seconds of the timed phases."""
 
 MIN_RUNS = 3
-
-
-@dataclass(frozen=True)
-class Target:
-    """A backend (variant) on a device, as `Engine.load(device=..., backend=...)` takes them."""
-
-    label: str
-    device: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A candidate that was not benchmarked, and why."""
-
-    backend: str
-    device: str
-    verdict: str  # "unavailable" (not installed or no such device), "unsupported" or "skipped"
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -105,6 +90,9 @@ class Measurement:
     throughput: float | None = None  # samples (batch items) per second
     summary: str = ""  # the backend's own line from engine.selection
     error: str | None = None
+    skipped: bool = False  # the batch size does not apply to the model (an error, not a failure)
+    shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the inputs timed
+    batching: BatchingStats | None = None  # the timed phase's runs (queue delays: last 10,000)
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -124,10 +112,15 @@ class BenchReport:
     warmup: float
     concurrency: int
     results: tuple[Measurement, ...]
-    skipped: tuple[Skipped, ...]
+    skipped: tuple[selection.Attempt, ...]  # rows not benchmarked, with why
     auto: str | None  # the backend device="..." with no backend named would pick
     notes: tuple[str, ...] = ()
     environment: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    batching: Batching | None = None
+
+    def failures(self) -> list[Measurement]:
+        """Rows that did not run: a backend that failed to load, or a run that failed."""
+        return [m for m in self.results if not m.ok and not m.skipped]
 
     def best(self, batch: int) -> Measurement | None:
         """The fastest backend (lowest median latency) at `batch`."""
@@ -152,6 +145,9 @@ class BenchReport:
                 "throughput": m.throughput,
                 "summary": m.summary,
                 "error": m.error,
+                "skipped": m.skipped,
+                "shapes": {k: list(v) for k, v in m.shapes.items()},
+                "batching": _batching_dict(m.batching, samples),
             }
             if samples:
                 d["samples_ms"] = list(m.samples_ms)
@@ -165,9 +161,10 @@ class BenchReport:
             "duration_s": self.duration,
             "warmup_s": self.warmup,
             "concurrency": self.concurrency,
+            "batching": vars(self.batching) if self.batching else None,
             "auto": self.auto,
             "results": [one(m) for m in self.results],
-            "skipped": [vars(s) for s in self.skipped],
+            "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
             "environment": dict(self.environment),
         }
@@ -178,47 +175,36 @@ def targets(
     device: str | Device = "auto",
     precision: str = "fp32",
     backends: str | Sequence[str] = "all",
-) -> tuple[list[Target], list[Skipped]]:
+) -> tuple[list[selection.Attempt], list[selection.Attempt]]:
     """What to benchmark: every backend (variant) that can take the model on `device` here
-    ("all"), or the first that can for each name given; and what was left out, with why."""
-    request = Device.parse(device)
-    options = Options(precision=precision)
-    found: list[Target] = []
-    skipped: list[Skipped] = []
+    ("all"), or the first that can for each name given; and what was left out, with why.
+    Both are `selection.preflight`'s verdicts."""
+    return _split(model, Device.parse(device), Options(precision=precision), backends)[:2]
 
-    def miss(row: selection.Choice, attempt: Any) -> None:
-        s = Skipped(row.label, attempt.device, attempt.verdict, attempt.reason)
-        if s not in skipped:
-            skipped.append(s)
 
+def _split(
+    model: Model, request: Device, options: Options, backends: str | Sequence[str]
+) -> tuple[list[selection.Attempt], list[selection.Attempt], str | None]:
+    """(to benchmark, left out, what device=... with no backend named would try first)."""
+    everything = selection.preflight(model, request, options)
+    auto = next((a.backend for a in everything if a.eligible), None)
     if isinstance(backends, str) and backends == "all":
-        for row, dev, attempt in selection.preflight(model, request, options):
-            if attempt is None:
-                target = Target(row.label, str(dev))
-                if target not in found:
-                    found.append(target)
-            else:
-                miss(row, attempt)
-        return found, skipped
+        found = [a for a in everything if a.eligible]
+        return found, [a for a in everything if not a.eligible], auto
+    found, skipped = [], []
     for name in [backends] if isinstance(backends, str) else backends:
         rows = selection.preflight(model, request, options, name)
-        hit = next(((row, dev) for row, dev, attempt in rows if attempt is None), None)
+        hit = next((a for a in rows if a.eligible), None)
         if hit is None:
-            for row, _, attempt in rows:
-                miss(row, attempt)
-        elif (t := Target(hit[0].label, str(hit[1]))) not in found:
-            found.append(t)
-    return found, skipped
+            skipped += [a for a in rows if a not in skipped]
+        elif hit not in found:
+            found.append(hit)
+    return found, skipped, auto
 
 
 def auto_choice(model: Model, device: str | Device = "auto", precision: str = "fp32") -> str | None:
     """The backend `Engine.load(model, device)` would try first (None: no candidate passes)."""
-    for row, dev, attempt in selection.preflight(
-        model, Device.parse(device), Options(precision=precision)
-    ):
-        if attempt is None and dev is not None:
-            return row.label
-    return None
+    return _split(model, Device.parse(device), Options(precision=precision), "all")[2]
 
 
 def benchmark(
@@ -231,6 +217,7 @@ def benchmark(
     duration: float = 2.0,
     warmup: float = 0.5,
     concurrency: int = 1,
+    batching: Batching | None = None,
     shapes: Mapping[str, Any] | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
     seed: int = 0,
@@ -245,8 +232,11 @@ def benchmark(
         warm-up run happen however long they take).
     concurrency: requests kept in flight (through Engine.submit); > 1 also asks backends
         for their throughput setting (hint="throughput").
-    shapes: sizes for dynamic dimensions (see `infer.feeds.resolve_shapes`); the first
-        dimension of every input where it is dynamic is the batch size.
+    batching: load the engines with this `infer.Batching`, so the requests in flight are
+        merged into larger runs (give concurrency > 1 for there to be something to merge).
+    shapes: sizes for dynamic dimensions (see `infer.feeds.representative_shapes`, which
+        sizes those not given as a real run would); the first dimension of every input
+        where it is dynamic is the batch size.
     inputs: arrays to use as they are for some inputs (a sample rate, a state); the others
         are seeded random.
     cache_dir: where the cold load builds and the warm load reads back; default a temporary
@@ -260,11 +250,15 @@ def benchmark(
     if not batches or any(b < 1 for b in batches):
         raise OptionError(f"batch sizes must be positive integers, got {list(batches)}")
     source = model if isinstance(model, Model) else Model.load(model)
-    todo, skipped = targets(source, device, precision, backends)
+    todo, skipped, auto = _split(
+        source, Device.parse(device), Options(precision=precision), backends
+    )
     if not todo:
         why = "\n".join(f"  - {s.backend} on {s.device}: {s.reason}" for s in skipped)
         what = name or (str(source.path) if source.path else repr(source))
-        raise InferError(f"no backend here can run {what} on {device} at {precision}:\n{why}")
+        raise BackendUnavailable(
+            f"no backend here can run {what} on {device} at {precision}:\n{why}"
+        )
     notes: list[str] = []
     results: list[Measurement] = []
     with _cache_folder(cache_dir) as folder:
@@ -277,6 +271,7 @@ def benchmark(
                 duration=duration,
                 warmup=warmup,
                 concurrency=concurrency,
+                batching=batching,
                 shapes=shapes,
                 given=dict(inputs or {}),
                 seed=seed,
@@ -295,9 +290,10 @@ def benchmark(
         concurrency=concurrency,
         results=tuple(results),
         skipped=tuple(skipped),
-        auto=auto_choice(source, device, precision),
+        auto=auto,
         notes=tuple(dict.fromkeys(notes)),
         environment=environment(),
+        batching=batching,
     )
 
 
@@ -312,13 +308,14 @@ def _cache_folder(given: str | Path | None) -> Iterator[Path]:
 
 def _bench_one(
     model: Model,
-    target: Target,
+    target: selection.Attempt,
     *,
     precision: str,
     batches: tuple[int, ...],
     duration: float,
     warmup: float,
     concurrency: int,
+    batching: Batching | None,
     shapes: Mapping[str, Any] | None,
     given: dict[str, np.ndarray],
     seed: int,
@@ -327,15 +324,20 @@ def _bench_one(
     progress: Progress | None,
     notes: list[str],
 ) -> list[Measurement]:
-    label = target.label
+    label = target.backend
     total = len(batches) * (warmup + duration)
     tick = progress or (lambda *_: None)
     kw: dict[str, Any] = dict(
         backend=label,
         precision=precision,
-        shapes=_profile(model, shapes, batches, given),
+        # Build-time shapes cover the merged runs too.
+        shapes=_profile(
+            model, shapes, (*batches, *((batching.max_batch,) if batching else ())), given
+        ),
         hint="throughput" if concurrency > 1 else "latency",
-        max_in_flight=concurrency if concurrency > 1 else None,
+        # Under batching the requests in flight are the batcher's; the runs stay the engine's.
+        max_in_flight=concurrency if concurrency > 1 and batching is None else None,
+        batching=batching,
         threads=threads,
         cache_dir=cache_dir,
     )
@@ -369,18 +371,25 @@ def _bench_one(
                 summary=summary,
             )
             try:
-                feed_shapes, batch_used, dims = _batched_shapes(engine.inputs, shapes, batch, given)
-                notes += [f"dynamic dimension {d} (set it with --shape)" for d in dims]
+                feed_shapes, batch_used, dims = _batched_shapes(
+                    _declared(model, engine), shapes, batch, given, model
+                )
+                notes += [f"{d}; set it with --shape" for d in dims]
                 feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
+            except _NoBatch as e:
+                out.append(Measurement(batch=batch, error=_one_line(e), skipped=True, **common))
+                continue
             except InferError as e:
                 out.append(Measurement(batch=batch, error=_one_line(e), **common))
                 continue
+            common["shapes"] = {k: tuple(np.shape(v)) for k, v in feeds.items()}
 
             def report(phase: str, seconds: float, base: float = base, batch: int = batch) -> None:
                 tick(label, f"{phase} b={batch}", base + seconds, total)
 
             try:
                 warm_runs = _loop(engine, feeds, warmup, 1, 1, lambda s: report("warm-up", s))[0]
+                before = engine.batching_stats
                 samples, elapsed = _loop(
                     engine,
                     feeds,
@@ -401,6 +410,7 @@ def _bench_one(
                     latency=Stats.of(samples),
                     throughput=len(samples) * batch_used / elapsed if elapsed > 0 else None,
                     samples_ms=tuple(float(s * 1e3) for s in samples),
+                    batching=_since(engine.batching_stats, before),
                     **common,
                 )
             )
@@ -408,6 +418,19 @@ def _bench_one(
     finally:
         engine.close()
     return out
+
+
+def _batching_dict(stats: BatchingStats | None, samples: bool) -> dict[str, Any] | None:
+    if stats is None:
+        return None
+    d = {k: v for k, v in vars(stats).items() if samples or k != "recent_delays_ms"}
+    d["mean_batch"] = stats.mean_batch
+    return d
+
+
+def _since(now: BatchingStats | None, before: BatchingStats | None) -> BatchingStats | None:
+    """The batcher's counters of one timed phase."""
+    return now.since(before) if now is not None and before is not None else now
 
 
 def _profile(
@@ -423,10 +446,20 @@ def _profile(
     sets = []
     for batch in batches:
         try:
-            sets.append(_batched_shapes(specs, shapes, batch, given)[0])
+            sets.append(_batched_shapes(specs, shapes, batch, given, model)[0])
         except InferError:
             continue  # that batch will fail with its reason when it is run
     return profile(sets) or None
+
+
+def _declared(model: Model, engine: Engine) -> list[TensorSpec]:
+    """The inputs to size feeds from: an ONNX model's own (with its dimension names, which a
+    backend that compiled static shapes no longer reports), else the engine's."""
+    return model.inputs if model.format is ModelFormat.ONNX else engine.inputs
+
+
+class _NoBatch(OptionError):
+    """The batch size asked for does not apply: no input has a dynamic first dimension."""
 
 
 def _batched_shapes(
@@ -434,25 +467,32 @@ def _batched_shapes(
     shapes: Mapping[str, Any] | None,
     batch: int,
     given: Mapping[str, np.ndarray] | None = None,
+    model: Model | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], int, list[str]]:
     """Input shapes with `batch` on every dynamic first dimension of a random input (whatever
-    `shapes` says about it), the batch that applies, and notes for other dynamic dims
-    defaulted to 1. Inputs in `given` keep their own shapes."""
+    `shapes` says about it), other dynamic dims as a real run would size them
+    (`representative_shapes`), the batch that applies, and notes for the sizes chosen.
+    Inputs in `given` keep their own shapes."""
     given = given or {}
-    resolved, notes = resolve_shapes(specs, shapes, arrays=given)
     dynamic = [
         s.name for s in specs if s.shape and not isinstance(s.shape[0], int) and s.name not in given
     ]
+    wanted = dict(shapes or {})
+    for s in specs:  # a named batch dimension takes the batch wherever it appears
+        first = s.shape[0] if s.shape else None
+        if s.name in dynamic and isinstance(first, str) and first:
+            wanted[first] = batch
+    resolved, notes = representative_shapes(specs, wanted, arrays=given, model=model)
     out = dict(resolved)
     for name in dynamic:
         out[name] = (batch, *resolved[name][1:])
-    notes = [n for n in notes if not any(n.startswith(f"{name}[0] ") for name in dynamic)]
+    notes = [n for n in notes if not any(n.startswith(f"{name}[0] (?)") for name in dynamic)]
     if dynamic:
         return out, batch, notes
     firsts = {v[0] for v in out.values() if v}
     used = firsts.pop() if len(firsts) == 1 else 1
     if batch not in (used, 1):
-        raise InferError(
+        raise _NoBatch(
             f"batch {batch} cannot be run: no input has a dynamic first dimension "
             f"(inputs: {', '.join(f'{k}={list(v)}' for k, v in out.items())})"
         )
@@ -552,7 +592,9 @@ def _loop_concurrent(
         done.wait_for(idle)
     if errors:
         err = errors[0]
-        raise err if isinstance(err, InferError) else InferError(str(err))
+        if isinstance(err, InferError):
+            raise err
+        raise RuntimeFailure(f"a submitted run failed: {_one_line(err)}") from err
     return samples, (last[0] or clock()) - start
 
 
@@ -575,70 +617,3 @@ def environment() -> dict[str, Any]:
         "argv": sys.argv[1:] if sys.argv else [],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-
-
-# -- plots ----------------------------------------------------------------------------------------
-
-
-def plot(report: BenchReport, path: str | Path, title: str | None = None) -> Path:
-    """Write a PNG: latency distribution per backend and batch (left), throughput (right)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InferError(
-            'plots need matplotlib: pip install "infer[cli]" (or pip install matplotlib)'
-        ) from None
-    ok = [m for m in report.results if m.ok and m.samples_ms]
-    if not ok:
-        raise InferError("nothing to plot: no backend produced timings")
-    labels = [m.backend if len(report.batches) == 1 else f"{m.backend}\nb={m.batch}" for m in ok]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.6 * len(ok) + 2.8), squeeze=True)
-    try:
-        data = [np.asarray(m.samples_ms) for m in ok]
-        ypos = np.arange(len(ok))
-        horizontal = (
-            {"orientation": "horizontal"}
-            if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10)
-            else {"vert": False}
-        )
-        left.boxplot(
-            data,
-            positions=ypos,
-            **horizontal,
-            widths=0.6,
-            showfliers=True,
-            flierprops={"markersize": 2, "alpha": 0.4},
-        )
-        for y, m in zip(ypos, ok):
-            left.plot([m.latency.p99], [y], marker="|", color="tab:red", markersize=14)  # type: ignore[union-attr]
-        left.set_yticks(ypos, labels)
-        left.invert_yaxis()
-        spread = max(d.max() for d in data) / max(min(d.min() for d in data), 1e-9)
-        if spread > 30:
-            left.set_xscale("log")
-        left.set_xlabel("latency per run (ms); box: p25-p75, line: p50, red: p99")
-        left.set_title("latency")
-        left.grid(axis="x", alpha=0.3)
-
-        values = [m.throughput or 0.0 for m in ok]
-        bars = right.barh(ypos, values, color="tab:blue", alpha=0.8)
-        right.set_yticks(ypos, labels)
-        right.invert_yaxis()
-        right.set_xlabel(f"samples per second (concurrency {report.concurrency})")
-        right.set_title("throughput")
-        right.grid(axis="x", alpha=0.3)
-        for bar, v in zip(bars, values):
-            right.text(v, bar.get_y() + bar.get_height() / 2, f" {v:,.0f}", va="center", fontsize=8)
-        right.set_xlim(0, max(values) * 1.2 if max(values) > 0 else 1)
-        fig.suptitle(title or f"{Path(report.model).name} on {report.device} ({report.precision})")
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, format="png", dpi=110)
-    except OSError as e:
-        raise InferError(f"plot {str(path)!r} cannot be written: {e}") from e
-    finally:
-        plt.close(fig)
-    return out

@@ -17,7 +17,7 @@ import numpy as np
 
 from .budget import Budget
 from .errors import InputError, OptionError
-from .tensors import FeedValidator, TensorSpec, describe
+from .tensors import FeedValidator, TensorSpec, describe_specs
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANTIZERS = ("auto", "onnxruntime", "onnxruntime-symmetric", "nncf")
@@ -181,7 +181,7 @@ class Calibration:
             else:
                 raise InputError(
                     f"calibration sample {i}: the model takes {len(names)} inputs ("
-                    + ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in inputs)
+                    + describe_specs(inputs)
                     + f"), so each feed must be a dict; got {type(item).__name__}"
                 )
             try:

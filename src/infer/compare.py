@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from . import selection
+from ._diff import ATOL, RTOL, OutputDiff, diff
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
 from .feeds import profile, random_feeds, resolve_shapes
 from .model import Model, ModelFormat, ModelSource
-from .options import PRECISIONS
+from .options import PRECISIONS, Options
+from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
-
-RTOL = 1e-3
-ATOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -38,26 +38,6 @@ class Runner:
     precision: str
     load_s: float | None = None
     run_s: float | None = None
-
-
-@dataclass(frozen=True)
-class OutputDiff:
-    """How one runner's output differs from the baseline's."""
-
-    output: str
-    runner: str
-    baseline: str
-    shape: tuple[int, ...] | None
-    dtype: str
-    max_abs: float
-    max_rel: float
-    mean_abs: float
-    cosine: float | None  # None for non-numeric outputs or all-zero pairs
-    top1: float | None  # fraction of rows whose argmax (last axis) agrees
-    mismatched: int  # elements outside tolerance
-    elements: int
-    passed: bool
-    note: str = ""  # why it failed when the numbers don't say (shape, dtype, NaN)
 
 
 @dataclass(frozen=True)
@@ -74,6 +54,7 @@ class Comparison:
     min_top1: float | None
     feeds: tuple[tuple[str, tuple[int, ...], str], ...]  # (input, shape, dtype) of the first run
     runs: int
+    skipped: tuple[selection.Attempt, ...] = ()  # backends here left out (default list), and why
 
     @property
     def passed(self) -> bool:
@@ -102,6 +83,7 @@ class Comparison:
             "outputs": [
                 {**vars(d), "shape": None if d.shape is None else list(d.shape)} for d in self.diffs
             ],
+            "skipped": [a.to_dict() for a in self.skipped],
         }
 
 
@@ -127,7 +109,8 @@ def compare(
     backends: names as `Engine.load` takes them ("onnxruntime", "openvino",
         "onnxruntime[cpu]"), each optionally "@precision" ("openvino@fp16"), or Engines
         already loaded (they are not closed). Default: every backend that can take the model
-        on `device` here.
+        on `device` here (`selection.preflight`); those that then fail to load it or to run
+        the feeds are left out too, each with its reason in `Comparison.skipped`.
     feeds: one feed dict, or a list of them; inputs they leave out are random. Default:
         `runs` seeded random feed sets (seeds seed, seed + 1, ...) shaped by `shapes` (see
         `infer.feeds.resolve_shapes`), the same `infer run --seed` makes.
@@ -140,12 +123,20 @@ def compare(
     source = model if isinstance(model, Model) else Model.load(model)
     if rtol < 0 or atol < 0:
         raise OptionError(f"tolerances must be >= 0, got rtol={rtol}, atol={atol}")
-    specs = list(backends) if backends is not None else list(_available(source, device, precision))
-    if not specs or (len(specs) < 2 and expected is None):
-        raise OptionError(
-            "compare needs at least two backends (or one and `expected` outputs); got "
-            f"{[str(s) for s in specs]}"
-        )
+    every = backends is None
+    skipped: list[selection.Attempt] = []
+    where: dict[str, str] = {}  # label -> the device preflight found for it
+    if every:
+        specs: list[str | Engine] = []
+        for a in selection.preflight(source, device, Options(precision=precision)):
+            if a.eligible:
+                specs.append(a.backend)
+                where[a.backend] = a.device
+            elif a.verdict == "unsupported":
+                skipped.append(a)
+    else:
+        specs = list(backends)  # type: ignore[arg-type]
+    _enough(specs, expected, skipped)
     runners: list[Runner] = []
     results: list[list[dict[str, Any]]] = []
     feed_sets: list[dict[str, np.ndarray]] | None = None
@@ -158,15 +149,41 @@ def compare(
     if "shapes" not in load_options:
         load_options["shapes"] = _profile(source, shapes, partial)
     for spec in specs:
-        engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
+        try:
+            engine, label, owned, load_s = _engine(spec, source, device, precision, load_options)
+        except OptionError:
+            raise  # the caller's mistake, whichever backend
+        except InferError as e:
+            if not every:
+                raise
+            label = str(spec)
+            skipped.append(selection.Attempt(label, where.get(label, device), "failed", str(e)))
+            continue
         try:
             if feed_sets is None:
+                # Dimension names are the ONNX model's (a backend that compiled static shapes
+                # reports none).
+                declared = source.inputs if source.format is ModelFormat.ONNX else engine.inputs
                 feed_sets = [
-                    random_feeds(engine.inputs, shapes, seed=seed + i, given=given)
+                    random_feeds(
+                        engine.inputs,
+                        _shapes_for(declared, shapes, given),
+                        seed=seed + i,
+                        given=given,
+                    )
                     for i, given in enumerate(partial)
                 ]
             start = time.perf_counter()
-            outs = [engine.run(f) for f in feed_sets]
+            try:
+                outs = [engine.run(f) for f in feed_sets]
+            except (InputError, OptionError):
+                raise
+            except InferError as e:
+                if not every:
+                    raise
+                why = f"could not run the feeds: {e}"
+                skipped.append(selection.Attempt(label, str(engine.device), "failed", why))
+                continue
             run_s = (time.perf_counter() - start) / len(feed_sets)
             runners.append(
                 Runner(label, engine.backend, str(engine.device), engine.precision, load_s, run_s)
@@ -176,6 +193,8 @@ def compare(
         finally:
             if owned:
                 engine.close()
+    if every:
+        _enough([r.label for r in runners], expected, skipped)
     assert feed_sets is not None
     if expected is not None:
         want = [dict(expected)] if isinstance(expected, Mapping) else [dict(e) for e in expected]
@@ -217,6 +236,18 @@ def compare(
         min_top1=min_top1,
         feeds=tuple((n, tuple(np.shape(a)), str(np.asarray(a).dtype)) for n, a in first.items()),
         runs=len(feed_sets),
+        skipped=tuple(skipped),
+    )
+
+
+def _enough(specs: Sequence[Any], expected: Any, skipped: Sequence[selection.Attempt]) -> None:
+    """Refuse a comparison of fewer than two sides, saying which backends were left out."""
+    if specs and (len(specs) >= 2 or expected is not None):
+        return
+    left = "".join(f"\n  - {a}" for a in skipped)
+    raise OptionError(
+        "compare needs at least two backends (or one and `expected` outputs); got "
+        f"{[str(s) for s in specs]}" + (f"; left out:{left}" if left else "")
     )
 
 
@@ -249,6 +280,13 @@ def _engine(
     return engine, spec, True, time.perf_counter() - start
 
 
+def _shapes_for(
+    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None, given: Mapping[str, Any]
+) -> dict[str, tuple[int, ...]]:
+    """Every input's shape for one feed set: `given` arrays as they are, the rest by `shapes`."""
+    return resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in given.items()})[0]
+
+
 def _profile(
     model: Model, shapes: Mapping[str, Any] | None, partial: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any] | None:
@@ -257,144 +295,12 @@ def _profile(
         return None
     specs = model.inputs
     try:
-        sets = [
-            resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in p.items()})[0]
-            for p in partial
-        ]
+        sets = [_shapes_for(specs, shapes, p) for p in partial]
     except InferError:
         return None  # the feeds will fail with the reason when they are made
     return profile(sets) or None
 
 
 def _available(model: Model, device: str, precision: str) -> list[str]:
-    from .bench import targets
-
-    found, _ = targets(model, device, precision)
-    return [t.label for t in found]
-
-
-# -- the numbers --------------------------------------------------------------------------------
-
-
-def diff(
-    name: str,
-    got: Sequence[Any],
-    want: Sequence[Any],
-    *,
-    runner: str = "",
-    baseline: str = "",
-    rtol: float = RTOL,
-    atol: float = ATOL,
-    min_cosine: float | None = None,
-    min_top1: float | None = None,
-) -> OutputDiff:
-    """Compare one output over several runs (lists of arrays, one per feed set)."""
-
-    def result(passed: bool, note: str, **numbers: Any) -> OutputDiff:
-        defaults: dict[str, Any] = dict(
-            shape=None,
-            dtype="",
-            max_abs=float("nan"),
-            max_rel=float("nan"),
-            mean_abs=float("nan"),
-            cosine=None,
-            top1=None,
-            mismatched=0,
-            elements=0,
-        )
-        defaults.update(numbers)
-        return OutputDiff(name, runner, baseline, passed=passed, note=note, **defaults)
-
-    if any(g is None for g in got):
-        return result(False, f"{runner} has no output {name!r}")
-    if any(w is None for w in want):
-        return result(False, f"{baseline} has no output {name!r}")
-    a_list = [np.asarray(g) for g in got]
-    b_list = [np.asarray(w) for w in want]
-    shape = tuple(a_list[0].shape)
-    dtype = str(a_list[0].dtype)
-    for a, b in zip(a_list, b_list):
-        if a.shape != b.shape:
-            return result(
-                False, f"shape {list(a.shape)} != {list(b.shape)}", shape=shape, dtype=dtype
-            )
-    if any(a.dtype == object or b.dtype == object for a, b in zip(a_list, b_list)):
-        same = all(np.array_equal(a.astype(str), b.astype(str)) for a, b in zip(a_list, b_list))
-        count = sum(a.size for a in a_list)
-        return result(
-            same,
-            "" if same else "non-numeric values differ",
-            shape=shape,
-            dtype=dtype,
-            elements=count,
-            mismatched=0 if same else count,
-            max_abs=0.0 if same else float("nan"),
-            max_rel=0.0 if same else float("nan"),
-            mean_abs=0.0 if same else float("nan"),
-        )
-    a = np.concatenate([x.astype(np.float64).reshape(-1) for x in a_list])
-    b = np.concatenate([x.astype(np.float64).reshape(-1) for x in b_list])
-    exact = all(x.dtype.kind in "biu" for x in (*a_list, *b_list))
-    both_nan = np.isnan(a) & np.isnan(b)
-    nan_mismatch = int(np.sum(np.isnan(a) != np.isnan(b)))
-    err = np.where(both_nan, 0.0, np.abs(a - b))
-    err = np.where(np.isnan(err), np.inf, err)  # NaN against a number: as far apart as it gets
-    same_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
-    err = np.where(same_inf, 0.0, err)
-    scale = np.abs(b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(err == 0, 0.0, err / np.where(scale == 0, np.nan, scale))
-    rel = np.where(np.isnan(rel), np.inf, rel)
-    limit = 0.0 if exact else atol + rtol * np.where(np.isfinite(scale), scale, 0.0)
-    bad = err > limit
-    mismatched = int(np.sum(bad))
-    cosine = _cosine(a, b)
-    top1 = _top1(a_list, b_list)
-    notes = []
-    if nan_mismatch:
-        notes.append(f"{nan_mismatch} NaN(s) where the other has a number")
-    passed = mismatched == 0
-    if min_cosine is not None and (cosine is None or cosine < min_cosine):
-        passed = False
-        notes.append(f"cosine below {min_cosine}")
-    if min_top1 is not None and top1 is not None and top1 < min_top1:
-        passed = False
-        notes.append(f"top-1 below {min_top1}")
-    finite = err[np.isfinite(err)]
-    return result(
-        passed,
-        "; ".join(notes),
-        shape=shape,
-        dtype=dtype,
-        max_abs=float(err.max()) if err.size else 0.0,
-        max_rel=float(rel.max()) if rel.size else 0.0,
-        mean_abs=float(finite.mean()) if finite.size else (0.0 if not err.size else float("inf")),
-        cosine=cosine,
-        top1=top1,
-        mismatched=mismatched,
-        elements=int(a.size),
-    )
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if a.size == 0 or na == 0 or nb == 0:
-        return 1.0 if a.size and na == nb == 0 else None
-    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
-
-
-def _top1(a_list: Sequence[np.ndarray], b_list: Sequence[np.ndarray]) -> float | None:
-    """Agreement of argmax over the last axis, for float outputs with more than one class."""
-    if not a_list or a_list[0].ndim == 0 or a_list[0].shape[-1] < 2:
-        return None
-    if a_list[0].dtype.kind in "biuO":
-        return None
-    agree = total = 0
-    for a, b in zip(a_list, b_list):
-        ia = np.argmax(a.reshape(-1, a.shape[-1]), axis=-1)
-        ib = np.argmax(b.reshape(-1, b.shape[-1]), axis=-1)
-        agree += int(np.sum(ia == ib))
-        total += ia.size
-    return agree / total if total else None
+    verdicts = selection.preflight(model, device, Options(precision=precision))
+    return [a.backend for a in verdicts if a.eligible]

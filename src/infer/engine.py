@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import selection
-from .backends.base import Attempt, Backend, Binding, Session
+from ._switch import Sessions, Watch
+from .backends.base import Backend, Binding, Session
+from .batching import Batcher, Batching, BatchingStats
 from .cache import Cache
 from .device import Device
-from .errors import InputError, OptionError
+from .errors import EngineClosed, InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
-from .tensors import TensorSpec, describe
+from .selection import Attempt, Chosen, Pending, Selection
+from .tensors import TensorSpec, describe_specs
 
 if TYPE_CHECKING:
     from .transforms.int8_search import Int8Report
@@ -36,10 +39,15 @@ class Engine:
     """
 
     def __init__(
-        self, session: Session, selection: Sequence[Attempt], model: Model, options: Options
+        self,
+        session: Session,
+        selection: Sequence[Attempt],
+        model: Model,
+        options: Options,
+        pending: Pending | None = None,
     ) -> None:
         self._session = session
-        self._selection = tuple(selection)
+        self._selection = Selection(selection)
         self._model = model
         self._options = options
         self._preprocess: dict[str, Any] | None = None
@@ -47,6 +55,28 @@ class Engine:
         self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._sessions = Sessions(session)
+        self._batcher: Batcher | None = None
+        if options.batching is not None:
+            try:  # runs go to the session current at the time (a background race may switch)
+                self._batcher = Batcher(
+                    session,
+                    options.batching,
+                    cast=options.cast,
+                    current=_current(self._sessions),
+                )
+            except BaseException:
+                self._sessions.close()
+                raise
+        self._watch: Watch | None = None
+        if pending is not None:
+            self._watch = Watch(pending, self._sessions, self._selection[-1].backend, self._chosen)
+            self._sessions.watch = self._watch
+        # An engine dropped without close(), or still open at interpreter exit, finishes its
+        # in-flight runs and frees the runtime then: a runtime thread calling back into a
+        # finalizing interpreter aborts the process (OpenVINO did, with pending submits).
+        # Requests queued for batching run first.
+        self._finalizer = weakref.finalize(self, _close, self._batcher, self._sessions)
 
     @classmethod
     def load(
@@ -61,8 +91,11 @@ class Engine:
         shapes: Mapping[str, Any] | None = None,
         cast: bool = False,
         hint: str = "latency",
+        choose: str = "background",
+        example: Any = None,
         threads: int | None = None,
         max_in_flight: int | None = None,
+        batching: Batching | None = None,
         cache: bool = True,
         cache_dir: str | Path | None = None,
         backend_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -72,12 +105,23 @@ class Engine:
 
         device: "auto", "cpu", "cuda[:N]", "gpu[:N]", "npu" or "ane".
         backend: force one backend ("onnxruntime", "openvino", "onnxruntime[cuda]", ...) —
-            its failure is then an error — or give a list to try in that order; "fastest"
-            times every eligible backend on the model and keeps the fastest (cached).
+            its failure is then an error — or give a list to try in that order. With none
+            named, the choice is measured (see `choose`); "fastest" is choose="measure".
         precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
         cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
         hint: "latency" (default) or "throughput", for backends with performance hints.
+        choose: how the default picks among the device's backends. "background" (default):
+            start on the first that compiles, race the others once the engine has been busy a
+            couple of seconds, and switch to the fastest whose outputs agree; "measure": race
+            them now; "first": the first that compiles, nothing timed. A verdict is cached:
+            later loads compile the winner alone.
+        example: feeds (a dict, or a list of dicts) to race on; by default the first real
+            feeds (background) or random ones at the sizes a model of this kind takes.
+        threads: the threads of this engine's runtime pool (default: the process's budget, see
+            infer.threads).
+        batching: infer.Batching(max_batch=16, max_delay_ms=2.0) merges concurrent calls into
+            one run along the batch axis (see infer.batching).
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
@@ -88,8 +132,11 @@ class Engine:
             shapes=dict(shapes or {}),
             cast=cast,
             hint=hint,
+            choose=choose,
+            example=example,
             threads=threads,
             max_in_flight=max_in_flight,
+            batching=batching,
             cache=cache,
             cache_dir=Path(cache_dir) if cache_dir is not None else None,
             backend_options=dict(backend_options or {}),
@@ -104,10 +151,10 @@ class Engine:
                 source, options.preprocess, Cache(options.cache_dir) if options.cache else None
             )
         transform = _PrecisionTransform(options)
-        session, attempts = selection.select(source, request, options, backend, transform=transform)
-        engine = cls(session, attempts, source, options)
-        engine._precision_report = transform.report_for(attempts)
-        log.info("loaded %s on %s with %s", source, session.device, session.backend)
+        chosen = selection.choose(source, request, options, backend, transform=transform)
+        engine = cls(chosen.session, chosen.attempts, source, options, chosen.pending)
+        engine._precision_report = transform.report_for(chosen.attempts)
+        log.info("loaded %s on %s with %s", source, chosen.session.device, chosen.session.backend)
         return engine
 
     # -- what was chosen ----------------------------------------------------------------------
@@ -122,9 +169,44 @@ class Engine:
         return self._session.device
 
     @property
-    def selection(self) -> tuple[Attempt, ...]:
-        """Every candidate considered, in order, with its verdict and reason."""
+    def selection(self) -> Selection:
+        """Every candidate considered, in order, with its verdict and reason (a tuple of
+        Attempt; `print(engine.selection)` gives one line each). After a background race:
+        the race's verdicts, with each candidate's median and difference."""
         return self._selection
+
+    @property
+    def choosing(self) -> bool:
+        """Whether a background race may still switch the backend (see `settle`)."""
+        return self._watch is not None
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Run the background race now, if one is pending, and wait for it: afterwards
+        `backend` and `selection` say what runs for good. Returns False if `timeout` passed
+        first. For servers that warm up before taking traffic."""
+        watch = self._watch
+        return True if watch is None else watch.wait(timeout)
+
+    def _chosen(self, chosen: Chosen | None) -> None:
+        """The background race's verdict (None: cancelled or failed): switch to its winner."""
+        self._watch = self._sessions.watch = None
+        if chosen is None:
+            return
+        if chosen.session is not self._session:
+            old = self._session
+            if not self._sessions.adopt(chosen.session):  # closed meanwhile
+                chosen.session.close()
+                return
+            self._session = chosen.session  # before the old one can close: runs move on
+            self._sessions.retire(old)
+            log.info(
+                "switched from %s to %s: %s",
+                old.backend,
+                chosen.session.backend,
+                chosen.attempts
+                and next((a.reason for a in chosen.attempts if a.verdict == "selected"), ""),
+            )
+        self._selection = Selection(chosen.attempts)
 
     @property
     def precision(self) -> str:
@@ -175,6 +257,11 @@ class Engine:
         """The most runs `submit`, `map` and `arun` keep queued or running at once."""
         return self._session.max_in_flight
 
+    @property
+    def batching_stats(self) -> BatchingStats | None:
+        """What dynamic batching has done (runs, mean batch, queue delays); None without it."""
+        return self._batcher.stats() if self._batcher is not None else None
+
     # -- running ------------------------------------------------------------------------------
 
     def run(
@@ -191,10 +278,25 @@ class Engine:
         (`infer.transforms.preprocess.ResizeMeta`: `.to_frame(boxes)` maps boxes back):
         `outputs, meta = engine.run(feeds, return_meta=True)`.
         """
-        out = self._session.run(feeds, outputs)
+        watch = self._watch
+        if watch is None:
+            out = self._run(feeds, outputs)
+        else:
+            out = watch.run(lambda: self._run(feeds, outputs), feeds)
         if not return_meta:
             return out
         return out, self._meta(feeds)
+
+    def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
+        if self._batcher is not None:
+            return self._batcher.submit(feeds, outputs).result()
+        session = self._session
+        try:
+            return session.run(feeds, outputs)
+        except EngineClosed:
+            if session is self._session:
+                raise
+            return self._session.run(feeds, outputs)  # switched as the call began
 
     def _meta(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         from .transforms.preprocess import ImagePreprocess
@@ -206,7 +308,9 @@ class Engine:
         return meta
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Shorthand: `engine(x)` or `engine(x=..., y=...)`; one output comes back bare."""
+        """Shorthand: `engine(x)` or `engine(x=..., y=...)`. One output comes back bare,
+        several as a tuple in the model's output order (`boxes, scores = engine(x)`);
+        `run` gives them by name."""
         if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
             feeds = dict(args[0])
         else:
@@ -214,23 +318,45 @@ class Engine:
             if len(args) > len(names):
                 raise InputError(
                     f"{len(args)} positional inputs given, the model takes {len(names)}: "
-                    + ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.inputs)
+                    + describe_specs(self.inputs)
                 )
             feeds = dict(zip(names, args))
             clash = sorted(set(feeds) & set(kwargs))
             if clash:
                 raise InputError(f"input(s) {clash} given both by position and by name")
             feeds.update(kwargs)
-        out = self._session.run(feeds)
-        return next(iter(out.values())) if len(out) == 1 else out
+        out = self.run(feeds)
+        return next(iter(out.values())) if len(out) == 1 else tuple(out.values())
 
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
         """Run in the background and return a `concurrent.futures.Future` of the outputs.
 
-        At most `max_in_flight` runs are queued or running; past that, `submit` blocks until
-        one finishes, so a fast producer cannot queue unbounded work.
+        The same on every backend: feeds are checked before anything is queued, and a mistake
+        in them (`InputError`) comes back in the Future at once, as a runtime failure does
+        later; only a closed engine raises here. At most `max_in_flight` runs are queued or
+        running; past that, `submit` blocks until one finishes, so a fast producer cannot
+        queue unbounded work. Under batching= the request joins the batcher's queue (which
+        blocks while it is full) instead.
         """
-        return self._session.submit(feeds, outputs)
+        return self._submit(feeds, outputs, block=True)
+
+    def _submit(
+        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None, block: bool
+    ) -> Future:
+        if self._batcher is not None:
+            future = self._batcher.submit(feeds, outputs, block=block)
+        else:
+            session = self._session
+            try:
+                future = session.submit(feeds, outputs)
+            except EngineClosed:
+                if session is self._session:
+                    raise
+                future = self._session.submit(feeds, outputs)  # switched as the call began
+        watch = self._watch
+        if watch is not None:
+            watch.submitted(future, feeds)
+        return future
 
     def map(
         self,
@@ -246,7 +372,9 @@ class Engine:
         endless iterable is consumed lazily. An error is raised at its item's position, and
         the runs still pending are cancelled when the caller stops iterating.
         """
-        window = self.max_in_flight if max_in_flight is None else max_in_flight
+        window = max_in_flight
+        if window is None:
+            window = self._batcher.window if self._batcher else self.max_in_flight
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise OptionError(f"max_in_flight must be a positive integer, got {window!r}")
         return self._map(iter(feeds), outputs, window)
@@ -257,7 +385,12 @@ class Engine:
         pending: deque[Future] = deque()
         try:
             for item in items:
-                pending.append(self.submit(self._as_feeds(item), outputs))
+                try:
+                    fut = self.submit(self._as_feeds(item), outputs)
+                except InputError as e:  # an item that is no feed dict: raised at its place
+                    fut = Future()
+                    fut.set_exception(e)
+                pending.append(fut)
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -288,9 +421,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         slots = self._async_slots.get(loop)
         if slots is None:
-            slots = self._async_slots[loop] = asyncio.Semaphore(self.max_in_flight)
+            size = self._batcher.window if self._batcher else self.max_in_flight
+            slots = self._async_slots[loop] = asyncio.Semaphore(size)
         async with slots:
-            return await asyncio.wrap_future(self._session.submit(feeds, outputs), loop=loop)
+            # block=False: the batcher's queue bound must not hold the loop (slots bound it)
+            future = self._submit(feeds, outputs, block=False)
+            return await asyncio.wrap_future(future, loop=loop)
 
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """I/O binding: buffers allocated once (per shape) and reused by every `run`.
@@ -304,7 +440,10 @@ class Engine:
                 for frame in frames:
                     y = b.run({"images": frame})
         """
-        return self._session.bind(outputs)
+        binding = self._session.bind(outputs)
+        binding.owner = self  # the engine, and so its session, lives while the binding does
+        self._sessions.bound(binding)  # a session a switch retires stays open while it is used
+        return binding
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -313,8 +452,9 @@ class Engine:
         return self._session.closed
 
     def close(self) -> None:
-        """Free the compiled model; later calls to run raise EngineClosed."""
-        self._session.close()
+        """Finish the runs in flight (and run the requests queued for batching), then free the
+        compiled model; later calls to run raise EngineClosed."""
+        self._finalizer()
 
     def __enter__(self) -> Engine:
         return self
@@ -325,9 +465,20 @@ class Engine:
     def __repr__(self) -> str:
         state = " (closed)" if self.closed else ""
         name = f" ({self.device.name})" if self.device.name else ""
-        ins = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.inputs)
-        outs = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in self.outputs)
+        ins = describe_specs(self.inputs)
+        outs = describe_specs(self.outputs)
         return f"<Engine {self.backend} on {self.device}{name}{state}: ({ins}) -> ({outs})>"
+
+
+def _current(sessions: Sessions) -> Callable[[], Session]:
+    """The session an engine runs on now (held without the engine: its finalizer needs it)."""
+    return lambda: sessions.current
+
+
+def _close(batcher: Batcher | None, sessions: Sessions) -> None:
+    if batcher is not None:
+        batcher.close()
+    sessions.close()
 
 
 class _PrecisionTransform:

@@ -3,7 +3,8 @@
 The tools (`infer run | bench | compare | build`) and `infer.compare` share these so that the
 same seed gives the same feeds everywhere. Random values are uniform in [0, 1) for floating
 types, 0 or 1 for integers, and random for booleans; a dynamic dimension takes the size given
-for it (by input shape or by dimension name) and otherwise 1.
+for it (by input shape or by dimension name) and otherwise 1 (`resolve_shapes`), or the size a
+real run of that kind of model would give it (`representative_shapes`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import ast
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
-from .tensors import TensorSpec, describe, dtype_info
+from .model import Model, ModelFormat
+from .tensors import Dim, TensorSpec, describe, describe_specs, dtype_info
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,84 @@ def resolve_shapes(
     name. Raises InputError for names that are neither, and for shapes that contradict the
     model's fixed dimensions.
     """
+
+    def fill(spec: TensorSpec, axis: int, dim: Dim) -> tuple[int, str]:
+        return default, ""
+
+    return _fill(specs, given, arrays, fill)
+
+
+def representative_shapes(
+    specs: Sequence[TensorSpec],
+    shapes: ShapeArg | None = None,
+    *,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    model: Model | None = None,
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """The input shapes of a run a user would really make, and a note for each size chosen.
+
+    Every input is sized from, in this order: `shapes` (an input's whole shape, or a
+    dimension name's size, as `resolve_shapes` takes them; the opt of a (min, opt, max)
+    triple), the example `arrays`, the model's metadata where it says (a key named after an
+    input, a dimension, or an image size such as Ultralytics' "imgsz"), else sizes a model
+    of that kind takes: 1 for a batch (the first axis, or a dimension called batch/N), an
+    image input's height and width from what its outputs say it is (`IMAGE_SIZES`), a
+    sequence dimension `SEQUENCE`, and 1 where nothing says (noted, to set with --shape).
+    A named dimension gets one value across all inputs. Raises InputError as
+    `resolve_shapes` does.
+    """
+    given = {k: _opt(v) for k, v in (shapes or {}).items()}
+    meta_shapes, meta_sizes, meta_image, meta_key = _metadata(model, specs)
+    outputs = model.outputs if model is not None and model.format is ModelFormat.ONNX else None
+    images = {s.name: _image_axes(s) for s in specs}
+
+    def fill(spec: TensorSpec, axis: int, dim: Dim) -> tuple[int, str]:
+        if spec.name in meta_shapes:
+            return meta_shapes[spec.name][axis], f"from the model's metadata {spec.name!r}"
+        if isinstance(dim, str) and dim in meta_sizes:
+            return meta_sizes[dim], f"from the model's metadata {dim!r}"
+        hw = images[spec.name]
+        if hw is not None and axis in hw:
+            if meta_image is not None:
+                return meta_image[hw.index(axis)], f"from the model's metadata {meta_key!r}"
+            (h, w), why = _image_size(spec, hw, outputs)
+            return (h if axis == hw[0] else w), why
+        words = set(re.split(r"[^a-z0-9]+", dim.lower())) if isinstance(dim, str) else set()
+        if axis == 0 or words & _BATCH_WORDS:
+            return 1, "the batch dimension"
+        if words & _SEQUENCE_WORDS:
+            return SEQUENCE, "a typical sequence length"
+        return DEFAULT_DIM, "nothing says how large"
+
+    return _fill(specs, given, arrays, fill)
+
+
+SEQUENCE = 128
+"""The length `representative_shapes` gives a sequence dimension (tokens, frames, time steps)."""
+IMAGE_SIZES = {"classifier": (224, 224), "detector": (640, 640), "text line": (48, 320)}
+"""Height and width `representative_shapes` gives an image input with open ones, by what the
+model's outputs say it is: class scores ([N, C]) a classifier, a sequence of class scores
+([N, T, C], as CTC text recognizers give) a text-line recognizer, else a detector (maps,
+boxes)."""
+
+_BATCH_WORDS = frozenset({"batch", "batchsize", "bs", "n", "b"})
+_SEQUENCE_WORDS = frozenset(
+    {"seq", "sequence", "seqlen", "length", "len", "time", "frames", "tokens", "steps", "t"}
+)
+_IMAGE_KEYS = ("imgsz", "img_size", "image_size", "imgsize", "input_size", "resolution")
+_SIZES_TEXT = re.compile(r"[\[(]?\s*\d+(\s*[,x×]\s*\d+)*\s*[\])]?")
+
+Fill = Callable[[TensorSpec, int, "Dim"], tuple[int, str]]
+
+
+def _fill(
+    specs: Sequence[TensorSpec],
+    given: ShapeArg | None,
+    arrays: Mapping[str, np.ndarray] | None,
+    fill: Fill,
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Shapes from `given` and `arrays` (see resolve_shapes); `fill(spec, axis, dim)` gives
+    (size, why) for each dimension they leave open, once per dimension name."""
     given = dict(given or {})
     arrays = dict(arrays or {})
     names = {s.name for s in specs}
@@ -100,13 +180,14 @@ def resolve_shapes(
                 )
             sizes[key] = int(dims[0])
             continue
-        listing = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        listing = describe_specs(specs)
         raise InputError(
             f"--shape {key}: no input or dimension is called {key!r}; the model's inputs are "
             f"{listing}"
         )
     shapes: dict[str, tuple[int, ...]] = {}
-    notes: list[str] = []
+    chosen: list[tuple[list[str], Dim, int, str]] = []  # (where, dim, size, why)
+    noted: dict[str, int] = {}  # dimension name -> its entry in `chosen`
     for spec in specs:
         if spec.name in arrays:
             shapes[spec.name] = tuple(np.shape(arrays[spec.name]))
@@ -126,14 +207,112 @@ def resolve_shapes(
         for axis, d in enumerate(spec.shape):
             if isinstance(d, int):
                 out.append(d)
-            elif isinstance(d, str) and d in sizes:
+                continue
+            if isinstance(d, str) and d in sizes:
                 out.append(sizes[d])
-            else:
-                out.append(default)
-                label = repr(d) if d else "?"
-                notes.append(f"{spec.name}[{axis}] ({label}) = {default}")
+                if d in noted:
+                    chosen[noted[d]][0].append(f"{spec.name}[{axis}]")
+                continue
+            size, why = fill(spec, axis, d)
+            out.append(size)
+            if isinstance(d, str) and d:
+                sizes[d] = size
+                noted[d] = len(chosen)
+            chosen.append(([f"{spec.name}[{axis}]"], d, size, why))
         shapes[spec.name] = tuple(out)
+    notes = [
+        f"{', '.join(where)} ({repr(d) if d else '?'}) = {size}" + (f": {why}" if why else "")
+        for where, d, size, why in chosen
+    ]
     return shapes, notes
+
+
+def _opt(value: Any) -> Any:
+    """A (min, opt, max) triple of shapes -> its opt; anything else as it is."""
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, (tuple, list)) for v in value)
+    ):
+        return tuple(value[1])
+    return value
+
+
+def _image_axes(spec: TensorSpec) -> tuple[int, int] | None:
+    """(height axis, width axis) of an NCHW or NHWC image input with 1, 3 or 4 channels whose
+    height or width is open; None for any other input."""
+    shape = spec.shape
+    if shape is None or len(shape) != 4 or np.dtype(spec.dtype).kind not in "fu":
+        return None
+    if isinstance(shape[1], int) and shape[1] in (1, 3, 4):
+        hw = (2, 3)
+    elif isinstance(shape[3], int) and shape[3] in (1, 3, 4):
+        hw = (1, 2)
+    else:
+        return None
+    return hw if any(not isinstance(shape[a], int) for a in hw) else None
+
+
+def _image_size(
+    spec: TensorSpec, hw: tuple[int, int], outputs: Sequence[TensorSpec] | None
+) -> tuple[tuple[int, int], str]:
+    """Height and width for an image input, and why: a size of its kind where both are open,
+    else the open one from the fixed one (a text line's width, or square)."""
+    shape = spec.shape or ()
+    kind, why = "classifier", "an image classifier's input size"
+    ranks = [len(o.shape) for o in outputs or () if o.shape is not None]
+    sequence = any(
+        o.shape is not None
+        and len(o.shape) == 3
+        and isinstance(o.shape[2], int)
+        and not isinstance(o.shape[1], int)
+        for o in outputs or ()
+    )
+    if outputs is None:
+        why += " (the outputs are not known)"
+    elif sequence:
+        kind, why = "text line", "a text-line recognizer's (it outputs a sequence of scores)"
+    elif ranks and max(ranks) > 2:
+        kind, why = "detector", "a detector's input size (it outputs maps or boxes)"
+    h, w = IMAGE_SIZES[kind]
+    fixed_h, fixed_w = shape[hw[0]], shape[hw[1]]
+    if isinstance(fixed_h, int):
+        w = IMAGE_SIZES["text line"][1] if fixed_h <= 64 else fixed_h
+        why = f"{'a text line' if fixed_h <= 64 else 'square'} at height {fixed_h}"
+        h = fixed_h
+    elif isinstance(fixed_w, int):
+        h, why = fixed_w, f"square at width {fixed_w}"
+    return (h, w), why
+
+
+def _metadata(
+    model: Model | None, specs: Sequence[TensorSpec]
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int], tuple[int, int] | None, str]:
+    """What an ONNX model's metadata says about sizes: {input: whole shape}, {dimension name:
+    size}, an image (height, width) and the key that gave it."""
+    if model is None or model.format is not ModelFormat.ONNX:
+        return {}, {}, None, ""
+    by_name = {s.name: s for s in specs}
+    symbols = {d for s in specs for d in (s.shape or ()) if isinstance(d, str)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    sizes: dict[str, int] = {}
+    image: tuple[int, int] | None = None
+    image_key = ""
+    for prop in model._skeleton.metadata_props:
+        key, text = prop.key, prop.value.strip()
+        if len(text) > 64 or not _SIZES_TEXT.fullmatch(text):
+            continue
+        values = tuple(int(v) for v in re.findall(r"\d+", text))
+        spec = by_name.get(key)
+        if spec is not None and spec.shape is not None and len(values) == len(spec.shape):
+            if all(not isinstance(d, int) or d == v for d, v in zip(spec.shape, values)):
+                shapes[key] = values
+        elif key in symbols and len(values) == 1:
+            sizes[key] = values[0]
+        elif key.lower() in _IMAGE_KEYS and image is None and len(values) in (1, 2):
+            image = (values[0], values[-1])
+            image_key = key
+    return shapes, sizes, image, image_key
 
 
 def profile(shape_sets: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
@@ -196,7 +375,7 @@ def random_feeds(
     given = dict(given or {})
     unknown = sorted(set(given) - {s.name for s in specs})
     if unknown:
-        listing = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        listing = describe_specs(specs)
         raise InputError(f"unknown input(s) {unknown}; the model's inputs are {listing}")
     resolved, notes = resolve_shapes(specs, shapes, arrays=given)
     for note in notes:

@@ -7,11 +7,10 @@ JSON form `infer inspect --json` prints.
 
 from __future__ import annotations
 
-import os
-import xml.etree.ElementTree as ET
+import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,11 +18,12 @@ import onnx
 from onnx import defs, helper
 from onnx.external_data_helper import uses_external_data
 
-from . import selection
-from .device import Device
-from .model import Model, ModelFormat, ModelSource
+from . import _onnx, selection
+from .backends import base
+from .errors import InferError
+from .model import Model, ModelFormat, ModelSource, NativeSummary
 from .options import Options
-from .tensors import Dim, TensorSpec, dtype_info, packed_bits, spec_from_value_info
+from .tensors import TensorSpec, dtype_info, packed_bits, spec_from_value_info
 
 STANDARD_DOMAINS = frozenset(
     {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"}
@@ -100,30 +100,6 @@ class OnnxSummary:
 
 
 @dataclass(frozen=True)
-class NativeSummary:
-    """What a runtime's own format says without loading it (OpenVINO IR's XML today)."""
-
-    inputs: tuple[TensorSpec, ...] = ()
-    outputs: tuple[TensorSpec, ...] = ()
-    nodes: int | None = None
-    op_types: tuple[tuple[str, int], ...] = ()
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Support:
-    """Whether a backend (variant) can take the model on a device here, and why not."""
-
-    backend: str
-    device: str
-    reason: str | None = None  # None: it can
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
-
-
-@dataclass(frozen=True)
 class Inspection:
     """Everything `infer.inspect` found."""
 
@@ -133,7 +109,7 @@ class Inspection:
     sha256: str
     onnx: OnnxSummary | None
     native: NativeSummary | None
-    backends: tuple[Support, ...]
+    backends: tuple[selection.Attempt, ...]  # see `support`
     nodes: tuple[Node, ...] = ()
 
     @property
@@ -197,8 +173,13 @@ class Inspection:
                 "notes": list(n.notes),
             }
         out["backends"] = [
-            {"backend": s.backend, "device": s.device, "ok": s.ok, "reason": s.reason}
-            for s in self.backends
+            {
+                "backend": a.backend,
+                "device": a.device,
+                "ok": a.ok,  # None: not known without compiling
+                "reason": None if a.ok else a.reason,
+            }
+            for a in self.backends
         ]
         if nodes:
             out["node_list"] = [
@@ -218,19 +199,29 @@ class Inspection:
         return out
 
 
-def inspect(model: ModelSource, *, backends: bool = True) -> Inspection:
+def inspect(model: ModelSource, *, backends: bool = True, compile: bool = False) -> Inspection:
     """Describe a model (path, bytes or ModelProto) without running it.
 
-    backends: also ask every backend's cheap `supports` check whether it can load the model
-    on the devices found here (this imports the installed runtimes).
+    backends: also ask `selection.preflight` whether each backend can load the model on the
+        devices found here, without compiling (this imports the installed runtimes): its
+        checks, and each backend's op check where the backend can tell.
+    compile: also load the model on each backend here (`Engine.load`) and say how it went.
     """
     m = Model.load(model)
     onnx_part = native = None
     node_list: tuple[Node, ...] = ()
     if m.format is ModelFormat.ONNX:
         onnx_part, node_list = _inspect_onnx(m)
-    elif m.format is ModelFormat.OPENVINO:
-        native = _inspect_openvino_ir(m)
+    else:  # a runtime's own format: the backend that reads it says what it holds
+        native = next(
+            (
+                found
+                for name in selection.BACKENDS
+                if m.format in base.get(name).formats
+                and (found := base.get(name).describe(m)) is not None
+            ),
+            None,
+        )
     return Inspection(
         source=str(m.path) if m.path is not None else repr(m),
         format=m.format.value,
@@ -238,50 +229,64 @@ def inspect(model: ModelSource, *, backends: bool = True) -> Inspection:
         sha256=m.digest,
         onnx=onnx_part,
         native=native,
-        backends=support(m) if backends else (),
+        backends=support(m, compile=compile) if backends or compile else (),
         nodes=node_list,
     )
 
 
-def support(model: Model, options: Options | None = None) -> tuple[Support, ...]:
-    """Each backend's verdict on `model` for every device of a kind it serves that is here.
+def support(
+    model: Model, options: Options | None = None, compile: bool = False
+) -> tuple[selection.Attempt, ...]:
+    """`selection.preflight`'s verdict on `model` for every backend on each device kind it
+    serves here, grouped by backend; with `compile`, each row that has a device here and reads
+    the model's format is loaded instead, and its verdict is "compiled" or "failed".
 
-    A backend that is not installed appears once, with the reason; a backend with no device
-    here appears once, saying so.
+    A backend that is not installed appears once, with the reason, on device "-"; so does a
+    backend with no device here, saying so.
     """
-    options = options or Options()
-    out: list[Support] = []
-    rows: list[selection.Choice] = []
-    for kind, choices in selection.TABLE.items():
-        if kind == "auto":
-            continue
-        rows += [c for c in choices if c.kind == kind and c not in rows]
+    verdicts = selection.preflight(model, None, options)
+    out: list[selection.Attempt] = []
     for name in selection.BACKENDS:
-        mine = [r for r in rows if r.backend == name]
-        verdicts: list[Support] = []
-        missing: list[str] = []
-        for row in mine:
-            device, attempt = selection.check(row, model, Device(row.kind), options)
-            if attempt is None:
-                verdicts.append(Support(row.label, str(device)))
-            elif attempt.verdict == "unavailable" and device is None:
-                if not _installed(name):
-                    verdicts = [Support(name, "-", attempt.reason)]
-                    break
-                missing.append(row.kind)
-            else:
-                verdicts.append(Support(row.label, attempt.device, attempt.reason))
-        if not verdicts and mine:
-            kinds = ", ".join(dict.fromkeys(missing))
-            verdicts.append(Support(name, "-", f"no device of a kind it drives here ({kinds})"))
-        out += verdicts
+        mine = [a for a in verdicts if a.row is not None and a.row.backend == name]
+        if not mine:
+            continue
+        info = base.get(name).probe()
+        if not info.available:
+            out.append(selection.Attempt(name, "-", "unavailable", mine[0].reason))
+            continue
+        here = [a for a in mine if a.verdict != "unavailable"]  # unavailable: no such device
+        absent = [a.row.kind for a in mine if a.verdict == "unavailable"]  # type: ignore[union-attr]
+        out += [_compiled(model, a, options) if compile else a for a in here]
+        if not here:
+            kinds = ", ".join(dict.fromkeys(absent))
+            out.append(
+                selection.Attempt(
+                    name, "-", "unavailable", f"no device of a kind it drives here ({kinds})"
+                )
+            )
     return tuple(out)
 
 
-def _installed(name: str) -> bool:
-    from .backends import base
+def _compiled(
+    model: Model, verdict: selection.Attempt, options: Options | None
+) -> selection.Attempt:
+    """Load the model as `verdict`'s row would (its backend, on its device); how it went."""
+    if verdict.verdict == "skipped":  # another format: nothing to try
+        return verdict
+    from .engine import Engine
 
-    return base.get(name).probe().available
+    precision = options.precision if options is not None else "fp32"
+    start = time.perf_counter()
+    try:
+        with Engine.load(
+            model, verdict.device, backend=verdict.backend, precision=precision, cache=False
+        ) as engine:
+            summary = engine.selection[-1].reason if engine.selection else ""
+    except InferError as e:
+        seconds = time.perf_counter() - start
+        return replace(verdict, verdict="failed", reason=str(e), seconds=seconds)
+    seconds = time.perf_counter() - start
+    return replace(verdict, verdict="compiled", reason=summary, seconds=seconds)
 
 
 # -- ONNX ---------------------------------------------------------------------------------------
@@ -380,28 +385,24 @@ def _inspect_onnx(m: Model) -> tuple[OnnxSummary, tuple[Node, ...]]:
 
 def _walk(
     graph: onnx.GraphProto,
-    path: str = "",
-    depth: int = 0,
-    outer: dict[str, str] | None = None,
-    holder: str = "",
-    attr: str = "",
 ) -> Iterator[tuple[str, int, onnx.GraphProto, dict[str, str], str, str]]:
     """Every graph, depth first: (path, depth, graph, names visible from enclosing graphs,
     op type of the node holding it, attribute name)."""
-    outer = dict(outer or {})
-    yield path, depth, graph, outer, holder, attr
-    visible = dict(outer)
-    visible.update({v.name: "input" for v in graph.input})
-    visible.update({t.name: "initializer" for t in graph.initializer})
-    for i, node in enumerate(graph.node):
-        label = node.name or f"{node.op_type}_{i}"
-        for a in node.attribute:
-            subs = [a.g] if a.HasField("g") else list(a.graphs)
-            for j, sub in enumerate(subs):
-                name = a.name if len(subs) == 1 else f"{a.name}[{j}]"
-                sub_path = f"{path}/{label}/{name}" if path else f"{label}/{name}"
-                yield from _walk(sub, sub_path, depth + 1, visible, node.op_type, name)
-        visible.update({o: label for o in node.output if o})
+    seen: dict[int, tuple[dict[str, str], list[int]]] = {}  # per scope: names so far, next node
+    for s in _onnx.walk(graph):
+        outer: dict[str, str] = {}
+        if s.parent is not None:  # what the parent graph defines before the holder
+            visible, done = seen[id(s.parent)]
+            for i in range(done[0], s.index):
+                node = s.parent.graph.node[i]
+                visible.update({o: node.name or f"{node.op_type}_{i}" for o in node.output if o})
+            done[0] = s.index
+            outer = dict(visible)
+        visible = dict(outer)
+        visible.update({v.name: "input" for v in s.graph.input})
+        visible.update({t.name: "initializer" for t in s.graph.initializer})
+        seen[id(s)] = (visible, [0])
+        yield s.path, s.depth, s.graph, outer, s.holder.op_type if s.holder else "", s.attribute
 
 
 def _op_id(domain: str, op: str) -> str:
@@ -532,64 +533,4 @@ def _tensor_dict(t: TensorSpec) -> dict[str, Any]:
 def _size(m: Model) -> int:
     if m.path is None:
         return len(m.data)
-    if m.path.is_dir():
-        return sum(p.stat().st_size for p in m.path.rglob("*") if p.is_file())
-    total = m.path.stat().st_size
-    if m.format is ModelFormat.ONNX:
-        total += sum(p.stat().st_size for p in m.external_data)
-    elif m.format is ModelFormat.OPENVINO and m.weights_path.is_file():
-        total += m.weights_path.stat().st_size
-    return total
-
-
-def _inspect_openvino_ir(m: Model) -> NativeSummary:
-    """Inputs, outputs and layer types from an IR's XML (no OpenVINO needed)."""
-    try:
-        root = ET.parse(os.fspath(m.path)).getroot()  # type: ignore[arg-type]
-    except (ET.ParseError, OSError) as e:
-        return NativeSummary(notes=(f"the IR XML cannot be parsed: {e}",))
-    layers = root.findall("./layers/layer")
-    ops = Counter(layer.get("type", "?") for layer in layers)
-    inputs, outputs = [], []
-    for layer in layers:
-        kind = layer.get("type")
-        if kind == "Parameter":
-            data = layer.find("data")
-            shape = (data.get("shape", "") if data is not None else "") or ""
-            etype = data.get("element_type", "f32") if data is not None else "f32"
-            inputs.append(TensorSpec(layer.get("name", "?"), _ir_shape(shape), _ir_dtype(etype)))
-        elif kind == "Result":
-            port = layer.find("./input/port")
-            dims = [d.text or "" for d in port.findall("dim")] if port is not None else []
-            outputs.append(
-                TensorSpec(
-                    layer.get("name", "?"),
-                    _ir_shape(",".join(dims)),
-                    _ir_dtype(port.get("precision", "f32").lower() if port is not None else "f32"),
-                )
-            )
-    return NativeSummary(
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        nodes=len(layers),
-        op_types=tuple(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        notes=(f"IR version {root.get('version', '?')}, network {root.get('name', '?')!r}",),
-    )
-
-
-def _ir_shape(text: str) -> tuple[Dim, ...] | None:
-    if text.strip() == "":
-        return ()
-    out: list[Dim] = []
-    for part in text.split(","):
-        part = part.strip()
-        out.append(int(part) if part.isdigit() else None)
-    return tuple(out)
-
-
-def _ir_dtype(name: str) -> np.dtype:
-    aliases = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "i64": "i64", "i32": "i32"}
-    try:
-        return dtype_info(aliases.get(name, name)).numpy
-    except KeyError:
-        return np.dtype(np.float32)
+    return sum(p.stat().st_size for p in m.files)

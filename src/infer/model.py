@@ -6,12 +6,14 @@ import enum
 import functools
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import onnx
 from onnx.external_data_helper import uses_external_data
 
+from . import _onnx
 from .errors import ModelError
 from .tensors import TensorSpec, graph_inputs, graph_outputs
 
@@ -63,6 +65,18 @@ def _skip_varint(buf: bytes, i: int) -> int:
     while i < len(buf) and buf[i] & 0x80:
         i += 1
     return i + 1
+
+
+@dataclass(frozen=True)
+class NativeSummary:
+    """What a runtime's own format says without loading it (`Backend.describe`): inputs,
+    outputs, node count and types, and notes such as the format's version."""
+
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    nodes: int | None = None
+    op_types: tuple[tuple[str, int], ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class Model:
@@ -249,6 +263,21 @@ class Model:
             raise ModelError("an OpenVINO IR must be given as a path to its .xml")
         return self.path.with_suffix(".bin")
 
+    @property
+    def files(self) -> list[Path]:
+        """Every file the model is made of, its own first (ONNX external data, an IR's
+        weights, a Core ML package's contents); [] for a model in memory."""
+        if self.path is None:
+            return []
+        if self.format is ModelFormat.COREML and self.path.is_dir():
+            return sorted(p for p in self.path.rglob("*") if p.is_file())
+        files = [self.path]
+        if self.format is ModelFormat.ONNX:
+            files += list(self.external_data)
+        elif self.format is ModelFormat.OPENVINO and self.weights_path.is_file():
+            files.append(self.weights_path)
+        return files
+
     @functools.cached_property
     def digest(self) -> str:
         """sha256 of the model's content, external data and weight files included."""
@@ -260,18 +289,16 @@ class Model:
                 else self.proto.SerializeToString(deterministic=True)
             )
             return h.hexdigest()
-        files = [self.path]
-        if self.format is ModelFormat.ONNX:
-            files += list(self.external_data)
-        elif self.format is ModelFormat.OPENVINO:
-            files.append(self.weights_path)
-        elif self.format is ModelFormat.COREML and self.path.is_dir():
-            files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        files = self.files
         started = getattr(self, "_file_hash", None)
         if started is not None and files[0] == self.path:
             h, files = started.copy(), files[1:]
+        real_folder = os.path.realpath(self.path.parent)
         for f in files:
-            h.update(str(f.relative_to(self.path.parent) if f != self.path else f.name).encode())
+            # External data paths are resolved: name them from the real folder, so a model
+            # reached through a symlinked folder hashes as it does by its own path.
+            name = f.name if f == self.path else os.path.relpath(os.path.realpath(f), real_folder)
+            h.update(name.encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(chunk)
@@ -295,7 +322,7 @@ def _check_onnx_proto(proto: onnx.ModelProto, where: str) -> None:
 def _external_files(proto: onnx.ModelProto, base: Path | None, where: str) -> list[Path]:
     """Resolve every external-data location, refusing any that leaves the model's folder."""
     locations: set[str] = set()
-    for tensor in _all_tensors(proto):
+    for tensor in _onnx.tensors(proto):
         if uses_external_data(tensor):
             info = {e.key: e.value for e in tensor.external_data}
             locations.add(info.get("location", ""))
@@ -326,31 +353,3 @@ def _external_files(proto: onnx.ModelProto, base: Path | None, where: str) -> li
             raise ModelError(f"{where}: external data file {str(target)!r} does not exist")
         files.append(target)
     return files
-
-
-def _all_tensors(proto: onnx.ModelProto) -> Any:
-    yield from _graph_tensors(proto.graph)
-    for f in proto.functions:
-        for node in f.node:
-            yield from _node_tensors(node)
-
-
-def _graph_tensors(graph: onnx.GraphProto) -> Any:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in graph.node:
-        yield from _node_tensors(node)
-
-
-def _node_tensors(node: onnx.NodeProto) -> Any:
-    for attr in node.attribute:
-        if attr.HasField("t"):
-            yield attr.t
-        yield from attr.tensors
-        for sparse in (attr.sparse_tensor, *attr.sparse_tensors):
-            yield from (sparse.values, sparse.indices)
-        if attr.HasField("g"):
-            yield from _graph_tensors(attr.g)
-        for g in attr.graphs:
-            yield from _graph_tensors(g)

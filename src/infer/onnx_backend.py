@@ -1,10 +1,14 @@
 """infer as an ONNX backend: `onnx.backend.base.Backend` / `BackendRep` over `Engine`.
 
-This is the interface the official ONNX backend test suite drives::
+This is the interface the official ONNX backend test suite drives. The module itself is a
+backend, as `onnxruntime.backend` is (its functions load with `Engine.load`'s defaults), and
+`InferBackend.with_options` fixes load options::
 
     import onnx.backend.test
+    import infer.onnx_backend
     from infer.onnx_backend import InferBackend
 
+    suite = onnx.backend.test.BackendTest(infer.onnx_backend, __name__)
     suite = onnx.backend.test.BackendTest(InferBackend.with_options(backend="onnxruntime"))
 
 `prepare(model, device="CPU", **options)` loads the model with `Engine.load`; `options` are
@@ -152,6 +156,15 @@ class InferBackend(Backend):
 
         request = Device.parse(wanted)
         return any(request.matches(d) for d in devices())
+
+
+# The module as a backend: onnx's BackendTest and callers of onnxruntime.backend call these.
+is_compatible = InferBackend.is_compatible
+prepare = InferBackend.prepare
+run_model = InferBackend.run_model
+run = InferBackend.run_model  # onnxruntime.backend's name for run_model
+run_node = InferBackend.run_node
+supports_device = InferBackend.supports_device
 
 
 def one_node_model(

@@ -2,39 +2,39 @@
 the loop that tries them (probe, supports, compile), falling back and recording each verdict.
 
 This table is the only place besides `backends/` that names backends. Adding a backend is a
-module `infer/backends/<name>.py` plus a row here.
+module `infer/backends/<name>.py` plus a row here. It is also the one answer to "which
+backends can take this model here, and why not the others": `preflight` gives one `Attempt`
+per row without compiling, and inspect, bench, compare and `infer devices` ask it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
-import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from . import _race
 from .backends import base
-from .backends.base import GRAPH, Attempt, Backend, BackendInfo, Session
+from .backends.base import GRAPH, Backend, BackendInfo, Session
 from .cache import Cache, Key
 from .device import Device, probe_hardware
 from .errors import (
     BackendUnavailable,
-    CacheError,
     CompileError,
     InferError,
+    InputError,
     OptionError,
     PrecisionError,
 )
-from .feeds import random_array
+from .feeds import random_feeds, representative_shapes
 from .model import Model
 from .options import Options
-from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +47,112 @@ class Choice:
     kind: str
     variant: str | None = None
     race: bool = True
-    """Whether backend="fastest" times this row (False: a last resort, too slow to time)."""
+    """Whether the measured choice times this row (False: a last resort, too slow to time)."""
+    builds: bool = field(default=False, compare=False)
+    """Whether its first compile builds an engine for minutes (TensorRT): the background
+    choice starts on a quicker row and builds this one in its race."""
 
     @property
     def label(self) -> str:
         return f"{self.backend}[{self.variant}]" if self.variant else self.backend
 
 
+ELIGIBLE = ("eligible", "unchecked")
+"""Verdicts of rows that pass every check made without compiling."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One row's verdict: which backend on which device, the verdict, and why.
+
+    verdict: "selected" or "failed" (it was compiled), "deferred" (built in the background
+    race, its first build taking minutes), "unavailable" (not installed, or no
+    such device), "unsupported" (it cannot take this model), "skipped" (passed over: another
+    format, or slower in a race), and from `preflight`: "eligible" (it would be compiled) or
+    "unchecked" (it would be compiled, but whether it implements the model's ops cannot be
+    told without compiling); "compiled" where a tool (`infer inspect --compile`) compiled it.
+    """
+
+    backend: str  # the row's label: "onnxruntime[cpu]", "openvino"
+    device: str
+    verdict: str
+    reason: str = ""
+    seconds: float | None = field(default=None, compare=False)
+    row: Choice | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def eligible(self) -> bool:
+        """Whether the row passed every check made without compiling (or compiled)."""
+        return self.verdict in (*ELIGIBLE, "selected", "compiled")
+
+    @property
+    def ok(self) -> bool | None:
+        """True: it can take the model (as far as was checked); False: it cannot; None: not
+        known without compiling."""
+        return None if self.verdict == "unchecked" else self.eligible
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "seconds": self.seconds,
+        }
+
+    def __str__(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.backend} on {self.device}: {self.verdict}{why}"
+
+
+class Selection(tuple[Attempt, ...]):
+    """What `Engine.load` tried, in order (a tuple of Attempt, the data as it was): prints as
+    one line per candidate it could try (seconds rounded, reasons cut) and one line naming
+    those not here (their reasons stay in the data); `repr` is one line."""
+
+    REASON_CHARS = 160
+
+    @property
+    def chosen(self) -> Attempt | None:
+        """The attempt that was selected (None: none was)."""
+        return next((a for a in reversed(self) if a.verdict == "selected"), None)
+
+    def __str__(self) -> str:
+        lines = [self._line(a) for a in self if a.verdict != "unavailable"]
+        absent = [a.backend for a in self if a.verdict == "unavailable"]
+        if absent:
+            lines.append(f"- not here: {', '.join(absent)}")
+        return "\n".join(lines) or "(no candidates)"
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{a.backend} {a.verdict}"
+            + (f" in {_seconds(a.seconds)}" if a.seconds is not None else "")
+            for a in self
+        ]
+        return f"Selection({'; '.join(parts)})"
+
+    def _line(self, a: Attempt) -> str:
+        mark = "✓" if a.verdict == "selected" else "✗" if a.verdict == "failed" else "-"
+        took = f" in {_seconds(a.seconds)}" if a.seconds is not None else ""
+        reason = " ".join(a.reason.split())
+        if len(reason) > self.REASON_CHARS:
+            reason = reason[: self.REASON_CHARS - 1] + "…"
+        return f"{mark} {a.backend} on {a.device}: {a.verdict}{took}" + (
+            f": {reason}" if reason else ""
+        )
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
 BACKENDS = ("tensorrt", "onnxruntime", "openvino", "coreml", "reference")
 """Every backend infer knows, by module name."""
 
 _CUDA = (
-    Choice("tensorrt", "cuda"),
-    Choice("onnxruntime", "cuda", "tensorrt"),
+    Choice("tensorrt", "cuda", builds=True),
+    Choice("onnxruntime", "cuda", "tensorrt", builds=True),
     Choice("onnxruntime", "cuda", "cuda"),
 )
 _ANE = (Choice("onnxruntime", "ane", "coreml"),)
@@ -158,14 +251,12 @@ def select(
     precision transform, applied once and shared); None compiles `model` as it is.
     With a single `backend` named, its failure is raised instead of falling back.
     """
-    if backend == FASTEST:
-        return _race(model, request, options, transform)
-    rows = candidates(request, backend)
+    rows = candidates(request, None if backend == FASTEST else backend)
     forced = isinstance(backend, str)
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
-        device, verdict = check(row, model, request, options)
+        device, verdict = check(row, model, request, options, named=forced)
         if verdict is not None:
             attempts.append(verdict)
             continue
@@ -184,7 +275,10 @@ def select(
     if forced and isinstance(last_error, PrecisionError):  # with its figures
         raise PrecisionError(str(last_error), last_error.report) from last_error
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
-        raise type(last_error)(f"{last_error}\n{_explain(attempts)}") from last_error
+        # Its own text once: the other candidates' verdicts follow, not this one again.
+        others = [a for a in attempts if a.reason != str(last_error)]
+        also = f"\n{_explain(others)}" if others else ""
+        raise type(last_error)(f"{last_error}{also}") from last_error
     if isinstance(last_error, PrecisionError):  # int8 measured short of its budget everywhere
         raise PrecisionError(
             f"no backend runs int8 {model!r} within its budget on {request}:\n{_explain(attempts)}",
@@ -194,13 +288,14 @@ def select(
 
 
 def check(
-    row: Choice, model: Model, request: Device, options: Options
+    row: Choice, model: Model, request: Device, options: Options, named: bool = False
 ) -> tuple[Device | None, Attempt | None]:
     """The checks `select` makes on a row before compiling, without compiling anything.
 
     Returns (device, None) when the row would be compiled on `device`, else (device or None,
     the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
-    which backends could take a model.
+    which backends could take a model. `named`: the caller named this backend alone, so a
+    known wrong answer (`Backend.miscomputes`) is a warning rather than a reason to skip it.
     """
     b = base.get(row.backend)
     info = b.probe()
@@ -215,6 +310,11 @@ def check(
         # A backend that does not read the model's format is passed over, not fallen back from.
         verdict = "unsupported" if model.format in b.formats else "skipped"
         return device, Attempt(row.label, str(device), verdict, why)
+    wrong = b.miscomputes(model, device, options, row.variant)
+    if wrong and not named:
+        return device, Attempt(row.label, str(device), "skipped", f"answers wrongly: {wrong}")
+    if wrong:
+        log.warning("%s on %s, as named, answers this model wrongly: %s", row.label, device, wrong)
     return device, None
 
 
@@ -250,12 +350,79 @@ def _compile(
 
 def preflight(
     model: Model,
-    request: Device,
-    options: Options,
+    request: Device | str | None = None,
+    options: Options | None = None,
     backend: str | Sequence[str] | None = None,
-) -> list[tuple[Choice, Device | None, Attempt | None]]:
-    """`check` for every candidate `select` would try, in the same order."""
-    return [(row, *check(row, model, request, options)) for row in candidates(request, backend)]
+    *,
+    ops: bool = True,
+) -> list[Attempt]:
+    """Which backends can take `model` here, and why not the others: one Attempt per row of
+    the table, in its order, from the checks `select` makes before compiling and, with
+    `ops`, each backend's own op check (`Backend.unsupported_ops`). Nothing is compiled.
+    Rows that pass are "eligible" ("unchecked" where the ops cannot be told without
+    compiling), on the device they would get.
+
+    request: a device ("auto", "cpu", ...: the rows `select` would try, restricted to
+    `backend` as `candidates` does), or None for every row of every device kind, each on its
+    own kind (what `infer inspect` lists).
+    """
+    options = options or Options()
+    if request is None:
+        rows: list[Choice] = []
+        for kind, choices in TABLE.items():
+            if kind != "auto":
+                rows += [r for r in choices if r.kind == kind and r not in rows]
+        pairs = [(row, Device(row.kind)) for row in rows]
+    else:
+        wanted = Device.parse(request) if isinstance(request, str) else request
+        pairs = [(row, wanted) for row in candidates(wanted, backend)]
+    out = []
+    for row, where in pairs:
+        device, verdict = check(row, model, where, options)
+        if verdict is None:
+            assert device is not None
+            verdict = _ops_verdict(row, model, device) if ops else None
+            verdict = verdict or Attempt(row.label, str(device), "eligible")
+        out.append(replace(verdict, row=row))
+    return out
+
+
+_OPS_SHOWN = 6
+_ops_checked: dict[tuple[str, str | None, str, str], list[str] | None] = {}
+
+
+def _ops_verdict(row: Choice, model: Model, device: Device) -> Attempt:
+    """The row's verdict from its backend's op check (cached per model, row and device)."""
+    b = base.get(row.backend)
+    key = (row.backend, row.variant, model.digest, device.identity)
+    if key not in _ops_checked:
+        try:
+            _ops_checked[key] = b.unsupported_ops(model, device, row.variant)
+        except Exception:  # a check that breaks tells nothing: compiling will
+            log.debug("unsupported_ops of %s failed", row.label, exc_info=True)
+            _ops_checked[key] = None
+        if len(_ops_checked) > 256:
+            _ops_checked.pop(next(iter(_ops_checked)))
+    missing = _ops_checked[key]
+    version = b.probe().version
+    if missing is None:
+        return Attempt(
+            row.label,
+            str(device),
+            "unchecked",
+            f"whether {b.name} runs every op here is known only by compiling",
+        )
+    if not missing:
+        return Attempt(row.label, str(device), "eligible")
+    version = (version or "").split("-")[0]  # OpenVINO's carries its build: 2026.4.1-22982-...
+    shown = ", ".join(missing[:_OPS_SHOWN])
+    more = f" and {len(missing) - _OPS_SHOWN} more" if len(missing) > _OPS_SHOWN else ""
+    return Attempt(
+        row.label,
+        str(device),
+        "unsupported",
+        f"{b.name} {version} does not implement {shown}{more} (checked without compiling)",
+    )
 
 
 def needs_graph_precision(
@@ -321,212 +488,305 @@ def devices() -> list[Device]:
     return list(found.values())
 
 
-# -- backend="fastest" ------------------------------------------------------------------------
+# -- the measured choice ---------------------------------------------------------------------
 
 FASTEST = "fastest"
-"""backend=FASTEST: time every eligible row on the model and keep the fastest."""
-RACE_RUNS = 5
-"""Timed runs per candidate (after one untimed warm-up run)."""
-RACE_SECONDS = 2.0
-"""Per candidate, no new timed run starts after this many seconds (one always runs)."""
-RACE_DIM = 64
-"""Size given to a dynamic dimension that `shapes` does not fix (the first axis gets 1)."""
+"""backend=FASTEST: race every eligible row at load (the same as choose="measure")."""
 
 
-def _race(
+@dataclass
+class Chosen:
+    """What `choose` settled on: the session to run now, every verdict, and the background
+    race still to run (None: the choice is made)."""
+
+    session: Session
+    attempts: list[Attempt]
+    pending: Pending | None = None
+
+
+def choose(
     model: Model,
     request: Device,
     options: Options,
-    transform: Callable[[Model, Backend, Device, str | None], Model] | None,
-) -> tuple[Session, list[Attempt]]:
-    """Compile every eligible candidate, time each on the same seeded random feeds, keep the
-    fastest and close the rest. The choice is cached per model, candidates (backend versions
-    and device identities), precision, hint and shapes, so the next load compiles only it."""
-    rows = TABLE[request.kind]
-    verdicts: dict[Choice, Attempt] = {}
-    racers: list[tuple[Choice, Device]] = []
-    for row in rows:
-        device, verdict = check(row, model, request, options)
-        if verdict is not None:
-            verdicts[row] = verdict
-        elif row.race:
-            racers.append((row, device))
-    if len(racers) < 2:  # nothing to race: the table's order decides
-        log.info("backend='fastest': %d candidate(s) to time; using the table order", len(racers))
-        return select(model, request, options, None, transform)
+    backend: str | Sequence[str] | None = None,
+    transform: Transform | None = None,
+) -> Chosen:
+    """The session `Engine.load` runs: a named backend (or list) as `select` tries them;
+    otherwise the measured choice, as `options.choose` says:
 
-    cache = Cache(options.cache_dir) if options.cache else None
-    key = Key.of(
-        "fastest-choice",
-        model=model.digest,
-        precision=options.precision,
-        hint=options.hint,
-        shapes={k: repr(v) for k, v in options.shapes.items()},
-        candidates=[
-            f"{row.label} {base.get(row.backend).probe().version} on {device.identity}"
-            for row, device in racers
-        ],
-    )
-    entry = cache.get(key) if cache is not None else None
-    if entry is not None:
-        try:
-            earlier = json.loads(entry.file("choice.json").read_text(encoding="utf-8"))
-            winner = next(r for r in racers if r[0].label == earlier["winner"])
-        except (OSError, ValueError, KeyError, StopIteration):
-            earlier, winner = None, None
-        if winner is not None:
-            row, device = winner
-            start = time.perf_counter()
-            compiled = _compile(row, device, model, options, transform)
-            seconds = time.perf_counter() - start
-            if isinstance(compiled, Session):
-                timings = ", ".join(f"{k} {v:.3g} ms" for k, v in earlier["median_ms"].items())
-                for other, other_device in racers:
-                    if other != row:
-                        verdicts[other] = Attempt(
-                            other.label,
-                            str(other_device),
-                            "skipped",
-                            f"a cached race chose {row.label} ({timings})",
-                        )
-                verdicts[row] = Attempt(
+    - "first": the table's first row that compiles, nothing timed.
+    - "measure": race every eligible row now (`backend="fastest"` too).
+    - "background": the table's first row now, and a `Pending` race for the engine to run
+      once it has been busy a while (it switches when a faster backend agrees).
+
+    A verdict raced before for this model, device, precision, options and installed runtimes
+    is read from the cache: the winner is compiled alone, without a race.
+    """
+    mode = "measure" if backend == FASTEST else options.choose
+    if (backend is not None and backend != FASTEST) or mode == "first":
+        session, attempts = select(model, request, options, backend, transform)
+        return Chosen(session, attempts)
+    pending = Pending(model, request, options, transform)
+    cached = pending.cached()
+    if cached is not None:
+        return cached
+    if mode == "measure":
+        return pending.race()
+    # Rows that take minutes to build wait for the race, where they could run; the quick rows
+    # answer now. (Checked without compiling, so the selection still says why one cannot.)
+    rows = TABLE[request.kind]
+    deferred = {}
+    for row in rows:
+        if row.builds and any(not r.builds for r in rows):
+            device, refused = check(row, model, request, options)
+            if refused is None:
+                deferred[row.label] = Attempt(
                     row.label,
                     str(device),
+                    "deferred",
+                    "built in the background race: its first build takes minutes",
+                )
+    quick = [r.label for r in rows if r.label not in deferred] if deferred else None
+    try:
+        session, attempts = select(model, request, options, quick, transform)
+    except BackendUnavailable:
+        if not deferred:
+            raise
+        # no quick row takes the model: build the slow ones now
+        session, attempts = select(model, request, options, None, transform)
+        deferred = {}
+    if not pending.worth_racing(attempts):
+        return Chosen(session, attempts)
+    pending.passed = {a.backend for a in attempts[:-1]}
+    shown = {a.backend: a for a in attempts} | deferred
+    return Chosen(session, [shown[r.label] for r in rows if r.label in shown], pending)
+
+
+Transform = Callable[[Model, Backend, Device, "str | None"], Model]
+
+
+class Pending:
+    """A race to run: every row of the device's table that is timed (`Choice.race`), on the
+    model as `choose` was asked for it."""
+
+    def __init__(
+        self, model: Model, request: Device, options: Options, transform: Transform | None
+    ) -> None:
+        self.model = model
+        self.request = request
+        self.options = options
+        self.transform = transform
+        self.rows = [r for r in TABLE[request.kind] if r.race]
+        self.cache = Cache(options.cache_dir) if options.cache else None
+        example = options.example
+        if isinstance(example, (list, tuple)):
+            example = example[0] if example else None
+        self.example: Mapping[str, Any] | None = example
+        self.passed: set[str] = set()
+        """Rows that could not take the model at load: the race leaves them out."""
+        self._key: Key | None = None
+
+    @property
+    def key(self) -> Key:
+        """The verdict's cache key (see `_race.key`); reading it imports no runtime."""
+        if self._key is None:
+            o = self.options
+            self._key = _race.key(
+                model=self.model.digest,
+                request=str(self.request),
+                device=",".join(d.identity for d in probe_hardware().devices),
+                precision=o.precision,
+                options={
+                    "hint": o.hint,
+                    "threads": o.threads,
+                    "shapes": {k: repr(v) for k, v in o.shapes.items()},
+                    "backend_options": repr(dict(o.backend_options)),
+                },
+                runtimes={
+                    name: base.get(name).fingerprint()
+                    for name in dict.fromkeys(r.backend for r in self.rows)
+                },
+                example=_race.feeds_digest(self.example),
+            )
+        return self._key
+
+    def worth_racing(self, attempts: Sequence[Attempt]) -> bool:
+        """Whether a race could change the choice `select` made: it chose a timed row, and a
+        timed row was never tried (one after it, or one that builds for minutes)."""
+        reached = {a.backend for a in attempts}
+        timed = {r.label for r in self.rows}
+        return attempts[-1].backend in timed and any(r.label not in reached for r in self.rows)
+
+    def cached(self) -> Chosen | None:
+        """The winner of a cached race, compiled alone; None when there is no usable verdict."""
+        verdict = _race.read(self.cache, self.key)
+        if verdict is None:
+            return None
+        row = next((r for r in self.rows if r.label == verdict.winner), None)
+        if row is None:
+            return None
+        device, refused = check(row, self.model, self.request, self.options)
+        start = time.perf_counter()
+        session = (
+            _compile(row, device, self.model, self.options, self.transform)
+            if refused is None and device is not None
+            else None
+        )
+        if not isinstance(session, Session):
+            _race.forget(self.cache, self.key)  # it no longer compiles here: race again
+            return None
+        attempts = self._attempts(verdict, {row.label: session}, time.perf_counter() - start)
+        return Chosen(session, attempts)
+
+    def race(
+        self,
+        incumbent: tuple[str, Session] | None = None,
+        feeds: Mapping[str, Any] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Chosen:
+        """Compile the timed rows (reusing `incumbent`, (label, session), already running),
+        race them on `feeds` (else the example, else seeded random feeds at the shapes a real
+        run takes), cache the verdict and return the winner. Losers are closed; the incumbent
+        is left to its owner."""
+        attempts: dict[str, Attempt] = {}
+        compiled: dict[str, tuple[Choice, Device, Session, float]] = {}
+        for row in [r for r in self.rows if r.label not in self.passed]:
+            if cancel is not None and cancel.is_set():
+                break
+            device, refused = check(row, self.model, self.request, self.options)
+            if refused is not None or device is None:
+                attempts[row.label] = refused or Attempt(
+                    row.label, str(self.request), "unavailable"
+                )
+                continue
+            if incumbent is not None and incumbent[0] == row.label:
+                compiled[row.label] = (row, device, incumbent[1], 0.0)
+                continue
+            start = time.perf_counter()
+            session = _compile(row, device, self.model, self.options, self.transform)
+            seconds = time.perf_counter() - start
+            if isinstance(session, InferError):
+                attempts[row.label] = Attempt(
+                    row.label, str(device), "failed", str(session), seconds
+                )
+                continue
+            compiled[row.label] = (row, device, session, seconds)
+        try:
+            if cancel is not None and cancel.is_set():
+                raise _race.RaceCancelled
+            if not compiled:
+                if incumbent is None:  # nothing timed compiles: the untimed rows' turn
+                    session, tried = select(
+                        self.model, self.request, self.options, None, self.transform
+                    )
+                    return Chosen(session, tried)
+                raise _race.RaceError("no candidate compiles")
+            if len(compiled) == 1:
+                ((label, (row, device, session, seconds)),) = compiled.items()
+                attempts[label] = Attempt(
+                    label,
+                    str(device),
                     "selected",
-                    f"fastest in a cached race ({timings}); {compiled.details.get('summary', '')}",
+                    f"the only timed candidate that compiles; {session.details.get('summary', '')}",
                     seconds,
                 )
-                return compiled, [verdicts[r] for r in rows if r in verdicts]
-            # It no longer compiles: race again.
-            verdicts[row] = Attempt(row.label, str(device), "failed", str(compiled), seconds)
-            cache.remove(entry)  # type: ignore[union-attr]
+                return Chosen(
+                    session, [attempts[r.label] for r in self.rows if r.label in attempts]
+                )
+            try:
+                race_feeds = self._feeds(next(iter(compiled.values()))[2], feeds)
+                verdict = _race.run(
+                    [_race.Candidate(label, str(d), s) for label, (_, d, s, _) in compiled.items()],
+                    race_feeds,
+                    self.options.precision,
+                    cancel=cancel,
+                    versions={
+                        label: str(base.get(r.backend).probe().version)
+                        for label, (r, _, _, _) in compiled.items()
+                    },
+                )
+            except (_race.RaceError, InputError) as e:
+                if incumbent is not None:
+                    raise _race.RaceError(str(e)) from e
+                return self._unraced(compiled, attempts, e)
+        except BaseException:
+            for label, (_, _, session, _) in compiled.items():
+                if incumbent is None or label != incumbent[0]:
+                    session.close()
+            raise
+        _race.write(self.cache, self.key, verdict)
+        winner = compiled[verdict.winner][2]
+        for label, (_, _, session, _) in compiled.items():
+            if label != verdict.winner and (incumbent is None or label != incumbent[0]):
+                session.close()
+        times = {label: seconds for label, (_, _, _, seconds) in compiled.items()}
+        found = self._attempts(verdict, {verdict.winner: winner}, times.get(verdict.winner), times)
+        merged = {a.backend: a for a in found}
+        merged.update({k: v for k, v in attempts.items() if k not in merged})
+        return Chosen(winner, [merged[r.label] for r in self.rows if r.label in merged])
 
-    timed: list[tuple[float, int, Choice, Device, Session, float]] = []
-    untimed: list[tuple[Choice, Device, Session, float]] = []
-    feeds: dict[str, np.ndarray] | None = None
-    for i, (row, device) in enumerate(racers):
-        if options.progress is not None:
-            options.progress("race", i, len(racers))
-        start = time.perf_counter()
-        compiled = _compile(row, device, model, options, transform)
-        seconds = time.perf_counter() - start
-        if isinstance(compiled, InferError):
-            verdicts[row] = Attempt(row.label, str(device), "failed", str(compiled), seconds)
-            continue
-        if feeds is None:
-            feeds = race_feeds(compiled.inputs, options.shapes)
-        try:
-            median, runs = _time_runs(compiled, feeds)
-        except InferError as e:
-            untimed.append((row, device, compiled, seconds))
-            verdicts[row] = Attempt(
-                row.label,
-                str(device),
-                "failed",
-                f"could not run the race's random feeds: {e}",
-                seconds,
-            )
-            continue
-        timed.append((median, runs, row, device, compiled, seconds))
-    if options.progress is not None:
-        options.progress("race", len(racers), len(racers))
-
-    if not timed:
-        if not untimed:
-            raise BackendUnavailable(
-                f"no backend can run {model!r} on {request}:\n"
-                + _explain([verdicts[r] for r in rows if r in verdicts])
-            )
-        # The random feeds were likely unfit for this model: fall back to the table's order.
-        row, device, session, seconds = untimed[0]
-        for _, _, other, _ in untimed[1:]:
-            other.close()
-        verdicts[row] = Attempt(
-            row.label,
+    def _unraced(
+        self,
+        compiled: Mapping[str, tuple[Choice, Device, Session, float]],
+        attempts: dict[str, Attempt],
+        why: Exception,
+    ) -> Chosen:
+        """The table's first compiled row, when the race could not run at all."""
+        first, *rest = compiled
+        for label in rest:
+            _, device, session, seconds = compiled[label]
+            session.close()
+            attempts[label] = Attempt(label, str(device), "skipped", "not raced", seconds)
+        _, device, session, seconds = compiled[first]
+        attempts[first] = Attempt(
+            first,
             str(device),
             "selected",
-            "no candidate ran the race's random feeds (pass shapes= to size them); first in "
-            f"table order; {session.details.get('summary', '')}",
+            f"first in table order: the race could not run ({why}); "
+            f"{session.details.get('summary', '')}",
             seconds,
         )
-        return session, [verdicts[r] for r in rows if r in verdicts]
+        return Chosen(session, [attempts[r.label] for r in self.rows if r.label in attempts])
 
-    timed.sort(key=lambda t: t[0])
-    best_median, best_runs, best_row, best_device, best, best_seconds = timed[0]
-    medians = {row.label: median * 1e3 for median, _, row, _, _, _ in timed}
-    for median, runs, row, device, session, seconds in timed[1:]:
-        session.close()
-        verdicts[row] = Attempt(
-            row.label,
-            str(device),
-            "skipped",
-            f"{median * 1e3:.3g} ms median over {runs} runs; slower than {best_row.label} "
-            f"({best_median * 1e3:.3g} ms)",
-            seconds,
-        )
-    for _, _, session, _ in untimed:
-        session.close()
-    others = ", ".join(f"{k} {v:.3g} ms" for k, v in medians.items() if k != best_row.label)
-    verdicts[best_row] = Attempt(
-        best_row.label,
-        str(best_device),
-        "selected",
-        f"fastest: {best_median * 1e3:.3g} ms median over {best_runs} runs"
-        + (f" (vs {others})" if others else "")
-        + f"; {best.details.get('summary', '')}",
-        best_seconds,
-    )
-    if cache is not None:
-        choice = {"winner": best_row.label, "median_ms": medians}
-        try:
-            cache.get_or_build(key, lambda folder: _write_choice(folder, choice))
-        except CacheError as e:
-            log.warning("backend='fastest': could not cache the choice: %s", e)
-    return best, [verdicts[r] for r in rows if r in verdicts]
+    def _feeds(self, session: Session, given: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+        if given is not None:
+            return dict(given)
+        if self.example is not None:
+            return dict(self.example)
+        shapes, notes = representative_shapes(session.inputs, self.options.shapes, model=self.model)
+        for note in notes:
+            log.debug("race feeds: %s", note)
+        return random_feeds(session.inputs, shapes, seed=0)
 
-
-def _time_runs(session: Session, feeds: dict[str, np.ndarray]) -> tuple[float, int]:
-    """(median seconds, runs) over at most RACE_RUNS runs, after one untimed warm-up."""
-    session.run(feeds)
-    times: list[float] = []
-    deadline = time.perf_counter() + RACE_SECONDS
-    while len(times) < RACE_RUNS and (not times or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        session.run(feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), len(times)
-
-
-def race_feeds(
-    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None = None, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Seeded random feeds for `specs` (values as `infer.feeds` makes them): dynamic dims from
-    `shapes` (a shape, or the opt of a (min, opt, max) triple), else 1 on the first axis and
-    RACE_DIM elsewhere, since 1x1 images would time nothing a real input does."""
-    rng = np.random.default_rng(seed)
-    shapes = shapes or {}
-    feeds = {}
-    for spec in specs:
-        given = shapes.get(spec.name)
-        if (
-            given is not None
-            and len(given) == 3
-            and all(isinstance(s, (tuple, list)) for s in given)
-        ):
-            given = given[1]
-        dims = spec.shape if spec.shape is not None else (1,)
-        shape = tuple(
-            int(given[axis])
-            if given is not None and axis < len(given)
-            else d
-            if isinstance(d, int)
-            else (1 if axis == 0 else RACE_DIM)
-            for axis, d in enumerate(dims)
-        )
-        feeds[spec.name] = random_array(shape, spec.dtype, rng)
-    return feeds
-
-
-def _write_choice(folder: Path, choice: Mapping[str, Any]) -> None:
-    with open(folder / "choice.json", "w", encoding="utf-8") as f:
-        json.dump(choice, f, indent=1, sort_keys=True)
+    def _attempts(
+        self,
+        verdict: _race.Verdict,
+        sessions: Mapping[str, Session],
+        seconds: float | None,
+        compile_s: Mapping[str, float] | None = None,
+    ) -> list[Attempt]:
+        """One Attempt per raced row, from the verdict (cached or just made)."""
+        when = "a cached race" if compile_s is None else "a race"
+        winner = verdict.entry(verdict.winner)
+        assert winner is not None and winner.median_ms is not None
+        out = []
+        for e in verdict.entries:
+            took = None if compile_s is None else compile_s.get(e.label)
+            if e.label == verdict.winner:
+                others = [x.describe() for x in verdict.entries if x.label != e.label]
+                summary = sessions[e.label].details.get("summary", "")
+                reason = (
+                    f"fastest that agrees with {verdict.reference} ({when} at "
+                    f"{verdict.shapes_text()}): {e.describe()}"
+                    + (f"; {'; '.join(others)}" if others else "")
+                    + (f"; {summary}" if summary else "")
+                )
+                out.append(Attempt(e.label, e.device, "selected", reason, seconds))
+            elif e.median_ms is None:
+                out.append(Attempt(e.label, e.device, "failed", e.note, took))
+            elif not e.agrees:
+                out.append(Attempt(e.label, e.device, "skipped", f"{e.describe()}; {e.note}", took))
+            else:
+                why = f"{e.describe()}; slower than {winner.label} ({winner.median_ms:.3g} ms)"
+                out.append(Attempt(e.label, e.device, "skipped", why, took))
+        return out

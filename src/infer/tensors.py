@@ -238,6 +238,11 @@ def describe(shape: Sequence[Dim] | None, dtype: np.dtype) -> str:
     return f"{dtype_info(dtype).name}{dims_text}"
 
 
+def describe_specs(specs: Iterable[TensorSpec]) -> str:
+    """'x: float32[N, 3], y: int64[N]' style text: each spec's name and `describe`, in order."""
+    return ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+
+
 class FeedValidator:
     """Checks and normalises feeds for one compiled model, before any backend sees them.
 
@@ -437,7 +442,7 @@ class FeedValidator:
         raise InputError(f"{'; '.join(parts)}; the model's inputs are {self._listing()}")
 
     def _listing(self) -> str:
-        return ", ".join(f"{n}: {describe(s.shape, s.dtype)}" for n, s in self.specs.items())
+        return describe_specs(self.specs.values())
 
 
 _SUBBYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}

@@ -3,13 +3,16 @@ optionals) through Engine on every CPU backend."""
 
 from __future__ import annotations
 
+import unittest
+
 import numpy as np
 import onnx
+import onnx.backend.test
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
-from infer import selection
+from infer import onnx_backend, selection
 from infer.backends import base
 from infer.onnx_backend import InferBackend, InferRep, infer_device, one_node_model
 
@@ -157,6 +160,40 @@ def test_devices():
     has_cuda = any(d.kind == "cuda" for d in infer.devices())
     assert InferBackend.supports_device("CUDA") == has_cuda
     assert InferBackend.is_compatible(_add_model(), "CPU")
+
+
+# -- the module as a backend, as onnxruntime.backend is ---------------------------------------
+
+
+def test_the_module_runs_onnx_backend_tests():
+    suite = onnx.backend.test.BackendTest(onnx_backend, __name__)
+    names = ["test_relu_cpu", "test_add_cpu", "test_matmul_2d_cpu", "test_softmax_axis_1_cpu"]
+    names.append("test_if_cpu")  # a subgraph
+    for name in names:
+        suite.include(f"^{name}$")
+    case = suite.test_cases["OnnxBackendNodeModelTest"]
+    assert case.__module__ == __name__
+    result = unittest.TestResult()
+    unittest.TestSuite([case(name) for name in names]).run(result)
+    problems = [f"{t.id()}: {tb}" for t, tb in (*result.failures, *result.errors)]
+    assert problems == []
+    assert (result.testsRun, result.skipped) == (len(names), [])
+
+
+def test_the_module_functions_are_the_backend_class_methods():
+    model = _add_model()
+    rep = onnx_backend.prepare(model, "CPU", backend="reference")
+    assert isinstance(rep, InferRep) and rep.engine.backend == "reference"
+    np.testing.assert_array_equal(rep.run([X, Y])[0], Z)
+    rep.close()
+    np.testing.assert_array_equal(onnx_backend.run_model(model, [X, Y])[0], Z)
+    np.testing.assert_array_equal(onnx_backend.run(model, {"x": X, "y": Y})["z"], Z)
+    node = helper.make_node("Add", ["a", "b"], ["c"])
+    np.testing.assert_array_equal(onnx_backend.run_node(node, [X, Y], opset_version=14)[0], X + Y)
+    assert onnx_backend.supports_device("CPU") and not onnx_backend.supports_device("TPU")
+    has_cuda = any(d.kind == "cuda" for d in infer.devices())
+    assert onnx_backend.supports_device("CUDA") == has_cuda
+    assert onnx_backend.is_compatible(model) and not onnx_backend.is_compatible(model, "TPU")
 
 
 # -- ONNX container types through Engine -------------------------------------------------------

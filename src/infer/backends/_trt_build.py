@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from ..cache import Cache, Entry, Key, file_lock
 from ..device import Device
 from ..errors import CompileError, OptionError
 from ..model import Model
+from ..options import parse_size
 from ._trt_profiles import Range
 
 log = logging.getLogger("infer.backends.tensorrt")
@@ -58,18 +58,6 @@ _HARDWARE_LEVELS = {
     True: "AMPERE_PLUS",
     "ampere_plus": "AMPERE_PLUS",
     "same_compute_capability": "SAME_COMPUTE_CAPABILITY",
-}
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
 }
 
 
@@ -142,18 +130,7 @@ def settings(own: Mapping[str, Any]) -> Settings:
 
 
 def _bytes(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
-        if m and m.group(2).lower() in _UNITS and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise OptionError(
-        "backend_options['tensorrt']['workspace'] must be a positive number of bytes or a size "
-        f"such as '4GiB' or '512MB', got {value!r}"
-    )
+    return parse_size(value, "backend_options['tensorrt']['workspace']")
 
 
 # -- the plan cache ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError, OptionError
-from ..tensors import TensorSpec, describe
+from ..tensors import TensorSpec, describe, describe_specs
 
 Shape = tuple[int, ...]
 
@@ -116,7 +116,7 @@ def derive(
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(shapes) - set(by_name))
     if unknown:
-        inputs = ", ".join(f"{s.name}: {describe(s.shape, s.dtype)}" for s in specs)
+        inputs = describe_specs(specs)
         raise OptionError(
             f"shapes names unknown input(s) {unknown}; the model's inputs are {inputs}"
         )

@@ -1,29 +1,43 @@
-"""The backend contract: a `Backend` probes and compiles, a `Session` runs.
+"""The backend contract: a `Backend` probes and compiles, a `Session` runs, a `Binding` reuses
+buffers across runs.
+
+The I/O edge is written once, here, for every backend. `Session.run`, `submit`, `bind` and
+`close`, and `Binding.run` and `close`, are final: they check feeds (host arrays and device
+arrays) against the specs fixed at compile time (`FeedCheck`), parse `bind(outputs=...)` into
+one `OutputPlan`, and turn a runtime's own exception into a `RuntimeFailure` chained to it
+(`Session.failure`, the one seam). Backends implement only the hooks that move bytes: `_run`,
+and where their runtime does better than the defaults, `_submit`, `_bind` and `_close`.
 
 A backend module is the only place that imports its runtime, and only inside functions, so
-`import infer` works with no runtime installed. `Session.run` does the work every backend
-shares (feed validation from specs fixed at compile time, error wrapping) and calls the
-backend's `_run`; no backend checks feeds itself.
+`import infer` works with no runtime installed.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
+import itertools
 import logging
+import os
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, final
 
 import numpy as np
 
+from .. import device_array
+from ..binding import device_shape as _device_shape
+from ..binding import dtype_name, fits, host_array, target_mismatch, where_is
 from ..device import Device
-from ..errors import EngineClosed, InferError, InputError, RuntimeFailure
-from ..model import Model, ModelFormat
+from ..device_array import DeviceView
+from ..errors import EngineClosed, InferError, InputError, OptionError, RuntimeFailure
+from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
-from ..tensors import FeedValidator, TensorSpec
+from ..tensors import FeedValidator, TensorSpec, describe
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +68,8 @@ class Backend(abc.ABC):
     """One runtime: answers what it can do without loading a model, and compiles sessions."""
 
     name: ClassVar[str]
+    runtime: ClassVar[str] = ""
+    """The module of the runtime it drives ("onnxruntime", "openvino", ...)."""
     formats: ClassVar[frozenset[ModelFormat]] = frozenset({ModelFormat.ONNX})
     install: ClassVar[str] = ""
 
@@ -77,6 +93,27 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _probe(self) -> BackendInfo: ...
+
+    def fingerprint(self) -> str:
+        """What changes when the runtime is upgraded or replaced, read without importing it
+        (for cache keys): where its package is, with the size and time of its __init__; ""
+        when it is not installed."""
+        try:
+            spec = importlib.util.find_spec(self.runtime)
+        except (ImportError, ValueError):
+            return ""
+        if spec is None or spec.origin is None:
+            return ""
+        try:
+            st = os.stat(spec.origin)
+        except OSError:
+            return spec.origin
+        return f"{spec.origin}:{st.st_size}:{st.st_mtime_ns}"
+
+    def describe(self, model: Model) -> NativeSummary | None:
+        """What the runtime's own format (one of `formats`, not ONNX) says of the model without
+        loading it, for `infer inspect`; None: nothing to say."""
+        return None
 
     def device_for(self, request: Device) -> Device | None:
         """The first device this backend drives that satisfies `request` (None: it has none)."""
@@ -108,6 +145,30 @@ class Backend(abc.ABC):
             return f"runs {', '.join(runs)} on {device}, not {options.precision}"
         return None
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """The model's ops this backend cannot run on `device`, found without compiling (its
+        op registry at its version, against the model's opsets): [] when it takes them all,
+        None when that cannot be told without compiling."""
+        return None
+
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        """None if no reason is known why this backend, taking the model, would answer
+        differently from the ONNX spec; else the reason, naming the node and what it does.
+
+        For what a backend runs but computes otherwise: an op its runtime version gets wrong
+        (measured against the ONNX backend suite, tests/conformance), or a type it computes
+        narrower (OpenVINO's float64 in float32). Where the answer is wrong whoever asks,
+        `supports` refuses instead. Under the default choice (no backend named, or a list of
+        them), selection passes a row with a reason over (verdict "skipped", the reason in
+        `engine.selection`) to the next row; a caller who names the backend gets it, with a
+        warning naming the reason. Cheap, like `supports`: a walk over the graph, no compile.
+        """
+        return None
+
     @abc.abstractmethod
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
@@ -115,8 +176,184 @@ class Backend(abc.ABC):
         """Build a runnable session; raises CompileError (chained) when the runtime refuses."""
 
 
+# -- the feed check ---------------------------------------------------------------------------
+
+
+class FeedCheck(FeedValidator):
+    """The edge's one feed check, for `Session.run`/`submit` and every `Binding.run`.
+
+    Host feeds go through `FeedValidator` (names, rank, fixed dims, dtype; its cached fast
+    path keeps the usual call cheap). Device arrays (`__cuda_array_interface__` or DLPack in
+    GPU memory) are passed through as given, their shape checked here, for a reader that takes
+    them in place (`infer.binding.device_view` checks dtype, layout and GPU as it reads), or
+    refused in words where the reader takes host memory only. Host DLPack objects become numpy
+    views of their memory.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec], *, cast: bool, reader: str | None) -> None:
+        """reader: None when device arrays are read in place; else what reads host memory
+        ("onnxruntime ... on cpu:0"), for the refusal."""
+        super().__init__(specs, cast=cast)
+        self._reader = reader
+
+    def _full(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(feeds, Mapping) or all(type(v) is np.ndarray for v in feeds.values()):
+            return super()._full(feeds)
+        device: dict[str, Any] = {}
+        host: dict[str, Any] = {}
+        for name, value in feeds.items():
+            if type(value) is not np.ndarray and device_array.is_device_array(value):
+                device[name] = value
+            else:
+                view = host_array(value)
+                host[name] = value if view is None else view
+        if not device:
+            return super()._full(host)
+        if feeds.keys() != self.names:
+            self._check_names(feeds)
+        if self._reader is not None:
+            name, value = next(iter(device.items()))
+            raise InputError(
+                f"input {name!r} is in {where_is(value)} memory, but {self._reader}: pass a "
+                "numpy array (copy it to the host), or load the engine on the GPU"
+            )
+        out: dict[str, Any] = {name: self._check_one(name, value) for name, value in host.items()}
+        for name, value in device.items():
+            _device_shape(self.specs[name], value)
+            out[name] = value
+        return out
+
+
+# -- the output plan --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What `bind(outputs=...)` asked for: device outputs or not, and the caller's arrays
+    (numpy arrays, or `DeviceView`s of device arrays, which the binding closes with itself)."""
+
+    device: bool
+    given: Mapping[str, Any]
+
+
+def parse_outputs(session: Any, outputs: Any, *, device_outputs: bool = False) -> OutputPlan:
+    """Check `bind(outputs=...)`: "host", "device", or {output name: preallocated array}.
+
+    device_outputs: whether the binding can leave outputs in device memory. "device" on a
+    session whose outputs are host memory anyway (the CPU, a plugin that picks its device)
+    means host buffers: the same code runs on every machine.
+    """
+    if isinstance(outputs, str):
+        if outputs == "host":
+            return OutputPlan(False, {})
+        if outputs == "device":
+            if session.device.kind in ("cpu", "auto"):
+                return OutputPlan(False, {})
+            if not device_outputs:
+                raise OptionError(
+                    f"bind(outputs='device'): the {session.backend} binding on {session.device} "
+                    "returns host arrays only; use outputs='host'"
+                )
+            return OutputPlan(True, {})
+        raise OptionError(
+            f"bind(outputs={outputs!r}) is not valid; use 'host', 'device' or "
+            "{output name: preallocated array}"
+        )
+    if not isinstance(outputs, Mapping):
+        raise OptionError(
+            "bind(outputs=...) must be 'host', 'device' or a dict of output name -> array, "
+            f"got {type(outputs).__name__}"
+        )
+    specs = {s.name: s for s in session.outputs}
+    unknown = sorted(set(outputs) - set(specs))
+    if unknown:
+        raise OptionError(
+            f"bind(outputs=...): unknown output(s) {unknown}; the model's outputs are {list(specs)}"
+        )
+    given: dict[str, Any] = {}
+    try:
+        for name, value in outputs.items():
+            given[name] = _target(session, specs[name], value, device_outputs)
+    except BaseException:
+        for v in given.values():
+            if isinstance(v, DeviceView):
+                v.close()
+        raise
+    return OutputPlan(False, given)
+
+
+def _target(session: Any, spec: TensorSpec, value: Any, device_outputs: bool) -> Any:
+    """One array given to `bind(outputs=...)`, checked: itself, or a view of a device array."""
+    name = spec.name
+    if type(value) is not np.ndarray and device_array.is_device_array(value):
+        if not device_outputs:
+            raise OptionError(
+                f"bind(outputs={{{name!r}: ...}}): a {where_is(value)} array, but the "
+                f"{session.backend} binding on {session.device} writes host memory only"
+            )
+        try:
+            view = device_array.view(value)
+        except Exception as e:
+            raise OptionError(
+                f"bind(outputs={{{name!r}: ...}}): the {type(value).__name__} cannot be "
+                f"written in place: {e}"
+            ) from e
+        try:
+            _check_target(spec, view.dtype, view.shape)
+            if not view.contiguous:
+                raise OptionError(
+                    f"bind(outputs={{{name!r}: ...}}): the device array must be C-contiguous"
+                )
+        except OptionError:
+            view.close()
+            raise
+        return view
+    if not isinstance(value, np.ndarray):
+        raise OptionError(
+            f"bind(outputs={{{name!r}: ...}}) must be a numpy or device array, got {type(value).__name__}"
+        )
+    if not value.flags.c_contiguous or not value.flags.writeable:
+        raise OptionError(
+            f"bind(outputs={{{name!r}: ...}}): the array must be C-contiguous and writeable"
+        )
+    _check_target(spec, value.dtype, value.shape)
+    return value
+
+
+def _check_target(spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    name = spec.name
+    if dtype != spec.dtype:
+        raise OptionError(
+            f"bind(outputs={{{name!r}: ...}}): output {name!r} is {describe(spec.shape, spec.dtype)}, "
+            f"the array given is {dtype_name(dtype)}"
+        )
+    if not fits(spec, shape):
+        raise OptionError(
+            f"bind(outputs={{{name!r}: ...}}): output {name!r} is {describe(spec.shape, spec.dtype)}, "
+            f"the array given has shape {list(shape)}"
+        )
+
+
+def _value(counter: itertools.count) -> int:
+    """The next value an itertools.count would give, without taking it."""
+    return counter.__reduce__()[1][0]  # type: ignore[no-any-return,index]
+
+
+def _failed(error: BaseException) -> Future:
+    fut: Future = Future()
+    fut.set_exception(error)
+    return fut
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
 class Session(abc.ABC):
-    """A compiled model on one device. Thread-safe: `run` may be called from any thread."""
+    """A compiled model on one device. Thread-safe: `run` may be called from any thread.
+
+    The public methods are final (see the module docstring); a backend implements `_run` and,
+    where its runtime offers better, `_submit`, `_bind`, `_binds_device_outputs` and `_close`.
+    """
 
     def __init__(
         self,
@@ -128,7 +365,10 @@ class Session(abc.ABC):
         options: Options,
         precision: str = "fp32",
         details: Mapping[str, Any] | None = None,
+        device_inputs: bool = False,
     ) -> None:
+        """device_inputs: whether `_run` reads device arrays in place (they reach it as given);
+        otherwise `run` refuses them in words."""
         self.backend = backend
         self.device = device
         self.inputs = list(inputs)
@@ -136,38 +376,64 @@ class Session(abc.ABC):
         self.options = options
         self.precision = precision
         self.details: dict[str, Any] = dict(details or {})
-        self._validate = FeedValidator(self.inputs, cast=options.cast)
+        self._feeds = self.feed_check(device_inputs)
         self._output_names = [o.name for o in self.outputs]
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight: threading.BoundedSemaphore | None = None
         self._exec_lock = threading.Lock()
+        # Runs started and finished (each `next` is atomic): close() waits for the runs
+        # other threads have in progress before the runtime's resources go.
+        self._started = itertools.count()
+        self._finished = itertools.count()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} on {self.device}>"
 
+    def feed_check(self, device_inputs: bool) -> FeedCheck:
+        """A feed check for this session's inputs; `device_inputs`: the reader takes device
+        arrays in place (else they are refused with the reason)."""
+        reader = (
+            None
+            if device_inputs
+            else f"{self.backend} reads this model's inputs from host memory on {self.device}"
+        )
+        return FeedCheck(self.inputs, cast=self.options.cast, reader=reader)
+
+    def failure(self, error: BaseException) -> RuntimeFailure:
+        """The one seam where a runtime's own exception becomes infer's (raise it `from error`)."""
+        return RuntimeFailure(
+            f"{self.backend} failed to run on {self.device}: {self._error_text(error)}"
+        )
+
+    def _error_text(self, error: BaseException) -> str:
+        """A runtime exception's message as users should read it (backends trim noise)."""
+        return str(error)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
+
     # -- running ------------------------------------------------------------------------------
 
+    @final
     def run(
         self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Validate `feeds`, run, and return {output name: array}."""
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
-        feeds = self._validate(feeds)
-        names = None if outputs is None else self._check_outputs(outputs)
+        """Check `feeds`, run, and return {output name: array} (all outputs, or `outputs`)."""
+        next(self._started)  # counted before the closed check: close() waits for this run
         try:
-            return self._run(feeds, names)
-        except InferError:
-            raise
-        except Exception as e:
-            raise RuntimeFailure(f"{self.backend} failed to run on {self.device}: {e}") from e
+            if self._closed:
+                self._check_open()
+            feeds = self._feeds(feeds)
+            names = None if outputs is None else self._check_outputs(outputs)
+            return self._run_mapped(feeds, names)
+        finally:
+            next(self._finished)
 
     @abc.abstractmethod
-    def _run(
-        self, feeds: dict[str, np.ndarray], outputs: list[str] | None
-    ) -> dict[str, np.ndarray]:
-        """Run validated feeds; `outputs` None means all, in model order."""
+    def _run(self, feeds: dict[str, Any], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        """Run checked feeds; `outputs` None means all, in model order."""
 
     def _check_outputs(self, requested: Sequence[str]) -> list[str]:
         if isinstance(requested, str):
@@ -179,19 +445,31 @@ class Session(abc.ABC):
             )
         return list(requested)
 
+    @final
     def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
-        """Run in the background; at most `max_in_flight` runs are queued or running at once.
+        """Run in the background; returns a `concurrent.futures.Future` of the outputs.
 
-        When that many are in flight, `submit` blocks until one finishes (backpressure). The
-        default runs `run` on a pool of `max_in_flight` threads, which suits runtimes whose
-        sessions are shared between threads; backends with asynchronous queues override it.
+        One contract on every backend: feeds are checked before anything is queued, and a
+        mistake in them (`InputError`) is set on the returned Future at once, like a runtime
+        failure later; only a closed session raises here (`EngineClosed`). At most
+        `max_in_flight` runs are queued or running: `submit` blocks while that many are.
         """
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
+        self._check_open()
+        try:
+            feeds = self._feeds(feeds)
+            names = None if outputs is None else self._check_outputs(outputs)
+        except InferError as e:
+            return _failed(e)
+        return self._submit(feeds, names)
+
+    def _submit(self, feeds: dict[str, Any], outputs: list[str] | None) -> Future:
+        """Start a run of checked feeds. The default runs `_run` on a pool of `max_in_flight`
+        threads, which suits runtimes whose sessions are shared between threads; backends
+        with asynchronous queues override it. Failures go into the Future."""
         executor, slots = self._pool()
         slots.acquire()
         try:
-            fut = executor.submit(self.run, feeds, outputs)
+            fut = executor.submit(self._run_mapped, feeds, outputs)
         except RuntimeError as e:  # the pool was shut down by close()
             slots.release()
             raise EngineClosed(f"{self.backend} session on {self.device} is closed") from e
@@ -201,10 +479,20 @@ class Session(abc.ABC):
         fut.add_done_callback(lambda _f: slots.release())
         return fut
 
+    def _run_mapped(self, feeds: dict[str, Any], outputs: list[str] | None) -> dict[str, Any]:
+        """`_run`, a runtime's own exception turned into infer's (run and submit share it)."""
+        try:
+            return self._run(feeds, outputs)
+        except InferError:
+            raise
+        except Exception as e:
+            raise self.failure(e) from e
+
     def _pool(self) -> tuple[ThreadPoolExecutor, threading.BoundedSemaphore]:
         if self._executor is None:
             with self._exec_lock:
                 if self._executor is None:
+                    self._check_open()
                     workers = self.max_in_flight
                     self._in_flight = threading.BoundedSemaphore(workers)
                     self._executor = ThreadPoolExecutor(
@@ -222,19 +510,30 @@ class Session(abc.ABC):
         else the backend's default)."""
         return self.options.max_in_flight or self.default_in_flight()
 
+    @final
     def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
         """I/O buffers allocated once and reused by every `Binding.run`.
 
         outputs: "host" (numpy buffers the binding owns), "device" (device arrays, on backends
-        whose device is not the host; on the host it means "host"), or {output name:
-        preallocated array} to write into. The default copies each output into its buffer;
-        backends that can write into bound memory override this.
+        whose device is not the host; where outputs are host memory it means "host"), or
+        {output name: preallocated array} to write into.
         """
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
-        from ..binding import HostBinding
+        self._check_open()
+        plan = parse_outputs(self, outputs, device_outputs=self._binds_device_outputs())
+        try:
+            return self._bind(plan)
+        except BaseException:
+            _close_views(plan)
+            raise
 
-        return HostBinding(self, outputs)
+    def _bind(self, plan: OutputPlan) -> Binding:
+        """The binding for a checked plan. The default copies each output into its buffer;
+        backends that can write into bound memory override this."""
+        return HostBinding(self, plan)
+
+    def _binds_device_outputs(self) -> bool:
+        """Whether `_bind` can leave outputs in device memory (`bind(outputs="device")`)."""
+        return False
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -242,43 +541,69 @@ class Session(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
+    @final
     def close(self) -> None:
         """Finish the runs already submitted, then free the runtime's resources; idempotent."""
         with self._exec_lock:
             if self._closed:
                 return
-            if self._executor is not None:
-                # Submitted runs still run (they check `closed`); new submits are refused.
-                self._executor.shutdown(wait=True)
-            self._closed = True
+            executor = self._executor
+            self._closed = True  # new runs and submits are refused from here on
+        if executor is not None:
+            # Submitted runs still run; a close from one of the pool's own threads (a
+            # done-callback dropping the last engine reference) cannot wait for itself.
+            own = threading.current_thread().name.startswith(f"infer-{self.backend}")
+            executor.shutdown(wait=not own)
+        self._drain()
         self._close()
 
+    def _drain(self) -> None:
+        """Wait until no `run` is in progress on another thread (a run that began before the
+        session was closed finishes on it; later ones are refused)."""
+        delay = 1e-4
+        while _value(self._finished) < _value(self._started):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
     def _close(self) -> None:
-        """Release backend resources (called once)."""
+        """Release backend resources (called once, after submitted runs have finished)."""
+
+
+# -- bindings ---------------------------------------------------------------------------------
 
 
 class Binding(abc.ABC):
     """Buffers bound to one session and reused across runs.
 
     Not thread-safe: each thread binds its own. The arrays `run` returns are the bound output
-    buffers, overwritten by the next `run`, unless `copy=True`.
+    buffers, overwritten by the next `run`, unless `copy=True`. `run` and `close` are final;
+    a backend implements `_run` (and `_close`, `_copy`).
     """
 
-    def __init__(self, session: Session) -> None:
-        from ..binding import FeedCheck
-
+    def __init__(self, session: Session, plan: OutputPlan, *, device_inputs: bool = False) -> None:
+        """device_inputs: whether `_run` reads device arrays in place (else they are refused)."""
         self.session = session
+        self.plan = plan
+        self.owner: Any = None  # what must outlive the binding (the Engine that made it)
+        self.on_close: Callable[[], None] | None = None  # told once the binding is closed
         self._closed = False
-        self._check = FeedCheck(session)
+        self._check = session.feed_check(device_inputs)
 
+    def __repr__(self) -> str:
+        s = self.session
+        where = "device" if self.plan.device else "host"
+        given = f", into given arrays for {sorted(self.plan.given)}" if self.plan.given else ""
+        state = " (closed)" if self._closed or s.closed else ""
+        return f"<{type(self).__name__} {s.backend} on {s.device}: {where} outputs{given}{state}>"
+
+    @final
     def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """Validate `feeds` as `Session.run` does, run into the bound buffers, return them.
+        """Check `feeds` as `Session.run` does, run into the bound buffers, return them.
 
-        Feeds may also be CUDA arrays (`__cuda_array_interface__`, DLPack): they reach `_run`
-        as given, for the binding to read in place (`infer.binding.device_view`) or refuse
-        (`infer.binding.refuse_device_inputs`).
+        Feeds may also be device arrays (`__cuda_array_interface__`, DLPack) where the binding
+        reads them in place; elsewhere they are refused in words.
         """
-        if self._closed or self.session.closed:
+        if self._closed or self.session._closed:
             raise EngineClosed(f"binding on {self.session.backend} is closed")
         feeds = self._check(feeds)
         try:
@@ -286,21 +611,31 @@ class Binding(abc.ABC):
         except InferError:
             raise
         except Exception as e:
-            raise RuntimeFailure(
-                f"{self.session.backend} failed to run on {self.session.device}: {e}"
-            ) from e
+            raise self.session.failure(e) from e
         if copy:
-            return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in out.items()}
+            return {k: self._copy(v) for k, v in out.items()}
         return out
 
     @abc.abstractmethod
     def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        """Run validated feeds (numpy arrays, or device arrays as given) into the outputs."""
+        """Run checked feeds (numpy arrays, or device arrays as given) into the outputs."""
 
+    def _copy(self, value: Any) -> Any:
+        """A copy of one returned output that the next run leaves alone."""
+        return value.copy() if isinstance(value, np.ndarray) else value
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @final
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._close()
+            _close_views(self.plan)
+            if self.on_close is not None:
+                self.on_close()
 
     def _close(self) -> None:
         """Release bound buffers (called once)."""
@@ -311,6 +646,50 @@ class Binding(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def _close_views(plan: OutputPlan) -> None:
+    for target in plan.given.values():
+        if isinstance(target, DeviceView):
+            target.close()
+
+
+class HostBinding(Binding):
+    """The default binding: runs the session as usual, then copies each output into a
+    buffer allocated once per shape (or into the array the caller bound for it).
+
+    It keeps the arrays it returns stable across runs; the backend still allocates its own
+    results inside each run. Backends with a binding of their own (ONNX Runtime's IOBinding)
+    write straight into the buffers instead.
+    """
+
+    def __init__(self, session: Session, plan: OutputPlan) -> None:
+        super().__init__(session, plan)
+        self._buffers: dict[str, np.ndarray] = dict(plan.given)
+
+    def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        results = self.session._run(feeds, None)
+        return {name: self._store(name, value) for name, value in results.items()}
+
+    def _store(self, name: str, value: Any) -> Any:
+        if not isinstance(value, np.ndarray):
+            return value  # sequences and maps are handed through as the backend returns them
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
+            if name in self.plan.given:
+                raise target_mismatch(name, buf, value.shape)
+            log.debug(
+                "binding on %s: output %r buffer allocated for %s (was %s)",
+                self.session.backend,
+                name,
+                describe(value.shape, value.dtype),
+                "none" if buf is None else describe(buf.shape, buf.dtype),
+            )
+            buf = self._buffers[name] = np.empty(value.shape, value.dtype)
+        np.copyto(buf, value)
+        return buf
+
+
+# -- the registry -----------------------------------------------------------------------------
 
 _REGISTRY: dict[str, Backend] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -329,18 +708,3 @@ def get(name: str) -> Backend:
             if name not in _REGISTRY:
                 importlib.import_module(f"{__package__}.{name}")
     return _REGISTRY[name]
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One step of backend selection: which backend on which device, the verdict, and why."""
-
-    backend: str
-    device: str
-    verdict: str  # "selected", "unavailable", "unsupported", "failed", "skipped"
-    reason: str = ""
-    seconds: float | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        why = f": {self.reason}" if self.reason else ""
-        return f"{self.backend} on {self.device}: {self.verdict}{why}"

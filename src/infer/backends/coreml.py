@@ -414,6 +414,7 @@ def _version_text(v: Sequence[int]) -> str:
 @register
 class CoreMlBackend(Backend):
     name = "coreml"
+    runtime = "coremltools"
     formats = frozenset({ModelFormat.COREML})
     install = 'pip install "infer[coreml]" on macOS'
 

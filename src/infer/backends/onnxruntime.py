@@ -17,16 +17,27 @@ from typing import Any
 
 import numpy as np
 
-from .. import tensors
-from ..binding import device_view, parse_outputs, where_is
+from .. import tensors, threads
+from ..binding import device_view, target_mismatch
 from ..cache import Cache
 from ..device import Device, cpu, probe_hardware
 from ..device_array import DeviceArray, DeviceView
-from ..errors import CompileError, InputError
+from ..errors import CompileError, InputError, OptionError
 from ..model import Model
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, TensorSpec, describe, dtype_info
-from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
+from . import _onnx_rules
+from .base import (
+    GRAPH,
+    HINT,
+    NATIVE,
+    Backend,
+    BackendInfo,
+    Binding,
+    OutputPlan,
+    Session,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,19 @@ _PROVIDER_INSTALL = {
 }
 _OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
+# What ONNX Runtime's CPU provider computes differently from the spec (measured with 1.32.0
+# against the ONNX backend suite, tests/conformance), for `miscomputes`.
+_CPU_RULES: dict[str, _onnx_rules.Rule] = {
+    # test_maxunpool_export_with_output_shape: values at other indices than the spec's
+    "MaxUnpool": lambda node, model: (
+        "places values at other indices than the spec when output_shape is given"
+        if _onnx_rules.given(node, 2)
+        else ""
+    ),
+    "Resize": _onnx_rules.align_corners_by_fractional_scale,
+    "Attention": _onnx_rules.causal_mask_over_past,
+}
+
 # Element types ONNX Runtime's Python API converts to and from numpy itself.
 _NUMPY_BRIDGE = NUMPY_NATIVE | {np.dtype(object)}
 
@@ -58,6 +82,7 @@ _OPTIONS = {
     "execution_mode": "sequential",  # or "parallel"
     "enable_profiling": False,
     "free_dimension_overrides": {},  # {"batch": 1}: fixes symbolic dims for speed
+    "spinning": threads.SPIN_RUN,  # "run", "always" or "never": see infer.threads
 }
 
 _logging_routed = False
@@ -67,6 +92,7 @@ _logging_lock = threading.Lock()
 @register
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    runtime = "onnxruntime"
     install = 'pip install "infer[cpu]" (or "infer[gpu]" for CUDA/TensorRT)'
 
     def _probe(self) -> BackendInfo:
@@ -134,6 +160,22 @@ class OnnxRuntimeBackend(Backend):
             return f"{provider} does not drive {device.kind} devices"
         return super().supports(model, device, options, variant)
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """Ops with no kernel (at the model's opsets and types) in the CPU provider, which every
+        provider falls back to, or in the variant's own (ONNX Runtime's kernel registry)."""
+        from ._ort_ops import unsupported
+
+        return unsupported(model, {"CPUExecutionProvider", PROVIDERS[variant or "cpu"][0]})
+
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        if (variant or "cpu") != "cpu":
+            return None  # measured on the CPU provider only
+        return _onnx_rules.first(model, _CPU_RULES, f"ONNX Runtime {self.probe().version}") or None
+
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> Session:
@@ -151,8 +193,20 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[own["graph_optimization_level"]]
-        if options.threads:
-            so.intra_op_num_threads = options.threads
+        if own["spinning"] not in threads.SPINNING:
+            raise OptionError(
+                f"backend_options['onnxruntime']['spinning'] must be one of "
+                f"{', '.join(map(repr, threads.SPINNING))}, got {own['spinning']!r}"
+            )
+        budget = threads.share(options.threads, own["spinning"])
+        if budget.threads:
+            so.intra_op_num_threads = budget.threads
+        if budget.spinning == threads.SPIN_RUN:
+            # Threads spin within a run, and stop when the last concurrent run returns.
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+        elif budget.spinning == threads.SPIN_NEVER:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if own["inter_op_threads"]:
             so.inter_op_num_threads = int(own["inter_op_threads"])
         if own["execution_mode"] == "parallel":
@@ -190,6 +244,7 @@ class OnnxRuntimeBackend(Backend):
                 "providers": sess.get_providers(),
                 "nodes": dict(claimed),
                 "summary": f"nodes: {share}",
+                "threads": str(budget),
             },
         )
 
@@ -341,6 +396,9 @@ class OnnxRuntimeSession(Session):
         )
         if self._raw_io:
             self._run = self._run_ortvalues  # type: ignore[method-assign]
+        self._generic_binding = any(
+            s.dtype == object or tensors.packed_bits(s.dtype) for s in (*self.inputs, *self.outputs)
+        )
 
     def _run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None
@@ -369,17 +427,15 @@ class OnnxRuntimeSession(Session):
         results = self._sess.run_with_ort_values(names, values)
         return {name: _to_numpy(value) for name, value in zip(names, results)}
 
-    def bind(self, outputs: Any = "host") -> Binding:
+    def _bind(self, plan: OutputPlan) -> Binding:
         """ONNX Runtime's own IOBinding (see OnnxRuntimeBinding); models with strings,
         sequences or packed int4/float4 tensors take the generic copying binding."""
-        if self._closed:
-            return super().bind(outputs)  # raises EngineClosed
-        if any(
-            s.dtype == object or tensors.packed_bits(s.dtype)
-            for s in (*self.inputs, *self.outputs)
-        ):
-            return super().bind(outputs)
-        return OnnxRuntimeBinding(self, outputs)
+        if self._generic_binding:
+            return super()._bind(plan)
+        return OnnxRuntimeBinding(self, plan)
+
+    def _binds_device_outputs(self) -> bool:
+        return self.device.kind == "cuda" and not self._generic_binding
 
     def _close(self) -> None:
         self._sess = self._call = None
@@ -413,8 +469,9 @@ class OnnxRuntimeBinding(Binding):
     as `infer.device_array.DeviceArray`s over the runtime's buffers.
     """
 
-    def __init__(self, session: OnnxRuntimeSession, outputs: Any = "host") -> None:
-        super().__init__(session)
+    def __init__(self, session: OnnxRuntimeSession, plan: OutputPlan) -> None:
+        gpu = session.device.kind == "cuda"
+        super().__init__(session, plan, device_inputs=gpu)
         import onnxruntime as ort
 
         self._ort = ort
@@ -429,9 +486,8 @@ class OnnxRuntimeBinding(Binding):
         else:
             self._run_bound = functools.partial(sess.run_with_iobinding, self._io)
             self._bind_numpy = self._io.bind_cpu_input
-        gpu = session.device.kind == "cuda"
         self._where = ("cuda", session.device.index or 0) if gpu else ("cpu", 0)
-        self._plan = parse_outputs(session, outputs, device_outputs=gpu)
+        self._specs = {s.name: s for s in session.inputs}
         self._names = [o.name for o in session.outputs]
         self._dtypes = {o.name: o.dtype for o in session.outputs}
         self._bound: dict[str, Any] = {}  # input name -> the object bound, kept alive
@@ -442,48 +498,40 @@ class OnnxRuntimeBinding(Binding):
         self._dynamic: set[str] = set()  # outputs whose shape depends on input values
         self._views: dict[str, DeviceView] = {}  # input name -> device input bound in place
 
-    def run(self, feeds: Mapping[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """`Binding.run`, with a short path for the usual loop: the very numpy arrays bound
-        last time (they passed validation then), refilled in place."""
-        if type(feeds) is dict and not copy and self._signature is not None and not self._dynamic:
-            bound, shapes = self._bound, self._shapes
-            if len(feeds) == len(bound) and not self._closed and not self.session._closed:
-                for name, value in feeds.items():
-                    if (
-                        bound.get(name) is not value
-                        or type(value) is not np.ndarray
-                        or shapes[name] != value.shape
-                    ):
-                        break
-                else:
-                    try:
-                        self._run_bound()
-                    except Exception:  # the full path below reports (or recovers from) it
-                        return super().run(feeds, copy=copy)
-                    return dict(self._results)
-        return super().run(feeds, copy=copy)
-
     def _run(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        reshaped = False
         bound, shapes = self._bound, self._shapes
-        for name, value in feeds.items():
-            if type(value) is not np.ndarray:  # a device array: viewed and bound every run
-                before = shapes.get(name)
-                self._bind_input(name, value)
-                reshaped |= shapes[name] != before
-            elif bound.get(name) is not value:
-                reshaped |= shapes.get(name) != value.shape
-                self._bind_input(name, value)
-            elif shapes[name] != value.shape:  # reshaped in place
-                reshaped = True
-                self._bind_input(name, value)
-        if reshaped or self._signature is None:
-            signature = tuple(shapes[n] for n in sorted(shapes))
-            if signature != self._signature:
-                self._signature = None
-                self._rebind_outputs()
-                self._signature = signature
-                return dict(self._results)
+        # The usual loop feeds the very numpy arrays bound last time, refilled in place: they
+        # need no binding again.
+        same = self._signature is not None and len(feeds) == len(bound)
+        if same:
+            for name, value in feeds.items():
+                if (
+                    type(value) is not np.ndarray
+                    or bound.get(name) is not value
+                    or shapes[name] != value.shape
+                ):
+                    same = False
+                    break
+        if not same:
+            reshaped = False
+            for name, value in feeds.items():
+                if type(value) is not np.ndarray:  # a device array: viewed and bound every run
+                    before = shapes.get(name)
+                    self._bind_input(name, value)
+                    reshaped |= shapes[name] != before
+                elif bound.get(name) is not value:
+                    reshaped |= shapes.get(name) != value.shape
+                    self._bind_input(name, value)
+                elif shapes[name] != value.shape:  # reshaped in place
+                    reshaped = True
+                    self._bind_input(name, value)
+            if reshaped or self._signature is None:
+                signature = tuple(shapes[n] for n in sorted(shapes))
+                if signature != self._signature:
+                    self._signature = None
+                    self._rebind_outputs()
+                    self._signature = signature
+                    return dict(self._results)
         if self._dynamic:
             return self._run_dynamic()
         try:
@@ -498,7 +546,7 @@ class OnnxRuntimeBinding(Binding):
             self._dynamic = {
                 n
                 for n, v in self._results.items()
-                if n not in self._plan.given and getattr(v, "shape", None) != before.get(n)
+                if n not in self.plan.given and getattr(v, "shape", None) != before.get(n)
             }
             log.debug("binding on onnxruntime: outputs %s are sized by input values", self._dynamic)
         return dict(self._results)
@@ -519,19 +567,8 @@ class OnnxRuntimeBinding(Binding):
         self._shapes[name] = value.shape
 
     def _bind_device_input(self, name: str, value: Any) -> None:
-        kind, index = self._where
-        if kind == "cpu":
-            raise InputError(
-                f"input {name!r} is in {where_is(value)} memory, but onnxruntime runs this model "
-                f"on {self.session.device}: pass a numpy array (copy it to the host), or load "
-                "the engine on the GPU"
-            )
-        view = device_view(self.session, name, value)
-        if view.device is not None and view.device != index:
-            view.close()
-            raise InputError(
-                f"input {name!r} is on cuda:{view.device}, but this engine runs on cuda:{index}"
-            )
+        kind, index = self._where  # on the CPU the feed check has refused device arrays
+        view = device_view(self._specs[name], value, device=index)
         try:
             onnx_type = dtype_info(view.dtype).onnx
             self._io.bind_input(name, kind, index, onnx_type, list(view.shape), view.ptr)
@@ -555,7 +592,7 @@ class OnnxRuntimeBinding(Binding):
         """Run once with runtime-allocated outputs, then size and bind this signature's buffers."""
         kind, index = self._where
         for name in self._names:
-            target = self._plan.given.get(name)
+            target = self.plan.given.get(name)
             if target is None:
                 self._io.bind_output(name, kind, index)
             else:
@@ -563,16 +600,14 @@ class OnnxRuntimeBinding(Binding):
         try:
             self._run_bound()
         except RuntimeError as e:
-            if self._plan.given and _buffer_refused(e):
-                raise InputError(
-                    f"an output array given to bind() does not fit these inputs: {e}"
-                ) from e
+            if self.plan.given and _buffer_refused(e):
+                raise self._misfit() from e
             raise
         produced = dict(zip(self._names, self._io.get_outputs()))
         self._results.clear()
         self._owned.clear()
         for name in self._names:
-            target = self._plan.given.get(name)
+            target = self.plan.given.get(name)
             value = produced[name]
             if target is not None:  # the caller's own array (a device one: what it gave)
                 self._results[name] = target.source if isinstance(target, DeviceView) else target
@@ -581,7 +616,7 @@ class OnnxRuntimeBinding(Binding):
                 self._results[name] = self._copy_out(value)
                 continue
             shape = tuple(value.shape())
-            if self._plan.device:
+            if self.plan.device:
                 self._owned[name] = value  # the runtime's buffer becomes the bound one
                 self._io.bind_ortvalue_output(name, value)
                 self._results[name] = self._device_result(value, shape)
@@ -595,6 +630,19 @@ class OnnxRuntimeBinding(Binding):
                 self._bind_host_output(name, buf)
                 buf[...] = _to_numpy(value)
                 self._results[name] = buf
+
+    def _misfit(self) -> InputError:
+        """Which array given to bind() these inputs do not fit, and the shape they produce."""
+        kind, index = self._where
+        for name in self._names:
+            self._io.bind_output(name, kind, index)
+        self._run_bound()
+        produced = dict(zip(self._names, self._io.get_outputs()))
+        for name, target in self.plan.given.items():
+            shape = tuple(produced[name].shape())
+            if shape != tuple(target.shape):
+                return target_mismatch(name, target, shape)
+        return InputError("an output array given to bind() does not fit these inputs")
 
     def _bind_target(self, name: str, target: Any) -> None:
         if isinstance(target, DeviceView):
@@ -643,9 +691,6 @@ class OnnxRuntimeBinding(Binding):
         self._io.clear_binding_outputs()
         for name in list(self._views):
             self._release(name)
-        for target in self._plan.given.values():
-            if isinstance(target, DeviceView):
-                target.close()
         self._bound.clear()
         self._owned.clear()
         self._results.clear()
@@ -656,5 +701,9 @@ def _buffer_refused(error: Exception) -> bool:
     text = str(error)
     return any(
         part in text
-        for part in ("pre-allocated", "computed output shape", "Shape mismatch attempting to re-use")
+        for part in (
+            "pre-allocated",
+            "computed output shape",
+            "Shape mismatch attempting to re-use",
+        )
     )

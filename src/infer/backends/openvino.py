@@ -7,32 +7,48 @@ OPTIMIZATION_CAPABILITIES. The compiled-model cache (CACHE_DIR) lives in infer's
 
 Execution: `run` uses one InferRequest per calling thread, with inputs shared zero-copy and
 outputs copied out (a request's output buffers are reused, and freed on a shape change, by its
-next inference). `submit` runs on a pool of requests (see `_AsyncPool`); `bind` shares bound
+next inference). `submit` runs on a pool of requests (see `_ov_requests.RequestPool`); `bind` shares bound
 output buffers the caller owns.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import tensors
+from .. import tensors, threads
+from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
-from ..errors import CompileError, EngineClosed, InputError, OptionError, RuntimeFailure
-from ..model import Model, ModelFormat
+from ..errors import CompileError, InputError, OptionError
+from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
-from ..tensors import NUMPY_NATIVE, TensorSpec, dtype_info
-from .base import GRAPH, HINT, NATIVE, Backend, BackendInfo, Binding, Session, register
+from ..tensors import NUMPY_NATIVE, dtype_info
+from ._ov_onnx import deviation as _deviation
+from ._ov_onnx import miscomputed as _miscomputed
+from ._ov_onnx import specs as _specs
+from ._ov_onnx import string_io as _string_io
+from ._ov_onnx import version as _version
+from ._ov_requests import RequestPool
+from .base import (
+    GRAPH,
+    HINT,
+    NATIVE,
+    Backend,
+    BackendInfo,
+    Binding,
+    OutputPlan,
+    Session,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +99,7 @@ _NUMPY_BRIDGE = NUMPY_NATIVE
 @register
 class OpenVinoBackend(Backend):
     name = "openvino"
+    runtime = "openvino"
     formats = frozenset({ModelFormat.ONNX, ModelFormat.OPENVINO})
     install = 'pip install "infer[openvino]"'
 
@@ -174,6 +191,13 @@ class OpenVinoBackend(Backend):
         self._caps[device] = caps
         return device
 
+    def describe(self, model: Model) -> NativeSummary | None:
+        if model.format is not ModelFormat.OPENVINO:
+            return None
+        from ._ov_ir import summary
+
+        return summary(model)
+
     def device_for(self, request: Device) -> Device | None:
         devices = self.probe().devices
         if request.kind == "auto":
@@ -226,6 +250,20 @@ class OpenVinoBackend(Backend):
                 "give the ONNX model, or an IR already quantized (e.g. with NNCF) as fp32"
             )
         return None
+
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        from ._ov_ops import unsupported
+
+        return unsupported(self._core(), model, self.ov_device(device))
+
+    def miscomputes(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        # The narrowing is the CPU plugin's (measured); the GPU and NPU plugins have no 64-bit
+        # element types either, and AUTO picks among them.
+        return _deviation(model) or None
 
     # -- compile ------------------------------------------------------------------------------
 
@@ -316,13 +354,15 @@ class OpenVinoBackend(Backend):
             "PERFORMANCE_HINT": options.hint.upper(),
             "INFERENCE_PRECISION_HINT": hint,
         }
-        if options.threads:
+        # The process's thread budget (infer.threads): threads=, or the cores this process may
+        # use where that is fewer than the machine's.
+        pool = threads.share(options.threads).threads
+        if pool:
             if supported and "INFERENCE_NUM_THREADS" not in supported:
-                log.warning(
-                    "threads=%d ignored: %s has no INFERENCE_NUM_THREADS", options.threads, target
-                )
+                if options.threads:
+                    log.warning("threads=%d ignored: %s has no INFERENCE_NUM_THREADS", pool, target)
             else:
-                config["INFERENCE_NUM_THREADS"] = options.threads
+                config["INFERENCE_NUM_THREADS"] = pool
         named = {
             "num_streams": "NUM_STREAMS",
             "num_requests": "PERFORMANCE_HINT_NUM_REQUESTS",
@@ -383,58 +423,6 @@ def kind_and_index(ov_name: str) -> tuple[str, int] | None:
     if kind is None or (number and not number.isdigit()):
         return None
     return kind, int(number or 0)
-
-
-def _version() -> str:
-    import openvino as ov
-
-    return ov.get_version().split("-")[0]
-
-
-def _string_io(model: Model) -> str:
-    """The ONNX model's string inputs/outputs, as text ("" when it has none)."""
-    from onnx import TensorProto
-
-    graph = model._skeleton.graph
-    names = [
-        v.name
-        for v in (*graph.input, *graph.output)
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type == TensorProto.STRING
-    ]
-    return ", ".join(names)
-
-
-def _miscomputed(model: Model) -> str:
-    """Why OpenVINO would run this ONNX model and answer wrongly ("" when no known reason).
-
-    Measured with OpenVINO 2026.4 against the ONNX backend suite: its RNN/GRU/LSTM ignore
-    layout=1 (batch first) and run the batch as the sequence (test_*_batchwise).
-    """
-    for node in _nodes(model._skeleton.graph):
-        if node.op_type in ("RNN", "GRU", "LSTM") and node.domain in ("", "ai.onnx"):
-            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-            if layout:
-                return (
-                    f"OpenVINO {_version()} runs {node.op_type} with layout=1 (batch first) as "
-                    f"if it were layout=0: node {_node_name(node)!r}"
-                )
-    return ""
-
-
-def _node_name(node: Any) -> str:
-    """A node's name, else its first named output (what ONNX tools call it)."""
-    return node.name or next((o for o in node.output if o), node.op_type)
-
-
-def _nodes(graph: Any) -> Iterator[Any]:
-    """Every node of an ONNX graph, subgraphs (If/Loop/Scan bodies) included."""
-    from onnx import AttributeProto
-
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else attr.graphs:
-                yield from _nodes(sub)
 
 
 def _check_options(own: dict[str, Any]) -> dict[str, Any]:
@@ -585,165 +573,6 @@ def _message(e: BaseException) -> str:
     return "\n".join(kept) or str(e)
 
 
-def _specs(
-    compiled: Any, model: Model
-) -> tuple[list[TensorSpec], list[TensorSpec], list[tuple[int, str]]]:
-    """Input and output specs, and which inputs OpenVINO has a port for ([(port, name)]).
-
-    For ONNX models the inputs are the graph's declared inputs in its order, with names and
-    symbolic dims from the ONNX graph (OpenVINO keeps no dim names). OpenVINO drops some inputs
-    (those no output depends on, or whose value it never reads); they stay in the specs (a
-    feed that includes them is valid) and are not handed to OpenVINO.
-    """
-    if model.format is not ModelFormat.ONNX:
-        inputs = [_spec(port, {}) for port in compiled.inputs]
-        outputs = [_spec(port, {}) for port in compiled.outputs]
-        return inputs, outputs, [(i, s.name) for i, s in enumerate(inputs)]
-    graph = model._skeleton.graph
-    initializers = {t.name for t in graph.initializer}
-    onnx_in = {
-        v.name: tensors.spec_from_value_info(v) for v in graph.input if v.name not in initializers
-    }
-    onnx_out = {v.name: tensors.spec_from_value_info(v) for v in graph.output}
-    names = _input_names(list(compiled.inputs), onnx_in, model)
-    ported = {name: _spec(port, onnx_in, name) for port, name in zip(compiled.inputs, names)}
-    inputs = [ported.get(name, spec) for name, spec in onnx_in.items()]
-    _check_dropped(inputs, set(ported), model)
-    return (
-        inputs,
-        [_spec(port, onnx_out) for port in compiled.outputs],
-        list(enumerate(names)),
-    )
-
-
-def _input_names(ports: list[Any], onnx_in: Mapping[str, TensorSpec], model: Model) -> list[str]:
-    """The ONNX input each of OpenVINO's input ports stands for.
-
-    A port usually carries its input's name. Where an input flows unchanged to an output
-    (Identity, Dropout at inference), OpenVINO's ONNX frontend names the Parameter after the
-    output instead. Its Parameters keep the graph's input order (less the inputs it drops), so
-    such a port is the input between its named neighbours, or the one of those that fits it
-    (element type, rank, static dims); where that leaves a choice, the model is refused rather
-    than fed the wrong input.
-    """
-    names = list(onnx_in)
-    index = {n: i for i, n in enumerate(names)}
-    found: list[int | None] = [
-        min((index[n] for n in port.get_names() if n in index), default=None) for port in ports
-    ]
-    for k, port in enumerate(ports):
-        if found[k] is not None:
-            continue
-        lo = max((f for f in found[:k] if f is not None), default=-1) + 1
-        nxt = next((j for j in range(k + 1, len(ports)) if found[j] is not None), len(ports))
-        hi = found[nxt] if nxt < len(ports) else len(names)
-        if hi - lo == nxt - k:  # none of these inputs was dropped: they are in order
-            found[k] = lo
-            continue
-        fits = [i for i in range(lo, hi) if _fits(port, onnx_in[names[i]])]
-        if len(fits) == 1:
-            found[k] = fits[0]
-            continue
-        raise CompileError(
-            f"OpenVINO's input {port.get_any_name()!r} of {model!r} carries none of the ONNX "
-            f"inputs' names, and which of {[names[i] for i in range(lo, hi)]} it stands for "
-            "cannot be told"
-        )
-    return [names[f] for f in found if f is not None]
-
-
-def _fits(port: Any, spec: TensorSpec) -> bool:
-    """Whether an OpenVINO port can be the ONNX input `spec`: same element type and rank, and
-    no static dims that differ."""
-    if dtype_info(port.get_element_type().get_type_name()).numpy != spec.dtype:
-        return False
-    pshape = port.get_partial_shape()
-    if pshape.rank.is_dynamic or spec.shape is None:
-        return True
-    if pshape.rank.get_length() != len(spec.shape):
-        return False
-    return all(
-        not (d.is_static and isinstance(want, int)) or d.get_length() == want
-        for d, want in zip(pshape, spec.shape)
-    )
-
-
-# (op, input index) whose value ONNX says is not read at inference: Dropout's ratio when the
-# node has no training_mode input (Dropout is then the identity).
-_UNREAD_AT_INFERENCE = {("Dropout", 1)}
-
-
-def _check_dropped(inputs: Sequence[TensorSpec], ported: set[str], model: Model) -> None:
-    """Refuse a model whose ONNX inputs OpenVINO dropped although their values matter.
-
-    OpenVINO's ONNX frontend drops inputs no output depends on, but also some whose use it
-    does not implement (measured with 2026.4: LSTM's peephole input P, DFT's runtime axis, a
-    float8 QuantizeLinear's zero point): a feed for those would be ignored and the answer
-    silently wrong. An input may be dropped when it holds no elements or when no node reads
-    its value.
-    """
-    dropped = [
-        s.name
-        for s in inputs
-        if s.name not in ported and not (s.shape is not None and 0 in s.shape)
-    ]
-    if not dropped:
-        return
-    readers = _readers(model._skeleton.graph)
-    for name in dropped:
-        if name in readers:
-            op, where = readers[name]
-            raise CompileError(
-                f"OpenVINO dropped input {name!r} of {model!r}, which {op} node {where!r} "
-                "reads: its value would be ignored"
-            )
-
-
-def _readers(graph: Any) -> dict[str, tuple[str, str]]:
-    """{value name: (op, node name) of its first reader} over a graph and its subgraphs (a
-    value a subgraph reads counts as read by the node holding the subgraph)."""
-    from onnx import AttributeProto
-
-    out: dict[str, tuple[str, str]] = {}
-
-    def visit(g: Any, holder: tuple[str, str] | None) -> None:
-        for node in g.node:
-            reader = holder or (node.op_type, _node_name(node))
-            training = node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]
-            for i, name in enumerate(node.input):
-                unread = (node.op_type, i) in _UNREAD_AT_INFERENCE and not training
-                if name and not unread:
-                    out.setdefault(name, reader)
-            for attr in node.attribute:
-                subs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
-                for sub in subs:
-                    visit(sub, reader)
-
-    visit(graph, None)
-    return out
-
-
-def _spec(port: Any, onnx: Mapping[str, TensorSpec], name: str | None = None) -> TensorSpec:
-    """A port's spec, named `name`, else the first ONNX name it carries, else OpenVINO's."""
-    if name is None:
-        names = port.get_names()
-        name = next((n for n in onnx if n in names), None) or port.get_any_name()
-    dtype = dtype_info(port.get_element_type().get_type_name()).numpy
-    pshape = port.get_partial_shape()
-    if pshape.rank.is_dynamic:
-        return TensorSpec(name, None, dtype)
-    known = onnx.get(name)
-    symbols = known.shape if known is not None and known.shape is not None else ()
-    dims: list[int | str | None] = []
-    for axis, d in enumerate(pshape):
-        if d.is_static:
-            dims.append(d.get_length())
-        else:
-            symbol = symbols[axis] if axis < len(symbols) else None
-            dims.append(symbol if isinstance(symbol, str) else None)
-    return TensorSpec(name, tuple(dims), dtype)
-
-
 def _summary(d: Mapping[str, Any]) -> str:
     parts = [
         d["device"]
@@ -814,7 +643,7 @@ class OpenVinoSession(Session):
         self._ports = list(ports)
         self._out_index = {s.name: i for i, s in enumerate(self.outputs)}
         self._out_dtypes = [s.dtype for s in self.outputs]
-        self._async: _AsyncPool | None = None
+        self._async: RequestPool | None = None
         self._async_lock = threading.Lock()
         self.details["submit_requests"] = self.default_in_flight()
 
@@ -867,7 +696,7 @@ class OpenVinoSession(Session):
             or max(2, self.details.get("optimal_requests") or 1)
         )
 
-    def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future:
+    def _submit(self, feeds: dict[str, Any], outputs: list[str] | None) -> Future:
         """Start an inference on the request pool and return its Future.
 
         At most `submit_requests` inferences are in flight: a call blocks while every request
@@ -876,44 +705,30 @@ class OpenVinoSession(Session):
         (the pool then matches OPTIMAL_NUMBER_OF_INFER_REQUESTS); under the default latency
         hint one stream runs at a time and submit overlaps only the Python work around it.
         """
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
-        feeds = self._validate(feeds)
-        names = None if outputs is None else self._check_outputs(outputs)
         pool = self._async
         if pool is None:
             with self._async_lock:
+                self._check_open()
                 if self._async is None:
-                    self._async = _AsyncPool(self, self.default_in_flight())
+                    self._async = RequestPool(self, self.default_in_flight())
                 pool = self._async
-        return pool.submit(feeds, names)
+        return pool.submit(feeds, outputs)
+
+    def _error_text(self, error: BaseException) -> str:
+        return _message(error)
 
     # -- bind ---------------------------------------------------------------------------------
 
-    def bind(self, outputs: str | Mapping[str, Any] = "host") -> Binding:
+    def _bind(self, plan: OutputPlan) -> Binding:
         """A request of its own whose output tensors are numpy buffers (the binding's, or the
         arrays given in `outputs`) that OpenVINO writes into; inputs are shared zero-copy."""
-        if self._closed:
-            raise EngineClosed(f"{self.backend} session on {self.device} is closed")
-        if isinstance(outputs, str):
-            if outputs not in ("host", "device"):
+        for name, arr in plan.given.items():
+            if arr.dtype not in _NUMPY_BRIDGE:
                 raise OptionError(
-                    f"bind(outputs={outputs!r}): use 'host', 'device' or a dict of output name -> array"
+                    f"bind(outputs={{{name!r}: ...}}): {dtype_info(arr.dtype).name} outputs "
+                    "cannot be shared with OpenVINO; bind this output as 'host'"
                 )
-            if outputs == "device" and self.device.kind not in ("cpu", "auto"):
-                raise OptionError(
-                    f"bind(outputs='device'): OpenVINO remote tensors on {self.device} are not "
-                    "supported by infer; use outputs='host'"
-                )
-            given: Mapping[str, Any] = {}
-        elif isinstance(outputs, Mapping):
-            given = outputs
-        else:
-            raise OptionError(
-                f"bind(outputs=...) takes 'host', 'device' or a dict of output name -> array, "
-                f"got {type(outputs).__name__}"
-            )
-        return OpenVinoBinding(self, given)
+        return OpenVinoBinding(self, plan)
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -923,135 +738,6 @@ class OpenVinoSession(Session):
             self._async = None
         self._local = threading.local()  # drops every thread's request
         self._compiled = None
-
-
-class _Job:
-    """One submitted inference: its Future, the outputs asked for, and the feeds it shares."""
-
-    __slots__ = ("feeds", "finished", "future", "outputs")
-
-    def __init__(self, future: Future, outputs: list[str] | None) -> None:
-        self.future = future
-        self.outputs = outputs
-        self.feeds: list[Any] = []  # the input tensors: the request reads them until it is done
-        self.finished = False
-
-
-class _AsyncPool:
-    """A fixed pool of InferRequests behind submit(); futures resolve as inferences finish.
-
-    Each request's OpenVINO callback (run on OpenVINO's thread, as ov.AsyncInferQueue's is)
-    copies the outputs, frees the request and resolves the Future. OpenVINO calls no callback
-    for an inference that fails, so a watchdog thread looks, every WATCH_S while inferences are
-    in flight, at those not finished yet, and fails the Future of any that ended in an error.
-    It sleeps in between rather than waiting on each request, so it costs no thread switch per
-    inference.
-
-    Why not ov.AsyncInferQueue itself: measured with OpenVINO 2026.4, after one failed
-    inference its Future would never resolve (no callback), and the failed request's error is
-    raised again by every later start_async that picks that request: one bad input poisons the
-    queue. Done-callbacks of the Futures run on OpenVINO's thread: keep them short.
-    """
-
-    WATCH_S = 0.02
-
-    def __init__(self, session: OpenVinoSession, size: int) -> None:
-        self._session = session
-        self._requests = [session._compiled.create_infer_request() for _ in range(size)]
-        self._jobs: list[_Job | None] = [None] * size
-        self._idle: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i, req in enumerate(self._requests):
-            req.set_callback(self._done, i)
-            self._idle.put(i)
-        self._lock = threading.Lock()
-        self._in_flight = threading.Condition(self._lock)
-        self._closed = False
-        self._watchdog = threading.Thread(
-            target=self._watch, name=f"infer-openvino-{id(self):x}", daemon=True
-        )
-        self._watchdog.start()
-
-    def submit(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> Future:
-        fut: Future = Future()
-        fut.set_running_or_notify_cancel()
-        slot = self._idle.get()  # blocks while every request is in flight
-        req = self._requests[slot]
-        with self._lock:
-            if self._closed:
-                self._idle.put(slot)
-                raise EngineClosed("openvino session is closed")
-            job = self._jobs[slot] = _Job(fut, outputs)
-            try:
-                job.feeds = self._session._set_inputs(req, feeds)
-                req.start_async()
-            except Exception as e:
-                self._jobs[slot] = None
-                self._idle.put(slot)
-                raise RuntimeFailure(
-                    f"openvino failed to start an inference on {self._session.device}: {_message(e)}"
-                ) from e
-            self._in_flight.notify()
-        return fut
-
-    def _done(self, slot: int) -> None:
-        """OpenVINO's callback after a successful inference. Never raises."""
-        try:
-            job = self._jobs[slot]
-            if job is None:
-                return
-            try:
-                result: Any = self._session._read(self._requests[slot], job.outputs)
-            except Exception as e:
-                result = RuntimeFailure(f"openvino outputs could not be read: {e}")
-            with self._lock:
-                job.finished = True
-                self._jobs[slot] = None
-            self._idle.put(slot)  # before resolving: a done-callback may submit again
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
-        except BaseException:  # an exception escaping into OpenVINO's thread would abort
-            log.exception("openvino completion callback failed")
-
-    def _watch(self) -> None:
-        while True:
-            with self._lock:
-                while not self._closed and not any(self._jobs):
-                    self._in_flight.wait()
-                closing = self._closed
-                pending = [(slot, job) for slot, job in enumerate(self._jobs) if job is not None]
-            if not pending and closing:
-                return
-            if not closing:
-                time.sleep(self.WATCH_S)
-            for slot, job in pending:
-                if job.finished:  # its request may already run a later job
-                    continue
-                req = self._requests[slot]
-                try:
-                    # While closing, wait for the end; else only look (an unfinished job's
-                    # request is its own: the slot is freed only once the job finishes).
-                    req.wait() if closing else req.wait_for(0)
-                except Exception as e:
-                    self._fail(slot, job, e)
-
-    def _fail(self, slot: int, job: _Job, error: Exception) -> None:
-        with self._lock:
-            if job.finished:
-                return
-            job.finished = True
-            self._jobs[slot] = None
-        self._idle.put(slot)
-        job.future.set_exception(
-            RuntimeFailure(f"openvino failed to run on {self._session.device}: {_message(error)}")
-        )
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._in_flight.notify()
-        self._watchdog.join()  # every started inference has ended by then
 
 
 class OpenVinoBinding(Binding):
@@ -1065,50 +751,15 @@ class OpenVinoBinding(Binding):
     request, and the bound buffers are reallocated (logged at debug level).
     """
 
-    def __init__(self, session: OpenVinoSession, given: Mapping[str, Any]) -> None:
-        super().__init__(session)
+    def __init__(self, session: OpenVinoSession, plan: OutputPlan) -> None:
+        super().__init__(session, plan)
         self.session: OpenVinoSession = session
-        unknown = sorted(set(given) - set(session._out_index))
-        if unknown:
-            raise InputError(
-                f"bind(outputs=...): unknown output(s) {unknown}; the model's outputs are "
-                f"{session._output_names}"
-            )
-        self._given = {name: self._check_given(name, arr) for name, arr in given.items()}
+        self._given: Mapping[str, np.ndarray] = plan.given
         self._request = session._compiled.create_infer_request()
         self._learner: Any = None  # a plain request, to learn output shapes
         self._fed: list[tuple[np.ndarray, Any] | None] = [None] * len(session._ports)
         self._signature: tuple | None = None
         self._outs: list[np.ndarray] = []
-
-    def _check_given(self, name: str, arr: Any) -> np.ndarray:
-        spec = self.session.outputs[self.session._out_index[name]]
-        if not isinstance(arr, np.ndarray):
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): expected a numpy array, got {type(arr).__name__}"
-            )
-        if arr.dtype != spec.dtype or not arr.flags.c_contiguous or not arr.flags.writeable:
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): expected a writable C-contiguous "
-                f"{tensors.describe(spec.shape, spec.dtype)} array, got "
-                f"{tensors.describe(arr.shape, arr.dtype)}"
-                f"{'' if arr.flags.c_contiguous else ' (not contiguous)'}"
-                f"{'' if arr.flags.writeable else ' (read-only)'}"
-            )
-        if arr.dtype not in _NUMPY_BRIDGE:
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): {dtype_info(arr.dtype).name} outputs cannot "
-                "be shared with OpenVINO; bind this output as 'host'"
-            )
-        if spec.shape is not None and (
-            len(spec.shape) != arr.ndim
-            or any(isinstance(d, int) and d != g for d, g in zip(spec.shape, arr.shape))
-        ):
-            raise InputError(
-                f"bind(outputs={{{name!r}: ...}}): expected {tensors.describe(spec.shape, spec.dtype)}, "
-                f"got shape {list(arr.shape)}"
-            )
-        return arr
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, Any]:
         s = self.session
@@ -1157,11 +808,7 @@ class OpenVinoBinding(Binding):
             if name in self._given:
                 buf = self._given[name]
                 if buf.shape != produced.shape:
-                    raise InputError(
-                        f"bound output {name!r} has shape {list(buf.shape)}, but for inputs of "
-                        f"shapes {[list(x) for x in signature]} the model produces "
-                        f"{list(produced.shape)}"
-                    )
+                    raise target_mismatch(name, buf, produced.shape)
                 np.copyto(buf, produced)
             else:
                 buf = produced  # a fresh array the binding owns: it becomes the bound buffer

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from .. import _onnx
 from ..device import Device, cpu
-from ..errors import CompileError
-from ..model import Model
-from ..options import Options
+from ..errors import CompileError, InputError, RuntimeFailure
+from ..model import Model, ModelFormat
+from ..options import Options, parse_size
+from . import _ref_memory
 from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 
 
 @register
 class ReferenceBackend(Backend):
     name = "reference"
+    runtime = "onnx"
     install = "nothing: it ships with onnx"
 
     def _probe(self) -> BackendInfo:
@@ -36,12 +42,33 @@ class ReferenceBackend(Backend):
         # It evaluates whatever graph it is given, so transformed graphs run as they are.
         return {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}
 
+    def unsupported_ops(
+        self, model: Model, device: Device, variant: str | None = None
+    ) -> list[str] | None:
+        """The model's ops onnx.reference has no implementation of at the model's opsets (its
+        op registry and the schemas' function bodies, and the ops corrected here)."""
+        if model.format is not ModelFormat.ONNX:
+            return None
+        from .._ops import op_uses
+
+        proto = model._skeleton
+        corrected = {("", c.__name__) for c in _corrected_ops(_onnx.opset(proto) or 1)}
+        missing: dict[str, None] = {}
+        for use in op_uses(proto):
+            if (use.domain, use.op) not in corrected and not _implemented(
+                use.domain, use.op, use.version
+            ):
+                missing[f"{use.label} (opset {use.version})" if use.version else use.label] = None
+        return list(missing)
+
     def compile(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> Session:
         import onnx
         from onnx.reference import ReferenceEvaluator
 
+        own = options.for_backend(self.name, _OPTIONS)
+        max_memory = parse_size(own["max_memory"], "backend_options['reference']['max_memory']")
         proto = model.proto
         # The evaluator runs whatever it is given and fails (or answers) at run time on graphs the
         # spec forbids (cycles, inputs nothing produces): the checker refuses those up front.
@@ -51,7 +78,7 @@ class ReferenceBackend(Backend):
         except Exception as e:
             raise CompileError(f"{model!r} is not a valid ONNX model: {e}") from e
         try:
-            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_opset(proto)))
+            evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_onnx.opset(proto) or 1))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
         inputs, outputs = model.inputs, model.outputs
@@ -65,6 +92,8 @@ class ReferenceBackend(Backend):
         return ReferenceSession(
             evaluator,
             optional_tensors=optional_tensors,
+            graph=model._skeleton,
+            max_memory=max_memory,
             backend=self.name,
             device=device,
             inputs=inputs,
@@ -76,20 +105,34 @@ class ReferenceBackend(Backend):
 
 class ReferenceSession(Session):
     def __init__(
-        self, evaluator: Any, optional_tensors: frozenset[str] = frozenset(), **kw: Any
+        self,
+        evaluator: Any,
+        optional_tensors: frozenset[str] = frozenset(),
+        graph: Any = None,
+        max_memory: int | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(**kw)
         self._evaluator = evaluator
         self._optional_tensors = optional_tensors
         self._lock = threading.Lock()  # the evaluator keeps per-run state on its op objects
+        self._graph = graph  # the model without external data, for the memory estimate
+        self._max_memory = max_memory  # None: what the machine has available at each run
+        self._estimates: dict[tuple, int | None] = {}
 
     def _run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None
     ) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
+        self._check_memory(feeds)
         # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
         with self._lock, np.errstate(over="ignore"):
-            results = self._evaluator.run(names, feeds)
+            try:
+                results = self._evaluator.run(names, feeds)
+            except (TypeError, AttributeError) as e:
+                raise RuntimeFailure(
+                    f"{self.backend} failed to run on {self.device}: {_cause(e)}"
+                ) from e
         # Sequences stay lists, maps dicts, and an empty optional None (as ONNX Runtime gives).
         out = {}
         for n, r in zip(names, results):
@@ -98,12 +141,95 @@ class ReferenceSession(Session):
             out[n] = r if r is None or isinstance(r, (list, dict)) else np.asarray(r)
         return out
 
+    def _check_memory(self, feeds: dict[str, np.ndarray]) -> None:
+        """Refuse a run that would hold more than the limit: the evaluator cannot bound itself."""
+        if self._graph is None:
+            return
+        key = tuple(
+            (k, v.shape, v.dtype.str) if isinstance(v, np.ndarray) else (k, type(v).__name__)
+            for k, v in feeds.items()
+        )
+        if key not in self._estimates:
+            if len(self._estimates) > 64:
+                self._estimates.clear()
+            self._estimates[key] = _ref_memory.estimate(self._graph, feeds)
+        need = self._estimates[key]
+        if not need or (self._max_memory is None and need < _SMALL_RUN):
+            return
+        limit = self._max_memory
+        source = "backend_options['reference']['max_memory']"
+        if limit is None:
+            limit, source = _ref_memory.available(), "the memory available here"
+        if limit is None or need <= limit:
+            return
+        shapes = ", ".join(
+            f"{k} {list(v.shape)}" for k, v in feeds.items() if isinstance(v, np.ndarray)
+        )
+        raise InputError(
+            f"the ONNX reference evaluator would hold at least {_gib(need)} for this run "
+            f"({shapes}; it keeps every intermediate tensor), more than {source} "
+            f"({_gib(limit)}); give smaller inputs, another backend, or a higher limit: "
+            f"backend_options={{'reference': {{'max_memory': '{-(-need // 2**30) + 1}GiB'}}}}"
+        )
+
     def _close(self) -> None:
         self._evaluator = None
 
 
-def _opset(proto: Any) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+_OPTIONS = {"max_memory": None}
+"""backend_options["reference"]: max_memory, the most a run may hold (bytes, or "32GiB");
+None: the memory available when the run starts."""
+_SMALL_RUN = 64 << 20  # below this, a run is not weighed against the memory available
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@functools.cache
+def _implemented(domain: str, op: str, version: int | None) -> bool:
+    """Whether onnx.reference loads an implementation of the op at this opset, as its
+    evaluator does for each node (a function body counts; no opset import does not)."""
+    if version is None:
+        return False
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import RuntimeContextError
+
+    try:
+        if domain == "":
+            from onnx.reference.ops import load_op
+
+            load_op(domain, op, version, evaluator_cls=ReferenceEvaluator)
+            return True
+        loaders = {
+            "ai.onnx.ml": "onnx.reference.ops.aionnxml",
+            "ai.onnx.preview": "onnx.reference.ops.aionnx_preview",
+            "ai.onnx.preview.training": "onnx.reference.ops.aionnx_preview_training",
+            "experimental": "onnx.reference.ops.experimental",
+        }
+        if domain not in loaders:
+            return False
+        importlib.import_module(loaders[domain]).load_op(domain, op, version)
+        return True
+    except RuntimeContextError:  # a function body that depends on the node: it builds one
+        return True
+    except Exception:  # no implementation (NotImplementedError, its RuntimeImplementationError)
+        return False
+
+
+_WRAPPED = re.compile(r"^Issues with types .*\(operator '([^']*)'\)\.?$", re.S)
+
+
+def _cause(e: BaseException) -> str:
+    """What went wrong, without the layers onnx.reference wraps around it: each op that a
+    failure passes through (a Loop, then its body's op) re-raises "Issues with types [<class
+    'numpy.ndarray'>, ...] (operator 'Loop')" from the one below."""
+    ops: list[str] = []
+    while (found := _WRAPPED.match(str(e))) and e.__cause__ is not None:
+        ops.append(found.group(1))
+        e = e.__cause__
+    where = f"in {' > '.join(ops)}: " if ops else ""
+    return f"{where}{type(e).__name__}: {e}"
 
 
 def _corrected_ops(opset: int = 1) -> list[type]:

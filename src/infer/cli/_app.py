@@ -26,7 +26,7 @@ from ..errors import InferError
 log = logging.getLogger("infer.cli")
 
 EXIT_OK = 0
-EXIT_CHECK_FAILED = 1  # a check the user asked for did not pass (compare)
+EXIT_CHECK_FAILED = 1  # a check the user asked for did not pass (compare), a bench row did not run
 EXIT_USER_ERROR = 2  # bad arguments, unreadable model or input, no backend can run it
 EXIT_INTERNAL = 3  # a bug: an exception infer did not expect
 EXIT_INTERRUPTED = 130

@@ -11,9 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import demo
-from ..bench import BenchReport, benchmark, plot
+from ..batching import Batching
+from ..bench import BenchReport, benchmark
 from ..errors import OptionError
 from ..feeds import read_inputs
+from ._app import EXIT_CHECK_FAILED
 from ._common import (
     DEMO,
     DeviceOpt,
@@ -33,16 +35,20 @@ from ._common import (
     split_list,
     write_json,
 )
+from ._plot import plot
 
 HELP = help_text(
     "Benchmark a model on every backend here (or those named), side by side: load time "
     "(cold, into an empty cache, and warm), then per batch size a warm-up and a timed "
     "run giving latency p50/p90/p99/mean and throughput. With no MODEL, the built-in "
     "demo CNN. With --concurrency N, N requests stay in flight (Engine.submit) and "
-    "latency is per request.",
+    "latency is per request. With --batching 16,2 as well, the engines merge the requests "
+    "in flight into runs of up to 16 rows, waiting at most 2 ms (infer.Batching), and the "
+    "batcher's counters are shown.",
     "infer bench",
     "infer bench model.onnx -b onnxruntime,openvino --batch 1,8 --plot b.png",
     "infer bench model.onnx -d cuda -p fp16 --concurrency 4 --json b.json",
+    "infer bench model.onnx --concurrency 8 --batching 8,2",
 )
 
 
@@ -75,6 +81,14 @@ def bench_command(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", help="Requests kept in flight.")
     ] = 1,
+    batching: Annotated[
+        str | None,
+        typer.Option(
+            "--batching",
+            help="MAX_BATCH[,MAX_DELAY_MS]: merge the requests in flight (default delay 2 ms).",
+            show_default=False,
+        ),
+    ] = None,
     shape: ShapeOpt = None,
     inputs: InputOpt = None,
     seed: SeedOpt = 0,
@@ -117,6 +131,7 @@ def bench_command(
             duration=duration,
             warmup=warmup,
             concurrency=concurrency,
+            batching=batching_of(batching),
             shapes=shapes_of(shape),
             inputs=read_inputs(inputs or []),
             seed=seed,
@@ -129,9 +144,31 @@ def bench_command(
         write_json(report.to_dict(samples=samples), json_file)
     if json_file != "-":
         render(report, label, named=backends != "all")
-    if plot_file is not None:
+    if plot_file is not None and any(m.ok for m in report.results):
         plot(report, plot_file, title=f"{name} on {device} ({precision})")
         (out() if json_file != "-" else err()).print(f"plot written to {plot_file}")
+    failed = report.failures()
+    if failed:
+        rows = len([m for m in report.results if not m.skipped])
+        err().print(f"error: {len(failed)} of {rows} benchmark row(s) did not run (see above)")
+        raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def batching_of(text: str | None) -> Batching | None:
+    """--batching "16" or "16,2.5" -> Batching(max_batch=16, max_delay_ms=2.5)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) == 1:
+            return Batching(max_batch=int(parts[0]))
+        if len(parts) == 2:
+            return Batching(max_batch=int(parts[0]), max_delay_ms=float(parts[1]))
+    except ValueError:
+        pass
+    raise OptionError(
+        f"--batching takes MAX_BATCH or MAX_BATCH,MAX_DELAY_MS (e.g. 16,2), got {text!r}"
+    )
 
 
 class _Bars:
@@ -165,6 +202,9 @@ class _Bars:
 def render(r: BenchReport, label: str, named: bool = False) -> None:
     console = out()
     mode = f"{r.concurrency} in flight" if r.concurrency > 1 else "one at a time"
+    if r.batching is not None:
+        b = r.batching
+        mode += f" · batching up to {b.max_batch} rows, {b.max_delay_ms:g} ms"
     console.print(
         Text(f"{label}\n", style="bold")
         + Text(
@@ -175,9 +215,16 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
     )
     ok = [m for m in r.results if m.ok]
     if ok:
-        table = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+        table = Table(
+            box=None, padding=(0, 1), collapse_padding=True, header_style="bold", pad_edge=False
+        )
         table.add_column("backend", no_wrap=True)
         table.add_column("batch", justify="right")
+        table.add_column(
+            "inputs",
+            no_wrap=len({len(m.shapes) for m in ok}) == 1 and len(ok[0].shapes) == 1,
+            overflow="fold",
+        )
         for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s"):
             table.add_column(col, justify="right")
         best = {b: r.best(b) for b in r.batches}
@@ -188,6 +235,7 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             table.add_row(
                 name,
                 str(m.batch),
+                _shapes(m.shapes),
                 fmt_ms(lat.p50 if lat else None),
                 fmt_ms(lat.p90 if lat else None),
                 fmt_ms(lat.p99 if lat else None),
@@ -220,18 +268,44 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             )
         console.print()
         console.print(loads)
+        batched = [m for m in ok if m.batching is not None]
+        if batched:
+            runs = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+            runs.add_column("backend", no_wrap=True)
+            for col in ("batch", "requests", "runs", "mean batch", "full", "queued p50", "p99"):
+                runs.add_column(col, justify="right")
+            for m in batched:
+                s = m.batching
+                assert s is not None
+                runs.add_row(
+                    m.backend,
+                    str(m.batch),
+                    str(s.requests),
+                    str(s.batches),
+                    f"{s.mean_batch:.1f}",
+                    str(s.full),
+                    fmt_ms(s.delay_p50_ms),
+                    fmt_ms(s.delay_p99_ms),
+                )
+            console.print()
+            console.print(runs)
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
             notes.append(f"* what device={r.device!r} picks with no backend named")
-        if len(ok) > 1:
+        if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
+        elif len(ok) > 1:  # no colours to show it: say it in words
+            for b, m in best.items():
+                if m is not None:
+                    notes.append(f"lowest median latency at batch {b}: {m.backend}")
         for n in notes:
             console.print(Text(n, style="dim"))
     failed = [m for m in r.results if not m.ok]
     if failed:
         console.print()
         for m in failed:
-            console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style="red"))
+            style = "dim" if m.skipped else "red"
+            console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style=style))
     shown = [s for s in r.skipped if named or s.verdict == "unsupported"]
     for s in shown:
         console.print(Text(f"– {s.backend} on {s.device}: {s.reason}", style="dim"))
@@ -245,3 +319,11 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         )
     for n in r.notes:
         console.print(Text(f"note: {n}", style="dim"))
+
+
+def _shapes(shapes: Any) -> str:
+    """The input shapes a row timed: '1x3x640x640' for one input, else 'x 1x4, y 1x4'."""
+    dims = {k: "x".join(map(str, v)) or "scalar" for k, v in shapes.items()}
+    if len(dims) == 1:
+        return next(iter(dims.values()))
+    return ", ".join(f"{k} {v}" for k, v in dims.items())

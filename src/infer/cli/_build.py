@@ -123,6 +123,8 @@ def build_command(
     before = {i.path: i for i in scan(cache)}
     start = time.perf_counter()
     with _Stages() as stages:
+        # With no backend named, race the candidates now and keep the verdict: a later
+        # Engine.load of the model on this device compiles the winner alone.
         engine = Engine.load(
             source,
             device,
@@ -130,6 +132,7 @@ def build_command(
             precision=precision,
             calibration=samples,
             shapes=shapes or None,
+            choose="measure",
             progress=stages.update,
         )
     seconds = time.perf_counter() - start
@@ -142,7 +145,8 @@ def build_command(
                 f"in {fmt_s(seconds)}"
             )
         )
-        summary = engine.selection[-1].reason if engine.selection else ""
+        chosen_attempt = next((a for a in engine.selection if a.verdict == "selected"), None)
+        summary = chosen_attempt.reason if chosen_attempt is not None else ""
         if summary:
             console.print(Text(f"  {summary}", style="dim"))
         if engine.precision_report is not None:

@@ -38,6 +38,7 @@ class Item:
     created: float
     key: dict[str, Any] = field(default_factory=dict, compare=False)
     managed: bool = False  # a runtime's own folder: no meta.json, key parts unknown
+    note: str = ""  # what the entry says of itself (a backend choice: winner and timings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Item:
             "created": self.created,
             "key": self.key,
             "managed_by_runtime": self.managed,
+            "note": self.note,
         }
 
 
@@ -72,7 +74,10 @@ def scan(cache: Cache, kind: str | None = None) -> list[Item]:
                 created = float(entry.meta.get("created", folder.stat().st_mtime))
                 key = dict(entry.meta.get("key", {}))
                 files = [f for f in files if f.name != META]
-                items.append(Item(kdir.name, folder, entry.size, len(files), created, key))
+                note = _note(entry.meta)
+                items.append(
+                    Item(kdir.name, folder, entry.size, len(files), created, key, note=note)
+                )
             elif not (folder / META).exists():
                 mtime = max([p.stat().st_mtime for p in files] or [folder.stat().st_mtime])
                 items.append(Item(kdir.name, folder, size, len(files), mtime, managed=True))
@@ -127,6 +132,8 @@ def list_command(
     table.add_column("key", overflow="fold")
     for i in items:
         key = "(kept by the runtime)" if i.managed else _key_text(i.key)
+        if i.note:
+            key = f"{i.note}; {key}"
         table.add_row(i.kind, i.path.name[:10], fmt_bytes(i.size), _age(i.created), key)
     console.print(table)
     total = sum(i.size for i in items)
@@ -144,6 +151,18 @@ def clear_command(kind: KindOpt = None) -> None:
 
 def path_command() -> None:
     print(Cache().root)
+
+
+def _note(meta: dict[str, Any]) -> str:
+    """A backend choice's verdict in a line: 'winner openvino (openvino 0.43 ms, ...)'."""
+    winner, medians = meta.get("winner"), meta.get("median_ms")
+    if not winner or not isinstance(medians, dict):
+        return ""
+    timings = ", ".join(
+        f"{label} {ms:.3g} ms" for label, ms in medians.items() if isinstance(ms, (int, float))
+    )
+    shapes = f" at {meta['shapes']}" if meta.get("shapes") else ""
+    return f"winner {winner} ({timings}{shapes})"
 
 
 def _key_text(key: dict[str, Any]) -> str:

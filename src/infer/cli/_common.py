@@ -18,7 +18,6 @@ from ..errors import OptionError
 from ..feeds import parse_shapes
 from ..model import Model
 from ..options import PRECISIONS
-from ..tensors import TensorSpec, describe
 
 DEMO = "demo"
 
@@ -52,7 +51,7 @@ ShapeOpt = Annotated[
     typer.Option(
         "--shape",
         help="INPUT=1x3x224x224 (a whole input) or DIM=4 (a named dimension); repeatable. "
-        "Dynamic dimensions not named are 1.",
+        "Dynamic dimensions not named are sized as a real run would be (noted).",
         show_default=False,
     ),
 ]
@@ -181,7 +180,3 @@ def fmt_num(x: float | None, digits: int = 3) -> str:
     if abs(x) >= 1e4 or abs(x) < 1e-3:
         return f"{x:.{digits - 1}e}"
     return f"{x:.{digits}g}"
-
-
-def fmt_spec(spec: TensorSpec) -> str:
-    return f"{spec.name}: {describe(spec.shape, spec.dtype)}"

@@ -72,7 +72,8 @@ def compare_command(
         typer.Option(
             "--backends",
             "-b",
-            help="Backends, first is the baseline (default: every one here that can).",
+            help="Backends, first is the baseline (default: every one here that can; "
+            "those that cannot load the model are left out, with the reason).",
         ),
     ] = None,
     device: DeviceOpt = "auto",
@@ -215,6 +216,9 @@ def render(c: Comparison, name: str) -> None:
             fmt_s(r.run_s),
         )
     console.print(runners)
+    for a in c.skipped:
+        why = a.reason.strip().splitlines()[0] if a.reason.strip() else a.verdict
+        console.print(Text(f"– left out {a.backend} on {a.device}: {why}", style="dim"))
     console.print()
     table = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
     table.add_column("output", overflow="fold")

@@ -94,22 +94,19 @@ def report() -> dict[str, Any]:
     """Devices, backends and notes as JSON-ready data."""
     probe_model = Model.load(demo.model())
     options = Options()
-    rows: list[selection.Choice] = []
-    for choices in selection.TABLE.values():
-        rows += [c for c in choices if c not in rows]
     out_devices = []
     for d in selection.devices():
         caps = d.capabilities
         verdicts = []
-        mine = [r for r in rows if r.kind == d.kind]
-        for row in mine:
-            _, attempt = selection.check(row, probe_model, Device(d.kind, d.index), options)
-            if attempt is None:
-                verdicts.append({"backend": row.label, "ok": True, "reason": None})
-            else:
-                verdicts.append({"backend": row.label, "ok": False, "reason": attempt.reason})
+        # Whether a backend drives the device: the probe model's ops are not the question.
+        rows = selection.preflight(probe_model, Device(d.kind, d.index), options, ops=False)
+        mine = [a for a in rows if a.row is not None and a.row.kind == d.kind]
+        for a in mine:
+            verdicts.append(
+                {"backend": a.backend, "ok": a.eligible, "reason": None if a.eligible else a.reason}
+            )
         for name in selection.BACKENDS:
-            if not any(r.backend == name for r in mine):
+            if not any(a.row is not None and a.row.backend == name for a in mine):
                 verdicts.append(
                     {
                         "backend": name,

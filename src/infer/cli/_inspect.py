@@ -9,15 +9,30 @@ from rich.table import Table
 from rich.text import Text
 
 from ..inspect import Inspection, Node, inspect
-from ..tensors import describe
-from ._common import ModelArg, fmt_bytes, fmt_count, help_text, load_model, out, write_json
+from ..tensors import describe_specs
+from ._common import (
+    ModelArg,
+    fmt_bytes,
+    fmt_count,
+    fmt_s,
+    help_text,
+    load_model,
+    out,
+    write_json,
+)
+
+METADATA_CHARS = 120
+"""Metadata values longer than this are cut in the text output (--full and --json keep them)."""
 
 HELP = help_text(
     "Show what a model holds: IR version, producer, opsets per domain, inputs and "
     "outputs (symbolic dims by name), node count and op types, initializers and their "
     "bytes, subgraphs, custom domains, external data, and which backends here can "
-    "load it.",
+    "load it: ✓ where a backend implements every op at the model's opsets (checked "
+    "without compiling), ✗ with the reason where it cannot, ? where that is known only "
+    "by compiling; --compile loads the model on each to be sure.",
     "infer inspect model.onnx",
+    "infer inspect model.onnx --compile",
     "infer inspect model.onnx --nodes | less",
     "infer inspect model.onnx --json | jq .onnx.opsets",
 )
@@ -39,18 +54,25 @@ def inspect_command(
         bool,
         typer.Option("--backends/--no-backends", help="Ask each backend whether it can load it."),
     ] = True,
+    compile: Annotated[
+        bool,
+        typer.Option("--compile", help="Load the model on each backend here to be sure."),
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Show long metadata values in full.")
+    ] = False,
 ) -> None:
     source, name = load_model(model)
-    result = inspect(source, backends=backends)
+    result = inspect(source, backends=backends, compile=compile)
     if as_json:
         data = result.to_dict(nodes=nodes)
         data["name"] = name
         write_json(data, "-")
         return
-    render(result, name, nodes)
+    render(result, name, nodes, full)
 
 
-def render(r: Inspection, name: str, nodes: bool = False) -> None:
+def render(r: Inspection, name: str, nodes: bool = False, full: bool = False) -> None:
     console = out()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -102,7 +124,7 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
                 f"{', '.join(o.external_data)} ({fmt_bytes(o.external_bytes)})",
             )
         for i, (k, v) in enumerate(o.metadata):
-            grid.add_row("metadata" if i == 0 else "", f"{k}: {v}")
+            grid.add_row("metadata" if i == 0 else "", f"{k}: {v if full else _value(v)}")
     elif r.native is not None:
         n = r.native
         for note in n.notes:
@@ -116,9 +138,15 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
     here = [s for s in r.backends if s.device != "-"]
     absent = [s.backend for s in r.backends if s.device == "-"]
     for i, s in enumerate(here):
-        mark = Text("✓ ", style="green") if s.ok else Text("✗ ", style="red")
+        mark = {True: Text("✓ ", style="green"), None: Text("? ", style="yellow")}.get(
+            s.ok, Text("✗ ", style="red")
+        )
         line = mark + Text(f"{s.backend} on {s.device}")
-        if not s.ok:
+        if s.verdict == "compiled":
+            line.append(f": compiled in {fmt_s(s.seconds)}", style="dim")
+        elif s.ok is None:
+            line.append(f": not checked ({s.reason})", style="dim")
+        elif not s.ok:
             line.append(f": {s.reason}", style="dim")
         grid.add_row("backends" if i == 0 else "", line)
     if absent:
@@ -131,7 +159,7 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
     if histogram:
         console.print()
         console.print(Text("op types", style="bold"))
-        console.print(_columns([f"{op} {n}" for op, n in histogram]))
+        console.print(_columns([f"{op} {n}" for op, n in histogram], console.width - 2))
     if nodes and r.nodes:
         console.print()
         console.print(Text("nodes", style="bold"))
@@ -140,7 +168,17 @@ def render(r: Inspection, name: str, nodes: bool = False) -> None:
 
 
 def _spec(spec: Any) -> str:
-    return f"{spec.name}: {describe(spec.shape, spec.dtype)}"
+    return describe_specs([spec])
+
+
+def _value(text: str, limit: int = METADATA_CHARS) -> str:
+    """A metadata value on one line, cut to `limit` characters, saying how long it is."""
+    flat = text.replace("\r", "").replace("\n", "⏎")
+    if len(flat) <= limit:
+        return flat
+    lines = text.count("\n") + 1
+    size = f"{len(text):,} characters" + (f", {lines:,} lines" if lines > 1 else "")
+    return f"{flat[:limit]}… ({size}; --full shows it)"
 
 
 def _columns(items: list[str], width: int = 78) -> Table:

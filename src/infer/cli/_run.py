@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..engine import Engine
 from ..errors import OptionError
-from ..feeds import random_feeds, read_inputs, resolve_shapes
+from ..feeds import random_feeds, read_inputs, representative_shapes
 from ..model import ModelFormat
 from ..tensors import dtype_info
 from ._common import (
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 HELP = help_text(
     "Run a model once and show its outputs. Inputs not given with --input are random "
     "(uniform [0, 1) floats, 0/1 integers), the same for the same --seed; dynamic "
-    "dimensions take their size from --shape, else 1.",
+    "dimensions take their size from --shape, else from the model's metadata, else a "
+    "size a model of that kind takes (batch 1, a detector's 640x640, ...), noted.",
     "infer run model.onnx --shape images=1x3x640x640 --save out.npz",
     "infer run vad.onnx -i input=chunk.npy -i sr=16000 --backend openvino",
 )
@@ -80,16 +81,20 @@ def run_command(
     chosen = names[0] if len(names) == 1 else (names or None)
     shapes = shapes_of(shape)
     given = read_inputs(inputs or [])
+    onnx = source.format is ModelFormat.ONNX
     build_shapes = None
-    if shapes and source.format is ModelFormat.ONNX:
+    if shapes and onnx:
         # Backends that fix shapes when they build (TensorRT) build for exactly these.
-        build_shapes, _ = resolve_shapes(source.inputs, shapes, arrays=given)
+        build_shapes, _ = representative_shapes(source.inputs, shapes, arrays=given, model=source)
     start = time.perf_counter()
     with Engine.load(
         source, device, backend=chosen, precision=precision_of(precision), shapes=build_shapes
     ) as engine:
         load_s = time.perf_counter() - start
-        resolved, notes = resolve_shapes(engine.inputs, shapes, arrays=given)
+        # Dimension names are the ONNX model's: a backend that compiled static shapes (OpenVINO
+        # given shapes=) reports none.
+        declared = source.inputs if onnx else engine.inputs
+        resolved, notes = representative_shapes(declared, shapes, arrays=given, model=source)
         feeds = random_feeds(engine.inputs, resolved, seed=seed, given=given)
         for note in notes:
             err().print(Text(f"note: dynamic dimension {note}; set it with --shape", style="dim"))

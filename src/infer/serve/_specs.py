@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 import numpy as np
 from onnx import TensorProto
@@ -31,22 +30,6 @@ _TRITON_TYPES = frozenset(
         "BF16",
     ]
 )
-
-
-def has_batch_axis(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
-    """True when every input and output leads with a dynamic dimension the inputs share.
-
-    That first dimension is taken as the batch, as Triton's own config auto-complete does for
-    ONNX models; a model whose leading dynamic dimension means something else is served with
-    batching off (max_batch=0).
-    """
-    if not inputs or not outputs:
-        return False
-    for spec in (*inputs, *outputs):
-        if not spec.shape or isinstance(spec.shape[0], int):
-            return False
-    named = {s.shape[0] for s in inputs if isinstance(s.shape[0], str)}  # type: ignore[index]
-    return len(named) <= 1
 
 
 def triton_dims(spec: TensorSpec, batched: bool) -> list[int]:

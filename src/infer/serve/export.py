@@ -21,6 +21,7 @@ from typing import Any
 
 import onnx
 
+from .. import _onnx, batching
 from ..cache import Cache
 from ..errors import CompileError, OptionError
 from ..model import Model, ModelFormat, ModelSource
@@ -30,7 +31,6 @@ from . import _specs
 
 log = logging.getLogger(__name__)
 
-_TWO_GIB = 2**31 - 1
 _PRECISION_MODES = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8"}  # Triton's ORT-TRT settings
 _KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
@@ -153,7 +153,7 @@ def config_text(
     outputs: Sequence[TensorSpec],
 ) -> str:
     """The model's config.pbtxt (Triton's ModelConfig in protobuf text format)."""
-    batched = request.max_batch > 0 and _specs.has_batch_axis(inputs, outputs)
+    batched = request.max_batch > 0 and batching.has_batch_axis(inputs, outputs)
     if request.max_batch > 0 and not batched:
         log.info(
             "%s: not every input and output has a dynamic leading dimension: exported with "
@@ -267,14 +267,8 @@ def _write_onnx(source: Model, version: Path, request: _Request) -> tuple[list, 
     model = _graph(source, request)
     proto = model.proto
     target = version / "model.onnx"
-    if model.external_data or proto.ByteSize() > _TWO_GIB:
-        onnx.save_model(
-            proto,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location="model.onnx.data",
-        )
+    if model.external_data or _onnx.is_large(proto):
+        _onnx.save(proto, target, external=True)
     elif model.path is not None and model is source:
         shutil.copyfile(model.path, target)
     else:
@@ -344,7 +338,7 @@ def _write_tensorrt(source: Model, version: Path, request: _Request) -> tuple[li
 def _batch_profiles(model: Model, max_batch: int) -> dict[str, tuple]:
     """TensorRT optimisation profiles covering batch 1..max_batch for batched inputs."""
     inputs, outputs = _io(model.proto)
-    if max_batch <= 0 or not _specs.has_batch_axis(inputs, outputs):
+    if max_batch <= 0 or not batching.has_batch_axis(inputs, outputs):
         return {}
     profiles: dict[str, tuple] = {}
     for spec in inputs:

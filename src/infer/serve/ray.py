@@ -13,17 +13,17 @@ Each Ray actor (or Serve replica) loads its Engine once. Ray itself is imported 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .. import batching
 from ..engine import Engine
-from ..errors import InputError, OptionError
-from ..model import ModelSource
+from ..errors import InputError, ModelError, OptionError
+from ..model import Model, ModelSource
 from ..tensors import TensorSpec, describe
-from . import _batching, _specs
+from . import _specs
 
 
 class Predictor:
@@ -63,7 +63,7 @@ class Predictor:
         self.columns = {n: columns.get(n, n) for n in names}
         self.outputs = list(outputs) if outputs is not None else None
         self.keep = keep if isinstance(keep, bool) else list(keep)
-        self.batched = _specs.has_batch_axis(self.engine.inputs, self.engine.outputs)
+        self.batched = batching.has_batch_axis(self.engine.inputs, self.engine.outputs)
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:
         batch = _as_columns(batch)
@@ -170,50 +170,23 @@ def deployment(
     Each replica loads one Engine (`device` and `load_options` as for Engine.load). Calls
     through a DeploymentHandle take {input: array} and return {output: array}; HTTP requests
     take JSON {"inputs": {input: nested list}} and answer {"outputs": {output: nested list}}.
-    Concurrent calls are merged by Ray Serve's batcher (up to `max_batch_size` rows, waiting
-    at most `batch_wait_timeout_s`) when the model has a dynamic batch dimension.
+    Concurrent calls are merged by the engine's own batcher (infer.Batching: up to
+    `max_batch_size` rows, waiting at most `batch_wait_timeout_s`) when the model has a dynamic
+    batch dimension; a bad request fails alone.
     """
     from ray import serve
 
     _specs.check_count("num_replicas", num_replicas, 1)
     _specs.check_count("max_batch_size", max_batch_size, 1)
+    config = batching.Batching(max_batch=max_batch_size, max_delay_ms=batch_wait_timeout_s * 1e3)
 
     @serve.deployment(
         name=name, num_replicas=num_replicas, ray_actor_options=dict(ray_actor_options or {})
     )
     class InferDeployment:
         def __init__(self) -> None:
-            self.engine = Engine.load(model, device, **load_options)
-            self.batched = _specs.has_batch_axis(self.engine.inputs, self.engine.outputs)
+            self.engine = _batched_engine(model, device, config, load_options)
             self.specs = {s.name: s for s in self.engine.inputs}
-
-        @serve.batch(
-            max_batch_size=max_batch_size,
-            batch_wait_timeout_s=batch_wait_timeout_s,
-            batch_size_fn=lambda items: sum(_batching.rows(f) for f in items),
-        )
-        async def _batched(self, feeds: list[dict[str, np.ndarray]]) -> list[Any]:
-            # Each item's result, or its exception: one bad request must not fail the others.
-            out: list[Any] = [None] * len(feeds)
-            for idx in _batching.groups(feeds, True):
-                group = [feeds[i] for i in idx]
-                try:
-                    result = await self._submit(_batching.merge(group))
-                    parts: list[Any] = _batching.split(result, group)
-                except Exception as e:  # find which request failed: run them one by one
-                    parts = [e] if len(group) == 1 else [await self._attempt(f) for f in group]
-                for i, part in zip(idx, parts):
-                    out[i] = part
-            return out
-
-        async def _attempt(self, feeds: dict[str, np.ndarray]) -> Any:
-            try:
-                return await self._submit(feeds)
-            except Exception as e:
-                return e
-
-        async def _submit(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return await asyncio.wrap_future(self.engine.submit(feeds))
 
         async def __call__(self, request: Any) -> Any:
             if not callable(getattr(request, "json", None)):  # a handle call: {input: array}
@@ -221,7 +194,7 @@ def deployment(
                     raise InputError(
                         f"expected a dict of input name -> array, got {type(request).__name__}"
                     )
-                return await self._run({k: np.asarray(v) for k, v in request.items()})
+                return await self.engine.arun({k: np.asarray(v) for k, v in request.items()})
             payload = await request.json()  # an HTTP request (starlette)
             given = payload.get("inputs", payload) if isinstance(payload, dict) else None
             if not isinstance(given, dict):
@@ -230,15 +203,24 @@ def deployment(
                 k: np.asarray(v, self.specs[k].dtype) if k in self.specs else np.asarray(v)
                 for k, v in given.items()
             }
-            out = await self._run(feeds)
+            out = await self.engine.arun(feeds)
             return {"outputs": {k: v.tolist() for k, v in out.items()}}
 
-        async def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            if self.batched and feeds and all(v.ndim for v in feeds.values()):
-                result = await self._batched(feeds)
-                if isinstance(result, BaseException):
-                    raise result
-                return result
-            return await self._submit(feeds)
-
     return InferDeployment.bind()
+
+
+def _batched_engine(
+    model: ModelSource, device: str, config: batching.Batching, load_options: Mapping[str, Any]
+) -> Engine:
+    """The engine, batching concurrent calls where the model has a batch axis."""
+    source = Model.load(model)
+    try:
+        batched = batching.has_batch_axis(source.inputs, source.outputs)
+    except ModelError:  # a runtime's own format: its inputs are known once compiled
+        batched = True
+    if batched:
+        try:
+            return Engine.load(source, device, batching=config, **load_options)
+        except batching.NoBatchAxis:  # the compiled model fixed its batch (shapes=, say)
+            pass
+    return Engine.load(source, device, **load_options)

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import batching
 from ..engine import Engine
 from ..errors import InferError, OptionError
 from ..model import ModelSource
 from ..tensors import TensorSpec, dtype_info
-from . import _batching, _specs
+from . import _specs
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class TritonServer:
         engine = self.engine
         if self.name is None:
             self.name = _specs.model_name(engine.model.name)
-        batched = self.max_batch > 0 and _specs.has_batch_axis(engine.inputs, engine.outputs)
+        batched = self.max_batch > 0 and batching.has_batch_axis(engine.inputs, engine.outputs)
         if self.max_batch > 0 and not batched:
             log.info(
                 "%s: not every input and output has a dynamic leading dimension, so Triton "
@@ -353,12 +354,12 @@ class _Handler:
 
     async def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
         feeds = [self._feeds(getattr(r, "data", r)) for r in requests]
-        members = _batching.groups(feeds, self.batched)
-        runs = [self.engine.submit(_batching.merge([feeds[i] for i in idx])) for idx in members]
+        members = batching.groups(feeds, self.batched)
+        runs = [self.engine.submit(batching.merge([feeds[i] for i in idx])) for idx in members]
         results = await asyncio.gather(*(asyncio.wrap_future(r) for r in runs))
         responses: list[dict[str, np.ndarray]] = [{} for _ in requests]
         for idx, out in zip(members, results):
-            for i, part in zip(idx, _batching.split(self._outputs(out), [feeds[i] for i in idx])):
+            for i, part in zip(idx, batching.split(self._outputs(out), [feeds[i] for i in idx])):
                 responses[i] = part
         return responses
 

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
+from .. import _onnx
 from ..budget import Budget, Figure, Measure, measure, score_outputs
 from ..cache import Cache, Key
 from ..calibration import Calibration
@@ -295,7 +296,7 @@ class _Search:
             chosen, kept, result, stopped, speed = self._search(fp32, quantized, float_graph, start)
         finally:
             fp32.close()
-        precision._save(chosen, folder / precision.MODEL_FILE)
+        _onnx.save(chosen, folder / precision.MODEL_FILE)
         met = result.met and (
             self.budget.min_speedup is None
             or (speed is not None and speed[0] >= self.budget.min_speedup)

@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import onnx
 import onnx.version_converter
 from onnx import TensorProto
 
+from .. import _onnx
 from ..cache import Cache, Entry, Key
 from ..calibration import Calibration
 from ..errors import BackendUnavailable, CompileError, ModelError, OptionError
@@ -69,7 +70,6 @@ _QUANTIZED_OPS = frozenset(
         "QGemm",
     }
 )
-_EXTERNAL_DATA_BYTES = 1 << 30  # save larger models with external data (protobuf's limit is 2 GiB)
 
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -115,7 +115,7 @@ def graph_precision(proto: onnx.ModelProto) -> str:
     """What an ONNX graph computes in: "int8" (it holds quantize/dequantize or integer ops),
     "fp16" (most float weights are fp16) or "fp32"."""
     counts = {TensorProto.FLOAT: 0, TensorProto.FLOAT16: 0}
-    for graph in _graphs(proto.graph):
+    for graph in _onnx.graphs(proto.graph):
         if any(n.op_type in _QUANTIZED_OPS for n in graph.node):
             return "int8"
         for t in graph.initializer:
@@ -162,8 +162,8 @@ def _fp16(model: Model, options: Options, current: str) -> Model:
             onnx.checker.check_model(converted)
         except Exception as e:
             raise CompileError(f"fp16 conversion of {model!r} failed: {e}") from e
-        kept = sum(1 for g in _graphs(converted.graph) for n in g.node if n.op_type in blocked)
-        _save(converted, folder / MODEL_FILE)
+        kept = sum(1 for n in _onnx.nodes(converted.graph) if n.op_type in blocked)
+        _onnx.save(converted, folder / MODEL_FILE)
         report("fp16", 1, 1)
         note = f", {kept} op{'s' * (kept != 1)} kept in fp32" if kept else ""
         return {"precision": f"fp16 (graph, fp32 I/O{note})"}
@@ -358,16 +358,16 @@ def _quantize_ort(
         src, pre = Path(tmp) / "source.onnx", Path(tmp) / "pre.onnx"
         # Per-channel DequantizeLinear (its axis attribute) needs opset 13; the quantizer only
         # raises opsets below 10 itself.
-        _save(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 11)), src)
+        _onnx.save(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 11)), src)
         report("quantize", 0, 2)
         _pre_process(q, model, src, pre)
         # Pre-processing inlines functions (HardSwish -> HardSigmoid, Mul) into unnamed nodes;
         # nodes are excluded, and reported, by name.
         float_graph = onnx.load(str(pre))
-        if not all(n.name for g in _graphs(float_graph.graph) for n in g.node):
-            _save(_named(float_graph), pre)
+        if not all(n.name for n in _onnx.nodes(float_graph.graph)):
+            _onnx.save(_named(float_graph), pre)
         if float_out is not None:
-            _save(onnx.load(str(pre)), float_out)
+            _onnx.save(onnx.load(str(pre)), float_out)
         report("quantize", 1, 2)
         ranges_key = Key.of(
             "calibration",
@@ -413,20 +413,20 @@ def _quantize_ort(
                 reduce_range=cpu_settings(quantizer)["reduce_range"],
                 calibrate_method=method,
                 nodes_to_exclude=_excluded_nodes(onnx.load(str(pre)), calib.exclude),
-                use_external_data_format=model.proto.ByteSize() > _EXTERNAL_DATA_BYTES,
+                use_external_data_format=_onnx.is_large(model.proto),
                 extra_options=extra,
             )
         except Exception as e:
             raise CompileError(f"onnxruntime could not quantize {model!r} to int8: {e}") from e
         quantized = onnx.load(str(out))
         if _float_outputs(quantized.graph):
-            _save(quantized, out)
+            _onnx.save(quantized, out)
         report("quantize", 2, 2)
         return int(ranges.meta.get("samples", 0))
 
 
 def _at_least_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    current = _onnx.opset(proto) or 1
     if current >= version:
         return proto
     try:
@@ -575,8 +575,8 @@ def _quantize_nncf(
     # falls back to per tensor, which costs PP-OCRv4's recognizer half its per-step argmax.
     proto.CopyFrom(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 10)))
     if float_out is not None:
-        _save(proto, float_out)
-    types = {n.op_type for g in _graphs(proto.graph) for n in g.node}
+        _onnx.save(proto, float_out)
+    types = {n.op_type for n in _onnx.nodes(proto.graph)}
     ignored = nncf.IgnoredScope(
         names=[e for e in calib.exclude if e not in types],
         types=[e for e in calib.exclude if e in types],
@@ -600,7 +600,7 @@ def _quantize_nncf(
             ignored_scope=ignored,
             advanced_parameters=advanced,
         )
-        _save(quantized, out)
+        _onnx.save(quantized, out)
     except Exception as e:
         raise CompileError(f"NNCF could not quantize {model!r} to int8: {e}") from e
     finally:
@@ -670,8 +670,8 @@ def _as_is(model: Model, text: str) -> Model:
 
 
 def _check_exclude(proto: onnx.ModelProto, exclude: Sequence[str]) -> None:
-    nodes = {n.name for g in _graphs(proto.graph) for n in g.node}
-    types = {n.op_type for g in _graphs(proto.graph) for n in g.node}
+    nodes = {n.name for n in _onnx.nodes(proto.graph)}
+    types = {n.op_type for n in _onnx.nodes(proto.graph)}
     unknown = [e for e in exclude if e not in nodes and e not in types]
     if unknown:
         raise OptionError(
@@ -682,22 +682,17 @@ def _check_exclude(proto: onnx.ModelProto, exclude: Sequence[str]) -> None:
 
 def _excluded_nodes(proto: onnx.ModelProto, exclude: Sequence[str]) -> list[str]:
     wanted = set(exclude)
-    return [
-        n.name
-        for g in _graphs(proto.graph)
-        for n in g.node
-        if n.name in wanted or n.op_type in wanted
-    ]
+    return [n.name for n in _onnx.nodes(proto.graph) if n.name in wanted or n.op_type in wanted]
 
 
 def _named(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy whose nodes all have names (the quantizer excludes nodes by name)."""
-    if all(n.name for g in _graphs(proto.graph) for n in g.node):
+    if all(n.name for n in _onnx.nodes(proto.graph)):
         return proto
     named = onnx.ModelProto()
     named.CopyFrom(proto)
-    taken = {n.name for g in _graphs(named.graph) for n in g.node}
-    for g in _graphs(named.graph):
+    taken = {n.name for n in _onnx.nodes(named.graph)}
+    for g in _onnx.graphs(named.graph):
         for i, n in enumerate(g.node):
             if not n.name:
                 name = f"{n.op_type}_{i}"
@@ -740,25 +735,6 @@ def _reporter(progress: Progress | None) -> Progress:
     return report
 
 
-def _save(proto: onnx.ModelProto, path: Path) -> None:
-    if proto.ByteSize() > _EXTERNAL_DATA_BYTES:
-        onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
-    else:
-        onnx.save_model(proto, str(path))
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """A graph and every subgraph inside it (If/Loop/Scan bodies)."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def _toposort(graph: onnx.GraphProto) -> None:
     """Order nodes so each comes after what it reads (the fp16 converter appends its Casts)."""
     available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
@@ -790,11 +766,9 @@ def _toposort(graph: onnx.GraphProto) -> None:
 def _outer_names(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs read from the enclosing scope."""
     names: set[str] = set()
-    for attr in node.attribute:
-        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-        for g in subs:
-            for inner in _graphs(g):
-                local = {i.name for i in inner.input} | {t.name for t in inner.initializer}
-                local |= {o for n in inner.node for o in n.output}
-                names |= {i for n in inner.node for i in n.input if i not in local}
+    for _, sub in _onnx.subgraphs(node):
+        for inner in _onnx.graphs(sub):
+            local = {i.name for i in inner.input} | {t.name for t in inner.initializer}
+            local |= {o for n in inner.node for o in n.output}
+            names |= {i for n in inner.node for i in n.input if i not in local}
     return names

@@ -6,17 +6,9 @@ runs the same preprocessing on its own device and the engine's inputs become the
 (uint8 frames, say). `Preprocess.apply` does the same arithmetic in numpy, in the same order,
 for callers who need the tensor itself; the tests hold the two equal.
 
-Resizing is bilinear (or nearest) with the half-pixel convention, antialiasing off: the same
-definition as ONNX `Resize(mode="linear", coordinate_transformation_mode="half_pixel")`, with
-out-of-range coordinates clamped to the edge. It is emitted as index arithmetic in int64 plus
-`Gather` nodes rather than as a `Resize` node, for two reasons:
-
-- Runtimes compute `Resize`'s source coordinates in float32, each in its own way, so on a
-  1080p frame two backends (or a backend and numpy) disagree by up to ~1e-3 after
-  normalization. Integer coordinates and one correctly rounded division per weight give the
-  same answer on every backend and in numpy.
-- The gathers pick the source pixels while they are still uint8, so only the pixels the
-  output needs are converted to float, never the whole full-resolution frame.
+Resizing is bilinear (or nearest) with the half-pixel convention, emitted as integer index
+arithmetic and gathers so that every backend and numpy agree bit for bit (_preprocess_graph.py
+says how and why).
 
 Order of operations for an image: raw frame (source dtype and layout) -> resize (per `resize`,
 in float32 on the source values) -> letterbox padding with `pad_value` -> layout -> channel
@@ -37,26 +29,35 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-from onnx import TensorProto, compose, helper, numpy_helper
+from onnx import TensorProto
 
+from .. import _onnx
 from ..cache import Cache, Key
-from ..errors import InputError, ModelError, OptionError
+from ..errors import InputError, OptionError
 from ..model import Model, ModelFormat
 from ..tensors import TensorSpec, describe, dtype_info, graph_inputs
+from ._preprocess_graph import (
+    METADATA_KEY,
+    Builder,
+    build,
+    np_along,
+    np_sample,
+    onnx_along,
+    onnx_sample,
+    placement,
+    source_index,
+    specs_json,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 """Version of the spec's dict form and of the graph this module emits (part of the cache key)."""
 
-METADATA_KEY = "infer.preprocess"
-"""metadata_props key under which a fused model records its specs as JSON."""
-
 RESIZE_MODES = ("stretch", "letterbox", "center_crop", "none")
 INTERPOLATIONS = ("linear", "nearest")
 LAYOUTS = ("NCHW", "NHWC")
 SOURCE_LAYOUTS = ("NHWC", "NCHW", "HWC", "CHW")
-MIN_OPSET = 9  # Where, int64 Less/Greater
 
 
 # -- the specs --------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ class Preprocess(abc.ABC):
         """The raw input that replaces model input `spec` (`dims`: names for dynamic H, W)."""
 
     @abc.abstractmethod
-    def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
+    def _emit(self, g: Builder, raw: str, spec: TensorSpec) -> str:
         """Add the nodes taking `raw` to the model input; return the output's name."""
 
 
@@ -382,7 +383,7 @@ class ImagePreprocess(Preprocess):
         """
         th, tw = self._need_size()
         fh, fw = self._frame_hw(frame_shape)
-        (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw)
+        (rh, oh), (rw, ow) = placement(self.resize, fh, fw, th, tw)
         return ResizeMeta(
             frame=(fh, fw), size=(th, tw), resized=(int(rh), int(rw)), offset=(int(oh), int(ow))
         )
@@ -439,14 +440,14 @@ class ImagePreprocess(Preprocess):
                 )
             v = x.astype(np.float32)
         else:
-            (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw)
-            ys = _source_index(self.interpolation, th, fh, rh, oh)
-            xs = _source_index(self.interpolation, tw, fw, rw, ow)
-            v = _np_sample(x, ys, xs, hax, wax, self.interpolation)
+            (rh, oh), (rw, ow) = placement(self.resize, fh, fw, th, tw)
+            ys = source_index(self.interpolation, th, fh, rh, oh)
+            xs = source_index(self.interpolation, tw, fw, rw, ow)
+            v = np_sample(x, ys, xs, hax, wax, self.interpolation)
         target = self.layout
         v = v.transpose([layout4.index(c) for c in target])
         if self.resize == "letterbox":
-            valid = _np_along(ys.valid, target.index("H")) & _np_along(xs.valid, target.index("W"))
+            valid = np_along(ys.valid, target.index("H")) & np_along(xs.valid, target.index("W"))
             v = np.where(valid, v, np.float32(self.pad_value)).astype(np.float32)
         index = self._channel_index()
         out_c = target.index("C")
@@ -503,7 +504,7 @@ class ImagePreprocess(Preprocess):
             _np(self.source_dtype),
         )
 
-    def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
+    def _emit(self, g: Builder, raw: str, spec: TensorSpec) -> str:
         th, tw = self._need_size()
         x = raw
         if not self._batched:
@@ -516,10 +517,10 @@ class ImagePreprocess(Preprocess):
             shape = g.op("Shape", [x])
             fh = g.op("Gather", [shape, g.const(hax)], axis=0)  # scalar int64
             fw = g.op("Gather", [shape, g.const(wax)], axis=0)
-            (rh, oh), (rw, ow) = _placement(self.resize, fh, fw, th, tw, g)
-            ys = _source_index(self.interpolation, th, fh, rh, oh, g)
-            xs = _source_index(self.interpolation, tw, fw, rw, ow, g)
-            v = _onnx_sample(
+            (rh, oh), (rw, ow) = placement(self.resize, fh, fw, th, tw, g)
+            ys = source_index(self.interpolation, th, fh, rh, oh, g)
+            xs = source_index(self.interpolation, tw, fw, rw, ow, g)
+            v = onnx_sample(
                 g, x, ys, xs, (hax, wax, cax), len(self.source_channels), self.interpolation
             )
         target = self.layout
@@ -528,8 +529,8 @@ class ImagePreprocess(Preprocess):
             v = g.op("Transpose", [v], perm=perm)
         if self.resize == "letterbox":
             # Masked in the model's layout: a [1, 1, H, W] mask broadcasts fast over NCHW.
-            valid_y = _onnx_along(g, ys.valid, target.index("H"))
-            valid_x = _onnx_along(g, xs.valid, target.index("W"))
+            valid_y = onnx_along(g, ys.valid, target.index("H"))
+            valid_x = onnx_along(g, xs.valid, target.index("W"))
             if target[-1] == "C":
                 count = len(self.source_channels)
                 valid_x = g.op("Tile", [valid_x, g.const(np.asarray([1, 1, 1, count], np.int64))])
@@ -663,7 +664,7 @@ class TensorPreprocess(Preprocess):
         source = _np(self.source_dtype) if self.source_dtype else spec.dtype
         return TensorSpec(spec.name, shape, source)
 
-    def _emit(self, g: _Builder, raw: str, spec: TensorSpec) -> str:
+    def _emit(self, g: Builder, raw: str, spec: TensorSpec) -> str:
         x = raw
         if self.transpose is not None:
             x = g.op("Transpose", [x], perm=list(self.transpose))
@@ -707,7 +708,7 @@ def _is_float(dtype: np.dtype) -> bool:
         return False
 
 
-# -- geometry, shared by numpy and the graph ------------------------------------------------
+# -- where a frame lands in the model's input ----------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -767,242 +768,7 @@ def _boxes(boxes: Any) -> np.ndarray:
     return b
 
 
-def _placement(mode: str, fh: Any, fw: Any, th: int, tw: int, g: _Builder | None = None) -> Any:
-    """((resized_h, offset_h), (resized_w, offset_w)) for a frame fh x fw and target th x tw.
-
-    Integer arithmetic only, identical in numpy (ints) and in the graph (int64 scalars):
-    the scaled side is round-half-up(side * target / other side).
-    """
-    m = _Math(g)
-    if mode == "stretch":
-        return (th, 0), (tw, 0)
-    # letterbox scales by the smaller of th/fh and tw/fw (fits), center_crop by the larger (covers).
-    lhs = m.mul(fw, th)  # th / fh <= tw / fw  <=>  th * fw <= tw * fh
-    rhs = m.mul(fh, tw)
-    # letterbox: th/fh <= tw/fw (height limits); center_crop: th/fh >= tw/fw (height covers)
-    use_height = m.not_(m.less(rhs, lhs)) if mode == "letterbox" else m.not_(m.less(lhs, rhs))
-    # scaled by th / fh: width = round(fw * th / fh); by tw / fw: height = round(fh * tw / fw)
-    w_by_h = m.round_div(m.mul(fw, th), fh)
-    h_by_w = m.round_div(m.mul(fh, tw), fw)
-    rh = m.max1(m.where(use_height, th, h_by_w))
-    rw = m.max1(m.where(use_height, w_by_h, tw))
-    if mode == "letterbox":
-        oh = m.floordiv(m.sub(th, rh), 2)
-        ow = m.floordiv(m.sub(tw, rw), 2)
-    else:
-        oh = m.neg(m.floordiv(m.sub(rh, th), 2))
-        ow = m.neg(m.floordiv(m.sub(rw, tw), 2))
-    return (rh, oh), (rw, ow)
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """Source indices (and weights) for each output pixel along one axis."""
-
-    i0: Any
-    i1: Any | None  # None for nearest
-    weight: Any | None  # float32, weight of i1
-    valid: Any  # bool: inside the resized frame (what letterbox keeps)
-
-
-def _source_index(interp: str, t: int, s: Any, r: Any, o: Any, g: _Builder | None = None) -> _Axis:
-    """Output pixels 0..t-1 sample a frame axis of size s resized to r and placed at o.
-
-    linear (half-pixel): x = (i - o + 0.5) * s / r - 0.5, clamped to [0, s - 1];
-    i0 = floor(x), weight = x - i0 as (n mod d) / d with n = (2(i-o)+1)s - r, d = 2r.
-    nearest: floor((i - o + 0.5) * s / r), the source pixel whose centre is nearest.
-    """
-    m = _Math(g)
-    pos = m.sub(m.arange(t), o)  # position in the resized frame
-    valid = m.and_(m.not_(m.less(pos, 0)), m.less(pos, r))
-    last = m.sub(r, 1)
-    pos = m.where(m.less(pos, 0), 0, m.where(m.less(last, pos), last, pos))
-    smax = m.sub(s, 1)
-    if interp == "nearest":
-        i0 = m.floordiv(m.mul(m.add(m.mul(pos, 2), 1), s), m.mul(r, 2))
-        i0 = m.where(m.less(smax, i0), smax, i0)
-        return _Axis(i0, None, None, valid)
-    n = m.sub(m.mul(m.add(m.mul(pos, 2), 1), s), r)
-    n = m.where(m.less(n, 0), 0, n)
-    d = m.mul(r, 2)
-    i0 = m.floordiv(n, d)
-    rem = m.sub(n, m.mul(i0, d))
-    weight = m.fdiv(m.to_float(rem), m.to_float(d))
-    i1 = m.add(i0, 1)
-    i1 = m.where(m.less(smax, i1), smax, i1)
-    return _Axis(i0, i1, weight, valid)
-
-
-class _Math:
-    """The integer/float ops `_placement` and `_source_index` need, on numpy values or as nodes.
-
-    With a builder, an op becomes a node only when an operand is one (a node name); ops on
-    known values are computed here, so the graph holds only what depends on the frame's size.
-    """
-
-    def __init__(self, g: _Builder | None) -> None:
-        self.g = g
-
-    def _v(self, x: Any) -> str:
-        if isinstance(x, str):
-            return x
-        arr = np.asarray(x)
-        return self.g.const(arr if arr.dtype in (np.bool_, np.float32) else arr.astype(np.int64))  # type: ignore[union-attr]
-
-    def _op(self, op: str, *args: Any, fn: Any) -> Any:
-        if self.g is None or not any(isinstance(a, str) for a in args):
-            return fn(*args)
-        return self.g.op(op, [self._v(a) for a in args])
-
-    def arange(self, t: int) -> Any:
-        return np.arange(t, dtype=np.int64)
-
-    def add(self, a: Any, b: Any) -> Any:
-        return self._op("Add", a, b, fn=lambda x, y: np.add(x, y, dtype=np.int64))
-
-    def sub(self, a: Any, b: Any) -> Any:
-        return self._op("Sub", a, b, fn=lambda x, y: np.subtract(x, y, dtype=np.int64))
-
-    def mul(self, a: Any, b: Any) -> Any:
-        return self._op("Mul", a, b, fn=lambda x, y: np.multiply(x, y, dtype=np.int64))
-
-    def neg(self, a: Any) -> Any:
-        return self._op("Neg", a, fn=lambda x: np.negative(x, dtype=np.int64))
-
-    def floordiv(self, a: Any, b: Any) -> Any:
-        # Only used on non-negative operands, where ONNX's truncating Div is floor division.
-        return self._op("Div", a, b, fn=lambda x, y: np.floor_divide(x, y, dtype=np.int64))
-
-    def round_div(self, a: Any, b: Any) -> Any:
-        """round-half-up(a / b) for positive a, b: (2a + b) // 2b."""
-        return self.floordiv(self.add(self.mul(a, 2), b), self.mul(b, 2))
-
-    def less(self, a: Any, b: Any) -> Any:
-        return self._op("Less", a, b, fn=np.less)
-
-    def not_(self, a: Any) -> Any:
-        return self._op("Not", a, fn=np.logical_not)
-
-    def and_(self, a: Any, b: Any) -> Any:
-        return self._op("And", a, b, fn=np.logical_and)
-
-    def where(self, c: Any, a: Any, b: Any) -> Any:
-        return self._op("Where", c, a, b, fn=lambda *v: np.where(*v).astype(np.int64))
-
-    def max1(self, a: Any) -> Any:
-        return self.where(self.less(a, 1), 1, a)
-
-    def to_float(self, a: Any) -> Any:
-        if isinstance(a, str):
-            return self.g.op("Cast", [a], to=TensorProto.FLOAT)  # type: ignore[union-attr]
-        return np.asarray(a).astype(np.float32)
-
-    def fdiv(self, a: Any, b: Any) -> Any:
-        """float32 a / b, correctly rounded (IEEE division) in numpy and in every runtime."""
-        return self._op("Div", a, b, fn=lambda x, y: np.divide(x, y, dtype=np.float32))
-
-
-def _np_along(v: np.ndarray, axis: int) -> np.ndarray:
-    shape = [1] * 4
-    shape[axis] = -1
-    return np.asarray(v).reshape(shape)
-
-
-def _np_sample(x: np.ndarray, ys: _Axis, xs: _Axis, hax: int, wax: int, interp: str) -> np.ndarray:
-    if interp == "nearest":
-        return x.take(ys.i0, axis=hax).take(xs.i0, axis=wax).astype(np.float32)
-    r0, r1 = x.take(ys.i0, axis=hax), x.take(ys.i1, axis=hax)
-    a = r0.take(xs.i0, axis=wax).astype(np.float32)
-    b = r0.take(xs.i1, axis=wax).astype(np.float32)
-    c = r1.take(xs.i0, axis=wax).astype(np.float32)
-    d = r1.take(xs.i1, axis=wax).astype(np.float32)
-    # Materialised weights: numpy broadcasts a stride-0 axis over a short inner one slowly.
-    wx = np.ascontiguousarray(np.broadcast_to(_np_along(xs.weight, wax), a.shape))
-    wy = np.ascontiguousarray(np.broadcast_to(_np_along(ys.weight, hax), a.shape))
-    top = a + (b - a) * wx
-    bottom = c + (d - c) * wx
-    return top + (bottom - top) * wy
-
-
-def _onnx_along(g: _Builder, v: Any, axis: int) -> str:
-    """`v` (a node, or a value known when building) laid along `axis` of a rank-4 tensor."""
-    if not isinstance(v, str):
-        return g.const(_np_along(v, axis))
-    shape = [1] * 4
-    shape[axis] = -1
-    return g.op("Reshape", [v, g.const(np.asarray(shape, np.int64))])
-
-
-def _onnx_sample(
-    g: _Builder,
-    x: str,
-    ys: _Axis,
-    xs: _Axis,
-    axes: tuple[int, int, int],
-    channels: int,
-    interp: str,
-) -> str:
-    hax, wax, cax = axes
-
-    def gather(data: str, index: Any, axis: int) -> str:
-        return g.op(
-            "Gather", [data, index if isinstance(index, str) else g.const(index)], axis=axis
-        )
-
-    def as_float(v: str) -> str:
-        return g.op("Cast", [v], to=TensorProto.FLOAT)
-
-    if interp == "nearest":
-        return as_float(gather(gather(x, ys.i0, hax), xs.i0, wax))
-    r0, r1 = gather(x, ys.i0, hax), gather(x, ys.i1, hax)
-    a, b = as_float(gather(r0, xs.i0, wax)), as_float(gather(r0, xs.i1, wax))
-    c, d = as_float(gather(r1, xs.i0, wax)), as_float(gather(r1, xs.i1, wax))
-    wx, wy = _onnx_along(g, xs.weight, wax), _onnx_along(g, ys.weight, hax)
-    # Weights broadcast over the channel axis when it is innermost are slow to broadcast in
-    # some runtimes (ONNX Runtime: ~10x); repeat them over the channels instead.
-    if cax == 3:
-        wx = g.op("Tile", [wx, g.const(np.asarray([1, 1, 1, channels], np.int64))])
-    top = g.op("Add", [a, g.op("Mul", [g.op("Sub", [b, a]), wx])])
-    bottom = g.op("Add", [c, g.op("Mul", [g.op("Sub", [d, c]), wx])])
-    return g.op("Add", [top, g.op("Mul", [g.op("Sub", [bottom, top]), wy])])
-
-
 # -- the graph ------------------------------------------------------------------------------
-
-
-class _Builder:
-    """Collects nodes and constants for one input's preprocessing, every name under `prefix`."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
-        self._count = 0
-
-    def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{self.prefix}{hint}_{self._count}"
-
-    def const(self, value: Any) -> str:
-        if isinstance(value, float):
-            value = np.float32(value)
-        arr = np.asarray(value)
-        if arr.dtype == np.float64:
-            arr = arr.astype(np.float32)
-        key = (arr.dtype.str, arr.shape, arr.tobytes())
-        if key not in self._consts:
-            name = self._name("const")
-            self.initializers.append(numpy_helper.from_array(arr, name))
-            self._consts[key] = name
-        return self._consts[key]
-
-    def op(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
-        out = self._name(op_type.lower())
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), [out], name=f"{out}_node", **attrs)
-        )
-        return out
 
 
 def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
@@ -1032,8 +798,8 @@ def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
 
     def write(folder: Any) -> dict[str, Any]:
         fused = build(model.proto, resolved)
-        _save(fused, folder / "model.onnx")
-        return {"source": str(model.path or model.name), "specs": _specs_json(resolved)}
+        _onnx.save(fused, folder / "model.onnx")
+        return {"source": str(model.path or model.name), "specs": specs_json(resolved)}
 
     entry, built = cache.get_or_build(key, write)
     log.debug(
@@ -1045,13 +811,6 @@ def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
 def _named(fused: Model, source: Model) -> Model:
     fused.name = source.name
     return fused
-
-
-def _save(proto: onnx.ModelProto, path: Any) -> None:
-    if proto.ByteSize() > 1_800_000_000:  # protobuf's 2 GiB limit, with room for the graph
-        onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
-    else:
-        onnx.save_model(proto, str(path))
 
 
 def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
@@ -1092,13 +851,9 @@ def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
     return out
 
 
-def _specs_json(specs: Mapping[str, Preprocess]) -> str:
-    return json.dumps({n: s.to_dict() for n, s in specs.items()}, sort_keys=True)
-
-
 def specs_digest(specs: Mapping[str, Preprocess]) -> str:
     """One digest for a model's specs (part of the fused model's cache key)."""
-    return hashlib.sha256(_specs_json(specs).encode()).hexdigest()
+    return hashlib.sha256(specs_json(specs).encode()).hexdigest()
 
 
 def specs_of(model: Model) -> dict[str, Preprocess]:
@@ -1109,104 +864,3 @@ def specs_of(model: Model) -> dict[str, Preprocess]:
         if prop.key == METADATA_KEY:
             return {n: Preprocess.from_dict(d) for n, d in json.loads(prop.value).items()}
     return {}
-
-
-def _opset(proto: onnx.ModelProto) -> int:
-    for entry in proto.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise ModelError("the model imports no default ONNX opset")
-
-
-def build(proto: onnx.ModelProto, specs: Mapping[str, Preprocess]) -> onnx.ModelProto:
-    """The fused model: each spec's nodes feed the model input it names (`specs` resolved)."""
-    opset = _opset(proto)
-    if opset < MIN_OPSET:
-        raise OptionError(
-            f"preprocess needs a model of opset >= {MIN_OPSET}; this one is opset {opset} "
-            "(convert it with onnx.version_converter.convert_version)"
-        )
-    inputs = {s.name: s for s in graph_inputs(proto.graph)}
-    taken = _all_names(proto.graph)
-    dim_names = _dim_names(proto, specs)
-    nodes, initializers, raw_inputs, outputs, io_map = [], [], [], [], []
-    for name, spec in specs.items():
-        g = _Builder(_fresh_prefix(f"infer_pre/{name}/", taken))
-        model_input = inputs[name]
-        out = spec._emit(g, name, model_input)
-        raw = spec._raw_spec(model_input, dim_names[name])
-        raw_inputs.append(_value_info(raw))
-        outputs.append(_value_info(TensorSpec(out, model_input.shape, model_input.dtype)))
-        io_map.append((out, name))
-        nodes += g.nodes
-        initializers += g.initializers
-    pre = helper.make_graph(nodes, "infer_preprocess", raw_inputs, outputs, initializers)
-    pre_model = helper.make_model(pre, opset_imports=[helper.make_opsetid("", opset)])
-    pre_model.ir_version = proto.ir_version
-    onnx.checker.check_model(pre_model)  # small: catches a malformed preprocessing graph early
-    merged = compose.merge_graphs(pre, proto.graph, io_map, name=proto.graph.name)
-    # merge_graphs lists the raw inputs first; keep the model's own input order.
-    order = {v.name: i for i, v in enumerate(proto.graph.input)}
-    ordered = sorted(merged.input, key=lambda v: order.get(v.name, len(order)))
-    del merged.input[:]
-    merged.input.extend(ordered)
-    merged.doc_string = proto.graph.doc_string
-    fused = onnx.ModelProto()
-    for field, value in proto.ListFields():  # everything but the graph, without copying it
-        if field.name == "graph":
-            continue
-        if hasattr(value, "extend"):  # repeated
-            getattr(fused, field.name).extend(value)
-        elif hasattr(value, "CopyFrom"):  # message
-            getattr(fused, field.name).CopyFrom(value)
-        else:
-            setattr(fused, field.name, value)
-    fused.graph.CopyFrom(merged)
-    props = {p.key: p.value for p in proto.metadata_props}
-    props[METADATA_KEY] = _specs_json(specs)
-    helper.set_model_props(fused, props)
-    return fused
-
-
-def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
-    shape = None if spec.shape is None else [d if d is not None else "" for d in spec.shape]
-    return helper.make_tensor_value_info(spec.name, dtype_info(spec.dtype).onnx, shape)
-
-
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-    names |= {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        names.add(node.name)
-    return names
-
-
-def _fresh_prefix(prefix: str, taken: set[str]) -> str:
-    """`prefix`, or `prefix` with a number, such that no model name starts with it."""
-    candidate, n = prefix, 0
-    while any(t.startswith(candidate) for t in taken):
-        n += 1
-        candidate = f"{prefix[:-1]}_{n}/"
-    return candidate
-
-
-def _dim_names(
-    proto: onnx.ModelProto, specs: Mapping[str, Preprocess]
-) -> dict[str, tuple[str, str]]:
-    """Names for the raw frames' dynamic height and width, distinct per input and from the
-    model's own dimension names (inputs sharing a name would have to share a size)."""
-    used = set()
-    for v in proto.graph.input:
-        for d in v.type.tensor_type.shape.dim:
-            if d.dim_param:
-                used.add(d.dim_param)
-    images = [n for n, s in specs.items() if isinstance(s, ImagePreprocess)]
-    out = {}
-    for name in specs:
-        base = ("height", "width") if len(images) == 1 else (f"{name}_height", f"{name}_width")
-        if used & set(base):
-            base = (f"{name}_height", f"{name}_width")
-        out[name] = base
-    return out
