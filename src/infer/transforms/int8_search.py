@@ -220,8 +220,8 @@ def search(
     if not report.met and not budget.accept_best:
         raise PrecisionError(
             f"int8 for {model!r} on {label} does not meet its budget with a graph faster than "
-            f"fp32; Budget(accept_best=True) takes the best graph found, budget=None skips the "
-            f"check, or load it at fp32:\n{report}",
+            f"fp32; Budget(accept_best=True) takes the best graph found, "
+            f"Calibration(budget=None) skips the check, or load it at fp32:\n{report}",
             report,
         )
     if not report.met:
