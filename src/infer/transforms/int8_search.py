@@ -492,6 +492,12 @@ class _Search:
                     inside[i] = g
             gains.update(inside)
             order += by_gain(inside) + [i for i in blocks[b] if i not in inside]
+        # The search keeps the last group with weights in int8 (all in float is fp32, slower):
+        # let that be the measured least costly one.
+        weighted = [i for i in gains if groups[i].weights]
+        if weighted:
+            last = min(weighted, key=lambda i: (gains[i], -groups[i].weights))
+            order = [i for i in order if i != last] + [last]
         if gains or block_gain:
             top = by_gain(gains)[:1]
             costly = (
