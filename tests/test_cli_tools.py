@@ -293,8 +293,8 @@ def test_compare_int8_against_fp32(real_model):
         "--min-top1",
         "0.9",
     )
-    # int8 needs calibration data (issue 6) and compare has no --calibration option yet: the
-    # load refuses in words, a usage error, never a run at another precision.
+    # int8 needs calibration data (--calibration, tests/test_int8_cli.py): without it the load
+    # refuses in words, a usage error, never a run at another precision.
     assert result.exit_code == 2
     assert "precision='int8' needs calibration data" in result.stderr
 
@@ -359,7 +359,15 @@ def test_build_int8_with_a_calibration_folder(cnn_file, tmp_path):
     for i in range(8):
         np.save(samples / f"{i}.npy", rng.random((3, 32, 32), dtype=np.float32))
     result = cli(
-        "build", cnn_file, "--device", "cpu", "--precision", "int8", "--calibration", samples
+        "build",
+        cnn_file,
+        "--device",
+        "cpu",
+        "--precision",
+        "int8",
+        "--calibration",
+        samples,
+        "--no-budget",  # random samples: the budget options are tested in tests/test_int8_cli.py
     )
     assert result.exit_code == 0, result.stderr
     assert "calibration: 8 samples" in result.stderr

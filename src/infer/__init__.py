@@ -12,6 +12,7 @@ from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtim
 from .accuracy import AccuracyReport, accuracy
 from .backends.base import BackendInfo
 from .batching import Batching, BatchingStats
+from .budget import Budget
 from .calibration import Calibration
 from .compare import compare
 from .device import Capabilities, Device
@@ -25,12 +26,14 @@ from .errors import (
     InputError,
     ModelError,
     OptionError,
+    PrecisionError,
     RuntimeFailure,
 )
 from .inspect import inspect
 from .model import Model, ModelFormat
 from .selection import Attempt, backends, devices
 from .tensors import TensorSpec
+from .transforms.int8_search import Int8Report
 from .transforms.preprocess import Preprocess
 
 __version__ = "0.1.0"
@@ -42,6 +45,7 @@ __all__ = [
     "BackendUnavailable",
     "Batching",
     "BatchingStats",
+    "Budget",
     "CacheError",
     "Calibration",
     "Capabilities",
@@ -51,10 +55,12 @@ __all__ = [
     "EngineClosed",
     "InferError",
     "InputError",
+    "Int8Report",
     "Model",
     "ModelError",
     "ModelFormat",
     "OptionError",
+    "PrecisionError",
     "Preprocess",
     "RuntimeFailure",
     "TensorSpec",

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from .budget import Budget
 from .errors import InputError, OptionError
 from .tensors import FeedValidator, TensorSpec, describe_specs
 
@@ -47,6 +48,11 @@ class Calibration:
         in the graph, and the calibration feeds are raw frames already.)
     key: a name for the data that changes whenever the data does. With it, the cache key uses
         the name instead of a hash of the feeds, so a cached model is reused without reading them.
+    budget: what the int8 model must keep (`infer.Budget`; the default `Budget()` when not
+        given): Engine.load measures the int8 graph against fp32 on the backend that will run
+        it, keeps the nodes that cost the most accuracy in float until the budget is met, and
+        raises `PrecisionError` when no graph faster than fp32 meets it. None: quantize without
+        measuring (the graph is not checked).
     """
 
     data: Iterable[Feed] | Callable[[], Iterable[Feed]]
@@ -58,6 +64,7 @@ class Calibration:
     quantizer: str = "auto"
     preprocess: Any = None
     key: str | None = None
+    budget: Budget | None = field(default_factory=Budget)
     _kept: list[Any] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -80,6 +87,10 @@ class Calibration:
         if not 0 < float(self.percentile) <= 100:
             raise OptionError(
                 f"Calibration percentile must be in (0, 100], got {self.percentile!r}"
+            )
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise OptionError(
+                f"Calibration budget must be an infer.Budget or None, got {type(self.budget).__name__}"
             )
         if isinstance(self.exclude, str):
             object.__setattr__(self, "exclude", (self.exclude,))
@@ -116,6 +127,10 @@ class Calibration:
             )
             if getattr(self, name) != default
         )
+        if self.budget is None:
+            extra += ", budget=None"
+        elif self.budget.__dict__ != Budget().__dict__:
+            extra += f", budget={self.budget!r}"
         return f"Calibration(<{what}>, method={self.method!r}, limit={self.limit!r}{extra})"
 
     @classmethod

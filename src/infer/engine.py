@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from .model import Model, ModelSource
 from .options import Options
 from .selection import Attempt, Chosen, Pending, Selection
 from .tensors import TensorSpec, describe_specs
+
+if TYPE_CHECKING:
+    from .transforms.int8_search import Int8Report
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class Engine:
         self._model = model
         self._options = options
         self._preprocess: dict[str, Any] | None = None
+        self._precision_report: Int8Report | None = None  # set by load: the int8 search's outcome
         self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
@@ -146,10 +150,10 @@ class Engine:
             source = pre.fuse(
                 source, options.preprocess, Cache(options.cache_dir) if options.cache else None
             )
-        chosen = selection.choose(
-            source, request, options, backend, transform=_PrecisionTransform(options)
-        )
+        transform = _PrecisionTransform(options)
+        chosen = selection.choose(source, request, options, backend, transform=transform)
         engine = cls(chosen.session, chosen.attempts, source, options, chosen.pending)
+        engine._precision_report = transform.report_for(chosen.attempts)
         log.info("loaded %s on %s with %s", source, chosen.session.device, chosen.session.backend)
         return engine
 
@@ -208,6 +212,12 @@ class Engine:
     def precision(self) -> str:
         """The precision that actually runs, as the backend describes it."""
         return self._session.precision
+
+    @property
+    def precision_report(self) -> Int8Report | None:
+        """For int8 with an accuracy budget: what was reached (`infer.Int8Report`: figures against
+        fp32, nodes kept in float, speedup, search time); None otherwise."""
+        return self._precision_report
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -481,6 +491,7 @@ class _PrecisionTransform:
     def __init__(self, options: Options) -> None:
         self.options = options
         self._converted: dict[str | None, Model] = {}
+        self._searched: dict[str, tuple[Model, Int8Report | None]] = {}  # label -> (model, report)
 
     def __call__(
         self, model: Model, backend: Backend, device: Device, variant: str | None
@@ -491,6 +502,29 @@ class _PrecisionTransform:
 
         # int8 graphs differ by quantizer (Q/DQ placement); a backend may prefer its own.
         quantizer = precision.quantizer_for(self.options, backend.int8_quantizer(device, variant))
+        # -- int8 with an accuracy budget: searched and measured on this backend
+        from .transforms import int8_search
+
+        if int8_search.guarded(self.options):
+            label = f"{backend.name}[{variant}]" if variant else backend.name
+            if label not in self._searched:
+                self._searched[label] = int8_search.search(
+                    model,
+                    self.options,
+                    quantizer=quantizer,
+                    backend=backend,
+                    device=device,
+                    variant=variant,
+                    label=label,
+                )
+            return self._searched[label][0]
+        # --
         if quantizer not in self._converted:
             self._converted[quantizer] = precision.convert(model, self.options, quantizer=quantizer)
         return self._converted[quantizer]
+
+    def report_for(self, attempts: Sequence[Attempt]) -> Int8Report | None:
+        """The int8 search report of the selected attempt's backend (None without a search)."""
+        chosen = next((a for a in attempts if a.verdict == "selected"), None)
+        found = self._searched.get(chosen.backend) if chosen is not None else None
+        return found[1] if found is not None else None

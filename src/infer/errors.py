@@ -31,6 +31,15 @@ class CompileError(InferError):
     """A backend accepted the model but failed to compile it."""
 
 
+class PrecisionError(InferError):
+    """An int8 (or other reduced-precision) model misses its accuracy budget or is not faster than
+    fp32; the message gives the measured figures. `report` holds them when the search made one."""
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class RuntimeFailure(InferError):
     """A backend failed while running a compiled model."""
 

@@ -24,7 +24,14 @@ from .backends import base
 from .backends.base import GRAPH, Backend, BackendInfo, Session
 from .cache import Cache, Key
 from .device import Device, probe_hardware
-from .errors import BackendUnavailable, CompileError, InferError, InputError, OptionError
+from .errors import (
+    BackendUnavailable,
+    CompileError,
+    InferError,
+    InputError,
+    OptionError,
+    PrecisionError,
+)
 from .feeds import random_feeds, representative_shapes
 from .model import Model
 from .options import Options
@@ -266,11 +273,18 @@ def select(
         )
         _warn_on_fallback(attempts, named=forced)
         return session, attempts
+    if forced and isinstance(last_error, PrecisionError):  # with its figures
+        raise PrecisionError(str(last_error), last_error.report) from last_error
     if forced and last_error is not None:  # a named backend's own failure, not "none could"
         # Its own text once: the other candidates' verdicts follow, not this one again.
         others = [a for a in attempts if a.reason != str(last_error)]
         also = f"\n{_explain(others)}" if others else ""
         raise type(last_error)(f"{last_error}{also}") from last_error
+    if isinstance(last_error, PrecisionError):  # int8 measured short of its budget everywhere
+        raise PrecisionError(
+            f"no backend runs int8 {model!r} within its budget on {request}:\n{_explain(attempts)}",
+            last_error.report,
+        ) from last_error
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
 
@@ -316,7 +330,12 @@ def _compile(
     b = base.get(row.backend)
     # The precision transform is shared by every candidate: its failure (no calibration
     # data, feeds that do not fit the model) is the load's, raised rather than fallen back from.
-    target = transform(model, b, device, row.variant) if transform else model
+    # An int8 graph measured on this row and found short of its budget (PrecisionError) is
+    # this row's failure: the next row measures its own.
+    try:
+        target = transform(model, b, device, row.variant) if transform else model
+    except PrecisionError as e:
+        return e
     try:
         return b.compile(target, device, options, row.variant)
     except OptionError:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,13 +10,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-import infer
-
 from ..cache import Cache
 from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
-from ..feeds import parse_shape, random_feeds, read_samples, resolve_shapes
-from ..model import ModelFormat
+from ..feeds import parse_shape, random_feeds, resolve_shapes
 from ._cache import Item, scan
 from ._common import (
     DeviceOpt,
@@ -32,15 +28,31 @@ from ._common import (
     precision_of,
     split_list,
 )
+from ._int8 import (
+    AcceptBestOpt,
+    CalibrationOpt,
+    Int8Args,
+    LimitOpt,
+    MaxDropOpt,
+    MaxRelErrorOpt,
+    MinSpeedupOpt,
+    NoBudgetOpt,
+    TimeLimitOpt,
+    ValidationOpt,
+)
 
 HELP = help_text(
     "Build what loading the model needs (a TensorRT plan, OpenVINO's compiled model "
     "cache, an fp16 or int8 model) and keep it in the cache, so Engine.load with the "
     "same arguments starts warm. int8 calibrates on --calibration: a folder of .npy "
     "(single-input models), .npz (one array per input) or image files (resized to the "
-    "input, scaled to [0, 1]).",
+    "input, scaled to [0, 1]); the int8 graph is measured against fp32 (an accuracy "
+    "budget: --max-drop, --max-rel-error, --min-speedup, on --validation or held-out "
+    "samples) and the nodes that cost the most stay in float; it fails when no graph "
+    "faster than fp32 meets the budget (--accept-best keeps the best found).",
     "infer build model.onnx --device cuda --precision fp16",
     "infer build model.onnx -d cpu -p int8 --calibration samples/",
+    "infer build model.onnx -p int8 --calibration samples/ --validation val/ --max-drop 0.02",
     "infer build model.onnx -d cuda --shape x=1x3x64x64:8x3x64x64:16x3x64x64",
 )
 
@@ -59,13 +71,15 @@ def build_command(
         typer.Option("--backend", "-b", help="Backend to build for (default: what auto picks)."),
     ] = None,
     precision: PrecisionOpt = "fp32",
-    calibration: Annotated[
-        Path | None,
-        typer.Option("--calibration", help="Folder of calibration samples (for int8)."),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="Use at most this many calibration samples.")
-    ] = None,
+    calibration: CalibrationOpt = None,
+    limit: LimitOpt = None,
+    validation: ValidationOpt = None,
+    max_drop: MaxDropOpt = Int8Args.max_drop,
+    max_rel_error: MaxRelErrorOpt = Int8Args.max_rel_error,
+    min_speedup: MinSpeedupOpt = Int8Args.min_speedup,
+    time_limit: TimeLimitOpt = Int8Args.time_limit,
+    accept_best: AcceptBestOpt = False,
+    no_budget: NoBudgetOpt = False,
     shape: Annotated[
         list[str] | None,
         typer.Option(
@@ -85,18 +99,26 @@ def build_command(
     chosen = names[0] if len(names) == 1 else (names or None)
     shapes = _shapes(shape or [])
     samples: Any = None
+    int8 = Int8Args(
+        calibration,
+        limit,
+        validation,
+        max_drop,
+        max_rel_error,
+        min_speedup,
+        time_limit,
+        accept_best,
+        no_budget,
+    )
     if calibration is not None:
         if precision != "int8":
             raise OptionError(f"--calibration is for --precision int8, not {precision}")
-        if source.format is not ModelFormat.ONNX:
-            raise OptionError(f"--calibration needs an ONNX model; {name} is {source.format}")
         opt = {
             k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
             for k, v in shapes.items()
         }
-        data = read_samples(calibration, source.inputs, opt, limit=limit)
-        samples = infer.Calibration(data) if hasattr(infer, "Calibration") else data
-        err().print(f"calibration: {len(data)} samples from {calibration}")
+        samples = int8.calibration_for(source, name, opt)
+        err().print(int8.describe(samples))
     cache = Cache()
     before = {i.path: i for i in scan(cache)}
     start = time.perf_counter()
@@ -127,6 +149,8 @@ def build_command(
         summary = chosen_attempt.reason if chosen_attempt is not None else ""
         if summary:
             console.print(Text(f"  {summary}", style="dim"))
+        if engine.precision_report is not None:
+            console.print(Text(str(engine.precision_report), style="dim"))
         if check:
             first = {
                 k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v

@@ -9,9 +9,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .._diff import ATOL, RTOL
-from ..compare import Comparison, compare
+from ..compare import Comparison, compare, parse_runner
+from ..engine import Engine
 from ..errors import OptionError
 from ..feeds import read_inputs
+from ..model import Model
 from ._app import EXIT_CHECK_FAILED
 from ._common import (
     DeviceOpt,
@@ -20,6 +22,7 @@ from ._common import (
     PrecisionOpt,
     SeedOpt,
     ShapeOpt,
+    err,
     fmt_num,
     fmt_s,
     help_text,
@@ -30,15 +33,29 @@ from ._common import (
     split_list,
     write_json,
 )
+from ._int8 import (
+    AcceptBestOpt,
+    CalibrationOpt,
+    Int8Args,
+    LimitOpt,
+    MaxDropOpt,
+    MaxRelErrorOpt,
+    MinSpeedupOpt,
+    NoBudgetOpt,
+    TimeLimitOpt,
+    ValidationOpt,
+)
 
 HELP = help_text(
     "Run the same seeded inputs through several backends and compare every output with "
     "the first backend's (or with --expected outputs): max absolute and relative error, "
     "cosine similarity, top-1 agreement, and pass/fail against --rtol/--atol "
     "(|got - want| <= atol + rtol * |want|). Exits 1 when any output fails, for CI. "
-    "Append @PRECISION to a backend to compare precisions, e.g. onnxruntime@int8.",
+    "Append @PRECISION to a backend to compare precisions, e.g. onnxruntime@int8; int8 "
+    "calibrates on --calibration and is held to its budget as `infer build` is.",
     "infer compare model.onnx -b onnxruntime,openvino,reference",
-    "infer compare model.onnx -b onnxruntime,onnxruntime@int8 --min-top1 0.99",
+    "infer compare model.onnx -b onnxruntime,onnxruntime@int8 --calibration samples/ "
+    "--min-top1 0.99",
     "infer run good.onnx --save want.npz",
     "infer compare new.onnx -b onnxruntime --expected want.npz",
 )
@@ -87,6 +104,15 @@ def compare_command(
     json_file: Annotated[
         str | None, typer.Option("--json", help="Write the report as JSON (- for stdout).")
     ] = None,
+    calibration: CalibrationOpt = None,
+    limit: LimitOpt = None,
+    validation: ValidationOpt = None,
+    max_drop: MaxDropOpt = Int8Args.max_drop,
+    max_rel_error: MaxRelErrorOpt = Int8Args.max_rel_error,
+    min_speedup: MinSpeedupOpt = Int8Args.min_speedup,
+    time_limit: TimeLimitOpt = Int8Args.time_limit,
+    accept_best: AcceptBestOpt = False,
+    no_budget: NoBudgetOpt = False,
 ) -> None:
     source, name = load_model(model)
     names = split_list(backends) if backends is not None else None
@@ -98,21 +124,38 @@ def compare_command(
     want = read_inputs([expected]) if expected else None
     if want is not None and runs != 1:
         raise OptionError("--expected holds one set of outputs; use it with --runs 1")
-    result = compare(
-        source,
-        names,
-        given or None,
-        device=device,
-        precision=precision_of(precision),
-        rtol=rtol,
-        atol=atol,
-        min_cosine=min_cosine,
-        min_top1=min_top1,
-        expected=want,
-        seed=seed,
-        runs=runs,
-        shapes=shapes_of(shape),
+    int8 = Int8Args(
+        calibration,
+        limit,
+        validation,
+        max_drop,
+        max_rel_error,
+        min_speedup,
+        time_limit,
+        accept_best,
+        no_budget,
     )
+    loaded = _int8_runners(source, name, names, device, precision_of(precision), shape, int8)
+    runners = [loaded.get(i, n) for i, n in enumerate(names)] if names is not None else None
+    try:
+        result = compare(
+            source,
+            runners,
+            given or None,
+            device=device,
+            precision=precision_of(precision),
+            rtol=rtol,
+            atol=atol,
+            min_cosine=min_cosine,
+            min_top1=min_top1,
+            expected=want,
+            seed=seed,
+            runs=runs,
+            shapes=shapes_of(shape),
+        )
+    finally:
+        for engine in loaded.values():
+            engine.close()
     if json_file is not None:
         data = result.to_dict()
         data["model"] = name
@@ -121,6 +164,44 @@ def compare_command(
         render(result, name)
     if not result.passed:
         raise typer.Exit(EXIT_CHECK_FAILED)
+
+
+def _int8_runners(
+    source: Model,
+    name: str,
+    names: list[str] | None,
+    device: str,
+    precision: str,
+    shape: list[str] | None,
+    int8: Int8Args,
+) -> dict[int, Engine]:
+    """Engines for the int8 runners, calibrated and budgeted by the command's options (compare()
+    loads the others itself). Without --calibration, compare() loads them and says what is
+    missing."""
+    if int8.calibration is None:
+        if int8.validation is not None:
+            raise OptionError("--validation measures int8 calibrated on --calibration: give both")
+        return {}
+    wanted = [(i, *parse_runner(n, precision)) for i, n in enumerate(names or [])]
+    if not any(p == "int8" for _, _, p in wanted):
+        raise OptionError(
+            "--calibration is for int8 runners: name one, e.g. -b onnxruntime,onnxruntime@int8"
+        )
+    calib = int8.calibration_for(source, name, shapes_of(shape))
+    assert calib is not None
+    err().print(int8.describe(calib))
+    loaded: dict[int, Engine] = {}
+    try:
+        for i, backend, prec in wanted:
+            if prec == "int8":
+                loaded[i] = Engine.load(
+                    source, device, backend=backend, precision="int8", calibration=calib
+                )
+    except BaseException:
+        for engine in loaded.values():
+            engine.close()
+        raise
+    return loaded
 
 
 def render(c: Comparison, name: str) -> None:

@@ -44,11 +44,15 @@ from ..tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
-TRANSFORM_VERSION = 1
+TRANSFORM_VERSION = 3
 """Bump when a change here changes the artifacts, so cached ones are rebuilt."""
 
 MODEL_FILE = "model.onnx"
+FLOAT_FILE = "float.onnx"
 RANGES_FILE = "ranges.json"
+
+# ISA extensions with an int8 dot product (u8 x s8 -> s32 without intermediate saturation).
+_INT8_DOT = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 # Nodes that mean a graph is already quantized.
 _QUANTIZED_OPS = frozenset(
@@ -171,6 +175,33 @@ def _fp16(model: Model, options: Options, current: str) -> Model:
 
 
 def _int8(model: Model, options: Options, current: str, backend_choice: str) -> Model:
+    given = int8_source(model, options, current)
+    if given is not None:
+        return given
+    calib = Calibration.of(options.calibration)
+    quantizer = int8_quantizer(model, calib, backend_choice)
+    data, count = calib.digest(model.inputs, cast=options.cast)
+    key = Key.of(
+        "onnx-int8",
+        model=model.digest,
+        transform=f"int8-qdq/{TRANSFORM_VERSION}",
+        data=data,
+        **int8_params(calib, quantizer),
+        **_versions(quantizer),
+    )
+
+    def build(folder: Path) -> dict[str, Any]:
+        n, text = quantize(model, options, calib, quantizer, folder, data=data, count=count)
+        (folder / FLOAT_FILE).unlink()  # only the search edits graphs back to float
+        return {"precision": text, "samples": n}
+
+    return _built(model, options, key, build, "int8")
+
+
+def int8_source(model: Model, options: Options, current: str | None = None) -> Model | None:
+    """For precision="int8": the model itself when it already holds Q/DQ (described), None when
+    it is to be quantized; raises OptionError when it cannot be (fp16 weights, no calibration)."""
+    current = current or graph_precision(model.proto)
     if current == "int8":
         if options.calibration is not None:
             log.info("%r already holds Q/DQ nodes: the calibration data is not used", model)
@@ -187,20 +218,26 @@ def _int8(model: Model, options: Options, current: str, backend_choice: str) -> 
             "model), a few hundred inputs like the ones the model will see; or load a model "
             "that already holds Q/DQ nodes"
         )
-    calib = Calibration.of(options.calibration)
+    return None
+
+
+def int8_quantizer(model: Model, calib: Calibration, backend_choice: str) -> str:
+    """The quantizer an int8 load uses (the Calibration's, else the backend's, installed),
+    after checking the Calibration's settings against it and the model."""
     quantizer = _pick_quantizer(calib, backend_choice)
     if quantizer == "nncf" and calib.method != "minmax":
         raise OptionError(
             f"Calibration(method={calib.method!r}) is one of onnxruntime's calibrators; NNCF "
             "estimates ranges its own way: use method='minmax' with quantizer='nncf'"
         )
-    proto = model.proto
-    _check_exclude(proto, calib.exclude)
-    inputs = model.inputs
-    report = _reporter(options.progress)
-    data, count = calib.digest(inputs, cast=options.cast)
-    versions = _versions(quantizer)
-    params = {
+    _check_exclude(model.proto, calib.exclude)
+    return quantizer
+
+
+def int8_params(calib: Calibration, quantizer: str) -> dict[str, Any]:
+    """The quantization settings that shape an int8 graph, for cache keys."""
+    return {
+        **cpu_settings(quantizer),
         "quantizer": quantizer,
         "method": calib.method,
         "percentile": calib.percentile if calib.method == "percentile" else None,
@@ -208,25 +245,59 @@ def _int8(model: Model, options: Options, current: str, backend_choice: str) -> 
         "exclude": sorted(calib.exclude),
         "limit": calib.limit,
     }
-    key = Key.of(
-        "onnx-int8",
-        model=model.digest,
-        transform=f"int8-qdq/{TRANSFORM_VERSION}",
-        data=data,
-        **params,
-        **versions,
-    )
 
-    def build(folder: Path) -> dict[str, Any]:
-        if quantizer == "nncf":
-            n = _quantize_nncf(model, calib, inputs, options, folder / MODEL_FILE, report)
-        else:
-            n = _quantize_ort(
-                model, calib, inputs, options, quantizer, data, count, folder / MODEL_FILE, report
-            )
-        return {"precision": _describe_int8(quantizer, calib, n, proto), "samples": n}
 
-    return _built(model, options, key, build, "int8")
+def quantize(
+    model: Model,
+    options: Options,
+    calib: Calibration,
+    quantizer: str,
+    folder: Path,
+    *,
+    data: str | None = None,
+    count: int | None = None,
+) -> tuple[int, str]:
+    """Quantize `model` into folder/MODEL_FILE, and write the float graph the Q/DQ nodes were
+    placed in (BatchNorm folded for onnxruntime; nodes named) to folder/FLOAT_FILE. Returns
+    (samples calibrated on, the graph's description). Calibrated ranges are cached apart."""
+    inputs = model.inputs
+    report = _reporter(options.progress)
+    if quantizer == "nncf":
+        n = _quantize_nncf(
+            model, calib, inputs, options, folder / MODEL_FILE, report, folder / FLOAT_FILE
+        )
+    else:
+        if data is None:
+            data, count = calib.digest(inputs, cast=options.cast)
+        n = _quantize_ort(
+            model,
+            calib,
+            inputs,
+            options,
+            quantizer,
+            data,
+            count,
+            folder / MODEL_FILE,
+            report,
+            folder / FLOAT_FILE,
+        )
+    return n, _describe_int8(quantizer, calib, n, model.proto)
+
+
+def cpu_settings(quantizer: str) -> dict[str, Any]:
+    """onnxruntime quantizer settings that fit this CPU (recorded in the cache key and the
+    description). On x86 without an int8 dot product (VNNI, AMX) the u8 x s8 multiply-add
+    saturates in 16 bits, so weights get 7 bits (reduce_range), as ONNX Runtime's guidance says;
+    with VNNI/AMX (and on ARM) full 8-bit ranges. Measured on this AVX512-VNNI/AMX machine
+    (benchmarks/precision_int8.py, MobileNetV3): reduce_range 0.61x vs 0.73x fp32 speed at the
+    same top-1, int8 activations (S8S8) 0.20x, per-tensor weights 0.45x and less accurate, so
+    U8S8 per-channel it is."""
+    if quantizer != "onnxruntime":
+        return {"reduce_range": False}
+    from ..device import cpu
+
+    isa = cpu().capabilities.isa
+    return {"reduce_range": "avx2" in isa and not (isa & _INT8_DOT)}
 
 
 def _pick_quantizer(calib: Calibration, backend_choice: str) -> str:
@@ -248,6 +319,8 @@ def _describe_int8(quantizer: str, calib: Calibration, samples: int, proto: onnx
     else:
         if quantizer == "onnxruntime-symmetric":
             parts.append("symmetric")
+        if cpu_settings(quantizer)["reduce_range"]:
+            parts.append("7-bit weights (no VNNI)")
         parts.append(
             calib.method if calib.method != "percentile" else f"percentile {calib.percentile:g}"
         )
@@ -268,7 +341,10 @@ def _quantize_ort(
     count: int | None,
     out: Path,
     report: Progress,
+    float_out: Path | None = None,
 ) -> int:
+    """quantize_static to `out`; `float_out` receives the float graph it quantized (BatchNorm
+    folded, every node named), which the int8 search edits nodes back to."""
     q = _import("onnxruntime.quantization", "int8 quantization")
     import onnxruntime
 
@@ -285,6 +361,13 @@ def _quantize_ort(
         _onnx.save(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 11)), src)
         report("quantize", 0, 2)
         _pre_process(q, model, src, pre)
+        # Pre-processing inlines functions (HardSwish -> HardSigmoid, Mul) into unnamed nodes;
+        # nodes are excluded, and reported, by name.
+        float_graph = onnx.load(str(pre))
+        if not all(n.name for n in _onnx.nodes(float_graph.graph)):
+            _onnx.save(_named(float_graph), pre)
+        if float_out is not None:
+            _onnx.save(onnx.load(str(pre)), float_out)
         report("quantize", 1, 2)
         ranges_key = Key.of(
             "calibration",
@@ -311,7 +394,12 @@ def _quantize_ort(
             scratch = Path(tmp) / "ranges"
             scratch.mkdir()
             ranges = Entry(scratch, calibrate(scratch))
-        extra: dict[str, Any] = {"ActivationSymmetric": symmetric}
+        # Relu/Clip stay in the graph (ONNX Runtime fuses them at load all the same, measured):
+        # folded into a quantization range, they would vanish from a node kept in float.
+        extra: dict[str, Any] = {
+            "ActivationSymmetric": symmetric,
+            "QDQKeepRemovableActivations": True,
+        }
         try:
             q.quantize_static(
                 str(pre),
@@ -322,6 +410,7 @@ def _quantize_ort(
                 per_channel=calib.per_channel,
                 activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
                 weight_type=q.QuantType.QInt8,
+                reduce_range=cpu_settings(quantizer)["reduce_range"],
                 calibrate_method=method,
                 nodes_to_exclude=_excluded_nodes(onnx.load(str(pre)), calib.exclude),
                 use_external_data_format=_onnx.is_large(model.proto),
@@ -474,6 +563,7 @@ def _quantize_nncf(
     options: Options,
     out: Path,
     report: Progress,
+    float_out: Path | None = None,
 ) -> int:
     nncf = _import_nncf()
     feeds = list(calib.feeds(inputs, cast=options.cast))
@@ -481,7 +571,11 @@ def _quantize_nncf(
         raise OptionError("the calibration data is empty: int8 calibration needs at least one feed")
     report("calibrate", 0, len(feeds))
     proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    # NNCF quantizes weights per channel only from opset 13 (DequantizeLinear's axis); below it
+    # falls back to per tensor, which costs PP-OCRv4's recognizer half its per-step argmax.
+    proto.CopyFrom(_named(_at_least_opset(model.proto, 13 if calib.per_channel else 10)))
+    if float_out is not None:
+        _onnx.save(proto, float_out)
     types = {n.op_type for n in _onnx.nodes(proto.graph)}
     ignored = nncf.IgnoredScope(
         names=[e for e in calib.exclude if e not in types],
