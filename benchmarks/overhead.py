@@ -10,7 +10,7 @@ means anything.
 
     .venv/bin/python benchmarks/overhead.py [--seconds 10] [--quick]
 
-Targets: ratio <= 1.2 on the 1-node model, <= 1.01 on the CNN.
+Targets (issue 13): ratio <= 1.2 on the 1-node model, <= 1.03 on the CNN.
 Writes benchmarks/results/overhead.json and overhead.png.
 """
 
@@ -51,7 +51,7 @@ CASES = {
     "cnn (~15 ms)": (
         models.cnn(channels=64, size=128, depth=4, batch=1),
         {"input": np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)},
-        1.01,
+        1.03,
     ),
 }
 

@@ -188,25 +188,31 @@ class Engine:
         return True if watch is None else watch.wait(timeout)
 
     def _chosen(self, chosen: Chosen | None) -> None:
-        """The background race's verdict (None: cancelled or failed): switch to its winner."""
-        self._watch = self._sessions.watch = None
-        if chosen is None:
+        """The background race's verdict (None: cancelled or failed): switch to its winner.
+
+        The order matters: the new session is made current before the watch goes, so a run
+        that finds no watch finds the final session (run's plain path follows nothing), and
+        the old session is retired last (its close waits for the runs still on it)."""
+        if chosen is None or chosen.session is self._session:
+            self._watch = self._sessions.watch = None
+            if chosen is not None:
+                self._selection = Selection(chosen.attempts)
             return
-        if chosen.session is not self._session:
-            old = self._session
-            if not self._sessions.adopt(chosen.session):  # closed meanwhile
-                chosen.session.close()
-                return
-            self._session = chosen.session  # before the old one can close: runs move on
-            self._sessions.retire(old)
-            log.info(
-                "switched from %s to %s: %s",
-                old.backend,
-                chosen.session.backend,
-                chosen.attempts
-                and next((a.reason for a in chosen.attempts if a.verdict == "selected"), ""),
-            )
+        old = self._session
+        if not self._sessions.adopt(chosen.session):  # closed meanwhile
+            chosen.session.close()
+            self._watch = self._sessions.watch = None
+            return
+        self._session = chosen.session
         self._selection = Selection(chosen.attempts)
+        self._watch = self._sessions.watch = None
+        self._sessions.retire(old)
+        log.info(
+            "switched from %s to %s: %s",
+            old.backend,
+            chosen.session.backend,
+            next((a.reason for a in chosen.attempts if a.verdict == "selected"), ""),
+        )
 
     @property
     def precision(self) -> str:
@@ -279,7 +285,10 @@ class Engine:
         `outputs, meta = engine.run(feeds, return_meta=True)`.
         """
         watch = self._watch
-        if watch is None:
+        if watch is None and self._batcher is None:
+            # No race pending: the session is final (see _chosen), nothing to follow.
+            out = self._session.run(feeds, outputs)
+        elif watch is None:
             out = self._run(feeds, outputs)
         else:
             out = watch.run(lambda: self._run(feeds, outputs), feeds)

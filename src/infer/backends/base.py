@@ -433,7 +433,13 @@ class Session(abc.ABC):
                 self._check_open()
             feeds = self._feeds(feeds)
             names = None if outputs is None else self._check_outputs(outputs)
-            return self._run_mapped(feeds, names)
+            # _run_mapped inlined: a frame less on the hot path (~0.1 us of a 5 us run).
+            try:
+                return self._run(feeds, names)
+            except InferError:
+                raise
+            except Exception as e:
+                raise self.failure(e) from e
         finally:
             next(self._finished)
 
