@@ -139,6 +139,11 @@ def test_agreement_is_relative_to_each_outputs_scale():
     y = np.random.default_rng(1).standard_normal((4, 10)).astype(np.float32) * 1000
     assert _race.agreement({"y": y}, {"y": y + 0.01})[0] < _race.TOLERANCE["fp32"]
     assert _race.agreement({"y": y}, {"y": y + 50})[0] > _race.TOLERANCE["fp32"]
+    # A map of near-zero probabilities (a detector on a page without text): rounding of the
+    # size of the numbers is no disagreement; a real difference still is.
+    tiny = np.random.default_rng(2).random((1, 1, 32, 32)).astype(np.float32) * 8e-6
+    assert _race.agreement({"p": tiny}, {"p": tiny + 1e-7})[0] < _race.TOLERANCE["fp32"]
+    assert _race.agreement({"p": tiny}, {"p": tiny + 1e-3})[0] > _race.TOLERANCE["fp32"]
     ids = np.arange(6)
     assert _race.agreement({"i": ids}, {"i": ids + 1})[0] == float("inf")  # integers: exact
     nan = y.copy()
