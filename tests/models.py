@@ -17,7 +17,9 @@ def _model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)  # type-checks every node: no silent dtype slips
+    onnx.checker.check_model(
+        model, full_check=True
+    )  # type-checks every node: no silent dtype slips
     return model
 
 
@@ -114,7 +116,9 @@ def cnn(
     nodes, inits = [], []
     prev, cin = "input", 3
     for i in range(depth):
-        w = (rng.standard_normal((channels, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(np.float32)
+        w = (rng.standard_normal((channels, cin, 3, 3)) * np.sqrt(2.0 / (cin * 9))).astype(
+            np.float32
+        )
         inits += [
             numpy_helper.from_array(w, f"conv{i}.w"),
             numpy_helper.from_array(

@@ -44,9 +44,7 @@ def test_the_base_marks_its_edge_final():
 def test_every_backend_has_a_session(name):
     """Defined in the backend's module or in a private helper it imports (_trt_session)."""
     module = importlib.import_module(f"infer.backends.{name}")
-    sessions = [
-        v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Session)
-    ]
+    sessions = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, Session)]
     assert [s for s in sessions if s is not Session], f"no Session subclass in {module.__name__}"
 
 
