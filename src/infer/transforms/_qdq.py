@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 import numpy as np
 import onnx
@@ -231,24 +231,22 @@ def _prune(graph: onnx.GraphProto) -> None:
             needed.update(node.input)
             needed.update(_outer_reads(node))
     keep.reverse()
-    if len(keep) != len(graph.node):
-        copies = []
-        for node in keep:
-            c = onnx.NodeProto()
-            c.CopyFrom(node)
-            copies.append(c)
-        del graph.node[:]
-        graph.node.extend(copies)
+    _keep_only(graph.node, keep)
     used = {i for n in graph.node for i in n.input} | needed
-    kept = [t for t in graph.initializer if t.name in used]
-    if len(kept) != len(graph.initializer):
-        copies_t = []
-        for t in kept:
-            c = onnx.TensorProto()
-            c.CopyFrom(t)
-            copies_t.append(c)
-        del graph.initializer[:]
-        graph.initializer.extend(copies_t)
+    _keep_only(graph.initializer, [t for t in graph.initializer if t.name in used])
+
+
+def _keep_only(field: Any, kept: list[Any]) -> None:
+    """Leave a repeated protobuf field holding `kept` (a subset of it, in order)."""
+    if len(kept) == len(field):
+        return
+    copies = []  # copied first: deleting from the field releases the messages it held
+    for message in kept:
+        c = type(message)()
+        c.CopyFrom(message)
+        copies.append(c)
+    del field[:]
+    field.extend(copies)
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:
