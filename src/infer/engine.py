@@ -515,7 +515,7 @@ class _PrecisionTransform:
         from .transforms import int8_search
 
         if int8_search.guarded(self.options):
-            label = f"{backend.name}[{variant}]" if variant else backend.name
+            label = selection.row_label(backend.name, variant)
             if label not in self._searched:
                 self._searched[label] = int8_search.search(
                     model,

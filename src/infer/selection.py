@@ -54,7 +54,12 @@ class Choice:
 
     @property
     def label(self) -> str:
-        return f"{self.backend}[{self.variant}]" if self.variant else self.backend
+        return row_label(self.backend, self.variant)
+
+
+def row_label(backend: str, variant: str | None) -> str:
+    """How a row is named everywhere (attempts, the cache, CLI tables): `onnxruntime[cpu]`."""
+    return f"{backend}[{variant}]" if variant else backend
 
 
 ELIGIBLE = ("eligible", "unchecked")
