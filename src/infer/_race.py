@@ -149,7 +149,7 @@ def run(
         for c in timed:
             if cancel is not None and cancel.is_set():
                 raise RaceCancelled
-            per_run, count = _block(c.session, feeds)
+            per_run, count = block(c.session, feeds)
             samples[c.label].append(per_run)
             runs[c.label] += count
             time.sleep(PAUSE_S)
@@ -192,11 +192,14 @@ class RaceCancelled(Exception):
     """The engine closed while its background race ran."""
 
 
-def _block(session: Session, feeds: Mapping[str, np.ndarray]) -> tuple[float, int]:
-    """(seconds per run, runs) over one block of back-to-back runs lasting about BLOCK_S."""
+def block(
+    session: Session, feeds: Mapping[str, np.ndarray], seconds: float = BLOCK_S
+) -> tuple[float, int]:
+    """(seconds per run, runs) over one block of back-to-back runs lasting about `seconds`
+    (at least one run)."""
     count = 0
     start = time.perf_counter()
-    deadline = start + BLOCK_S
+    deadline = start + seconds
     while True:
         session.run(feeds)
         count += 1

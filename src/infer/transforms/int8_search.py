@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from .. import _onnx
+from .. import _onnx, _race
 from ..budget import Budget, Figure, Measure, measure, score_outputs
 from ..cache import Cache, Key
 from ..calibration import Calibration
@@ -571,13 +571,7 @@ class _Search:
         feed = self.feeds[0]
         for s in (fp32, int8):  # warm up (first runs allocate, some runtimes compile lazily)
             s.run(feed)
-        t0 = time.perf_counter()
-        for s in (fp32, int8):
             s.run(feed)
-            if time.perf_counter() - t0 < 1.0:
-                s.run(feed)
-        single = max((time.perf_counter() - t0) / 4, 1e-6)
-        number = max(1, int(_BLOCK_SECONDS / single))
         blocks: dict[str, list[float]] = {"fp32": [], "int8": []}
         start = time.perf_counter()
         while len(blocks["fp32"]) < _ROUNDS and (
@@ -585,10 +579,7 @@ class _Search:
         ):
             for name, s in (("fp32", fp32), ("int8", int8)):
                 time.sleep(0.005)
-                t = time.perf_counter()
-                for _ in range(number):
-                    s.run(feed)
-                blocks[name].append((time.perf_counter() - t) / number)
+                blocks[name].append(_race.block(s, feed, _BLOCK_SECONDS)[0])
         ratio = statistics.median(a / b for a, b in zip(blocks["fp32"], blocks["int8"]))
         return ratio, min(blocks["fp32"]) * 1e3, min(blocks["int8"]) * 1e3
 
