@@ -110,7 +110,7 @@ def diff(
     bad = err > limit
     mismatched = int(np.sum(bad))
     cosine = _cosine(a, b)
-    top1 = _top1(a_list, b_list)
+    top1 = argmax_agreement(a_list, b_list)
     notes = []
     if nan_mismatch:
         notes.append(f"{nan_mismatch} NaN(s) where the other has a number")
@@ -146,8 +146,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
-def _top1(a_list: Sequence[np.ndarray], b_list: Sequence[np.ndarray]) -> float | None:
-    """Agreement of argmax over the last axis, for float outputs with more than one class."""
+def argmax_agreement(a_list: Sequence[np.ndarray], b_list: Sequence[np.ndarray]) -> float | None:
+    """Agreement of argmax over the last axis, for float outputs with more than one class
+    (None otherwise)."""
     if not a_list or a_list[0].ndim == 0 or a_list[0].shape[-1] < 2:
         return None
     if a_list[0].dtype.kind in "biuO":

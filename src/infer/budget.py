@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ._diff import argmax_agreement
 from .errors import OptionError
 
 Metric = Callable[[list[dict[str, np.ndarray]], list[Any]], float]
@@ -280,7 +281,8 @@ def measure(
             figures.append(Figure(name, "exact", same, 1 - budget.max_drop))
             loss += 1 - same
         elif name in scores:
-            agree = _mean([(x.argmax(-1) == y.argmax(-1)).ravel() for x, y in zip(a, b)])
+            top1 = argmax_agreement(a, b)
+            agree = 1.0 if top1 is None else top1  # one class (or no rows): nothing to disagree on
             figures.append(Figure(name, "agreement", agree, 1 - budget.max_drop))
             loss += 1 - agree
         else:
