@@ -152,6 +152,26 @@ def test_node_name_and_attribute():
     assert _onnx.attribute(pads, "axes_hint") == [1, 2]
 
 
+def test_constants_hold_initializers_and_constant_nodes_values():
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    z = numpy_helper.from_array(np.array(3, np.int8), "z_value")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["z"], value=z),
+            helper.make_node("Constant", [], ["f"], value_float=1.5),  # not a tensor value
+            helper.make_node("MatMul", ["x", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        [w],
+    )
+    found = _onnx.constants(graph)
+    assert sorted(found) == ["w", "z"]
+    assert numpy_helper.to_array(found["z"]) == 3
+    assert numpy_helper.to_array(found["w"]).shape == (2, 2)
+
+
 def test_opset_reads_the_default_domain_or_any_other():
     model = models.relu()
     assert _onnx.opset(model) == models.OPSET

@@ -110,6 +110,18 @@ def tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                     yield from (sparse.values, sparse.indices)
 
 
+def constants(graph: onnx.GraphProto) -> dict[str, TensorProto]:
+    """The graph's constant tensors by name: initializers and Constant nodes' `value` (exporters
+    such as Paddle2ONNX hold weights in Constant nodes)."""
+    out = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output:
+            value = attribute(n, "value")
+            if value is not None:
+                out[n.output[0]] = value
+    return out
+
+
 # -- nodes and attributes ---------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import _onnx
 from ._diff import argmax_agreement
 from .errors import OptionError
 
@@ -254,7 +255,7 @@ def score_outputs(proto: onnx.ModelProto) -> set[str]:
 
 
 def _last_axis(node: onnx.NodeProto, rank: int) -> bool:
-    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    axis = _onnx.attribute(node, "axis", -1)
     return axis in (-1, rank - 1)
 
 

@@ -472,15 +472,12 @@ def check_quantization(proto: Any, where: str) -> None:
     import numpy as np
     from onnx import numpy_helper
 
+    from .. import _onnx
+
     graph = proto.graph
     if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
         return
-    constants = {t.name: t for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant" and n.output:
-            value = next((a.t for a in n.attribute if a.name == "value"), None)
-            if value is not None:
-                constants[n.output[0]] = value
+    constants = _onnx.constants(graph)
     for n in graph.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
             continue

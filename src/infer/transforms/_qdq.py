@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import _onnx
+
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
@@ -47,7 +49,7 @@ def quantized_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def groups(graph: onnx.GraphProto) -> list[Group]:
     """The quantizer groups of a Q/DQ graph, in graph order."""
-    inits = _constants(graph)
+    inits = _onnx.constants(graph)
     readers = _readers(graph)
     producer = _producers(graph)
     covered: set[str] = set()
@@ -214,7 +216,7 @@ def _dequantized(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> np.n
         else np.zeros_like(scale)
     )
     if scale.ndim == 1 and q.ndim > 1:
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        axis = _onnx.attribute(dq, "axis", 1)
         shape = [1] * q.ndim
         shape[axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
@@ -250,31 +252,12 @@ def _keep_only(field: Any, kept: list[Any]) -> None:
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
-    )
+    return next(_onnx.subgraphs(node), None) is not None
 
 
 def _outer_reads(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for a in node.attribute:
-        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-        for g in subs:
-            for n in g.node:
-                names.update(n.input)
-                names.update(_outer_reads(n))
-    return names
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """Initializers and Constant nodes' values (Paddle2ONNX exports weights as Constants)."""
-    out = {t.name: t for t in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant":
-            value = next((a.t for a in n.attribute if a.name == "value"), None)
-            if value is not None:
-                out[n.output[0]] = value
-    return out
+    """Every name the node's subgraphs read, at any depth."""
+    return {i for _, sub in _onnx.subgraphs(node) for n in _onnx.nodes(sub) for i in n.input}
 
 
 def op_types(model: onnx.ModelProto, names: Sequence[str]) -> list[tuple[str, str]]:
