@@ -363,11 +363,12 @@ def _quantize_ort(
         _pre_process(q, model, src, pre)
         # Pre-processing inlines functions (HardSwish -> HardSigmoid, Mul) into unnamed nodes;
         # nodes are excluded, and reported, by name.
-        float_graph = onnx.load(str(pre))
-        if not all(n.name for n in _onnx.nodes(float_graph.graph)):
-            _onnx.save(_named(float_graph), pre)
+        loaded = onnx.load(str(pre))
+        float_graph = _named(loaded)  # `loaded` itself when every node has a name
+        if float_graph is not loaded:
+            _onnx.save(float_graph, pre)
         if float_out is not None:
-            _onnx.save(onnx.load(str(pre)), float_out)
+            _onnx.save(float_graph, float_out)
         report("quantize", 1, 2)
         ranges_key = Key.of(
             "calibration",
