@@ -26,6 +26,7 @@ from .selection import Attempt, Chosen, Pending, Selection
 from .tensors import TensorSpec, describe_specs
 
 if TYPE_CHECKING:
+    from .decoder import Decoder
     from .transforms.int8_search import Int8Report
 
 log = logging.getLogger(__name__)
@@ -453,6 +454,19 @@ class Engine:
         binding.owner = self  # the engine, and so its session, lives while the binding does
         self._sessions.bound(binding)  # a session a switch retires stays open while it is used
         return binding
+
+    def decoder(self, *, cache: str = "auto", max_length: int | None = None) -> Decoder:
+        """A generate loop over this engine, for a decoder model (past/present pairs):
+        `prefill`, `step`, `generate`, `stream`, `reset` (see infer.decoder.Decoder).
+
+        cache: "auto" keeps the past where this backend keeps it best (ONNX Runtime: bound
+        OrtValues on the model's device; OpenVINO: a stateful compile of the model); "host"
+        feeds each step's present back as numpy arrays, on any backend. A pending background
+        race is settled first, so the decoder runs on the backend chosen for good.
+        """
+        from .decoder import Decoder
+
+        return Decoder(self, cache=cache, max_length=max_length)
 
     # -- lifetime -----------------------------------------------------------------------------
 

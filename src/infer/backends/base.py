@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ClassVar, cast, final
+from typing import TYPE_CHECKING, Any, ClassVar, cast, final
 
 import numpy as np
 
@@ -34,10 +34,13 @@ from ..binding import device_shape as _device_shape
 from ..binding import dtype_name, fits, host_array, target_mismatch, where_is
 from ..device import Device
 from ..device_array import DeviceView
-from ..errors import EngineClosed, InferError, InputError, OptionError, RuntimeFailure
+from ..errors import EngineClosed, InferError, InputError, ModelError, OptionError, RuntimeFailure
 from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
 from ..tensors import FeedValidator, TensorSpec, describe
+
+if TYPE_CHECKING:
+    from ..sequence import KVPair, Roles
 
 log = logging.getLogger(__name__)
 
@@ -579,6 +582,104 @@ class Session(abc.ABC):
 
     def _close(self) -> None:
         """Release backend resources (called once, after submitted runs have finished)."""
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    @final
+    def kv_cache(self, roles: Roles, *, host: bool = False) -> KVCache:
+        """Where a decoder keeps its past keys and values between steps on this session: where
+        the runtime keeps them best (`_kv_cache`), or with host=True the plain host loop that
+        every backend runs (each present comes back as a numpy array and goes in again)."""
+        self._check_open()
+        return HostKVCache(self, roles) if host else self._kv_cache(roles)
+
+    def _kv_cache(self, roles: Roles) -> KVCache:
+        """The cache a backend keeps best; the default is the host loop."""
+        return HostKVCache(self, roles)
+
+
+# -- the KV cache -----------------------------------------------------------------------------
+
+
+class KVCache(abc.ABC):
+    """A decoder's past keys and values between steps, kept where the runtime keeps them best.
+
+    One per decoder, not thread-safe. `start(batch)` forgets the past and begins `batch` new
+    sequences; `step(feeds)` runs the model on `feeds` (every input but the past), keeps the
+    present outputs as the next step's past, and returns the logits as a host array. Runtime
+    exceptions are left to the caller to map (`Session.failure`).
+    """
+
+    where = "host arrays"
+    """Where the cache lives, in words (for `Decoder.cache` and the benchmarks)."""
+
+    def __init__(self, session: Session, roles: Roles) -> None:
+        self.session = session
+        self.roles = roles
+        self.specs = {s.name: s for s in (*session.inputs, *session.outputs)}
+
+    def past_shape(self, pair: KVPair, batch: int) -> tuple[int, ...]:
+        """The shape of `pair`'s past before the first step: nothing along its growing axis
+        (a shared past/present buffer: its whole declared length), `batch` rows."""
+        spec = self.specs[pair.past]
+        if spec.shape is None:
+            raise ModelError(f"past input {pair.past!r} has no declared shape: infer cannot size it")
+        shape = []
+        for i, d in enumerate(spec.shape):
+            if i == pair.axis and not pair.shared:
+                shape.append(0)
+            elif isinstance(d, int):
+                shape.append(d)
+            elif d is not None and d == self.roles.batch:
+                shape.append(batch)
+            else:
+                raise ModelError(
+                    f"past input {pair.past!r} is {describe(spec.shape, spec.dtype)}: infer sizes "
+                    f"its batch ({self.roles.batch!r}) and past ({pair.axis}) axes, not axis {i} "
+                    f"({d!r}); export the model with fixed head counts and head sizes"
+                )
+        return tuple(shape)
+
+    @abc.abstractmethod
+    def start(self, batch: int) -> None:
+        """Forget the past: the next step begins `batch` new sequences."""
+
+    @abc.abstractmethod
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run one step on `feeds` (every input but the past); return the logits (host)."""
+
+    def close(self) -> None:
+        """Free what the cache holds (idempotent)."""
+
+
+class HostKVCache(KVCache):
+    """The host loop: each step's present outputs come back as numpy arrays and go in as the
+    next step's past, through `Session.run` (so every backend runs it, feeds checked)."""
+
+    where = "host arrays (present fed back as past each step)"
+
+    def __init__(self, session: Session, roles: Roles) -> None:
+        super().__init__(session, roles)
+        if roles.logits is None:
+            raise ModelError("the decoder has no logits output (last dimension the vocabulary)")
+        self._outputs = [roles.logits, *(p.present for p in roles.kv if p.present is not None)]
+        self._past: dict[str, np.ndarray] = {}
+
+    def start(self, batch: int) -> None:
+        self._past = {
+            p.past: np.zeros(self.past_shape(p, batch), self.specs[p.past].dtype)
+            for p in self.roles.kv
+        }
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        out = self.session.run({**feeds, **self._past}, self._outputs)
+        for p in self.roles.kv:
+            if p.present is not None:
+                self._past[p.past] = out[p.present]
+        return out[self._outputs[0]]
+
+    def close(self) -> None:
+        self._past = {}
 
 
 # -- bindings ---------------------------------------------------------------------------------

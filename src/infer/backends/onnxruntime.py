@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,10 +34,14 @@ from .base import (
     Backend,
     BackendInfo,
     Binding,
+    KVCache,
     OutputPlan,
     Session,
     register,
 )
+
+if TYPE_CHECKING:
+    from ..sequence import Roles
 
 log = logging.getLogger(__name__)
 
@@ -439,6 +443,12 @@ class OnnxRuntimeSession(Session):
     def _binds_device_outputs(self) -> bool:
         return self.device.kind == "cuda" and not self._generic_binding
 
+    def _kv_cache(self, roles: Roles) -> KVCache:
+        """Past and present in OrtValues bound with IOBinding, on the model's device."""
+        if self._raw_io:
+            return super()._kv_cache(roles)  # bfloat16 / float8 I/O: the host loop converts
+        return OrtKVCache(self, roles)
+
     def _close(self) -> None:
         self._sess = self._call = None
 
@@ -709,3 +719,71 @@ def _buffer_refused(error: Exception) -> bool:
             "Shape mismatch attempting to re-use",
         )
     )
+
+
+class OrtKVCache(KVCache):
+    """The past kept in OrtValues on the model's device (IOBinding), never copied in or out.
+
+    Each step binds the presents to memory ONNX Runtime allocates where the model runs, and
+    the next step binds those very OrtValues as its past. Only the logits come to the host (on
+    CUDA, ONNX Runtime copies them out; the other inputs are copied in). A pair the model
+    declares with one fixed length for past and present (GroupQueryAttention as
+    onnxruntime-genai builds it) gets one buffer of that length, allocated once and bound as
+    both: the model writes the new keys into it in place.
+    """
+
+    def __init__(self, session: OnnxRuntimeSession, roles: Roles) -> None:
+        super().__init__(session, roles)
+        import onnxruntime as ort
+
+        self._ort = ort
+        gpu = session.device.kind == "cuda"
+        self._where = ("cuda", session.device.index or 0) if gpu else ("cpu", 0)
+        self.where = f"OrtValues on {session.device} (IOBinding)"
+        if any(p.shared for p in roles.kv):
+            self.where += ", one max-length buffer per shared past/present pair"
+        self._sess = session._sess
+        self._io = self._sess.io_binding()
+        self._past: dict[str, Any] = {}  # past name -> OrtValue bound as that input
+        self._fed: dict[str, np.ndarray] = {}  # host inputs bound by pointer, kept alive
+        self._logits = roles.logits
+        self._growing = [p for p in roles.kv if not p.shared and p.present is not None]
+
+    def start(self, batch: int) -> None:
+        ort, (kind, index) = self._ort, self._where
+        self._io.clear_binding_inputs()
+        self._io.clear_binding_outputs()
+        self._past = {}
+        for p in self.roles.kv:
+            shape = self.past_shape(p, batch)
+            dtype = self.specs[p.past].dtype
+            if p.shared:  # zeros: the model attends to the filled part only (the mask says)
+                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), kind, index)
+            else:
+                value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, kind, index)
+            self._past[p.past] = value
+            self._io.bind_ortvalue_input(p.past, value)
+            if p.shared and p.present is not None:
+                self._io.bind_ortvalue_output(p.present, value)
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self.session._check_open()
+        io, (kind, index) = self._io, self._where
+        for name, value in feeds.items():
+            io.bind_cpu_input(name, value)  # by pointer on the CPU; copied in on CUDA
+        self._fed = feeds
+        io.bind_output(self._logits, "cpu", 0)  # the one output that comes to the host
+        for p in self._growing:
+            io.bind_output(p.present, kind, index)
+        self._sess.run_with_iobinding(io)
+        outputs = io.get_outputs()  # in the order bound: logits, then the growing presents
+        for p, value in zip(self._growing, outputs[1:]):
+            self._past[p.past] = value
+            io.bind_ortvalue_input(p.past, value)
+        return outputs[0].numpy()
+
+    def close(self) -> None:
+        self._io.clear_binding_inputs()
+        self._io.clear_binding_outputs()
+        self._past = {}
+        self._fed = {}

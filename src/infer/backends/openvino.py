@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,10 +45,15 @@ from .base import (
     Backend,
     BackendInfo,
     Binding,
+    HostKVCache,
+    KVCache,
     OutputPlan,
     Session,
     register,
 )
+
+if TYPE_CHECKING:
+    from ..sequence import Roles
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,9 @@ _EXECUTION_MODES = ("PERFORMANCE", "ACCURACY")
 # ocr_cls 3.8-10.5 ms vs 0.8-0.9 ms, cnn 15-16 vs 9-11 ms, ocr_det 170-201 vs 134-135 ms. So infer
 # turns pinning off unless backend_options {"cpu_pinning": True} asks for it.
 _PINNING = "ENABLE_CPU_PINNING"
+
+# The KV-cache precision properties of a stateful model (the CPU plugin's default is u8).
+_KV_PRECISION = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")
 
 # Element types numpy and OpenVINO exchange directly; others cross as raw bytes.
 _NUMPY_BRIDGE = NUMPY_NATIVE
@@ -338,6 +346,7 @@ class OpenVinoBackend(Backend):
             options=options,
             precision=model.precision or _PRECISION_LABEL[options.precision],  # the transform's
             details=details,
+            source=(core, model, target, config),
         )
 
     def _hint(self, device: Device, precision: str) -> str:
@@ -629,9 +638,19 @@ def _from_tensor(tensor: Any, dtype: np.dtype) -> np.ndarray:
 
 class OpenVinoSession(Session):
     def __init__(
-        self, compiled: Any, own: Mapping[str, Any], ports: Sequence[tuple[int, str]], **kw: Any
+        self,
+        compiled: Any,
+        own: Mapping[str, Any],
+        ports: Sequence[tuple[int, str]],
+        *,
+        source: tuple[Any, Model, str, Mapping[str, Any]] | None = None,
+        **kw: Any,
     ) -> None:
+        """source: (Core, model, OpenVINO device, config) it was compiled from, for a stateful
+        compile of a decoder (`_kv_cache`)."""
         super().__init__(**kw)
+        self._source = source
+        self._stateful: dict[tuple[str, ...], Any] = {}  # pasts made state -> compiled model
         import openvino as ov
 
         self._ov = ov
@@ -730,6 +749,73 @@ class OpenVinoSession(Session):
                 )
         return OpenVinoBinding(self, plan)
 
+    # -- decoding -----------------------------------------------------------------------------
+
+    def _kv_cache(self, roles: Roles) -> KVCache:
+        """The past kept inside the infer request: the model compiled once more, made stateful
+        over its past/present pairs (OpenVINO's make-stateful transformation). Where that fails
+        the host loop runs, and says why."""
+        try:
+            compiled = self._stateful_model(roles)
+        except CompileError as e:
+            log.warning("openvino: decoding with the host loop: %s", e)
+            cache = HostKVCache(self, roles)
+            cache.where = f"host arrays (no stateful model: {e})"
+            return cache
+        return OpenVinoKVCache(self, roles, compiled)
+
+    def _stateful_model(self, roles: Roles) -> Any:
+        key = tuple(p.past for p in roles.kv)
+        with self._async_lock:
+            if key not in self._stateful:
+                self._stateful[key] = self._compile_stateful(roles)
+            return self._stateful[key]
+
+    def _compile_stateful(self, roles: Roles) -> Any:
+        from openvino._offline_transformations import apply_make_stateful_transformation
+
+        if self._source is None:
+            raise CompileError("the session does not know the model it was compiled from")
+        core, model, target, config = self._source
+        if any(p.shared for p in roles.kv):
+            raise CompileError(
+                "a past/present pair shares one fixed-length buffer (GroupQueryAttention): "
+                "OpenVINO's make-stateful transformation takes pasts that grow"
+            )
+        try:
+            if model.format is ModelFormat.ONNX and model.path is None:
+                ov_model = core.read_model(model.data, self._ov.Tensor(np.empty(0, np.uint8)))
+            else:
+                ov_model = core.read_model(str(model.path))
+            pairs = [
+                (ov_model.input(p.past).get_node(), ov_model.output(p.present).get_node())
+                for p in roles.kv
+            ]
+            apply_make_stateful_transformation(ov_model, pairs)
+        except Exception as e:
+            raise CompileError(f"OpenVINO could not make {model!r} stateful: {_message(e)}") from e
+        config = {k: v for k, v in config.items() if k != "CACHE_DIR"}
+        # fp32 means an fp32 KV cache: the CPU plugin's default is u8 (measured: 2026.4).
+        want = config["INFERENCE_PRECISION_HINT"]
+        supported = _supported_properties(core, target)
+        kv_props = [k for k in _KV_PRECISION if not supported or k in supported]
+        for k in kv_props:
+            config[k] = want
+        try:
+            compiled = core.compile_model(ov_model, target, config)
+        except Exception as e:
+            raise CompileError(
+                f"OpenVINO could not compile the stateful {model!r} for {target}: {_message(e)}"
+            ) from e
+        kept = {k: _compiled_property(compiled, k) for k in kv_props}
+        wrong = {k: _type_name(v) for k, v in kept.items() if v is not None and _type_name(v) != want}
+        if wrong:
+            raise CompileError(
+                f"OpenVINO compiled the stateful {model!r} with {wrong} although {want} was set"
+            )
+        self.details["kv_cache_precision"] = {k: _type_name(v) for k, v in kept.items() if v}
+        return compiled
+
     # -- lifetime -----------------------------------------------------------------------------
 
     def _close(self) -> None:
@@ -738,6 +824,7 @@ class OpenVinoSession(Session):
             self._async = None
         self._local = threading.local()  # drops every thread's request
         self._compiled = None
+        self._stateful = {}
 
 
 class OpenVinoBinding(Binding):
@@ -835,3 +922,52 @@ class OpenVinoBinding(Binding):
         self._request = self._learner = None
         self._fed = []
         self._outs = []
+
+
+
+class OpenVinoKVCache(KVCache):
+    """The past inside one infer request of the stateful compiled model: each step's presents
+    stay in its states, nothing crosses to numpy but the logits.
+
+    The transformation leaves each state's initial value with batch 0 (measured, 2026.4), so
+    `start` resets the states and sets each to an empty past of the batch.
+    """
+
+    def __init__(self, session: OpenVinoSession, roles: Roles, compiled: Any) -> None:
+        super().__init__(session, roles)
+        self._ov = session._ov
+        self._request = compiled.create_infer_request()
+        self._inputs = {n for port in compiled.inputs for n in port.get_names()}
+        self._logits = compiled.output(roles.logits)
+        self._pairs = [(p.past + (p.present or ""), p) for p in roles.kv]
+        self._kept: list[Any] = []
+        precision = session.details.get("kv_cache_precision") or {}
+        self.where = "OpenVINO states (stateful model" + (
+            f", KV cache {precision.get('KV_CACHE_PRECISION')})" if precision else ")"
+        )
+
+    def start(self, batch: int) -> None:
+        req = self._request
+        req.reset_state()
+        for state in req.query_state():
+            pair = next((p for prefix, p in self._pairs if state.name.startswith(prefix)), None)
+            if pair is None:
+                raise CompileError(f"the stateful model has a state {state.name!r} of no pair")
+            dtype = self.specs[pair.past].dtype
+            state.state = self._ov.Tensor(np.zeros(self.past_shape(pair, batch), dtype))
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self.session._check_open()
+        req = self._request
+        self._kept = []
+        for name, arr in feeds.items():
+            if name in self._inputs:
+                tensor = _to_tensor(self._ov, arr)
+                req.set_tensor(name, tensor)
+                self._kept.append(tensor)
+        req.infer()
+        return req.get_tensor(self._logits).data.copy()
+
+    def close(self) -> None:
+        self._request = None
+        self._kept = []
