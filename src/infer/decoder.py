@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -287,7 +287,9 @@ class Decoder:
         else:
             if mask is not None:
                 raise InputError("mask= goes with an ids array; lists of ids are padded here")
-            rows = [list(ids)] if _is_single(ids) else [list(r) for r in ids]  # type: ignore[arg-type]
+            rows: list[list[Any]] = (
+                [list(ids)] if _is_single(ids) else [list(cast(Sequence[int], r)) for r in ids]
+            )
             if not rows or any(not r for r in rows):
                 raise InputError("every prompt needs at least one id")
             width = max(len(r) for r in rows)
@@ -437,9 +439,7 @@ def _check_decoder(roles: sequence.Roles, engine: Engine) -> None:
         raise ModelError(f"{engine.model!r} has no logits output (last dimension the vocabulary)")
 
 
-def _max_length(
-    roles: sequence.Roles, specs: Mapping[str, Any], given: int | None
-) -> int | None:
+def _max_length(roles: sequence.Roles, specs: Mapping[str, Any], given: int | None) -> int | None:
     bounds = []
     if roles.positions is not None and roles.positions in roles.bounds:
         bounds.append(roles.bounds[roles.positions])

@@ -1,0 +1,205 @@
+"""The decoder (infer.decoder): one generate loop over every backend that loads the model, each
+keeping the KV cache its own way, against greedy decoding written out by hand on ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import infer
+from infer.errors import InputError, ModelError, OptionError
+
+from . import models
+from .decoder_models import VOCAB, raw_greedy, tiny_decoder
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11], [3]]
+NEW = 8
+
+# (backend, cache): each backend's own cache, and the host loop where that differs
+CASES = [
+    ("onnxruntime", "auto"),
+    ("onnxruntime", "host"),
+    ("openvino", "auto"),
+    ("openvino", "host"),
+    ("reference", "auto"),
+]
+WHERE = {
+    ("onnxruntime", "auto"): "OrtValues",
+    ("openvino", "auto"): "OpenVINO states",
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_decoder()
+
+
+@pytest.fixture(scope="module")
+def expected(model):
+    return raw_greedy(model, PROMPTS, NEW)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def decoder(request, model):
+    backend, cache = request.param
+    with (
+        infer.Engine.load(model, backend=backend, cache=False) as engine,
+        engine.decoder(cache=cache) as d,
+    ):
+        assert WHERE.get(request.param, "host arrays") in d.cache
+        yield d
+
+
+def test_greedy_batch_of_one_matches_raw_loop(decoder, expected):
+    for prompt, want in zip(PROMPTS, expected):
+        assert decoder.generate(prompt, NEW) == want
+
+
+def test_greedy_batch_of_four_left_padded_matches_raw_loop(decoder, expected):
+    assert decoder.generate(PROMPTS, NEW) == expected
+
+
+def test_array_and_mask_give_the_same_as_lists(decoder, expected):
+    width = max(map(len, PROMPTS))
+    ids = np.zeros((len(PROMPTS), width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(PROMPTS):
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    assert decoder.generate(ids, NEW, mask=mask) == expected
+
+
+def test_stream_yields_what_generate_returns(decoder, expected):
+    assert list(decoder.stream(PROMPTS[0], NEW)) == expected[0]
+    steps = list(decoder.stream(PROMPTS, NEW))
+    assert [list(r) for r in zip(*steps)] == expected
+
+
+def test_prefill_and_step_by_hand(decoder, expected):
+    logits = decoder.prefill(PROMPTS)
+    assert logits.shape == (len(PROMPTS), VOCAB)
+    got = []
+    for _ in range(3):
+        token = logits.argmax(-1)
+        got.append(token.tolist())
+        logits = decoder.step(token)
+    assert [list(r) for r in zip(*got)] == [e[:3] for e in expected]
+    assert decoder.length == max(map(len, PROMPTS)) + 3
+    decoder.reset()
+    assert decoder.length == 0
+    with pytest.raises(InputError, match="before prefill"):
+        decoder.step([1, 2, 3, 4])
+
+
+def test_eos_ends_each_row(decoder, expected):
+    eos = expected[1][2]
+    out = decoder.generate(PROMPTS, NEW, eos=eos)
+    for row, full in zip(out, expected):
+        cut = full.index(eos) + 1 if eos in full else len(full)
+        assert row == full[:cut]
+    assert out[1][-1] == eos
+
+
+def test_sampling_reproducible_from_seed(decoder):
+    kw = dict(temperature=0.9, top_k=10, top_p=0.9)
+    a = decoder.generate(PROMPTS, NEW, seed=7, **kw)
+    assert decoder.generate(PROMPTS, NEW, seed=7, **kw) == a
+    assert list(decoder.stream(PROMPTS, NEW, seed=7, **kw)) == [list(r) for r in zip(*a)]
+    others = [decoder.generate(PROMPTS, NEW, seed=s, **kw) for s in (8, 9)]
+    assert any(o != a for o in others)
+    assert all(0 <= t < VOCAB for row in a for t in row)
+
+
+def test_sampling_same_on_every_cache(model):
+    """The same seed samples the same tokens whichever backend keeps the cache."""
+    outs = []
+    for backend, cache in CASES:
+        with infer.Engine.load(model, backend=backend, cache=False) as engine:
+            outs.append(engine.decoder(cache=cache).generate(PROMPTS, NEW, temperature=0.7, seed=3))
+    assert all(o == outs[0] for o in outs)
+
+
+# -- sampling rules ---------------------------------------------------------------------------
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    logits = np.random.default_rng(0).standard_normal((5, 30))
+    greedy = logits.argmax(-1)
+    assert (infer.decoder.Picker(1.0, top_k=1, seed=0)(logits) == greedy).all()
+    assert (infer.decoder.Picker(1.0, top_p=1e-9, seed=0)(logits) == greedy).all()
+
+
+def test_top_k_keeps_the_k_likeliest():
+    logits = np.tile(np.arange(20.0), (4000, 1))
+    picked = infer.decoder.Picker(5.0, top_k=3, seed=1)(logits)
+    assert set(picked.tolist()) == {17, 18, 19}
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ort_engine(model):
+    with infer.Engine.load(model, backend="onnxruntime", cache=False) as engine:
+        yield engine
+
+
+def test_model_without_past_is_refused():
+    with (
+        infer.Engine.load(models.relu(), backend="onnxruntime", cache=False) as engine,
+        pytest.raises(ModelError, match="no past/present pairs"),
+    ):
+        engine.decoder()
+
+
+def test_ids_past_the_vocabulary(ort_engine):
+    d = ort_engine.decoder()
+    with pytest.raises(InputError, match=f"outside the vocabulary.*0 to {VOCAB - 1}"):
+        d.generate([1, VOCAB], 2)
+    d.prefill([1, 2])
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        d.step([-1])
+
+
+def test_max_length_from_the_position_table(ort_engine):
+    d = ort_engine.decoder()
+    assert d.max_length == 64  # the position embedding's rows
+    with pytest.raises(InputError, match="exceed the decoder's maximum length of 64"):
+        d.generate(list(range(1, 41)), 30)
+    short = ort_engine.decoder(max_length=10)
+    with pytest.raises(InputError, match="maximum length of 10"):
+        short.generate([1, 2, 3], 8)
+    assert len(short.generate([1, 2, 3], 7)) == 7
+    with pytest.raises(OptionError, match="at most 64"):
+        ort_engine.decoder(max_length=100)
+
+
+def test_bad_arguments(ort_engine):
+    d = ort_engine.decoder()
+    with pytest.raises(OptionError, match="cache"):
+        ort_engine.decoder(cache="gpu")
+    with pytest.raises(OptionError, match="temperature"):
+        d.generate([1], 2, temperature=-1)
+    with pytest.raises(OptionError, match="top_p"):
+        d.generate([1], 2, temperature=1, top_p=1.5)
+    with pytest.raises(OptionError, match="top_k"):
+        d.generate([1], 2, temperature=1, top_k=0)
+    with pytest.raises(InputError, match="at least one id"):
+        d.generate([[1], []], 2)
+    with pytest.raises(InputError, match="left padding only"):
+        d.generate(np.array([[1, 2, 3]]), 2, mask=np.array([[1, 0, 1]]))
+    with pytest.raises(InputError, match="no encoder output"):
+        d.prefill([1, 2], encoder_states=np.zeros((1, 3, 4), np.float32))
+    d.prefill([[1, 2], [3, 4]])
+    with pytest.raises(InputError, match="one per row"):
+        d.step([1, 2, 3])
+    assert d.generate([1, 2], 0) == []
+
+
+def test_closed_engine(model):
+    engine = infer.Engine.load(model, backend="onnxruntime", cache=False)
+    d = engine.decoder()
+    d.prefill([1, 2])
+    engine.close()
+    with pytest.raises(infer.EngineClosed):
+        d.step([3])
