@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,7 +29,10 @@ from ..tensors import TensorSpec, dtype_info
 from . import _trt_build as build
 from ._trt_contexts import IO, Buffers, Pool, Slot, output_allocator
 from ._trt_profiles import ProfileCheck, Range, summary
-from .base import Binding, OutputPlan, Session
+from .base import Binding, KVCache, OutputPlan, Session
+
+if TYPE_CHECKING:
+    from ..sequence import Roles
 
 # How a run hands its outputs back: copies (Session.run), the binding's pinned buffers, or
 # device arrays left on the GPU.
@@ -371,6 +374,12 @@ class TensorRtSession(Session):
     def _binds_device_outputs(self) -> bool:
         return True
 
+    # -- decoding -----------------------------------------------------------------------------
+
+    def _kv_cache(self, roles: Roles) -> KVCache:
+        """The past in device buffers of this session: only the logits cross to the host."""
+        return TensorRtKVCache(self, roles)
+
     # -- lifetime -----------------------------------------------------------------------------
 
     def _close(self) -> None:
@@ -450,3 +459,48 @@ class TensorRtBinding(Binding):
 
     def _close(self) -> None:
         self._buffers.free()
+
+
+class TensorRtKVCache(KVCache):
+    """The past in device memory: each step's presents are written into device buffers and
+    read in place as the next step's pasts; only the logits are copied to the host.
+
+    Two sets of buffers take turns, so a step never writes the memory it reads its past from.
+    The first step's empty pasts are staged from the host (nothing to copy). Written against
+    the TensorRT 10 API like the rest of this module; untested here (no GPU on the test
+    machines).
+    """
+
+    where = "TensorRT device buffers (two sets taking turns: presents read in place as pasts)"
+
+    def __init__(self, session: TensorRtSession, roles: Roles) -> None:
+        super().__init__(session, roles)
+        self._session = session
+        self._buffers = (Buffers(), Buffers())
+        self._turn = 0
+        assert roles.logits is not None
+        self._logits = roles.logits
+        self._want = [roles.logits, *(p.present for p in roles.kv if p.present is not None)]
+        self._past: dict[str, Any] = {}
+
+    def start(self, batch: int) -> None:
+        self._past = {
+            p.past: np.zeros(self.past_shape(p, batch), self.specs[p.past].dtype)
+            for p in self.roles.kv
+        }
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self._session._check_open()
+        buffers = self._buffers[self._turn]
+        self._turn ^= 1
+        out = self._session._execute({**feeds, **self._past}, self._want, DEVICE, buffers)
+        for p in self.roles.kv:
+            if p.present is not None:
+                self._past[p.past] = out[p.present]
+        logits = out[self._logits]
+        return logits.numpy() if isinstance(logits, DeviceArray) else np.asarray(logits)
+
+    def close(self) -> None:
+        self._past = {}
+        for b in self._buffers:
+            b.free()
