@@ -203,3 +203,15 @@ def test_closed_engine(model):
     engine.close()
     with pytest.raises(infer.EngineClosed):
         d.step([3])
+
+
+def test_bench_times_generate(ort_engine):
+    from infer.bench import decoding
+
+    d = decoding(ort_engine, batch=2, context=8, new_tokens=4, duration=0.05)
+    assert (d.batch, d.context, d.new_tokens) == (2, 8, 4)
+    assert d.runs >= 2 and d.ttft_ms > 0 and d.step_ms > 0
+    assert d.tokens_per_s == pytest.approx(2 / (d.step_ms / 1e3))
+    assert "OrtValues" in d.cache
+    with pytest.raises(OptionError, match="exceed the model's 64"):
+        decoding(ort_engine, context=60, new_tokens=8)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import selection
+from . import selection, sequence
 from .batching import Batching, BatchingStats
 from .device import Device, cpu
 from .engine import Engine
@@ -74,6 +74,20 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """A decoder's generate loop timed (`decoding`): time to first token and tokens per second."""
+
+    batch: int
+    context: int  # prompt tokens per row
+    new_tokens: int  # tokens generated per row and run
+    cache: str  # where the past lived between steps
+    runs: int
+    ttft_ms: float  # median: prefill and the first token picked
+    step_ms: float  # median time of one decode step (a token for every row)
+    tokens_per_s: float  # decode tokens per second over all rows (after the first token)
+
+
+@dataclass(frozen=True)
 class Measurement:
     """One backend at one batch size."""
 
@@ -94,6 +108,7 @@ class Measurement:
     skipped: bool = False  # the batch size does not apply to the model (an error, not a failure)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the inputs timed
     batching: BatchingStats | None = None  # the timed phase's runs (queue delays: last 10,000)
+    decode: Decoding | None = None  # a decoder's generate loop, timed (None: not a decoder)
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -149,6 +164,7 @@ class BenchReport:
                 "skipped": m.skipped,
                 "shapes": {k: list(v) for k, v in m.shapes.items()},
                 "batching": _batching_dict(m.batching, samples),
+                "decode": vars(m.decode) if m.decode else None,
             }
             if samples:
                 d["samples_ms"] = list(m.samples_ms)
@@ -226,6 +242,8 @@ def benchmark(
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
     name: str | None = None,
+    context: int = 128,
+    new_tokens: int = 32,
 ) -> BenchReport:
     """Benchmark `model` on each backend in `backends` ("all" or names) on `device`.
 
@@ -242,6 +260,9 @@ def benchmark(
         are seeded random.
     cache_dir: where the cold load builds and the warm load reads back; default a temporary
         folder, so "cold" is truly cold. Give your cache folder to time loads with it.
+    context, new_tokens: for a decoder (a model with past/present pairs), each batch size
+        also times `generate` from prompts of `context` tokens for `new_tokens` tokens
+        (`Measurement.decode`: time to first token, tokens per second).
     """
     if duration <= 0 or warmup < 0:
         raise OptionError(f"duration must be > 0 and warmup >= 0, got {duration}, {warmup}")
@@ -280,6 +301,7 @@ def benchmark(
                 cache_dir=folder,
                 progress=progress,
                 notes=notes,
+                decode=(context, new_tokens) if sequence.read(source).is_decoder else None,
             )
     return BenchReport(
         model=name or (str(source.path) if source.path else source.name),
@@ -324,6 +346,7 @@ def _bench_one(
     cache_dir: Path,
     progress: Progress | None,
     notes: list[str],
+    decode: tuple[int, int] | None = None,
 ) -> list[Measurement]:
     label = target.backend
     total = len(batches) * (warmup + duration)
@@ -402,8 +425,22 @@ def _bench_one(
             except InferError as e:
                 out.append(Measurement(batch=batch_used, error=_one_line(e), **common))
                 continue
+            decoded = None
+            if decode is not None:
+                try:
+                    decoded = decoding(
+                        engine,
+                        batch=batch_used,
+                        context=decode[0],
+                        new_tokens=decode[1],
+                        duration=duration,
+                        seed=seed,
+                    )
+                except InferError as e:
+                    notes.append(f"{label}: generate not timed at batch {batch_used}: {e}")
             out.append(
                 Measurement(
+                    decode=decoded,
                     batch=batch_used,
                     runs=len(samples),
                     warmup_runs=len(warm_runs),
@@ -419,6 +456,68 @@ def _bench_one(
     finally:
         engine.close()
     return out
+
+
+def decoding(
+    engine: Engine,
+    *,
+    batch: int = 1,
+    context: int = 128,
+    new_tokens: int = 32,
+    duration: float = 2.0,
+    seed: int = 0,
+    cache: str = "auto",
+) -> Decoding:
+    """Time `engine`'s decoder: greedy `generate` from `batch` random prompts of `context`
+    tokens for `new_tokens` tokens (no end id), once to warm up, then for `duration` seconds
+    (at least MIN_RUNS - 1 runs). Time to first token is prefill plus the first pick; tokens
+    per second count the later tokens of every row."""
+    if new_tokens < 2 or context < 1 or batch < 1:
+        raise OptionError(
+            f"decoding: context >= 1, new_tokens >= 2 and batch >= 1, got {context}, "
+            f"{new_tokens}, {batch}"
+        )
+    decoder = engine.decoder(cache=cache)
+    if decoder.max_length is not None and context + new_tokens > decoder.max_length:
+        raise OptionError(
+            f"decoding: {context} + {new_tokens} tokens exceed the model's "
+            f"{decoder.max_length}; give a shorter context"
+        )
+    vocab = decoder.roles.vocab or 2
+    rng = np.random.default_rng(seed)
+    prompts = rng.integers(1 if vocab > 1 else 0, vocab, (batch, context), dtype=np.int64)
+    first: list[float] = []
+    steps: list[float] = []
+    try:
+        start = time.perf_counter()
+        runs = -1  # the first run warms up
+        while runs < MIN_RUNS - 1 or time.perf_counter() - start < duration:
+            t0 = time.perf_counter()
+            stream = decoder.stream(prompts, new_tokens)
+            next(stream)
+            t1 = time.perf_counter()
+            for _ in stream:
+                pass
+            t2 = time.perf_counter()
+            if runs >= 0:
+                first.append(t1 - t0)
+                steps.append((t2 - t1) / (new_tokens - 1))
+            else:
+                start = time.perf_counter()
+            runs += 1
+    finally:
+        decoder.close()
+    step = float(np.median(steps))
+    return Decoding(
+        batch=batch,
+        context=context,
+        new_tokens=new_tokens,
+        cache=decoder.cache,
+        runs=runs,
+        ttft_ms=float(np.median(first)) * 1e3,
+        step_ms=step * 1e3,
+        tokens_per_s=batch / step if step > 0 else float("inf"),
+    )
 
 
 def _batching_dict(stats: BatchingStats | None, samples: bool) -> dict[str, Any] | None:

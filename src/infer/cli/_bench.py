@@ -106,6 +106,12 @@ def bench_command(
         Path | None,
         typer.Option("--plot", help="Draw latency and throughput to this PNG (matplotlib)."),
     ] = None,
+    context: Annotated[
+        int, typer.Option("--context", help="Decoders: prompt tokens for the generate timing.")
+    ] = 128,
+    new_tokens: Annotated[
+        int, typer.Option("--new-tokens", help="Decoders: tokens generated per prompt.")
+    ] = 32,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
@@ -139,6 +145,8 @@ def bench_command(
             cache_dir=cache_dir,
             progress=bars.update,
             name=name,
+            context=context,
+            new_tokens=new_tokens,
         )
     if json_file is not None:
         write_json(report.to_dict(samples=samples), json_file)
@@ -268,6 +276,28 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             )
         console.print()
         console.print(loads)
+        decoded = [m for m in ok if m.decode is not None]
+        if decoded:
+            gen = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
+            gen.add_column("generate", no_wrap=True)
+            for col in ("batch", "context", "new", "first token", "ms/token", "tokens/s"):
+                gen.add_column(col, justify="right")
+            gen.add_column("cache")
+            for m in decoded:
+                d = m.decode
+                assert d is not None
+                gen.add_row(
+                    m.backend,
+                    str(d.batch),
+                    str(d.context),
+                    str(d.new_tokens),
+                    fmt_ms(d.ttft_ms),
+                    fmt_ms(d.step_ms),
+                    f"{d.tokens_per_s:,.1f}",
+                    d.cache,
+                )
+            console.print()
+            console.print(gen)
         batched = [m for m in ok if m.batching is not None]
         if batched:
             counters = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
