@@ -327,3 +327,11 @@ def test_feeds_for_models_without_roles_are_unchanged():
     a = random_feeds(model.inputs, {"N": 2}, seed=3)
     b = random_feeds(model.inputs, {"N": 2}, seed=3, roles=sequence.read(model))
     assert np.array_equal(a["x"], b["x"])
+
+
+def test_engine_roles():
+    import infer
+
+    with infer.Engine.load(models.tiny_decoder(), device="cpu", choose="first") as engine:
+        assert engine.roles.is_decoder
+        assert engine.roles.ids == "input_ids"
