@@ -51,7 +51,7 @@ class Decoder:
         if cache not in CACHES:
             raise OptionError(f"decoder(cache={cache!r}): use one of {', '.join(CACHES)}")
         engine.settle()  # a pending background race decides first: the session is final now
-        roles = sequence.read(engine.model)
+        roles = engine.roles
         _check_decoder(roles, engine)
         self.engine = engine
         self.roles = roles

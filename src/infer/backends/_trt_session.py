@@ -471,7 +471,7 @@ class TensorRtKVCache(KVCache):
     machines).
     """
 
-    where = "TensorRT device buffers (two sets taking turns: presents read in place as pasts)"
+    where = "TensorRT device buffers"
 
     def __init__(self, session: TensorRtSession, roles: Roles) -> None:
         super().__init__(session, roles)

@@ -623,7 +623,9 @@ class KVCache(abc.ABC):
         (a shared past/present buffer: its whole declared length), `batch` rows."""
         spec = self.specs[pair.past]
         if spec.shape is None:
-            raise ModelError(f"past input {pair.past!r} has no declared shape: infer cannot size it")
+            raise ModelError(
+                f"past input {pair.past!r} has no declared shape: infer cannot size it"
+            )
         shape = []
         for i, d in enumerate(spec.shape):
             if i == pair.axis and not pair.shared:
@@ -656,7 +658,7 @@ class HostKVCache(KVCache):
     """The host loop: each step's present outputs come back as numpy arrays and go in as the
     next step's past, through `Session.run` (so every backend runs it, feeds checked)."""
 
-    where = "host arrays (present fed back as past each step)"
+    where = "host arrays"
 
     def __init__(self, session: Session, roles: Roles) -> None:
         super().__init__(session, roles)

@@ -739,9 +739,9 @@ class OrtKVCache(KVCache):
         self._ort = ort
         gpu = session.device.kind == "cuda"
         self._where = ("cuda", session.device.index or 0) if gpu else ("cpu", 0)
-        self.where = f"OrtValues on {session.device} (IOBinding)"
+        self.where = f"OrtValues on {session.device}"
         if any(p.shared for p in roles.kv):
-            self.where += ", one max-length buffer per shared past/present pair"
+            self.where += ", max-length buffers"
         self._sess = session._sess
         self._io = self._sess.io_binding()
         self._past: dict[str, Any] = {}  # past name -> OrtValue bound as that input

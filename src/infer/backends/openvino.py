@@ -808,7 +808,9 @@ class OpenVinoSession(Session):
                 f"OpenVINO could not compile the stateful {model!r} for {target}: {_message(e)}"
             ) from e
         kept = {k: _compiled_property(compiled, k) for k in kv_props}
-        wrong = {k: _type_name(v) for k, v in kept.items() if v is not None and _type_name(v) != want}
+        wrong = {
+            k: _type_name(v) for k, v in kept.items() if v is not None and _type_name(v) != want
+        }
         if wrong:
             raise CompileError(
                 f"OpenVINO compiled the stateful {model!r} with {wrong} although {want} was set"
@@ -924,7 +926,6 @@ class OpenVinoBinding(Binding):
         self._outs = []
 
 
-
 class OpenVinoKVCache(KVCache):
     """The past inside one infer request of the stateful compiled model: each step's presents
     stay in its states, nothing crosses to numpy but the logits.
@@ -942,9 +943,8 @@ class OpenVinoKVCache(KVCache):
         self._pairs = [(p.past + (p.present or ""), p) for p in roles.kv]
         self._kept: list[Any] = []
         precision = session.details.get("kv_cache_precision") or {}
-        self.where = "OpenVINO states (stateful model" + (
-            f", KV cache {precision.get('KV_CACHE_PRECISION')})" if precision else ")"
-        )
+        kv = precision.get("KV_CACHE_PRECISION")
+        self.where = "OpenVINO state" + (f", KV {kv}" if kv else "")
 
     def start(self, batch: int) -> None:
         req = self._request

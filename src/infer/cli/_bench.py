@@ -282,7 +282,7 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             gen.add_column("generate", no_wrap=True)
             for col in ("batch", "context", "new", "first token", "ms/token", "tokens/s"):
                 gen.add_column(col, justify="right")
-            gen.add_column("cache")
+            gen.add_column("cache", no_wrap=True)
             for m in decoded:
                 d = m.decode
                 assert d is not None
