@@ -21,7 +21,9 @@ def tiny_decoder(seed: int = 0, *, positions: int = POSITIONS) -> onnx.ModelProt
     head = WIDTH // HEADS
 
     def weight(name: str, *shape: int, scale: float = 0.5) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * scale).astype(np.float32), name
+        )
 
     def const(name: str, value: object, dtype: type = np.int64) -> onnx.TensorProto:
         return numpy_helper.from_array(np.array(value, dtype), name)

@@ -25,7 +25,7 @@ CASES = [
 ]
 WHERE = {
     ("onnxruntime", "auto"): "OrtValues",
-    ("openvino", "auto"): "OpenVINO states",
+    ("openvino", "auto"): "OpenVINO state, KV f32",
 }
 
 
