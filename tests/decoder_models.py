@@ -127,8 +127,7 @@ def raw_greedy(model: onnx.ModelProto, prompts: list[list[int]], new: int) -> li
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = p
         mask[i, width - len(p) :] = 1
-    positions = np.cumsum(mask, axis=1) - 1
-    positions[mask == 0] = 1
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     head = WIDTH // HEADS
     past = np.zeros((len(prompts), HEADS, 0, head), np.float32)
     feeds = {

@@ -109,8 +109,7 @@ class Decoder:
         self._run_start(batch)
         self._batch = batch
         self._mask = pad_mask
-        positions = np.cumsum(pad_mask, axis=1) - 1
-        positions[pad_mask == 0] = 1  # padding: any valid position, masked out anyway
+        positions = np.maximum(np.cumsum(pad_mask, axis=1) - 1, 0)  # padding: masked out anyway
         return self._run(tokens, positions, first=True)
 
     def step(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -480,23 +480,31 @@ class TensorRtKVCache(KVCache):
         self._turn = 0
         assert roles.logits is not None
         self._logits = roles.logits
-        self._want = [roles.logits, *(p.present for p in roles.kv if p.present is not None)]
+        self._all = [roles.logits, *(p.present for p in roles.kv if p.present is not None)]
+        self._later = [
+            roles.logits,
+            *(p.present for p in roles.kv if p.present is not None and p.past not in self.once),
+        ]
+        self._want = self._all
         self._past: dict[str, Any] = {}
+        self._batch = 0
 
     def start(self, batch: int) -> None:
-        self._past = {
-            p.past: np.zeros(self.past_shape(p, batch), self.specs[p.past].dtype)
-            for p in self.roles.kv
-        }
+        self._batch = batch
+        self._past = {}
+        self._want = self._all
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._session._check_open()
+        if not self._past:
+            self._past = dict(self.empty_pasts(self._batch, feeds))
         buffers = self._buffers[self._turn]
         self._turn ^= 1
         out = self._session._execute({**feeds, **self._past}, self._want, DEVICE, buffers)
         for p in self.roles.kv:
-            if p.present is not None:
+            if p.present in out:
                 self._past[p.past] = out[p.present]
+        self._want = self._later
         logits = out[self._logits]
         return logits.numpy() if isinstance(logits, DeviceArray) else np.asarray(logits)
 

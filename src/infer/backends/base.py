@@ -617,10 +617,21 @@ class KVCache(abc.ABC):
         self.session = session
         self.roles = roles
         self.specs = {s.name: s for s in (*session.inputs, *session.outputs)}
+        self.buffers = frozenset(p.past for p in roles.kv if _one_buffer(p, self.specs))
+        """Pasts that share one buffer of a fixed maximum length with their present
+        (GroupQueryAttention as onnxruntime-genai builds it): the model writes into it."""
+        self.once = frozenset(p.past for p in roles.kv if _over_encoder(p, self.specs))
+        """Pasts over the encoder's sequence (cross-attention): the first step computes them,
+        later steps' presents are placeholders (optimum's merged seq2seq decoders), so they
+        keep the first step's value."""
 
-    def past_shape(self, pair: KVPair, batch: int) -> tuple[int, ...]:
-        """The shape of `pair`'s past before the first step: nothing along its growing axis
-        (a shared past/present buffer: its whole declared length), `batch` rows."""
+    def past_shape(
+        self, pair: KVPair, batch: int, sizes: Mapping[str, int] | None = None
+    ) -> tuple[int, ...]:
+        """The shape of `pair`'s past before the first step: `batch` rows, nothing along its
+        growing axis (a shared past/present buffer: its whole declared length; a past over the
+        encoder: the encoder's length as `sizes` has it, dimension name -> size, for the feed
+        check; the first step computes it without reading it)."""
         spec = self.specs[pair.past]
         if spec.shape is None:
             raise ModelError(
@@ -628,7 +639,9 @@ class KVCache(abc.ABC):
             )
         shape = []
         for i, d in enumerate(spec.shape):
-            if i == pair.axis and not pair.shared:
+            if i == pair.axis and pair.past in self.once:
+                shape.append((sizes or {}).get(str(d), 0))
+            elif i == pair.axis and pair.past not in self.buffers:
                 shape.append(0)
             elif isinstance(d, int):
                 shape.append(d)
@@ -642,6 +655,19 @@ class KVCache(abc.ABC):
                 )
         return tuple(shape)
 
+    def empty_pasts(self, batch: int, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Every past before the first step (see `past_shape`), as host arrays of zeros; the
+        first step's `feeds` size the dimensions the pasts share with them."""
+        sizes: dict[str, int] = {}
+        for name, value in feeds.items():
+            for d, n in zip(self.specs[name].shape or (), np.shape(value)):
+                if isinstance(d, str):
+                    sizes[d] = int(n)
+        return {
+            p.past: np.zeros(self.past_shape(p, batch, sizes), self.specs[p.past].dtype)
+            for p in self.roles.kv
+        }
+
     @abc.abstractmethod
     def start(self, batch: int) -> None:
         """Forget the past: the next step begins `batch` new sequences."""
@@ -654,6 +680,27 @@ class KVCache(abc.ABC):
         """Free what the cache holds (idempotent)."""
 
 
+def _same_length(pair: KVPair, specs: Mapping[str, TensorSpec]) -> int | str | None:
+    """The length a pair's past and present both declare along its axis (None: they differ)."""
+    if pair.present is None:
+        return None
+    past, present = specs[pair.past].shape, specs[pair.present].shape
+    if past is None or present is None or len(past) != len(present):
+        return None
+    return past[pair.axis] if past[pair.axis] == present[pair.axis] else None
+
+
+def _one_buffer(pair: KVPair, specs: Mapping[str, TensorSpec]) -> bool:
+    """Past and present one fixed length: one buffer of the maximum length serves both."""
+    return isinstance(_same_length(pair, specs), int)
+
+
+def _over_encoder(pair: KVPair, specs: Mapping[str, TensorSpec]) -> bool:
+    """Past and present of one length by name, not grown by the new tokens: a cache over the
+    encoder's sequence."""
+    return isinstance(_same_length(pair, specs), str)
+
+
 class HostKVCache(KVCache):
     """The host loop: each step's present outputs come back as numpy arrays and go in as the
     next step's past, through `Session.run` (so every backend runs it, feeds checked)."""
@@ -664,21 +711,29 @@ class HostKVCache(KVCache):
         super().__init__(session, roles)
         if roles.logits is None:
             raise ModelError("the decoder has no logits output (last dimension the vocabulary)")
-        self._outputs = [roles.logits, *(p.present for p in roles.kv if p.present is not None)]
+        self._all = [roles.logits, *(p.present for p in roles.kv if p.present is not None)]
+        self._later = [
+            roles.logits,
+            *(p.present for p in roles.kv if p.present is not None and p.past not in self.once),
+        ]
+        self._outputs = self._all
         self._past: dict[str, np.ndarray] = {}
+        self._batch = 0
 
     def start(self, batch: int) -> None:
-        self._past = {
-            p.past: np.zeros(self.past_shape(p, batch), self.specs[p.past].dtype)
-            for p in self.roles.kv
-        }
+        self._batch = batch
+        self._past = {}
+        self._outputs = self._all
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not self._past:
+            self._past = self.empty_pasts(self._batch, feeds)
         out = self.session.run({**feeds, **self._past}, self._outputs)
         for p in self.roles.kv:
-            if p.present is not None:
+            if p.present in out:
                 self._past[p.past] = out[p.present]
-        return out[self._outputs[0]]
+        self._outputs = self._later
+        return out[self.roles.logits]  # type: ignore[index]
 
     def close(self) -> None:
         self._past = {}

@@ -740,35 +740,41 @@ class OrtKVCache(KVCache):
         gpu = session.device.kind == "cuda"
         self._where = ("cuda", session.device.index or 0) if gpu else ("cpu", 0)
         self.where = f"OrtValues on {session.device}"
-        if any(p.shared for p in roles.kv):
+        if self.buffers:
             self.where += ", max-length buffers"
         self._sess = session._sess
         self._io = self._sess.io_binding()
         self._past: dict[str, Any] = {}  # past name -> OrtValue bound as that input
+        self._batch = 0
         self._fed: dict[str, np.ndarray] = {}  # host inputs bound by pointer, kept alive
         self._logits = roles.logits
-        self._growing = [p for p in roles.kv if not p.shared and p.present is not None]
+        self._all = [p for p in roles.kv if p.past not in self.buffers and p.present is not None]
+        self._growing = self._all  # the first step binds every present, later ones not `once`
+        self._later = [p for p in self._all if p.past not in self.once]
 
     def start(self, batch: int) -> None:
-        ort, (kind, index) = self._ort, self._where
         self._io.clear_binding_inputs()
         self._io.clear_binding_outputs()
         self._past = {}
+        self._batch = batch
+        self._growing = self._all
+
+    def _first(self, feeds: dict[str, np.ndarray]) -> None:
+        """Bind the empty pasts (a shared buffer: zeros, the mask says what is filled)."""
+        ort, (kind, index) = self._ort, self._where
+        for name, empty in self.empty_pasts(self._batch, feeds).items():
+            value = ort.OrtValue.ortvalue_from_numpy(empty, kind, index)
+            self._past[name] = value
+            self._io.bind_ortvalue_input(name, value)
         for p in self.roles.kv:
-            shape = self.past_shape(p, batch)
-            dtype = self.specs[p.past].dtype
-            if p.shared:  # zeros: the model attends to the filled part only (the mask says)
-                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), kind, index)
-            else:
-                value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, kind, index)
-            self._past[p.past] = value
-            self._io.bind_ortvalue_input(p.past, value)
-            if p.shared and p.present is not None:
-                self._io.bind_ortvalue_output(p.present, value)
+            if p.past in self.buffers and p.present is not None:
+                self._io.bind_ortvalue_output(p.present, self._past[p.past])
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self.session._check_open()
         io, (kind, index) = self._io, self._where
+        if not self._past:
+            self._first(feeds)
         for name, value in feeds.items():
             io.bind_cpu_input(name, value)  # by pointer on the CPU; copied in on CUDA
         self._fed = feeds
@@ -780,6 +786,12 @@ class OrtKVCache(KVCache):
         for p, value in zip(self._growing, outputs[1:]):
             self._past[p.past] = value
             io.bind_ortvalue_input(p.past, value)
+        if self._growing is not self._later:
+            self._growing = self._later
+            io.clear_binding_outputs()  # pasts over the encoder stay as the first step made them
+            for p in self.roles.kv:
+                if p.past in self.buffers and p.present is not None:
+                    io.bind_ortvalue_output(p.present, self._past[p.past])
         return outputs[0].numpy()
 
     def close(self) -> None:

@@ -777,7 +777,13 @@ class OpenVinoSession(Session):
         if self._source is None:
             raise CompileError("the session does not know the model it was compiled from")
         core, model, target, config = self._source
-        if any(p.shared for p in roles.kv):
+        cache = HostKVCache(self, roles)
+        if cache.once:
+            raise CompileError(
+                f"pasts over the encoder's sequence ({', '.join(sorted(cache.once))}) are "
+                "computed once, not grown: OpenVINO's make-stateful transformation grows its states"
+            )
+        if cache.buffers:
             raise CompileError(
                 "a past/present pair shares one fixed-length buffer (GroupQueryAttention): "
                 "OpenVINO's make-stateful transformation takes pasts that grow"
