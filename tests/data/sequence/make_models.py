@@ -3,7 +3,7 @@
 Runs in an export environment, never in the test suite (which needs no torch):
 
     python -m venv /work/venvs/export
-    /work/venvs/export/bin/pip install "torch==2.13.0+cpu" optimum-onnx "onnx==1.23.2" "onnxruntime==1.32.0"
+    /work/venvs/export/bin/pip install "torch==2.13.0+cpu" optimum-onnx accelerate "onnx==1.23.2" "onnxruntime==1.32.0"
     /work/venvs/export/bin/python tests/data/sequence/make_models.py
 
 Each model is built from a config in code with a fixed seed (no hub access), saved with `save_pretrained`
@@ -38,7 +38,9 @@ LIMIT = 2 * 1024 * 1024  # bytes per file: small enough to commit
 NOTES = {
     "llama.onnx": "optimum's model.onnx for text-generation-with-past: one decoder with past that also runs "
     "at past length 0 (a past of shape [batch, 2, 0, 16] for the prefill); no merged If.",
-    "gpt2.onnx": "optimum's model.onnx for text-generation-with-past, as llama.onnx (no GQA: 4 KV heads).",
+    "gpt2.onnx": "optimum's model.onnx for text-generation-with-past, as llama.onnx (no GQA: 4 KV heads). "
+    "Tied weights deduplicated: one initializer feeds the token-embedding Gather and, through a Transpose, "
+    "the lm_head MatMul (T5's decoders likewise).",
     "bert.onnx": "optimum's feature-extraction export of BertModel: last_hidden_state only (no pooler output).",
     "t5_*.onnx": "optimum wrote encoder_model.onnx -> t5_encoder.onnx, decoder_model_merged.onnx -> "
     "t5_decoder.onnx (If on use_cache_branch: false for the first step, which computes the cross-attention "
@@ -309,6 +311,9 @@ def main() -> None:
             "transformers": transformers.__version__,
             "optimum": _dist_version("optimum"),
             "optimum-onnx": _dist_version("optimum-onnx"),
+            "accelerate": _dist_version(
+                "accelerate"
+            ),  # optimum's tied-weight deduplication needs it
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
