@@ -40,7 +40,7 @@ def files(tmp_path) -> dict[str, Path]:
     for name, proto in (
         ("yolo", models.yolo(imgsz=320)),
         ("rec", models.text_recognizer()),
-        ("enc", models.encoder()),
+        ("enc", models.tiny_encoder()),
     ):
         out[name] = tmp_path / f"{name}.onnx"
         onnx.save(proto, out[name])
@@ -79,17 +79,17 @@ def test_compare_cli_sizes_the_inputs_as_run_does_and_prints_them(files, tmp_pat
     enc = infer_cli("compare", files["enc"], "-b", "onnxruntime,openvino")
     assert enc.returncode == 0, enc.stdout + enc.stderr
     assert "input_ids: int64[1, 128], attention_mask: int64[1, 128]" in enc.stdout
-    assert "('sequence') = 128: a typical sequence length" in enc.stdout
+    assert "('sequence_length') = 128: a sequence model's encode" in enc.stdout
     # --shape wins
     short = infer_cli(
-        "compare", files["enc"], "-b", "onnxruntime,openvino", "--shape", "sequence=7"
+        "compare", files["enc"], "-b", "onnxruntime,openvino", "--shape", "sequence_length=7"
     )
     assert short.returncode == 0, short.stdout + short.stderr
-    assert "input_ids: int64[1, 7]" in short.stdout and "sequence') = " not in short.stdout
+    assert "input_ids: int64[1, 7]" in short.stdout and "('sequence_length') =" not in short.stdout
 
 
 def test_compare_in_python_sizes_the_inputs_as_run_does():
-    enc = Model.load(models.encoder())
+    enc = Model.load(models.tiny_encoder(token_types=False))
     want, _ = representative_shapes(enc.inputs, model=enc)
     result = infer.compare(enc, ["onnxruntime", "reference"])
     assert (
@@ -100,10 +100,10 @@ def test_compare_in_python_sizes_the_inputs_as_run_does():
             "attention_mask": (1, 128),
         }
     )
-    assert any("a typical sequence length" in n for n in result.notes), result.notes
+    assert any("('sequence_length') = 128" in n for n in result.notes), result.notes
     assert result.to_dict()["notes"] == list(result.notes)
     # explicit shapes win, and given arrays keep theirs
-    result = infer.compare(enc, ["onnxruntime", "reference"], shapes={"sequence": 9})
+    result = infer.compare(enc, ["onnxruntime", "reference"], shapes={"sequence_length": 9})
     assert [s for _, s, _ in result.feeds] == [(1, 9), (1, 9)]
     ids = np.ones((2, 5), np.int64)
     result = infer.compare(enc, ["onnxruntime", "reference"], {"input_ids": ids})
@@ -187,7 +187,7 @@ def test_read_samples_sizes_images_as_run_does(tmp_path):
         (32, 32),
         "the model's input size",
     )
-    assert feeds.sample_image_size(Model.load(models.encoder()).inputs) is None
+    assert feeds.sample_image_size(Model.load(models.tiny_encoder()).inputs) is None
 
 
 # -- item 6: a fused letterbox without a size takes the metadata's -----------------------------

@@ -20,9 +20,10 @@ from . import selection
 from ._diff import ATOL, RTOL, OutputDiff, diff
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
-from .feeds import profile, random_feeds, representative_shapes
+from .feeds import profile, random_feeds, representative_shapes, roles_of
 from .model import Model, ModelFormat, ModelSource
 from .options import PRECISIONS, Options
+from .sequence import Roles
 from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -169,10 +170,11 @@ def compare(
                 # Dimension names are the ONNX model's (a backend that compiled static shapes
                 # reports none).
                 declared = source.inputs if source.format is ModelFormat.ONNX else engine.inputs
-                sized = [_shapes_for(declared, shapes, given, source) for given in partial]
+                roles = roles_of(declared, source)
+                sized = [_shapes_for(declared, shapes, given, source, roles) for given in partial]
                 notes = sized[0][1]
                 feed_sets = [
-                    random_feeds(engine.inputs, resolved, seed=seed + i, given=given)
+                    random_feeds(engine.inputs, resolved, seed=seed + i, given=given, roles=roles)
                     for i, ((resolved, _), given) in enumerate(zip(sized, partial))
                 ]
             start = time.perf_counter()
@@ -291,11 +293,12 @@ def _shapes_for(
     shapes: Mapping[str, Any] | None,
     given: Mapping[str, Any],
     model: Model,
+    roles: Roles | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """Every input's shape for one feed set, and a note for each size chosen: `given` arrays
     as they are, the rest by `shapes`, else as `run` and `bench` size them."""
     arrays = {k: np.asarray(v) for k, v in given.items()}
-    return representative_shapes(specs, shapes, arrays=arrays, model=model)
+    return representative_shapes(specs, shapes, arrays=arrays, model=model, roles=roles)
 
 
 def _profile(

@@ -14,7 +14,6 @@ from ..cache import Cache
 from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
 from ..feeds import parse_shape, random_feeds, representative_shapes
-from ..model import ModelFormat
 from ._cache import Item, scan
 from ._common import (
     DeviceOpt,
@@ -159,11 +158,8 @@ def build_command(
             }
             start = time.perf_counter()
             try:
-                # Sized as `infer run` sizes them (dimension names are the ONNX model's).
-                onnx = source.format is ModelFormat.ONNX
-                declared = source.inputs if onnx else engine.inputs
-                resolved, _ = representative_shapes(declared, first, model=source)
-                engine.run(random_feeds(engine.inputs, resolved))
+                resolved, _ = representative_shapes(engine.inputs, first, model=engine.model)
+                engine.run(random_feeds(engine.inputs, resolved, roles=engine.roles))
             except InferError as e:  # built and cached all the same; random inputs may not suit
                 err().print(
                     Text(
