@@ -1,0 +1,246 @@
+"""Decoding: time to first token and tokens per second, infer against the runtimes' own loops.
+
+On one exported decoder (benchmarks/decode_model.py: Llama-shaped, 6 layers, GQA, random
+weights), greedy decoding of NEW tokens after a random prompt of each context (128 and 1024
+tokens), batch 1, timed side by side in one run:
+
+- infer on ONNX Runtime (`engine.decoder()`: the past in bound OrtValues),
+- infer on OpenVINO, stateful (the past in the infer request's state, KV cache fp32),
+- infer on OpenVINO with the host loop (`decoder(cache="host")`: the past copied in and out),
+- infer's default (`Engine.load(model)`: the backend its race picks on the decode step),
+- a raw ONNX Runtime loop written out by hand (numpy past fed back every step),
+- the anchors, each in its own environment where it installed (see benchmarks/_decode_anchors.py):
+  optimum's `ORTModelForCausalLM.generate`, onnxruntime-genai (its builder's model from the same
+  checkpoint), openvino-genai (optimum-intel's OpenVINO export of the same checkpoint).
+
+The in-process cases take turns run by run (the machines here are shared and noisy: compare
+the ratios of one run, not figures across runs); each figure is the median over the runs.
+Time to first token is the prompt's prefill plus the first token; ms/token the mean of the
+later steps of a run; tokens/s its inverse. Every case is checked to give the raw loop's tokens.
+
+    python benchmarks/decode.py MODEL_DIR [--contexts 128,1024] [--new 32] [--repeat 5]
+        [--optimum-python PY] [--ortgenai-python PY] [--ovgenai-python PY]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import infer  # noqa: E402
+from benchmarks import _results  # noqa: E402
+
+Stream = Callable[[np.ndarray, int], Iterator[int]]
+
+
+def raw_loop(path: Path) -> Stream:
+    """Greedy decoding by hand on ONNX Runtime: the past comes back as numpy and goes in again."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    pasts = [n for n in inputs if n.startswith("past_key_values.")]
+    outputs = ["logits", *(n.replace("past_key_values.", "present.") for n in pasts)]
+
+    def stream(ids: np.ndarray, new: int) -> Iterator[int]:
+        batch, length = ids.shape
+        mask = np.ones((batch, length), np.int64)
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": np.arange(length, dtype=np.int64)[None].repeat(batch, 0),
+        }
+        for n in pasts:
+            shape = [batch if isinstance(d, str) and "batch" in d else d for d in inputs[n].shape]
+            shape[2] = 0
+            feeds[n] = np.zeros(shape, np.float32)
+        for i in range(new):
+            logits, *presents = sess.run(outputs, feeds)
+            token = logits[:, -1].argmax(-1)
+            yield int(token[0])
+            if i == new - 1:
+                return
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+            feeds = {
+                "input_ids": token[:, None].astype(np.int64),
+                "attention_mask": mask,
+                "position_ids": np.full((batch, 1), mask.shape[1] - 1, np.int64),
+                **dict(zip(pasts, presents)),
+            }
+
+    return stream
+
+
+def infer_stream(engine: infer.Engine, cache: str = "auto") -> tuple[Stream, str]:
+    decoder = engine.decoder(cache=cache)
+
+    def stream(ids: np.ndarray, new: int) -> Iterator[int]:
+        return decoder.stream(ids[0].tolist(), new)
+
+    return stream, f"{engine.backend}: {decoder.cache}"
+
+
+def timed(stream: Stream, ids: np.ndarray, new: int) -> tuple[float, float, list[int]]:
+    """(seconds to the first token, seconds per later token, the tokens)."""
+    t0 = time.perf_counter()
+    it = stream(ids, new)
+    tokens = [next(it)]
+    t1 = time.perf_counter()
+    tokens += list(it)
+    t2 = time.perf_counter()
+    return t1 - t0, (t2 - t1) / (new - 1), tokens
+
+
+def figures(first: list[float], step: list[float]) -> dict[str, Any]:
+    s = statistics.median(step)
+    return {
+        "ttft_ms": statistics.median(first) * 1e3,
+        "ms_per_token": s * 1e3,
+        "tokens_per_s": 1 / s,
+        "runs": len(first),
+    }
+
+
+def anchors(python: str | None, kind: str, model_dir: Path, contexts: list[int], new: int,
+            repeat: int) -> dict[str, Any]:  # fmt: skip
+    if not python:
+        return {"error": "not run: no environment given"}
+    script = Path(__file__).with_name("_decode_anchors.py")
+    cmd = [python, str(script), kind, str(model_dir), ",".join(map(str, contexts)), str(new),
+           str(repeat)]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after 30 minutes"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:500]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("model_dir", type=Path, help="benchmarks/decode_model.py's output folder")
+    ap.add_argument("--contexts", default="128,1024")
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--optimum-python")
+    ap.add_argument("--ortgenai-python")
+    ap.add_argument("--ovgenai-python")
+    args = ap.parse_args()
+    contexts = [int(c) for c in args.contexts.split(",")]
+    path = args.model_dir / "onnx" / "model.onnx"
+    vocab = json.loads((args.model_dir / "MODEL.json").read_text())["config"]["vocab_size"]
+    rng = np.random.default_rng(0)
+    prompts = {c: rng.integers(4, vocab, (1, c), dtype=np.int64) for c in contexts}
+
+    ort_engine = infer.Engine.load(path, backend="onnxruntime")
+    ov_engine = infer.Engine.load(path, backend="openvino")
+    default = infer.Engine.load(path)
+    streams: dict[str, Stream] = {"raw onnxruntime loop": raw_loop(path)}
+    caches: dict[str, str] = {"raw onnxruntime loop": "numpy, fed back every step"}
+    for label, engine, cache in (
+        ("infer onnxruntime", ort_engine, "auto"),
+        ("infer openvino stateful", ov_engine, "auto"),
+        ("infer openvino host loop", ov_engine, "host"),
+        ("infer default", default, "auto"),
+    ):
+        streams[label], caches[label] = infer_stream(engine, cache)
+    chosen = next((a for a in default.selection if a.verdict == "selected"), None)
+
+    results: dict[str, Any] = {}
+    for c in contexts:
+        ids = prompts[c]
+        first: dict[str, list[float]] = {k: [] for k in streams}
+        step: dict[str, list[float]] = {k: [] for k in streams}
+        tokens: dict[str, list[int]] = {}
+        for k, s in streams.items():  # warm-up, and the tokens each gives
+            tokens[k] = timed(s, ids, args.new)[2]
+        for _ in range(args.repeat):
+            for k, s in streams.items():
+                f, t, _ = timed(s, ids, args.new)
+                first[k].append(f)
+                step[k].append(t)
+        ref = tokens["raw onnxruntime loop"]
+        results[str(c)] = {
+            k: {**figures(first[k], step[k]), "cache": caches[k], "same_tokens": tokens[k] == ref}
+            for k in streams
+        }
+        print(f"context {c}:")
+        for k, v in results[str(c)].items():
+            print(f"  {k:28s} first {v['ttft_ms']:8.1f} ms  {v['ms_per_token']:6.2f} ms/token "
+                  f"{v['tokens_per_s']:7.1f} tokens/s  same tokens: {v['same_tokens']}")  # fmt: skip
+
+    for kind, python in (
+        ("optimum", args.optimum_python),
+        ("onnxruntime-genai", args.ortgenai_python),
+        ("openvino-genai", args.ovgenai_python),
+    ):
+        got = anchors(python, kind, args.model_dir, contexts, args.new, args.repeat)
+        for c in contexts:
+            results[str(c)][kind] = got.get(str(c), {"error": got.get("error", "no figure")})
+        print(f"{kind}: {json.dumps(got)[:400]}")
+
+    ratios: dict[str, Any] = {}
+    for c in contexts:
+        r = results[str(c)]
+
+        def tps(k: str, r: dict = r) -> float | None:
+            return r[k].get("tokens_per_s") if isinstance(r.get(k), dict) else None
+
+        infer_rows = ["infer onnxruntime", "infer openvino stateful", "infer openvino host loop"]
+        best = max((tps(k) or 0) for k in infer_rows)
+        pairs = {
+            "infer onnxruntime / raw onnxruntime loop": (
+                "infer onnxruntime",
+                "raw onnxruntime loop",
+            ),
+            "infer onnxruntime / optimum": ("infer onnxruntime", "optimum"),
+            "infer onnxruntime / onnxruntime-genai": ("infer onnxruntime", "onnxruntime-genai"),
+            "openvino stateful / host loop": (
+                "infer openvino stateful",
+                "infer openvino host loop",
+            ),
+            "infer openvino stateful / openvino-genai": (
+                "infer openvino stateful",
+                "openvino-genai",
+            ),
+        }
+        ratios[str(c)] = {
+            name: (tps(a) / tps(b)) if tps(a) and tps(b) else None for name, (a, b) in pairs.items()
+        }
+        ratios[str(c)]["infer default / best infer backend"] = (tps("infer default") or 0) / best
+        print(f"ratios (tokens/s) at context {c}: " + json.dumps(ratios[str(c)], indent=1))
+
+    _results.write(
+        "decode",
+        {
+            "model": str(args.model_dir),
+            "model_config": json.loads((args.model_dir / "MODEL.json").read_text()),
+            "new_tokens": args.new,
+            "batch": 1,
+            "repeat": args.repeat,
+            "default_choice": chosen.reason if chosen else None,
+            "default_backend": default.backend,
+            "results": results,
+            "ratios_tokens_per_s": ratios,
+        },
+        note="one run on a shared 2-core machine: compare the ratios of this run, not figures "
+        "across runs; anchors ran in their own processes after the in-process cases",
+    )
+
+
+if __name__ == "__main__":
+    main()
