@@ -161,6 +161,7 @@ def main() -> None:
     chosen = next((a for a in default.selection if a.verdict == "selected"), None)
 
     results: dict[str, Any] = {}
+    reference: dict[int, list[int]] = {}
     for c in contexts:
         ids = prompts[c]
         first: dict[str, list[float]] = {k: [] for k in streams}
@@ -173,7 +174,7 @@ def main() -> None:
                 f, t, _ = timed(s, ids, args.new)
                 first[k].append(f)
                 step[k].append(t)
-        ref = tokens["raw onnxruntime loop"]
+        ref = reference[c] = tokens["raw onnxruntime loop"]
         results[str(c)] = {
             k: {**figures(first[k], step[k]), "cache": caches[k], "same_tokens": tokens[k] == ref}
             for k in streams
@@ -190,7 +191,10 @@ def main() -> None:
     ):
         got = anchors(python, kind, args.model_dir, contexts, args.new, args.repeat)
         for c in contexts:
-            results[str(c)][kind] = got.get(str(c), {"error": got.get("error", "no figure")})
+            row = got.get(str(c), {"error": got.get("error", "no figure")})
+            if "tokens" in row:
+                row["same_tokens"] = row.pop("tokens") == reference[c]
+            results[str(c)][kind] = row
         print(f"{kind}: {json.dumps(got)[:400]}")
 
     ratios: dict[str, Any] = {}
