@@ -3,14 +3,22 @@ keeping the KV cache its own way, against greedy decoding written out by hand on
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
+import onnx
 import pytest
 
 import infer
 from infer.errors import InputError, ModelError, OptionError
 
 from . import models
-from .decoder_models import VOCAB, raw_greedy, tiny_decoder
+from . import sequence_models as sm
+
+VOCAB = 48
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11], [3]]
 NEW = 8
@@ -31,12 +39,12 @@ WHERE = {
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_decoder()
+    return models.tiny_decoder(vocab=VOCAB, positions=64)
 
 
 @pytest.fixture(scope="module")
 def expected(model):
-    return raw_greedy(model, PROMPTS, NEW)
+    return sm.ort_greedy(model, PROMPTS, NEW)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
@@ -215,3 +223,24 @@ def test_bench_times_generate(ort_engine):
     assert "OrtValues" in d.cache
     with pytest.raises(OptionError, match="exceed the model's 64"):
         decoding(ort_engine, context=60, new_tokens=8)
+
+
+def test_infer_bench_reports_generate(tmp_path):
+    path = tmp_path / "decoder.onnx"
+    onnx.save(models.tiny_decoder(vocab=VOCAB, positions=64), path)
+    env = {**os.environ, "COLUMNS": "200", "INFER_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["bench", path, "--duration", "0.1", "--warmup", "0", "-b", "onnxruntime,openvino"]
+    args += ["--context", "8", "--new-tokens", "4", "--json", tmp_path / "bench.json"]
+    r = subprocess.run(
+        [sys.executable, "-m", "infer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "first token" in r.stdout and "tokens/s" in r.stdout
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    caches = {row["backend"].split("[")[0]: row["decode"]["cache"] for row in rows}
+    assert "OrtValues" in caches["onnxruntime"] and "OpenVINO state" in caches["openvino"]
+    assert all(row["decode"]["context"] == 8 and row["decode"]["tokens_per_s"] > 0 for row in rows)
