@@ -2,7 +2,8 @@
 versions of transformers than each other): prints one JSON line,
 {context: {ttft_ms, ms_per_token, tokens_per_s, runs}} or {"error": ...}.
 
-    PY _decode_anchors.py optimum|onnxruntime-genai|openvino-genai MODEL_DIR CONTEXTS NEW REPEAT
+    PY _decode_anchors.py optimum|onnxruntime-genai|openvino-genai|"openvino-genai PA" MODEL_DIR
+        CONTEXTS NEW REPEAT
 
 Each builds what it needs from MODEL_DIR (decode_model.py's folder) into MODEL_DIR/<anchor>
 once: onnxruntime-genai's builder reads the checkpoint MODEL_DIR/hf, optimum-intel exports the
@@ -113,7 +114,10 @@ def onnxruntime_genai(model_dir: Path) -> Run:
     return run
 
 
-def openvino_genai(model_dir: Path) -> Run:
+def openvino_genai(model_dir: Path, backend: str = "SDPA") -> Run:
+    """backend "SDPA": its stateful model, the cache inside the infer request (as infer's);
+    "PA": its default paged attention (continuous batching), prefix caching off (repeated
+    prompts would skip their prefill)."""
     import openvino as ov
     import openvino_genai
 
@@ -126,9 +130,12 @@ def openvino_genai(model_dir: Path) -> Run:
             check=True,
         )  # fmt: skip
     # fp32 as infer runs it: no bf16 inference, no u8 KV cache
-    pipe = openvino_genai.LLMPipeline(
-        str(out), "CPU", INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32"
-    )
+    config = dict(INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32")
+    if backend == "PA":
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching = False
+        config["scheduler_config"] = scheduler  # type: ignore[assignment]
+    pipe = openvino_genai.LLMPipeline(str(out), "CPU", ATTENTION_BACKEND=backend, **config)
 
     class Clock(openvino_genai.StreamerBase):  # told each token id as it is picked
         def __init__(self, t0: float) -> None:
@@ -162,6 +169,7 @@ def main() -> None:
         "optimum": optimum,
         "onnxruntime-genai": onnxruntime_genai,
         "openvino-genai": openvino_genai,
+        "openvino-genai PA": lambda d: openvino_genai(d, "PA"),
     }
     try:
         run = makers[kind](Path(model_dir))

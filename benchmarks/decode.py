@@ -11,7 +11,9 @@ tokens), batch 1, timed side by side in one run:
 - a raw ONNX Runtime loop written out by hand (numpy past fed back every step),
 - the anchors, each in its own environment where it installed (see benchmarks/_decode_anchors.py):
   optimum's `ORTModelForCausalLM.generate`, onnxruntime-genai (its builder's model from the same
-  checkpoint), openvino-genai (optimum-intel's OpenVINO export of the same checkpoint).
+  checkpoint: its own graph, with fused GroupQueryAttention and rotary kernels), openvino-genai
+  (optimum-intel's OpenVINO export of the same checkpoint) with its stateful SDPA backend (as
+  infer's) and with its default paged attention (prefix caching off).
 
 The in-process cases take turns run by run (the machines here are shared and noisy: compare
 the ratios of one run, not figures across runs); each figure is the median over the runs.
@@ -188,6 +190,7 @@ def main() -> None:
         ("optimum", args.optimum_python),
         ("onnxruntime-genai", args.ortgenai_python),
         ("openvino-genai", args.ovgenai_python),
+        ("openvino-genai PA", args.ovgenai_python),
     ):
         got = anchors(python, kind, args.model_dir, contexts, args.new, args.repeat)
         for c in contexts:
@@ -220,6 +223,10 @@ def main() -> None:
             "infer openvino stateful / openvino-genai": (
                 "infer openvino stateful",
                 "openvino-genai",
+            ),
+            "infer openvino stateful / openvino-genai PA": (
+                "infer openvino stateful",
+                "openvino-genai PA",
             ),
         }
         ratios[str(c)] = {

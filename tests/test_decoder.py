@@ -244,3 +244,19 @@ def test_infer_bench_reports_generate(tmp_path):
     caches = {row["backend"].split("[")[0]: row["decode"]["cache"] for row in rows}
     assert "OrtValues" in caches["onnxruntime"] and "OpenVINO state" in caches["openvino"]
     assert all(row["decode"]["context"] == 8 and row["decode"]["tokens_per_s"] > 0 for row in rows)
+
+
+def test_openvino_ir_with_unnamed_dims(model, expected, tmp_path):
+    """An OpenVINO IR of the decoder (dims "?", nodes named apart from their tensors): the
+    batch is the past's one unnamed dim beside its growing axis; states found by node name."""
+    import openvino as ov
+
+    xml = tmp_path / "decoder.xml"
+    ov.save_model(ov.Core().read_model(model.SerializeToString(), ov.Tensor(np.empty(0, np.uint8))),
+                  xml, compress_to_fp16=False)  # fmt: skip
+    with (
+        infer.Engine.load(xml, backend="openvino", cache=False) as engine,
+        engine.decoder() as d,
+    ):
+        assert "OpenVINO state" in d.cache
+        assert d.generate(PROMPTS, NEW) == expected

@@ -106,7 +106,7 @@ class Decoder:
         batch, length = tokens.shape
         self._check_length(length)
         self._fixed = self._encoder_feeds(batch, encoder_states, encoder_mask)
-        self._run_start(batch)
+        self._guard(self._cache.start, batch)
         self._batch = batch
         self._mask = pad_mask
         positions = np.maximum(np.cumsum(pad_mask, axis=1) - 1, 0)  # padding: masked out anyway
@@ -126,6 +126,7 @@ class Decoder:
                 f"got shape {list(np.shape(ids))}"
             )
         tokens = _as_ids(tokens, "step(ids)")
+        self._check_vocab(tokens)
         n = tokens.shape[1]
         self._check_length(self._length + n)
         seen = self._mask.sum(axis=1, keepdims=True)
@@ -133,12 +134,8 @@ class Decoder:
         positions = seen + np.arange(n)
         return self._run(tokens, positions, first=False)
 
-    def _run_start(self, batch: int) -> None:
-        self._guard(self._cache.start, batch)
-
     def _run(self, tokens: np.ndarray, positions: np.ndarray, *, first: bool) -> np.ndarray:
         roles = self.roles
-        self._check_vocab(tokens)
         assert self._mask is not None and roles.ids is not None
         feeds: dict[str, np.ndarray] = {roles.ids: self._typed(roles.ids, tokens)}
         if roles.mask is not None:
@@ -299,6 +296,8 @@ class Decoder:
                 pad_mask[i, width - len(r) :] = 1
         if tokens.shape[1] == 0:
             raise InputError("every prompt needs at least one id")
+        tokens = np.where(pad_mask == 1, tokens, self.roles.pad_id)  # what padding holds: unread
+        self._check_vocab(tokens)
         if self.roles.mask is None and not pad_mask.all():
             raise InputError(
                 "prompts of different lengths need an attention mask, and this model takes none: "

@@ -637,6 +637,8 @@ class KVCache(abc.ABC):
             raise ModelError(
                 f"past input {pair.past!r} has no declared shape: infer cannot size it"
             )
+        # unnamed dynamic dims (OpenVINO IR's "?"): the one beside the growing axis is the batch
+        unnamed = [i for i, d in enumerate(spec.shape) if d is None and i != pair.axis]
         shape = []
         for i, d in enumerate(spec.shape):
             if i == pair.axis and pair.past in self.once:
@@ -645,7 +647,7 @@ class KVCache(abc.ABC):
                 shape.append(0)
             elif isinstance(d, int):
                 shape.append(d)
-            elif d is not None and d == self.roles.batch:
+            elif (d is not None and d == self.roles.batch) or unnamed == [i]:
                 shape.append(batch)
             else:
                 raise ModelError(

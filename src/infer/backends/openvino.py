@@ -659,7 +659,8 @@ class OpenVinoSession(Session):
         compile of a decoder (`_kv_cache`)."""
         super().__init__(**kw)
         self._source = source
-        self._stateful: dict[tuple[str, ...], Any] = {}  # pasts made state -> compiled model
+        # pasts made state -> (compiled model, state name prefix -> past)
+        self._stateful: dict[tuple[str, ...], tuple[Any, dict[str, str]]] = {}
         import openvino as ov
 
         self._ov = ov
@@ -765,22 +766,24 @@ class OpenVinoSession(Session):
         over its past/present pairs (OpenVINO's make-stateful transformation). Where that fails
         the host loop runs, and says why."""
         try:
-            compiled = self._stateful_model(roles)
+            compiled, states = self._stateful_model(roles)
         except CompileError as e:
             log.warning("openvino: decoding with the host loop: %s", e)
             cache = HostKVCache(self, roles)
             cache.where = f"host arrays (no stateful model: {e})"
             return cache
-        return OpenVinoKVCache(self, roles, compiled)
+        return OpenVinoKVCache(self, roles, compiled, states)
 
-    def _stateful_model(self, roles: Roles) -> Any:
+    def _stateful_model(self, roles: Roles) -> tuple[Any, dict[str, str]]:
+        """The stateful compiled model for these pairs (compiled once per session), and the
+        name each state's variable starts with -> the past it holds."""
         key = tuple(p.past for p in roles.kv)
         with self._async_lock:
             if key not in self._stateful:
                 self._stateful[key] = self._compile_stateful(roles)
             return self._stateful[key]
 
-    def _compile_stateful(self, roles: Roles) -> Any:
+    def _compile_stateful(self, roles: Roles) -> tuple[Any, dict[str, str]]:
         from openvino._offline_transformations import apply_make_stateful_transformation
 
         if self._source is None:
@@ -806,6 +809,11 @@ class OpenVinoSession(Session):
                 (ov_model.input(p.past).get_node(), ov_model.output(p.present).get_node())
                 for p in roles.kv
             ]
+            # the transformation names each state by its Parameter's and Result's node names
+            states = {
+                param.get_friendly_name() + result.get_friendly_name(): p.past
+                for (param, result), p in zip(pairs, roles.kv)
+            }
             apply_make_stateful_transformation(ov_model, pairs)
         except Exception as e:
             raise CompileError(f"OpenVINO could not make {model!r} stateful: {_message(e)}") from e
@@ -831,7 +839,7 @@ class OpenVinoSession(Session):
                 f"OpenVINO compiled the stateful {model!r} with {wrong} although {want} was set"
             )
         self.details["kv_cache_precision"] = {k: _type_name(v) for k, v in kept.items() if v}
-        return compiled
+        return compiled, states
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -949,13 +957,17 @@ class OpenVinoKVCache(KVCache):
     `start` resets the states and sets each to an empty past of the batch.
     """
 
-    def __init__(self, session: OpenVinoSession, roles: Roles, compiled: Any) -> None:
+    def __init__(
+        self, session: OpenVinoSession, roles: Roles, compiled: Any, states: Mapping[str, str]
+    ) -> None:
+        """states: the name each state's variable starts with -> the past it holds."""
         super().__init__(session, roles)
         self._ov = session._ov
         self._request = compiled.create_infer_request()
         self._inputs = {n for port in compiled.inputs for n in port.get_names()}
         self._logits = compiled.output(roles.logits)
-        self._pairs = [(p.past + (p.present or ""), p) for p in roles.kv]
+        by_past = {p.past: p for p in roles.kv}
+        self._pairs = [(prefix, by_past[past]) for prefix, past in states.items()]
         self._kept: list[Any] = []
         precision = session.details.get("kv_cache_precision") or {}
         kv = precision.get("KV_CACHE_PRECISION")
