@@ -7,6 +7,11 @@ tokens), batch 1, timed side by side in one run:
 - infer on ONNX Runtime (`engine.decoder()`: the past in bound OrtValues),
 - infer on OpenVINO, stateful (the past in the infer request's state, KV cache fp32),
 - infer on OpenVINO with the host loop (`decoder(cache="host")`: the past copied in and out),
+- infer on OpenVINO, stateful, on the OpenVINO IR optimum-intel exports from the same checkpoint
+  without its own stateful step (`optimum-cli export openvino --task text-generation-with-past
+  --weight-format fp32 --disable-stateful MODEL_DIR/hf MODEL_DIR/openvino-stateless`), where that
+  folder exists: the graph openvino-genai runs (OpenVINO's ONNX import of the optimum export
+  fuses less),
 - infer's default (`Engine.load(model)`: the backend its race picks on the decode step),
 - a raw ONNX Runtime loop written out by hand (numpy past fed back every step),
 - the anchors, each in its own environment where it installed (see benchmarks/_decode_anchors.py):
@@ -153,12 +158,18 @@ def main() -> None:
     default = infer.Engine.load(path)
     streams: dict[str, Stream] = {"raw onnxruntime loop": raw_loop(path)}
     caches: dict[str, str] = {"raw onnxruntime loop": "numpy, fed back every step"}
-    for label, engine, cache in (
+    cases = [
         ("infer onnxruntime", ort_engine, "auto"),
         ("infer openvino stateful", ov_engine, "auto"),
         ("infer openvino host loop", ov_engine, "host"),
         ("infer default", default, "auto"),
-    ):
+    ]
+    ir = args.model_dir / "openvino-stateless" / "openvino_model.xml"
+    if ir.exists():  # the graph openvino-genai runs, before it was made stateful
+        cases.append(
+            ("infer openvino stateful, IR", infer.Engine.load(ir, backend="openvino"), "auto")
+        )
+    for label, engine, cache in cases:
         streams[label], caches[label] = infer_stream(engine, cache)
     chosen = next((a for a in default.selection if a.verdict == "selected"), None)
 
@@ -183,7 +194,7 @@ def main() -> None:
         }
         print(f"context {c}:")
         for k, v in results[str(c)].items():
-            print(f"  {k:28s} first {v['ttft_ms']:8.1f} ms  {v['ms_per_token']:6.2f} ms/token "
+            print(f"  {k:30s} first {v['ttft_ms']:8.1f} ms  {v['ms_per_token']:6.2f} ms/token "
                   f"{v['tokens_per_s']:7.1f} tokens/s  same tokens: {v['same_tokens']}")  # fmt: skip
 
     for kind, python in (
@@ -222,6 +233,10 @@ def main() -> None:
             ),
             "infer openvino stateful / openvino-genai": (
                 "infer openvino stateful",
+                "openvino-genai",
+            ),
+            "infer openvino stateful, IR / openvino-genai": (
+                "infer openvino stateful, IR",
                 "openvino-genai",
             ),
             "infer openvino stateful / openvino-genai PA": (
