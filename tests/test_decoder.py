@@ -260,3 +260,19 @@ def test_openvino_ir_with_unnamed_dims(model, expected, tmp_path):
     ):
         assert "OpenVINO state" in d.cache
         assert d.generate(PROMPTS, NEW) == expected
+
+
+def test_dims_the_graph_leaves_open(model, expected):
+    """A past whose head size is a name (onnxruntime-genai's kv_cache_dim): refused in words,
+    decoded once `dims=` sizes it."""
+    open_model = onnx.ModelProto()
+    open_model.CopyFrom(model)
+    for value in (*open_model.graph.input, *open_model.graph.output):
+        if value.name.startswith(("past_key_values", "present")):
+            value.type.tensor_type.shape.dim[3].dim_param = "kv_cache_dim"
+    with infer.Engine.load(open_model, backend="onnxruntime", cache=False) as engine:
+        with pytest.raises(ModelError, match=r"dims=\{'kv_cache_dim'"):
+            engine.decoder()
+        with pytest.raises(OptionError, match="positive int"):
+            engine.decoder(dims={"kv_cache_dim": 0})
+        assert engine.decoder(dims={"kv_cache_dim": 4}).generate(PROMPTS, NEW) == expected

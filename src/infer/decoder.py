@@ -44,10 +44,19 @@ class Decoder:
     `prefill` and `step` return the logits of each row's last token, float [batch, vocab].
     """
 
-    def __init__(self, engine: Engine, *, cache: str = "auto", max_length: int | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        cache: str = "auto",
+        max_length: int | None = None,
+        dims: Mapping[str, int] | None = None,
+    ):
         """cache: "auto" (the backend's own place for the past) or "host" (the host loop).
         max_length: the longest sequence (prompt + new tokens) allowed; default: what the model
-        bounds (its position table, or a fixed-length past buffer), else unbounded."""
+        bounds (its position table, or a fixed-length past buffer), else unbounded.
+        dims: sizes of dimensions the pasts name that the graph leaves open, such as
+        onnxruntime-genai's {"kv_cache_dim": head size}."""
         if cache not in CACHES:
             raise OptionError(f"decoder(cache={cache!r}): use one of {', '.join(CACHES)}")
         engine.settle()  # a pending background race decides first: the session is final now
@@ -58,7 +67,12 @@ class Decoder:
         self._session: Session = engine._session
         self._specs = {s.name: s for s in self._session.inputs}
         self.max_length = _max_length(roles, self._specs, max_length)
-        self._cache: KVCache = self._session.kv_cache(roles, host=cache == "host")
+        for name, size in (dims or {}).items():
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise OptionError(f"dims[{name!r}] must be a positive int, got {size!r}")
+        self._cache: KVCache = self._session.kv_cache(roles, host=cache == "host", dims=dims)
+        for pair in roles.kv:
+            self._cache.past_shape(pair, 1)  # a dim it cannot size: said now, not at a step
         self._batch = 0
         self._mask: np.ndarray | None = None  # [batch, past + new]: 1 = a real token
         self._length = 0  # tokens in the cache (padding included)

@@ -465,18 +465,26 @@ class Engine:
         self._sessions.bound(binding)  # a session a switch retires stays open while it is used
         return binding
 
-    def decoder(self, *, cache: str = "auto", max_length: int | None = None) -> Decoder:
+    def decoder(
+        self,
+        *,
+        cache: str = "auto",
+        max_length: int | None = None,
+        dims: Mapping[str, int] | None = None,
+    ) -> Decoder:
         """A generate loop over this engine, for a decoder model (past/present pairs):
         `prefill`, `step`, `generate`, `stream`, `reset` (see infer.decoder.Decoder).
 
         cache: "auto" keeps the past where this backend keeps it best (ONNX Runtime: bound
         OrtValues on the model's device; OpenVINO: a stateful compile of the model); "host"
         feeds each step's present back as numpy arrays, on any backend. A pending background
-        race is settled first, so the decoder runs on the backend chosen for good.
+        race is settled first, so the decoder runs on the backend chosen for good. dims: sizes
+        of dimensions the pasts name and the graph leaves open (onnxruntime-genai's
+        "kv_cache_dim": the head size).
         """
         from .decoder import Decoder
 
-        return Decoder(self, cache=cache, max_length=max_length)
+        return Decoder(self, cache=cache, max_length=max_length, dims=dims)
 
     # -- lifetime -----------------------------------------------------------------------------
 

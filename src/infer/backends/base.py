@@ -586,12 +586,17 @@ class Session(abc.ABC):
     # -- decoding -----------------------------------------------------------------------------
 
     @final
-    def kv_cache(self, roles: Roles, *, host: bool = False) -> KVCache:
+    def kv_cache(
+        self, roles: Roles, *, host: bool = False, dims: Mapping[str, int] | None = None
+    ) -> KVCache:
         """Where a decoder keeps its past keys and values between steps on this session: where
         the runtime keeps them best (`_kv_cache`), or with host=True the plain host loop that
-        every backend runs (each present comes back as a numpy array and goes in again)."""
+        every backend runs (each present comes back as a numpy array and goes in again).
+        dims: sizes of dimensions the pasts name that the graph does not tell (a head size)."""
         self._check_open()
-        return HostKVCache(self, roles) if host else self._kv_cache(roles)
+        cache = HostKVCache(self, roles) if host else self._kv_cache(roles)
+        cache.dims = dict(dims or {})
+        return cache
 
     def _kv_cache(self, roles: Roles) -> KVCache:
         """The cache a backend keeps best; the default is the host loop."""
@@ -620,6 +625,7 @@ class KVCache(abc.ABC):
         self.buffers = frozenset(p.past for p in roles.kv if _one_buffer(p, self.specs))
         """Pasts that share one buffer of a fixed maximum length with their present
         (GroupQueryAttention as onnxruntime-genai builds it): the model writes into it."""
+        self.dims: dict[str, int] = {}  # sizes the caller gives for dims the pasts name
         self.once = frozenset(p.past for p in roles.kv if _over_encoder(p, self.specs))
         """Pasts over the encoder's sequence (cross-attention): the first step computes them,
         later steps' presents are placeholders (optimum's merged seq2seq decoders), so they
@@ -649,11 +655,14 @@ class KVCache(abc.ABC):
                 shape.append(d)
             elif (d is not None and d == self.roles.batch) or unnamed == [i]:
                 shape.append(batch)
+            elif isinstance(d, str) and d in self.dims:
+                shape.append(self.dims[d])
             else:
                 raise ModelError(
                     f"past input {pair.past!r} is {describe(spec.shape, spec.dtype)}: infer sizes "
                     f"its batch ({self.roles.batch!r}) and past ({pair.axis}) axes, not axis {i} "
-                    f"({d!r}); export the model with fixed head counts and head sizes"
+                    f"({d!r}); give its size (engine.decoder(dims={{{d!r}: ...}})) or export "
+                    "the model with fixed head counts and head sizes"
                 )
         return tuple(shape)
 
