@@ -12,6 +12,9 @@ tokens), batch 1, timed side by side in one run:
   --weight-format fp32 --disable-stateful MODEL_DIR/hf MODEL_DIR/openvino-stateless`), where that
   folder exists: the graph openvino-genai runs (OpenVINO's ONNX import of the optimum export
   fuses less),
+- infer on ONNX Runtime on onnxruntime-genai's own model of the checkpoint (its builder's graph,
+  with `dims={"kv_cache_dim": head size}`), where MODEL_DIR/onnxruntime-genai exists (the
+  onnxruntime-genai anchor builds it),
 - infer's default (`Engine.load(model)`: the backend its race picks on the decode step),
 - a raw ONNX Runtime loop written out by hand (numpy past fed back every step),
 - the anchors, each in its own environment where it installed (see benchmarks/_decode_anchors.py):
@@ -90,8 +93,10 @@ def raw_loop(path: Path) -> Stream:
     return stream
 
 
-def infer_stream(engine: infer.Engine, cache: str = "auto") -> tuple[Stream, str]:
-    decoder = engine.decoder(cache=cache)
+def infer_stream(
+    engine: infer.Engine, cache: str = "auto", dims: dict[str, int] | None = None
+) -> tuple[Stream, str]:
+    decoder = engine.decoder(cache=cache, dims=dims)
 
     def stream(ids: np.ndarray, new: int) -> Iterator[int]:
         return decoder.stream(ids[0].tolist(), new)
@@ -158,7 +163,7 @@ def main() -> None:
     default = infer.Engine.load(path)
     streams: dict[str, Stream] = {"raw onnxruntime loop": raw_loop(path)}
     caches: dict[str, str] = {"raw onnxruntime loop": "numpy, fed back every step"}
-    cases = [
+    cases: list[tuple[Any, ...]] = [
         ("infer onnxruntime", ort_engine, "auto"),
         ("infer openvino stateful", ov_engine, "auto"),
         ("infer openvino host loop", ov_engine, "host"),
@@ -169,8 +174,19 @@ def main() -> None:
         cases.append(
             ("infer openvino stateful, IR", infer.Engine.load(ir, backend="openvino"), "auto")
         )
-    for label, engine, cache in cases:
-        streams[label], caches[label] = infer_stream(engine, cache)
+    genai = args.model_dir / "onnxruntime-genai" / "model.onnx"
+    if genai.exists():  # the graph onnxruntime-genai runs (its builder's: fused GQA, rotary)
+        head = json.loads(genai.with_name("genai_config.json").read_text())["model"]["decoder"]
+        cases.append(
+            (
+                "infer onnxruntime, genai graph",
+                infer.Engine.load(genai, backend="onnxruntime"),
+                "auto",
+                {"kv_cache_dim": head["head_size"]},
+            )
+        )
+    for label, engine, cache, *dims in cases:
+        streams[label], caches[label] = infer_stream(engine, cache, *dims)
     chosen = next((a for a in default.selection if a.verdict == "selected"), None)
 
     results: dict[str, Any] = {}
@@ -227,6 +243,10 @@ def main() -> None:
             ),
             "infer onnxruntime / optimum": ("infer onnxruntime", "optimum"),
             "infer onnxruntime / onnxruntime-genai": ("infer onnxruntime", "onnxruntime-genai"),
+            "infer onnxruntime, genai graph / onnxruntime-genai": (
+                "infer onnxruntime, genai graph",
+                "onnxruntime-genai",
+            ),
             "openvino stateful / host loop": (
                 "infer openvino stateful",
                 "infer openvino host loop",
