@@ -34,7 +34,7 @@ from .errors import (
 )
 from .feeds import random_feeds, representative_shapes
 from .model import Model
-from .options import Options
+from .options import PRECISIONS, Options
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,11 @@ def select(
     """
     rows = candidates(request, None if backend == FASTEST else backend)
     forced = isinstance(backend, str)
+    listed = backend is not None and backend != FASTEST
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
-        device, verdict = check(row, model, request, options, named=forced)
+        device, verdict = check(row, model, request, options, named=forced, listed=listed)
         if verdict is not None:
             attempts.append(verdict)
             continue
@@ -285,6 +286,10 @@ def select(
         others = [a for a in attempts if a.reason != str(last_error)]
         also = f"\n{_explain(others)}" if others else ""
         raise type(last_error)(f"{last_error}{also}") from last_error
+    slow = [_last_resort(row, options, listed) for row in rows]
+    if any(why and a.reason == why for why, a in zip(slow, attempts)):
+        report = last_error.report if isinstance(last_error, PrecisionError) else None
+        raise PrecisionError(_no_fast_precision(model, request, options, rows, attempts), report)
     if isinstance(last_error, PrecisionError):  # int8 measured short of its budget everywhere
         raise PrecisionError(
             f"no backend runs int8 {model!r} within its budget on {request}:\n{_explain(attempts)}",
@@ -294,7 +299,12 @@ def select(
 
 
 def check(
-    row: Choice, model: Model, request: Device, options: Options, named: bool = False
+    row: Choice,
+    model: Model,
+    request: Device,
+    options: Options,
+    named: bool = False,
+    listed: bool = False,
 ) -> tuple[Device | None, Attempt | None]:
     """The checks `select` makes on a row before compiling, without compiling anything.
 
@@ -302,6 +312,8 @@ def check(
     the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
     which backends could take a model. `named`: the caller named this backend alone, so a
     known wrong answer (`Backend.miscomputes`) is a warning rather than a reason to skip it.
+    `listed`: the caller named the rows to try (this one alone or among others), so a last
+    resort runs a lowered precision (`_last_resort`).
     """
     b = base.get(row.backend)
     info = b.probe()
@@ -316,12 +328,68 @@ def check(
         # A backend that does not read the model's format is passed over, not fallen back from.
         verdict = "unsupported" if model.format in b.formats else "skipped"
         return device, Attempt(row.label, str(device), verdict, why)
+    slow = _last_resort(row, options, named or listed)
+    if slow:
+        return device, Attempt(row.label, str(device), "skipped", slow)
     wrong = b.miscomputes(model, device, options, row.variant)
     if wrong and not named:
         return device, Attempt(row.label, str(device), "skipped", f"answers wrongly: {wrong}")
     if wrong:
         log.warning("%s on %s, as named, answers this model wrongly: %s", row.label, device, wrong)
     return device, None
+
+
+def _last_resort(row: Choice, options: Options, named: bool) -> str:
+    """Why a last-resort row (too slow to race) is passed over for a lowered precision ("" when
+    it is not): fp16, bf16 and int8 are asked for speed, which the slowest backend cannot give,
+    so it runs them only when the caller names it."""
+    if row.race or named or options.precision == "fp32":
+        return ""
+    return (
+        f"the slowest backend, a last resort at fp32: {options.precision} is asked for speed, "
+        f"so it runs {options.precision} only when named (backend={row.label!r})"
+    )
+
+
+def _no_fast_precision(
+    model: Model,
+    request: Device,
+    options: Options,
+    rows: Sequence[Choice],
+    attempts: Sequence[Attempt],
+) -> str:
+    """Why no backend here runs `options.precision` fast, and what would: the precisions the
+    fast rows here take this model at, the devices whose rows run it, and the last resort."""
+    precision = options.precision
+    here: dict[str, list[str]] = {}
+    for p in PRECISIONS:
+        if p == precision:
+            continue
+        other = replace(options, precision=p, calibration=None)
+        for row in rows:
+            if row.race and check(row, model, request, other)[1] is None:
+                here.setdefault(p, []).append(row.label)
+    elsewhere = []
+    for kind, choices in TABLE.items():
+        if kind in (request.kind, "auto"):
+            continue
+        names = [
+            r.backend
+            for r in choices
+            if r.race
+            and model.format in base.get(r.backend).formats
+            and precision in base.get(r.backend).precisions(Device(kind), r.variant)
+        ]
+        if names:
+            elsewhere.append(f"{kind} ({', '.join(dict.fromkeys(names))})")
+    offers = [f"{p} ({', '.join(labels)})" for p, labels in here.items()]
+    last = next((r.label for r in rows if not r.race), None)
+    return (
+        f"no fast backend here runs {precision} {model!r} on {request}:\n{_explain(attempts)}\n"
+        + (f"Run it at {' or '.join(offers)} here" if offers else "No fast backend takes it here")
+        + (f", or on a device that runs {precision}: {', '.join(elsewhere)}" if elsewhere else "")
+        + (f"; backend={last!r} runs {precision} all the same, slowly." if last else ".")
+    )
 
 
 def _compile(
@@ -384,7 +452,7 @@ def preflight(
         pairs = [(row, wanted) for row in candidates(wanted, backend)]
     out = []
     for row, where in pairs:
-        device, verdict = check(row, model, where, options)
+        device, verdict = check(row, model, where, options, listed=backend is not None)
         if verdict is None:
             assert device is not None
             verdict = _ops_verdict(row, model, device) if ops else None
