@@ -437,7 +437,8 @@ def preflight(
     compiling), on the device they would get.
 
     request: a device ("auto", "cpu", ...: the rows `select` would try, restricted to
-    `backend` as `candidates` does), or None for every row of every device kind, each on its
+    `backend` as `candidates` does; one backend named is taken as `select` takes it, a known
+    wrong answer no reason to leave it out), or None for every row of every device kind, each on its
     own kind (what `infer inspect` lists).
     """
     options = options or Options()
@@ -452,7 +453,9 @@ def preflight(
         pairs = [(row, wanted) for row in candidates(wanted, backend)]
     out = []
     for row, where in pairs:
-        device, verdict = check(row, model, where, options, listed=backend is not None)
+        device, verdict = check(
+            row, model, where, options, named=isinstance(backend, str), listed=backend is not None
+        )
         if verdict is None:
             assert device is not None
             verdict = _ops_verdict(row, model, device) if ops else None
@@ -637,6 +640,19 @@ def choose(
 
 
 Transform = Callable[[Model, Backend, Device, "str | None"], Model]
+
+
+def raced(request: Device) -> list[str]:
+    """The labels of the rows the measured choice times for `request`, in table order."""
+    return [r.label for r in TABLE[request.kind] if r.race]
+
+
+def cached_verdict(model: Model, request: Device, options: Options) -> _race.Verdict | None:
+    """The race `choose` would read for `model` on `request` with these options (its winner is
+    what a load with no backend named compiles), without compiling anything; None: no race is
+    cached, and the next such load races."""
+    pending = Pending(model, request, options, None)
+    return _race.read(pending.cache, pending.key)
 
 
 class Pending:

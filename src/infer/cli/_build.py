@@ -15,7 +15,6 @@ from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
 from ..feeds import parse_shape, random_feeds, representative_shapes
 from ..model import ModelFormat
-from ._app import EXIT_CHECK_FAILED
 from ._cache import Item, scan
 from ._common import (
     DeviceOpt,
@@ -191,6 +190,8 @@ def build_command(
             f"error: {failed}\n  (what was built stays cached; --shape sizes the check run, "
             "--no-check skips it)"
         )
+        from ._app import EXIT_CHECK_FAILED  # here: _app imports this module to register it
+
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
