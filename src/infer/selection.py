@@ -249,16 +249,21 @@ def select(
     options: Options,
     backend: str | Sequence[str] | None = None,
     transform: Callable[[Model, Backend, Device, str | None], Model] | None = None,
+    *,
+    listed: bool | None = None,
 ) -> tuple[Session, list[Attempt]]:
     """Try each candidate in order; return the first session that compiles and every verdict.
 
     `transform(model, backend, device, variant)` gives the model a backend should compile (the
     precision transform, applied once and shared); None compiles `model` as it is.
     With a single `backend` named, its failure is raised instead of falling back.
+    `listed`: whether the caller named `backend` (default: whenever it is given); False for
+    rows infer restricts itself to.
     """
     rows = candidates(request, None if backend == FASTEST else backend)
     forced = isinstance(backend, str)
-    listed = backend is not None and backend != FASTEST
+    if listed is None:
+        listed = backend is not None and backend != FASTEST
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
@@ -625,7 +630,7 @@ def choose(
                 )
     quick = [r.label for r in rows if r.label not in deferred] if deferred else None
     try:
-        session, attempts = select(model, request, options, quick, transform)
+        session, attempts = select(model, request, options, quick, transform, listed=False)
     except BackendUnavailable:
         if not deferred:
             raise
