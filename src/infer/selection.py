@@ -291,15 +291,14 @@ def select(
         others = [a for a in attempts if a.reason != str(last_error)]
         also = f"\n{_explain(others)}" if others else ""
         raise type(last_error)(f"{last_error}{also}") from last_error
-    slow = [_last_resort(row, options, listed) for row in rows]
-    if any(why and a.reason == why for why, a in zip(slow, attempts)):
-        report = last_error.report if isinstance(last_error, PrecisionError) else None
-        raise PrecisionError(_no_fast_precision(model, request, options, rows, attempts), report)
     if isinstance(last_error, PrecisionError):  # int8 measured short of its budget everywhere
         raise PrecisionError(
             f"no backend runs int8 {model!r} within its budget on {request}:\n{_explain(attempts)}",
             last_error.report,
         ) from last_error
+    slow = [_last_resort(row, options, listed) for row in rows]
+    if any(why and a.reason == why for why, a in zip(slow, attempts)):
+        raise PrecisionError(_no_fast_precision(model, request, options, rows, attempts))
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
 
