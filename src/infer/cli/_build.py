@@ -14,7 +14,6 @@ from ..cache import Cache
 from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
 from ..feeds import parse_shape, random_feeds, representative_shapes
-from ..model import ModelFormat
 from ._cache import Item, scan
 from ._common import (
     DeviceOpt,
@@ -121,7 +120,7 @@ def build_command(
             for k, v in shapes.items()
         }
         samples = int8.calibration_for(source, name, opt)
-        err().print(int8.describe(samples))
+        err().print(int8.describe(samples, source, opt))
     cache = Cache()
     before = {i.path: i for i in scan(cache)}
     start = time.perf_counter()
@@ -157,19 +156,20 @@ def build_command(
         failed = None
         if check:
             # At the shapes `infer run` takes (a dynamic dimension at 1 breaks detectors).
-            onnx_model = source.format is ModelFormat.ONNX
-            declared = source.inputs if onnx_model else engine.inputs
-            resolved, _ = representative_shapes(declared, shapes, model=source)
-            shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in resolved.items())
             start = time.perf_counter()
+            shown = ""
             try:
-                engine.run(random_feeds(engine.inputs, resolved))
+                resolved, _ = representative_shapes(engine.inputs, shapes, model=engine.model)
+                shown = " at " + ", ".join(
+                    f"{k}={'x'.join(map(str, v))}" for k, v in resolved.items()
+                )
+                engine.run(random_feeds(engine.inputs, resolved, roles=engine.roles))
             except InferError as e:
-                failed = f"the check run on random inputs at {shown} failed: {e}"
+                failed = f"the check run on random inputs{shown} failed: {e}"
             else:
                 took = fmt_s(time.perf_counter() - start)
                 console.print(
-                    Text(f"  checked: one run on random inputs at {shown}, {took}", style="dim")
+                    Text(f"  checked: one run on random inputs{shown}, {took}", style="dim")
                 )
     after = scan(cache)
     changed = [i for i in after if _changed(before.get(i.path), i)]
