@@ -155,9 +155,9 @@ def test_compare_prints_a_finite_max_rel_next_to_pass(tmp_path):
     model.ir_version = 8
     path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
+    args = ["compare", str(path), "-d", "cpu", "-b", "reference@fp16,onnxruntime", "--atol", "1e-3"]
     result = subprocess.run(
-        [sys.executable, "-m", "infer", "compare", str(path), "-d", "cpu"]
-        + ["-b", "reference@fp16,onnxruntime", "--atol", "1e-3"],
+        [sys.executable, "-m", "infer", *args],
         capture_output=True,
         text=True,
         timeout=300,
