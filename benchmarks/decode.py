@@ -23,12 +23,14 @@ tokens), batch 1, timed side by side in one run:
   (optimum-intel's OpenVINO export of the same checkpoint) with its stateful SDPA backend (as
   infer's) and with its default paged attention (prefix caching off).
 
-The in-process cases take turns run by run (the machines here are shared and noisy: compare
-the ratios of one run, not figures across runs); each figure is the median over the runs.
+Every case runs in each of ROUNDS rounds (REPEAT runs a round; the anchors in a process of their
+own, started each round), so that slow spells of the shared, noisy machines here hit all cases
+alike: a figure is the median over all runs, a ratio the median over rounds of the two cases'
+figures in that round (compare the ratios of one run, not figures across runs).
 Time to first token is the prompt's prefill plus the first token; ms/token the mean of the
 later steps of a run; tokens/s its inverse. Every case is checked to give the raw loop's tokens.
 
-    python benchmarks/decode.py MODEL_DIR [--contexts 128,1024] [--new 32] [--repeat 5]
+    python benchmarks/decode.py MODEL_DIR [--contexts 128,1024] [--new 32] [--rounds 3] [--repeat 2]
         [--optimum-python PY] [--ortgenai-python PY] [--ovgenai-python PY]
 """
 
@@ -147,7 +149,8 @@ def main() -> None:
     ap.add_argument("model_dir", type=Path, help="benchmarks/decode_model.py's output folder")
     ap.add_argument("--contexts", default="128,1024")
     ap.add_argument("--new", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every case, anchors too")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each case per round")
     ap.add_argument("--optimum-python")
     ap.add_argument("--ortgenai-python")
     ap.add_argument("--ovgenai-python")
@@ -189,86 +192,106 @@ def main() -> None:
         streams[label], caches[label] = infer_stream(engine, cache, *dims)
     chosen = next((a for a in default.selection if a.verdict == "selected"), None)
 
-    results: dict[str, Any] = {}
-    reference: dict[int, list[int]] = {}
-    for c in contexts:
-        ids = prompts[c]
-        first: dict[str, list[float]] = {k: [] for k in streams}
-        step: dict[str, list[float]] = {k: [] for k in streams}
-        tokens: dict[str, list[int]] = {}
-        for k, s in streams.items():  # warm-up, and the tokens each gives
-            tokens[k] = timed(s, ids, args.new)[2]
-        for _ in range(args.repeat):
+    anchor_envs = {
+        "optimum": args.optimum_python,
+        "onnxruntime-genai": args.ortgenai_python,
+        "openvino-genai": args.ovgenai_python,
+        "openvino-genai PA": args.ovgenai_python,
+    }
+    # samples[context][case]: (seconds to first token, seconds per later token) per run, and
+    # each round's median tokens/s, for ratios of one round (neighbouring measurements)
+    samples: dict[int, dict[str, list[tuple[float, float]]]] = {
+        c: {k: [] for k in (*streams, *anchor_envs)} for c in contexts
+    }
+    per_round: dict[int, dict[str, list[float]]] = {
+        c: {k: [] for k in (*streams, *anchor_envs)} for c in contexts
+    }
+    errors: dict[str, str] = {}
+    # a warm-up run of each, and the tokens each gives
+    given = {
+        c: {k: timed(s, prompts[c], args.new)[2] for k, s in streams.items()} for c in contexts
+    }
+    reference = {c: given[c]["raw onnxruntime loop"] for c in contexts}
+    same = {c: {k: v == reference[c] for k, v in given[c].items()} for c in contexts}
+    for r in range(args.rounds):
+        for c in contexts:
             for k, s in streams.items():
-                f, t, _ = timed(s, ids, args.new)
-                first[k].append(f)
-                step[k].append(t)
-        ref = reference[c] = tokens["raw onnxruntime loop"]
-        results[str(c)] = {
-            k: {**figures(first[k], step[k]), "cache": caches[k], "same_tokens": tokens[k] == ref}
-            for k in streams
-        }
+                runs = [timed(s, prompts[c], args.new)[:2] for _ in range(args.repeat)]
+                samples[c][k] += runs
+                per_round[c][k].append(1 / statistics.median(t for _, t in runs))
+        for kind, python in anchor_envs.items():
+            if kind in errors:
+                continue
+            got = anchors(python, kind, args.model_dir, contexts, args.new, args.repeat)
+            if "error" in got:
+                errors[kind] = got["error"]
+                continue
+            for c in contexts:
+                row = got[str(c)]
+                samples[c][kind] += [(row["ttft_ms"] / 1e3, row["ms_per_token"] / 1e3)]
+                per_round[c][kind].append(row["tokens_per_s"])
+                same[c][kind] = row["tokens"] == reference[c]
+        print(f"round {r + 1} of {args.rounds} done")
+
+    results: dict[str, Any] = {}
+    for c in contexts:
+        results[str(c)] = {}
+        for k, runs in samples[c].items():
+            if not runs:
+                results[str(c)][k] = {"error": errors.get(k, "no figure")}
+                continue
+            row = figures([f for f, _ in runs], [t for _, t in runs])
+            row.update(cache=caches.get(k, "its own"), same_tokens=same[c].get(k))
+            results[str(c)][k] = row
         print(f"context {c}:")
         for k, v in results[str(c)].items():
+            if "error" in v:
+                print(f"  {k:30s} not run: {v['error']}")
+                continue
             print(f"  {k:30s} first {v['ttft_ms']:8.1f} ms  {v['ms_per_token']:6.2f} ms/token "
                   f"{v['tokens_per_s']:7.1f} tokens/s  same tokens: {v['same_tokens']}")  # fmt: skip
 
-    for kind, python in (
-        ("optimum", args.optimum_python),
-        ("onnxruntime-genai", args.ortgenai_python),
-        ("openvino-genai", args.ovgenai_python),
-        ("openvino-genai PA", args.ovgenai_python),
-    ):
-        got = anchors(python, kind, args.model_dir, contexts, args.new, args.repeat)
-        for c in contexts:
-            row = got.get(str(c), {"error": got.get("error", "no figure")})
-            if "tokens" in row:
-                row["same_tokens"] = row.pop("tokens") == reference[c]
-            results[str(c)][kind] = row
-        print(f"{kind}: {json.dumps(got)[:400]}")
-
+    pairs = {
+        "infer onnxruntime / raw onnxruntime loop": ("infer onnxruntime", "raw onnxruntime loop"),
+        "infer onnxruntime / optimum": ("infer onnxruntime", "optimum"),
+        "infer onnxruntime / onnxruntime-genai": ("infer onnxruntime", "onnxruntime-genai"),
+        "infer onnxruntime, genai graph / onnxruntime-genai": (
+            "infer onnxruntime, genai graph",
+            "onnxruntime-genai",
+        ),
+        "infer openvino stateful / host loop": (
+            "infer openvino stateful",
+            "infer openvino host loop",
+        ),
+        "infer openvino stateful / openvino-genai": ("infer openvino stateful", "openvino-genai"),
+        "infer openvino stateful, IR / openvino-genai": (
+            "infer openvino stateful, IR",
+            "openvino-genai",
+        ),
+        "infer openvino stateful / openvino-genai PA": (
+            "infer openvino stateful",
+            "openvino-genai PA",
+        ),
+    }
+    infer_rows = ["infer onnxruntime", "infer openvino stateful", "infer openvino host loop"]
     ratios: dict[str, Any] = {}
     for c in contexts:
-        r = results[str(c)]
+        rounds = per_round[c]
 
-        def tps(k: str, r: dict = r) -> float | None:
-            return r[k].get("tokens_per_s") if isinstance(r.get(k), dict) else None
+        def ratio(a: str, b: str, rounds: dict = rounds) -> float | None:
+            if not rounds.get(a) or not rounds.get(b) or len(rounds[a]) != len(rounds[b]):
+                return None
+            return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
 
-        infer_rows = ["infer onnxruntime", "infer openvino stateful", "infer openvino host loop"]
-        best = max((tps(k) or 0) for k in infer_rows)
-        pairs = {
-            "infer onnxruntime / raw onnxruntime loop": (
-                "infer onnxruntime",
-                "raw onnxruntime loop",
-            ),
-            "infer onnxruntime / optimum": ("infer onnxruntime", "optimum"),
-            "infer onnxruntime / onnxruntime-genai": ("infer onnxruntime", "onnxruntime-genai"),
-            "infer onnxruntime, genai graph / onnxruntime-genai": (
-                "infer onnxruntime, genai graph",
-                "onnxruntime-genai",
-            ),
-            "openvino stateful / host loop": (
-                "infer openvino stateful",
-                "infer openvino host loop",
-            ),
-            "infer openvino stateful / openvino-genai": (
-                "infer openvino stateful",
-                "openvino-genai",
-            ),
-            "infer openvino stateful, IR / openvino-genai": (
-                "infer openvino stateful, IR",
-                "openvino-genai",
-            ),
-            "infer openvino stateful / openvino-genai PA": (
-                "infer openvino stateful",
-                "openvino-genai PA",
-            ),
-        }
-        ratios[str(c)] = {
-            name: (tps(a) / tps(b)) if tps(a) and tps(b) else None for name, (a, b) in pairs.items()
-        }
-        ratios[str(c)]["infer default / best infer backend"] = (tps("infer default") or 0) / best
-        print(f"ratios (tokens/s) at context {c}: " + json.dumps(ratios[str(c)], indent=1))
+        ratios[str(c)] = {name: ratio(a, b) for name, (a, b) in pairs.items()}
+        best = [max(rounds[k][i] for k in infer_rows) for i in range(args.rounds)]
+        ratios[str(c)]["infer default / best infer backend"] = statistics.median(
+            d / b for d, b in zip(rounds["infer default"], best)
+        )
+        print(
+            f"ratios (tokens/s, median over rounds) at context {c}: "
+            + json.dumps(ratios[str(c)], indent=1)
+        )
 
     _results.write(
         "decode",
@@ -277,6 +300,7 @@ def main() -> None:
             "model_config": json.loads((args.model_dir / "MODEL.json").read_text()),
             "new_tokens": args.new,
             "batch": 1,
+            "rounds": args.rounds,
             "repeat": args.repeat,
             "default_choice": chosen.reason if chosen else None,
             "default_backend": default.backend,
@@ -284,7 +308,8 @@ def main() -> None:
             "ratios_tokens_per_s": ratios,
         },
         note="one run on a shared 2-core machine: compare the ratios of this run, not figures "
-        "across runs; anchors ran in their own processes after the in-process cases",
+        "across runs; every case, the anchors (each in its own process) too, runs once a "
+        "round, so a ratio is the median over rounds of neighbouring measurements",
     )
 
 
