@@ -1,14 +1,15 @@
-"""The anchors of benchmarks/decode.py, each run in an environment of its own (they pin other
-versions of transformers than each other): prints one JSON line,
-{context: {ttft_ms, ms_per_token, tokens_per_s, runs}} or {"error": ...}.
+"""The cases of benchmarks/decode.py, one per process (so that no other runtime's threads
+share the cores while one is timed; the anchors also pin other versions of transformers than
+each other, in environments of their own): prints one JSON line,
+{context: {ttft_ms, ms_per_token, tokens_per_s, runs, tokens, cache}} or {"error": ...}.
 
-    PY _decode_anchors.py optimum|onnxruntime-genai|openvino-genai|"openvino-genai PA" MODEL_DIR
-        CONTEXTS NEW REPEAT
+    PY _decode_cases.py CASE MODEL_DIR CONTEXTS NEW REPEAT
 
-Each builds what it needs from MODEL_DIR (decode_model.py's folder) into MODEL_DIR/<anchor>
-once: onnxruntime-genai's builder reads the checkpoint MODEL_DIR/hf, optimum-intel exports the
-OpenVINO model from it; optimum runs the ONNX export MODEL_DIR/onnx. Greedy, batch 1, exactly
-NEW tokens (no end id), the same random prompts as decode.py (seed 0).
+CASE: one of CASES below. infer's cases and the raw loop run the ONNX export MODEL_DIR/onnx (in
+infer's environment); the anchors build what they need from MODEL_DIR (decode_model.py's
+folder) once: onnxruntime-genai's builder reads the checkpoint MODEL_DIR/hf, optimum-intel
+exports the OpenVINO model from it. Greedy, batch 1, exactly NEW tokens (no end id), the same
+random prompts (seed 0).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,80 @@ def prompts(model_dir: Path, contexts: list[int]) -> dict[int, np.ndarray]:
 
 
 Run = Callable[[np.ndarray, int], tuple[list[float], list[int]]]
+
+
+def clocked(tokens: Iterator[int], t0: float) -> tuple[list[float], list[int]]:
+    """The time each token of a stream arrived, from t0, and the tokens."""
+    stamps, out = [], []
+    for t in tokens:
+        stamps.append(time.perf_counter() - t0)
+        out.append(int(t))
+    return stamps, out
+
+
+def raw_loop(model_dir: Path) -> tuple[Run, str]:
+    """Greedy decoding by hand on ONNX Runtime: the past comes back as numpy and goes in again."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(
+        str(model_dir / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    inputs = {i.name: i for i in sess.get_inputs()}
+    pasts = [n for n in inputs if n.startswith("past_key_values.")]
+    outputs = ["logits", *(n.replace("past_key_values.", "present.") for n in pasts)]
+
+    def stream(ids: np.ndarray, new: int) -> Iterator[int]:
+        batch, length = ids.shape
+        mask = np.ones((batch, length), np.int64)
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": np.arange(length, dtype=np.int64)[None].repeat(batch, 0),
+        }
+        for n in pasts:
+            shape = [batch if isinstance(d, str) and "batch" in d else d for d in inputs[n].shape]
+            shape[2] = 0
+            feeds[n] = np.zeros(shape, np.float32)
+        for i in range(new):
+            logits, *presents = sess.run(outputs, feeds)
+            token = logits[:, -1].argmax(-1)
+            yield int(token[0])
+            if i == new - 1:
+                return
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+            feeds = {
+                "input_ids": token[:, None].astype(np.int64),
+                "attention_mask": mask,
+                "position_ids": np.full((batch, 1), mask.shape[1] - 1, np.int64),
+                **dict(zip(pasts, presents)),
+            }
+
+    def run(ids: np.ndarray, new: int) -> tuple[list[float], list[int]]:
+        return clocked(stream(ids, new), time.perf_counter())
+
+    return run, "numpy, fed back every step"
+
+
+def infer_case(
+    path: Path, backend: str | None, cache: str = "auto", dims: dict[str, int] | None = None
+) -> tuple[Run, str]:
+    """infer's decoder on one backend (None: the default's pick)."""
+    import infer
+
+    engine = infer.Engine.load(path, backend=backend)
+    decoder = engine.decoder(cache=cache, dims=dims)
+
+    def run(ids: np.ndarray, new: int) -> tuple[list[float], list[int]]:
+        return clocked(decoder.stream(ids[0].tolist(), new), time.perf_counter())
+
+    return run, f"{engine.backend}: {decoder.cache}"
+
+
+def genai_graph(model_dir: Path) -> tuple[Run, str]:
+    """infer's decoder on ONNX Runtime over onnxruntime-genai's own model of the checkpoint."""
+    path = model_dir / "onnxruntime-genai" / "model.onnx"
+    config = json.loads(path.with_name("genai_config.json").read_text())["model"]["decoder"]
+    return infer_case(path, "onnxruntime", dims={"kv_cache_dim": config["head_size"]})
 
 
 def measure(run: Run, ids: dict[int, np.ndarray], new: int, repeat: int) -> dict[str, dict]:
@@ -54,7 +129,7 @@ def measure(run: Run, ids: dict[int, np.ndarray], new: int, repeat: int) -> dict
     return out
 
 
-def optimum(model_dir: Path) -> Run:
+def optimum(model_dir: Path) -> tuple[Run, str]:
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -83,10 +158,10 @@ def optimum(model_dir: Path) -> Run:
         )
         return [t - t0 for t in clock.stamps], out[0, ids.shape[1] :].tolist()
 
-    return run
+    return run, "its own: optimum's ORTModelForCausalLM (numpy past on the CPU)"
 
 
-def onnxruntime_genai(model_dir: Path) -> Run:
+def onnxruntime_genai(model_dir: Path) -> tuple[Run, str]:
     import onnxruntime_genai as og
 
     out = model_dir / "onnxruntime-genai"
@@ -111,10 +186,10 @@ def onnxruntime_genai(model_dir: Path) -> Run:
             stamps.append(time.perf_counter() - t0)
         return stamps, list(generator.get_sequence(0))[ids.shape[1] :]
 
-    return run
+    return run, "its own: onnxruntime-genai's past/present buffer"
 
 
-def openvino_genai(model_dir: Path, backend: str = "SDPA") -> Run:
+def openvino_genai(model_dir: Path, backend: str = "SDPA") -> tuple[Run, str]:
     """backend "SDPA": its stateful model, the cache inside the infer request (as infer's);
     "PA": its default paged attention (continuous batching), prefix caching off (repeated
     prompts would skip their prefill)."""
@@ -160,22 +235,41 @@ def openvino_genai(model_dir: Path, backend: str = "SDPA") -> Run:
         result = pipe.generate(tokens, config, clock)
         return clock.stamps, list(result.tokens[0])
 
-    return run
+    return run, f"its own: openvino-genai ({backend})"
 
 
-def main() -> None:
-    kind, model_dir, contexts, new, repeat = sys.argv[1:6]
-    makers = {
+def _cases() -> dict[str, Callable[[Path], tuple[Run, str]]]:
+    onnx = "onnx/model.onnx"
+    ir = "openvino-stateless/openvino_model.xml"
+    return {
+        "raw onnxruntime loop": raw_loop,
+        "infer onnxruntime": lambda d: infer_case(d / onnx, "onnxruntime"),
+        "infer openvino stateful": lambda d: infer_case(d / onnx, "openvino"),
+        "infer openvino host loop": lambda d: infer_case(d / onnx, "openvino", "host"),
+        "infer default": lambda d: infer_case(d / onnx, None),
+        "infer openvino stateful, IR": lambda d: infer_case(d / ir, "openvino"),
+        "infer onnxruntime, genai graph": genai_graph,
         "optimum": optimum,
         "onnxruntime-genai": onnxruntime_genai,
         "openvino-genai": openvino_genai,
         "openvino-genai PA": lambda d: openvino_genai(d, "PA"),
     }
+
+
+CASES = tuple(_cases())
+INFER_ENV = CASES[:7]
+"""The cases that run in infer's own environment; the others are the anchors'."""
+
+
+def main() -> None:
+    kind, model_dir, contexts, new, repeat = sys.argv[1:6]
     try:
-        run = makers[kind](Path(model_dir))
+        run, cache = _cases()[kind](Path(model_dir))
         ids = prompts(Path(model_dir), [int(c) for c in contexts.split(",")])
         result: dict = measure(run, ids, int(new), int(repeat))
-    except Exception as e:  # reported, not raised: the benchmark goes on without this anchor
+        for row in result.values():
+            row["cache"] = cache
+    except Exception as e:  # reported, not raised: the benchmark goes on without this case
         result = {"error": f"{type(e).__name__}: {e}"[:500]}
     print(json.dumps(result))
 
