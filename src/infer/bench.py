@@ -475,6 +475,7 @@ def _bench_one(
             for b in batches
         ]
     out = []
+    generator: Engine | None = None  # the engine generate is timed on
     try:
         summary = engine.selection[-1].reason if engine.selection else ""
         for i, batch in enumerate(batches):
@@ -531,8 +532,15 @@ def _bench_one(
             decoded = None
             if decode is not None:
                 try:
+                    if generator is None:
+                        # prompts of any length: no build-time shapes fixed at the decode step's
+                        generator = (
+                            Engine.load(model, target.device, **{**kw, "shapes": None})
+                            if kw["shapes"]
+                            else engine
+                        )
                     decoded = decoding(
-                        engine,
+                        generator,
                         batch=batch_used,
                         context=decode[0],
                         new_tokens=decode[1],
@@ -559,6 +567,8 @@ def _bench_one(
         tick(label, "done", total, total)
     finally:
         engine.close()
+        if generator is not None and generator is not engine:
+            generator.close()
     return out
 
 

@@ -666,6 +666,14 @@ class KVCache(abc.ABC):
                 )
         return tuple(shape)
 
+    def batch_axis(self, pair: KVPair) -> int | None:
+        """The axis of `pair`'s past that holds the rows (None: none infer can tell)."""
+        try:
+            one, two = self.past_shape(pair, 2), self.past_shape(pair, 3)
+        except ModelError:
+            return None
+        return next((i for i, (a, b) in enumerate(zip(one, two)) if a != b), None)
+
     def empty_pasts(self, batch: int, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Every past before the first step (see `past_shape`), as host arrays of zeros; the
         first step's `feeds` size the dimensions the pasts share with them."""
