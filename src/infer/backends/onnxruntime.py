@@ -93,7 +93,7 @@ _logging_lock = threading.Lock()
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     runtime = "onnxruntime"
-    install = 'pip install "infer[cpu]" (or "infer[gpu]" for CUDA/TensorRT)'
+    install = 'pip install "infer-engine[cpu]" (or "infer-engine[gpu]" for CUDA/TensorRT)'
 
     def _probe(self) -> BackendInfo:
         try:

@@ -101,7 +101,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     runtime = "openvino"
     formats = frozenset({ModelFormat.ONNX, ModelFormat.OPENVINO})
-    install = 'pip install "infer[openvino]"'
+    install = 'pip install "infer-engine[openvino]"'
 
     def __init__(self) -> None:
         super().__init__()

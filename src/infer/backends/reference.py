@@ -34,7 +34,7 @@ class ReferenceBackend(Backend):
             True,
             onnx.__version__,
             (cpu(),),
-            reason='pure Python and slow; install "infer[cpu]" for ONNX Runtime',
+            reason='pure Python and slow; install "infer-engine[cpu]" for ONNX Runtime',
             install=self.install,
         )
 

@@ -38,7 +38,9 @@ from . import _specs
 
 log = logging.getLogger(__name__)
 
-_INSTALL = 'pip install "infer[serve]" (nvidia-pytriton and tritonclient; Linux x86_64/aarch64)'
+_INSTALL = (
+    'pip install "infer-engine[serve]" (nvidia-pytriton and tritonclient; Linux x86_64/aarch64)'
+)
 _ACCESS_HEADER = "triton-access-token"  # pytriton's header for its restricted endpoints
 _ENV_LOCK = threading.Lock()
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}

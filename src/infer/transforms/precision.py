@@ -305,7 +305,7 @@ def _pick_quantizer(calib: Calibration, backend_choice: str) -> str:
     if wanted == "nncf" and importlib.util.find_spec("nncf") is None:
         if calib.quantizer == "nncf":
             raise OptionError(
-                "Calibration(quantizer='nncf') needs NNCF: pip install nncf (or infer[nncf])"
+                "Calibration(quantizer='nncf') needs NNCF: pip install nncf (or infer-engine[nncf])"
             )
         log.info("this backend quantizes best with NNCF, which is not installed; using onnxruntime")
         return "onnxruntime"
@@ -719,7 +719,7 @@ def _import(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as e:
         raise BackendUnavailable(
-            f"{what} uses {module}, which needs onnxruntime: pip install 'infer[cpu]' ({e})"
+            f"{what} uses {module}, which needs onnxruntime: pip install 'infer-engine[cpu]' ({e})"
         ) from e
 
 
