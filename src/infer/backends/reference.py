@@ -238,6 +238,10 @@ def _corrected_ops(opset: int = 1) -> list[type]:
     BatchNormalization 9-13 picks test mode by the number of outputs; onnx's evaluator picks it
     by `momentum is None`, and since the schema defaults momentum to 0.9, every exported
     inference-mode BatchNormalization ran in training mode (onnx/onnx#8442, still open).
+    Cast and CastLike to int4, uint4, int2 and uint2 round to the nearest integer (ties to even)
+    and keep the low bits, as the spec says (onnx's docs/technical/int4.md); onnx's evaluator
+    leaves it to ml_dtypes, which truncates toward zero and wrapped out-of-range values up to
+    0.5 but gives 0 for them from 0.7 on (-9.0 -> int4: 7 with 0.5, 0 with 0.7).
     Softmax, LogSoftmax and Hardmax before opset 13 normalize over the input flattened to 2-D
     at `axis` (default 1); onnx's evaluator uses the opset-13 rule (one axis, default -1) for
     every version, so an opset-9 classifier's Softmax over [N, 1000, 1, 1] gave all ones.
@@ -325,7 +329,7 @@ def _corrected_ops(opset: int = 1) -> list[type]:
             np.put_along_axis(y, first, 1, axis=axis)
             return y
 
-    ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax]
+    ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax, *_subbyte_casts()]
     if 10 <= opset < 19:
         # onnx <= 1.23 implements DequantizeLinear from opset 19 only; opsets 10-18 are the same
         # op with fewer types, and int8 Q/DQ graphs (transforms/precision.py) use them.
@@ -342,3 +346,62 @@ def _corrected_ops(opset: int = 1) -> list[type]:
 
         ops.append(DequantizeLinear)
     return ops
+
+
+def _subbyte_casts() -> list[type]:
+    """Cast and CastLike with the spec's rule for the sub-byte integer targets (int4, uint4,
+    int2, uint2): round half to even, then wrap to the type's bits; other targets as onnx's."""
+    import onnx
+    from onnx.reference.ops import op_cast, op_cast_like
+
+    def newest(module: Any, prefix: str) -> type:
+        return max(
+            (c for n, c in vars(module).items() if n.startswith(prefix)),
+            key=lambda c: int(c.__name__.rsplit("_", 1)[1]),
+        )
+
+    widths = {"INT4": (4, True), "UINT4": (4, False), "INT2": (2, True), "UINT2": (2, False)}
+    subbyte = {
+        getattr(onnx.TensorProto, name): bits
+        for name, bits in widths.items()
+        if hasattr(onnx.TensorProto, name)
+    }
+
+    def cast(x: np.ndarray, to: int) -> np.ndarray | None:
+        """x cast to the sub-byte type `to`, or None for any other target (onnx's cast then)."""
+        if to not in subbyte:
+            return None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(to)
+        if not dtype.type.__module__.startswith("ml_dtypes"):
+            return None  # an onnx whose evaluator has 4-bit types of its own casts them itself
+        bits, signed = subbyte[to]
+        span = 1 << bits
+        if x.dtype.kind in "biu":
+            whole = x.astype(np.int64)
+        else:  # floats, ml_dtypes' floats and sub-byte ints: exact in float64
+            with np.errstate(invalid="ignore"):
+                v = np.fmod(np.rint(x.astype(np.float64)), span)
+            whole = np.where(np.isfinite(v), v, 0).astype(np.int64)
+        low = whole & (span - 1)
+        if signed:
+            low = np.where(low >= span // 2, low - span, low)
+        return low.astype(np.int8).astype(dtype)
+
+    cast_base = newest(op_cast, "Cast_")
+    like_base = newest(op_cast_like, "CastLike_")
+
+    class Cast(cast_base):  # type: ignore[valid-type,misc]
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, to: int | None = None, **attributes: Any) -> Any:
+            y = cast(x, int(to)) if to is not None else None
+            return (y,) if y is not None else super()._run(x, to=to, **attributes)
+
+    class CastLike(like_base):  # type: ignore[valid-type,misc]
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, y: np.ndarray, **attributes: Any) -> Any:
+            out = cast(x, onnx.helper.np_dtype_to_tensor_dtype(y.dtype))
+            return (out,) if out is not None else super()._run(x, y, **attributes)
+
+    return [Cast, CastLike]
