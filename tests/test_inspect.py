@@ -16,6 +16,7 @@ from infer import demo
 from infer.inspect import Inspection
 
 from . import models
+from .conformance.onnx_suite import PINNED
 
 
 def _all_graphs(graph: onnx.GraphProto, depth: int = 0):
@@ -354,12 +355,15 @@ def test_op_checks_never_refuse_what_compiles_on_the_onnx_suite():
     from infer.model import Model
 
     ort.set_default_logger_severity(4)
+    # onnx >= 1.20 builds the suite's models in memory; before, they are files in model_dir.
     tests = [
-        t
+        dataclasses.replace(t, model=onnx.load(f"{t.model_dir}/model.onnx"))
+        if t.model is None and t.model_dir
+        else t
         for kind in ("node", "simple", "pytorch-converted", "pytorch-operator")
         for t in load_model_tests(kind=kind)
-        if t.model is not None
     ]
+    tests = [t for t in tests if t.model is not None]
     assert len(tests) > 1000
 
     def ort_compiles(proto):
@@ -385,4 +389,7 @@ def test_op_checks_never_refuse_what_compiles_on_the_onnx_suite():
             if refused:
                 wrongly.append((t.name, refused))
         assert not wrongly, (name, wrongly)
-        assert told >= 0.65 * failed, (name, told, failed)
+        if (onnx.__version__, ort.__version__) == (PINNED["onnx"], PINNED["onnxruntime"]):
+            # A share measured at the pinned versions: an older ONNX Runtime fails to load many
+            # of a newer onnx's models (their IR version) for reasons that no op check tells.
+            assert told >= 0.65 * failed, (name, told, failed)

@@ -174,6 +174,9 @@ def test_real_model_orientation(real_model):
 )
 def test_resize_is_onnx_resize_half_pixel(interpolation, attrs, tol):
     """Same definition as ONNX Resize(half_pixel, antialias off) in the spec's own evaluator."""
+    if tuple(int(p) for p in onnx.__version__.split(".")[:2]) < (1, 23):
+        # The answer is the same in every version; older evaluators loop in Python per pixel.
+        pytest.skip(f"onnx {onnx.__version__}'s Resize took over 2 minutes on these frames")
     size = (50, 70)
     pre = Preprocess.image(
         size=size, scale=1.0, source_channels="RGB", layout="NHWC", interpolation=interpolation
