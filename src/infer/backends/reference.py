@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -390,18 +391,28 @@ def _subbyte_casts() -> list[type]:
     cast_base = newest(op_cast, "Cast_")
     like_base = newest(op_cast_like, "CastLike_")
 
+    def accepted(run: Callable[..., Any], attributes: dict[str, Any]) -> dict[str, Any]:
+        """The attributes onnx's kernel takes: the evaluator passes every attribute of the
+        schema to a `**attributes` kernel, and onnx's own may not name them all."""
+        names = inspect.signature(run).parameters
+        return {k: v for k, v in attributes.items() if k in names}
+
     class Cast(cast_base):  # type: ignore[valid-type,misc]
         op_domain = ""
 
         def _run(self, x: np.ndarray, to: int | None = None, **attributes: Any) -> Any:
             y = cast(x, int(to)) if to is not None else None
-            return (y,) if y is not None else super()._run(x, to=to, **attributes)
+            if y is not None:
+                return (y,)
+            return super()._run(x, to=to, **accepted(super()._run, attributes))
 
     class CastLike(like_base):  # type: ignore[valid-type,misc]
         op_domain = ""
 
         def _run(self, x: np.ndarray, y: np.ndarray, **attributes: Any) -> Any:
             out = cast(x, onnx.helper.np_dtype_to_tensor_dtype(y.dtype))
-            return (out,) if out is not None else super()._run(x, y, **attributes)
+            if out is not None:
+                return (out,)
+            return super()._run(x, y, **accepted(super()._run, attributes))
 
     return [Cast, CastLike]
