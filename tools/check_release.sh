@@ -21,6 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 core=(
     tests/test_import.py tests/test_engine.py tests/test_feeds.py tests/test_tensors.py
     tests/test_model.py tests/test_preprocess.py tests/test_compare.py tests/test_cli.py
+    tests/test_binding.py
     tests/test_device.py tests/test_choice.py tests/test_inspect.py tests/test_packaging.py
     tests/test_reference_casts.py
 )

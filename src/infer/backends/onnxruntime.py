@@ -606,6 +606,16 @@ class OnnxRuntimeBinding(Binding):
                 raise self._misfit() from e
             raise
         produced = dict(zip(self._names, self._io.get_outputs()))
+        # Read the host outputs before binding any buffer: onnxruntime <= 1.29 frees what it
+        # allocated for the binding when an output is bound anew (the first run read zeros).
+        first = {
+            name: np.array(_to_numpy(value), copy=True)
+            for name, value in produced.items()
+            if not self.plan.device
+            and name not in self.plan.given
+            and name not in self._dynamic
+            and value.is_tensor()
+        }
         self._results.clear()
         self._owned.clear()
         for name in self._names:
@@ -630,7 +640,7 @@ class OnnxRuntimeBinding(Binding):
                     describe(shape, buf.dtype),
                 )
                 self._bind_host_output(name, buf)
-                buf[...] = _to_numpy(value)
+                buf[...] = first[name]
                 self._results[name] = buf
 
     def _misfit(self) -> InputError:
@@ -707,5 +717,6 @@ def _buffer_refused(error: Exception) -> bool:
             "pre-allocated",
             "computed output shape",
             "Shape mismatch attempting to re-use",
+            "OrtValue shape verification failed",  # onnxruntime 1.24's words
         )
     )
