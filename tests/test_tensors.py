@@ -174,7 +174,12 @@ def test_strings():
 @pytest.mark.parametrize("shape", [(0,), (1,), (5,), (2, 3), (4, 4)])
 def test_pack_round_trip(dtype, shape):
     rng = np.random.default_rng(0)
-    info = ml_dtypes.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    # ml_dtypes' sub-byte ints have numpy kind "V": ask iinfo (random normals would overflow
+    # uint4, which ml_dtypes >= 0.7 turns into 0 with a warning).
+    try:
+        info = ml_dtypes.iinfo(dtype)
+    except ValueError:
+        info = None
     if info is not None:
         values = rng.integers(int(info.min), int(info.max) + 1, size=shape).astype(dtype)
     else:
