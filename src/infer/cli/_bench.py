@@ -133,7 +133,7 @@ def bench_command(
             concurrency=concurrency,
             batching=batching_of(batching),
             shapes=shapes_of(shape),
-            inputs=read_inputs(inputs or []),
+            inputs=read_inputs(inputs or [], source.inputs),
             seed=seed,
             threads=threads,
             cache_dir=cache_dir,

@@ -120,8 +120,8 @@ def compare_command(
         raise OptionError("--backends is empty; give names such as onnxruntime,reference")
     if runs < 1:
         raise OptionError(f"--runs must be >= 1, got {runs}")
-    given = read_inputs(inputs or [])
-    want = read_inputs([expected]) if expected else None
+    given = read_inputs(inputs or [], source.inputs)
+    want = read_inputs([expected], source.outputs) if expected else None
     if want is not None and runs != 1:
         raise OptionError("--expected holds one set of outputs; use it with --runs 1")
     int8 = Int8Args(

@@ -82,7 +82,7 @@ def run_command(
         raise OptionError("--backend is empty; give a backend name such as onnxruntime")
     chosen = names[0] if len(names) == 1 else (names or None)
     shapes = shapes_of(shape)
-    given = read_inputs(inputs or [])
+    given = read_inputs(inputs or [], source.inputs)
     onnx = source.format is ModelFormat.ONNX
     build_shapes = None
     if shapes and onnx:
