@@ -405,6 +405,7 @@ def test_cache_kinds_are_listed_and_unknown_ones_refused(_isolated_cache):
     assert all(kind in help_text for kind in KINDS), help_text
     examples = re.findall(r"\$ infer cache clear --kind (\S+)", help_text)
     assert examples and all(kind in KINDS for kind in examples), examples
+
     def build(folder: Path) -> None:
         (folder / "model.onnx").write_bytes(b"x")
 

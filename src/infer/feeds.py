@@ -390,9 +390,7 @@ def random_feeds(
     return out
 
 
-def read_inputs(
-    items: Iterable[str], specs: Sequence[TensorSpec] = ()
-) -> dict[str, np.ndarray]:
+def read_inputs(items: Iterable[str], specs: Sequence[TensorSpec] = ()) -> dict[str, np.ndarray]:
     """Arrays from `--input` items: NAME=FILE.npy, FILE.npz (every array in it), NAME=VALUE.
 
     VALUE is a Python literal (a number or a nested list), for small inputs such as a sample rate;

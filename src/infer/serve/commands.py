@@ -43,15 +43,16 @@ def _preprocess(items: list[str] | None) -> Any:
 
     return parse_many(items or [])
 
+
 EXIT_USAGE = 2  # what the CLI returns for any error the user caused
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve` and `export triton` to `app` (reusing its `export` group if it has one)."""
     app.command("serve", help=SERVE_HELP, short_help=SERVE_HELP.split("\n")[0])(serve)
-    _export_group(app).command(
-        "triton", help=EXPORT_HELP, short_help=EXPORT_HELP.split("\n")[0]
-    )(export_triton)
+    _export_group(app).command("triton", help=EXPORT_HELP, short_help=EXPORT_HELP.split("\n")[0])(
+        export_triton
+    )
 
 
 def _export_group(app: typer.Typer) -> typer.Typer:

@@ -152,10 +152,8 @@ def _from_file(path: Path, option: str) -> Spec:
     except OSError as e:
         raise OptionError(f"{option} {str(path)!r}: the file cannot be read ({e})") from e
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(raw)
-        else:
-            data = _toml().loads(raw.decode())
+        json_file = path.suffix.lower() == ".json"
+        data = json.loads(raw) if json_file else _toml().loads(raw.decode())
     except (ValueError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError is a ValueError
         raise OptionError(f"{option} {str(path)!r}: not valid {path.suffix[1:]} ({e})") from e
     return _from_mapping(data, option, str(path))
