@@ -529,3 +529,20 @@ def test_reference_loop_failure_names_the_op_not_its_argument_types(tmp_path):
     message = result.stderr.strip()
     assert "in Loop > SequenceLength: TypeError: input_sequence must be a list" in message
     assert "<class 'numpy.ndarray'>, <class" not in message and len(message) < 200
+
+
+def test_devices_says_where_the_default_runs_each_backend():
+    """The auto entry is OpenVINO's AUTO plugin; "infer does not use onnxruntime on auto
+    devices" read as if the default never used ONNX Runtime."""
+    result = _infer("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    auto = next((d for d in json.loads(result.stdout)["devices"] if d["kind"] == "auto"), None)
+    if auto is None:
+        pytest.skip("no auto device here (it is OpenVINO's AUTO plugin: openvino not installed)")
+    ort = next(b for b in auto["backends"] if b["backend"] == "onnxruntime")
+    assert ort["reason"] == (
+        "device='auto' (the default) runs onnxruntime on the cpu device, listed there"
+    )
+    text = _infer("devices").stdout
+    assert "does not use onnxruntime" not in text
+    assert "device='auto' (the default) runs onnxruntime on the cpu device" in " ".join(text.split())

@@ -112,10 +112,8 @@ class Attempt:
 
 class Selection(tuple[Attempt, ...]):
     """What `Engine.load` tried, in order (a tuple of Attempt, the data as it was): prints as
-    one line per candidate it could try (seconds rounded, reasons cut) and one line naming
-    those not here (their reasons stay in the data); `repr` is one line."""
-
-    REASON_CHARS = 160
+    one line per candidate it could try (seconds rounded, each reason whole, on one line) and
+    one line naming those not here (their reasons stay in the data); `repr` is one line."""
 
     @property
     def chosen(self) -> Attempt | None:
@@ -141,8 +139,6 @@ class Selection(tuple[Attempt, ...]):
         mark = "✓" if a.verdict == "selected" else "✗" if a.verdict == "failed" else "-"
         took = f" in {_seconds(a.seconds)}" if a.seconds is not None else ""
         reason = " ".join(a.reason.split())
-        if len(reason) > self.REASON_CHARS:
-            reason = reason[: self.REASON_CHARS - 1] + "…"
         return f"{mark} {a.backend} on {a.device}: {a.verdict}{took}" + (
             f": {reason}" if reason else ""
         )
