@@ -545,4 +545,6 @@ def test_devices_says_where_the_default_runs_each_backend():
     )
     text = _infer("devices").stdout
     assert "does not use onnxruntime" not in text
-    assert "device='auto' (the default) runs onnxruntime on the cpu device" in " ".join(text.split())
+    assert "device='auto' (the default) runs onnxruntime on the cpu device" in " ".join(
+        text.split()
+    )

@@ -438,4 +438,3 @@ def test_bench_shows_each_input_of_a_multi_input_model_on_its_own_line(tmp_path)
     assert re.search(r" 1 a 1x4 +[0-9.]+ ", lines[row]), lines[row]
     assert lines[row + 1].split() == ["b", "1x4"], lines[row : row + 3]
     assert lines[row + 2].split() == ["mask", "1x4"], lines[row : row + 3]
-

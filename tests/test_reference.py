@@ -37,10 +37,9 @@ def test_sigmoid_of_large_values_warns_nothing():
     """onnx's Sigmoid computes both branches of np.where: inf/inf in the dropped one made numpy
     print "invalid value encountered in divide" under bench and compare."""
     before = np.geterr()
-    with infer.Engine.load(_sigmoid(), backend="reference") as engine:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            y = engine.run({"x": X})["y"]
+    with infer.Engine.load(_sigmoid(), backend="reference") as engine, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = engine.run({"x": X})["y"]
     np.testing.assert_allclose(y, [0, 0.26894143, 0.7310586, 1], rtol=1e-6)
     assert np.geterr() == before  # silenced within the run only
     with warnings.catch_warnings(), pytest.raises(RuntimeWarning):
@@ -86,9 +85,11 @@ def test_a_node_that_fails_is_named_with_its_op():
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
-    with infer.Engine.load(model, backend="reference") as engine:
-        with pytest.raises(infer.RuntimeFailure) as e:
-            engine.run({"data": np.ones(4, np.float32), "index": np.array([1, 9])})
+    with (
+        infer.Engine.load(model, backend="reference") as engine,
+        pytest.raises(infer.RuntimeFailure) as e,
+    ):
+        engine.run({"data": np.ones(4, np.float32), "index": np.array([1, 9])})
     assert str(e.value).startswith(
         "reference failed to run on cpu:0: node 'lookup' (Gather): IndexError: index 9"
     ), e.value

@@ -135,8 +135,7 @@ class ReferenceSession(Session):
                 results = self._evaluator.run(names, feeds)
             except _NodeFailure as e:
                 raise RuntimeFailure(
-                    f"{self.backend} failed to run on {self.device}: {e.node}: "
-                    f"{_cause(e.error)}"
+                    f"{self.backend} failed to run on {self.device}: {e.node}: {_cause(e.error)}"
                 ) from e.error
             except (TypeError, AttributeError) as e:
                 raise RuntimeFailure(

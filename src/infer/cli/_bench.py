@@ -280,7 +280,15 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         if batched:
             counters = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
             counters.add_column("backend", no_wrap=True)
-            for col in ("batch", "requests", "runs", "mean batch", "full", "queued p50 ms", "p99 ms"):
+            for col in (
+                "batch",
+                "requests",
+                "runs",
+                "mean batch",
+                "full",
+                "queued p50 ms",
+                "p99 ms",
+            ):
                 counters.add_column(col, justify="right")
             for m in batched:
                 stats = m.batching

@@ -14,7 +14,9 @@ single number may be a fraction (`scale=1/255`). A file holds one spec (optional
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,10 @@ from typing import Any
 from ..errors import OptionError
 from .preprocess import RESIZE_MODES, ImagePreprocess, Preprocess, TensorPreprocess
 
-KINDS = {"image": ImagePreprocess, "tensor": TensorPreprocess}
+KINDS: dict[str, type[ImagePreprocess] | type[TensorPreprocess]] = {
+    "image": ImagePreprocess,
+    "tensor": TensorPreprocess,
+}
 # How each keyword's text is read (any keyword not listed is a string).
 _SIZE = {"size"}
 _NUMBER = {("image", "scale"), ("image", "pad_value")}
@@ -160,17 +165,18 @@ def _from_file(path: Path, option: str) -> Spec:
 
 
 def _toml() -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib
-        except ImportError:
-            raise OptionError(
-                "reading a .toml preprocess spec needs Python 3.11 or `pip install tomli`; "
-                "or give a .json file"
-            ) from None
-    return tomllib
+
+        return tomllib
+    try:
+        import tomli  # type: ignore[import-not-found]  # Python 3.10's TOML reader
+    except ImportError:
+        raise OptionError(
+            "reading a .toml preprocess spec needs Python 3.11 or `pip install tomli`; "
+            "or give a .json file"
+        ) from None
+    return tomli
 
 
 def _from_mapping(data: Any, option: str, where: str) -> Spec:
@@ -179,7 +185,8 @@ def _from_mapping(data: Any, option: str, where: str) -> Spec:
             f"{option} {where!r}: expected a table of Preprocess.image keywords (or one table "
             f"per input name), got {type(data).__name__ if data else 'nothing'}"
         )
-    known = {k for cls in KINDS.values() for k in cls.__dataclass_fields__} | {"kind", "format"}
+    known = {f.name for cls in KINDS.values() for f in dataclasses.fields(cls)}
+    known |= {"kind", "format"}
     if all(isinstance(v, Mapping) for v in data.values()) and not set(data) & known:
         return {name: _one(value, option, f"{where}: {name}") for name, value in data.items()}
     return _one(data, option, where)
