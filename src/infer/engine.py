@@ -109,7 +109,9 @@ class Engine:
             named, the choice is measured (see `choose`); "fastest" is choose="measure".
         precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
-        cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
+        cast: widen integer arrays into float inputs as they are (refused otherwise: most
+            often an image not yet normalized), and allow lossy casts within a kind (float64 ->
+            float32); widening within a kind (int32 -> int64, float16 -> float32) always happens.
         hint: "latency" (default) or "throughput", for backends with performance hints.
         choose: how the default picks among the device's backends. "background" (default):
             start on the first that compiles, race the others once the engine has been busy a
