@@ -242,7 +242,7 @@ def _naming(node: Any) -> Any:
     label = (
         f"node {proto.name!r} ({proto.op_type})"
         if proto.name
-        else f"the {proto.op_type} node giving {list(proto.output)}"
+        else f"the {proto.op_type} node computing {next(iter(proto.output), '')!r}"
     )
 
     @functools.wraps(run)
