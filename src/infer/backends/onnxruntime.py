@@ -85,6 +85,19 @@ _OPTIONS: dict[str, Any] = {
     "spinning": threads.SPIN_RUN,  # "run", "always" or "never": see infer.threads
 }
 
+# ONNX Runtime's session settings that compute below the graph's precision, set on every
+# session (int8 aside) and read back from it. Of these only the first lowers by default (1.32):
+# DequantizeLinear of int8/int4 weights feeding a MatMul is fused into MatMulNBits, which at its
+# default accuracy level 4 quantizes the activations to int8 (measured 0.5% relative error on a
+# weight-compressed encoder); level 1 computes in fp32. The others are off by default and stay
+# off: flush-to-zero, tanh-approximated Gelu, bf16 fast-math GEMMs (arm64 builds only).
+_EXACT = {
+    "session.qdq_matmulnbits_accuracy_level": "1",
+    "session.set_denormal_as_zero": "0",
+    "optimization.enable_gelu_approximation": "0",
+    "mlas.enable_gemm_fastmath_arm64_bfloat16": "0",
+}
+
 _logging_routed = False
 _logging_lock = threading.Lock()
 
@@ -214,6 +227,9 @@ class OnnxRuntimeBackend(Backend):
         so.enable_profiling = bool(own["enable_profiling"])
         for dim, value in dict(own["free_dimension_overrides"]).items():
             so.add_free_dimension_override_by_name(dim, int(value))
+        exact = {} if options.precision == "int8" else _EXACT
+        for key, value in exact.items():
+            so.add_session_config_entry(key, value)
         providers = self._providers(variant, device, options, model)
         source = str(model.path) if model.path is not None else model.data
         if variant == "coreml" and options.cache and model.path is None:
@@ -224,6 +240,7 @@ class OnnxRuntimeBackend(Backend):
             raise CompileError(
                 f"onnxruntime could not load {model!r} with {providers[0][0]}: {e}"
             ) from e
+        _check_exact(sess, exact, model)
         claimed = _claimed_nodes(sess)
         primary = PROVIDERS[variant][0]
         total = sum(claimed.values())
@@ -245,6 +262,7 @@ class OnnxRuntimeBackend(Backend):
                 "nodes": dict(claimed),
                 "summary": f"nodes: {share}",
                 "threads": str(budget),
+                "precision_settings": dict(exact),
             },
         )
 
@@ -295,6 +313,21 @@ class OnnxRuntimeBackend(Backend):
             chain.append(("OpenVINOExecutionProvider", ov))
         chain.append(("CPUExecutionProvider", {}))
         return chain
+
+
+def _check_exact(sess: Any, exact: Mapping[str, str], model: Model) -> None:
+    """Read the precision settings back from the session: raises CompileError where one differs."""
+    kept = sess.get_session_options()
+    for key, want in exact.items():
+        try:
+            seen = kept.get_session_config_entry(key)
+        except Exception:  # not kept: the session did not take it
+            seen = None
+        if seen != want:
+            raise CompileError(
+                f"onnxruntime compiled {model!r} with {key}={seen!r} although {want!r} was set; "
+                "refusing to run a precision not asked for"
+            )
 
 
 def _with_coreml_cache_key(model: Model) -> bytes:
