@@ -342,7 +342,9 @@ def _compile(
     except PrecisionError as e:
         return e
     try:
-        return b.compile(target, device, options, row.variant)
+        session = b.compile(target, device, options, row.variant)
+        session.know(target)  # the graph's bounds on ids and shapes at batch 0, for the feed check
+        return session
     except OptionError:
         raise  # the caller's mistake: no other backend would make it right
     except Exception as e:
