@@ -226,9 +226,8 @@ class FeedCheck(FeedValidator):
     refused in words where the reader takes host memory only. Host DLPack objects become numpy
     views of their memory.
 
-    With the graph's facts (`GraphFacts`): host values of an integer input outside the range
-    the graph gives it raise InputError (one min and max over the array per call), and feeds of
-    batch 0 (0 rows on a first axis the specs leave open) come back as an `EmptyBatch`.
+    With the graph's facts (`GraphFacts`), feeds of batch 0 (0 rows on a first axis the specs
+    leave open) come back as an `EmptyBatch`; `BoundedFeedCheck` adds the integer inputs' ranges.
     """
 
     def __init__(
@@ -253,20 +252,6 @@ class FeedCheck(FeedValidator):
             if s.kind == "tensor" and s.shape and not isinstance(s.shape[0], int)
         )
         self._empty_shapes: dict[tuple, Mapping[str, tuple[int, ...] | None]] = {}
-
-    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        out = super().__call__(feeds)
-        for name, n in self._bounds:
-            ids = out[name]
-            if type(ids) is np.ndarray and ids.size:
-                lo, hi = ids.min(), ids.max()
-                if lo < -n or hi >= n:
-                    raise InputError(
-                        f"input {name!r}: value {int(hi) if hi >= n else int(lo)} is outside "
-                        f"[{-n}, {n - 1}], the rows of the table it indexes ({n}); a tokenizer "
-                        "that does not match the model gives such ids"
-                    )
-        return out
 
     def _check_one(self, name: str, value: Any) -> np.ndarray:
         arr = super()._check_one(name, value)
@@ -376,6 +361,27 @@ class FeedCheck(FeedValidator):
         for name, value in device.items():
             _device_shape(self.specs[name], value)
             out[name] = value
+        return out
+
+
+class BoundedFeedCheck(FeedCheck):
+    """A feed check that also refuses integer values outside the graph's bounds with InputError:
+    one min and one max over each bounded host array per call (device arrays, read in place on
+    their GPU, are not looked at). A subclass, so that models without bounds keep
+    `FeedValidator`'s fast path as it is."""
+
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().__call__(feeds)
+        for name, n in self._bounds:
+            ids = out.get(name)
+            if type(ids) is np.ndarray and ids.size:
+                lo, hi = ids.min(), ids.max()
+                if lo < -n or hi >= n:
+                    raise InputError(
+                        f"input {name!r}: value {int(hi) if hi >= n else int(lo)} is outside "
+                        f"[{-n}, {n - 1}], the rows of the table it indexes ({n}); a tokenizer "
+                        "that does not match the model gives such ids"
+                    )
         return out
 
 
@@ -491,7 +497,9 @@ def _check_target(spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...]) -> 
 
 def _bounds(model: Model) -> dict[str, int]:
     """{integer input: rows of the table it indexes} from the graph (none for other formats)."""
-    return {}
+    from .. import sequence
+
+    return dict(sequence.read(model).bounds)
 
 
 def _output_shapes(
@@ -568,7 +576,8 @@ class Session(abc.ABC):
             if device_inputs
             else f"{self.backend} reads this model's inputs from host memory on {self.device}"
         )
-        return FeedCheck(
+        bounded = self._facts is not None and self._facts.bounds
+        return (BoundedFeedCheck if bounded else FeedCheck)(
             self.inputs,
             cast=self.options.cast,
             reader=reader,
