@@ -123,3 +123,108 @@ def test_onnxruntime_session_keeps_the_exact_settings(encoder):
         kept = engine._session._sess.get_session_options()
         for key, value in settings.items():
             assert kept.get_session_config_entry(key) == value
+
+
+# -- what the knobs buy, offered under precision="int8", held to the budget ---------------------
+
+
+@pytest.fixture(scope="module")
+def wider() -> onnx.ModelProto:
+    return models.encoder(hidden=256, ffn=1024)  # where on-the-fly int8 pays on this CPU
+
+
+def _calibration(budget: infer.Budget) -> infer.Calibration:
+    rng = np.random.default_rng(5)
+    feeds = [{"input_ids": rng.integers(0, 100, (1, 64)).astype(np.int64)} for _ in range(10)]
+    return infer.Calibration(feeds, budget=budget)
+
+
+def _fp32(model, ids, backend) -> np.ndarray:
+    with infer.Engine.load(model, device="cpu", backend=backend) as engine:
+        return engine.run({"input_ids": ids})["last_hidden_state"]
+
+
+def _rel(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def test_openvino_int8_uses_dynamic_quantization_within_the_budget(wider, ids):
+    calibration = _calibration(infer.Budget(min_speedup=None))
+    with infer.Engine.load(
+        wider, device="cpu", backend="openvino", precision="int8", calibration=calibration
+    ) as engine:
+        assert engine.precision.startswith(
+            "int8 (OpenVINO dynamic activation quantization, group 32, on 2 MatMuls"
+        )
+        assert "budget met: last_hidden_state: relative error" in engine.precision
+        assert "on 2 held-out feeds" in engine.precision
+        report = engine.precision_report
+        assert report is not None and report.met and report.backend == "openvino"
+        compiled = engine._session._compiled
+        assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 32
+        got = engine.run({"input_ids": ids})["last_hidden_state"]
+    want = _fp32(wider, ids, "openvino")
+    assert 1e-4 < _rel(got, want) < 0.01  # quantized, and within the budget's 1%
+
+
+def test_a_budget_dynamic_quantization_misses_keeps_the_activations_float(wider, ids):
+    calibration = _calibration(infer.Budget(max_rel_error=1e-6, min_speedup=None))
+    with infer.Engine.load(
+        wider, device="cpu", backend="openvino", precision="int8", calibration=calibration
+    ) as engine:
+        assert "float activations" in engine.precision
+        assert "missed the budget" in engine.precision
+        assert engine.precision_report is not None and not engine.precision_report.met
+        assert engine._session._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+        got = engine.run({"input_ids": ids})["last_hidden_state"]
+    assert _rel(got, _fp32(wider, ids, "openvino")) < 1e-5
+
+
+def test_dynamic_quantization_can_be_turned_off(wider):
+    with infer.Engine.load(
+        wider,
+        device="cpu",
+        backend="openvino",
+        precision="int8",
+        backend_options={"openvino": {"dynamic_quantization": 0}},
+    ) as engine:
+        assert engine.precision == "int8 (QDQ from the model)"
+        assert engine._session._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+    with pytest.raises(OptionError, match="dynamic_quantization'\\] must be a group size"):
+        infer.Engine.load(
+            wider,
+            device="cpu",
+            backend="openvino",
+            precision="int8",
+            backend_options={"openvino": {"dynamic_quantization": "yes"}},
+        )
+
+
+def test_without_calibration_the_budget_is_measured_on_random_feeds(wider):
+    with infer.Engine.load(wider, device="cpu", backend="openvino", precision="int8") as engine:
+        assert "OpenVINO dynamic activation quantization" in engine.precision
+        assert "on 8 random feeds" in engine.precision  # met or not, measured and said
+
+
+def test_onnxruntime_int8_uses_int8_matmulnbits_within_the_budget(wider, ids):
+    calibration = _calibration(infer.Budget(min_speedup=None))
+    with infer.Engine.load(
+        wider, device="cpu", backend="onnxruntime", precision="int8", calibration=calibration
+    ) as engine:
+        assert (
+            "ONNX Runtime MatMulNBits with int8 activations (accuracy level 4)" in engine.precision
+        )
+        assert "budget met" in engine.precision
+        assert engine.details["precision_settings"] == {
+            "session.qdq_matmulnbits_accuracy_level": "4"
+        }
+    strict = _calibration(infer.Budget(max_rel_error=1e-6, min_speedup=None))
+    with infer.Engine.load(
+        wider, device="cpu", backend="onnxruntime", precision="int8", calibration=strict
+    ) as engine:
+        assert "float activations" in engine.precision
+        assert engine.details["precision_settings"] == {
+            "session.qdq_matmulnbits_accuracy_level": "1"
+        }
+        got = engine.run({"input_ids": ids})["last_hidden_state"]
+    assert _rel(got, _fp32(wider, ids, "onnxruntime")) < 1e-5

@@ -167,8 +167,10 @@ def output_shapes(
     graph.name = model.graph.name
     graph.node.extend(model.graph.node)
     graph.output.extend(model.graph.output)
-    for out in graph.output:
-        out.type.tensor_type.ClearField("shape")  # the declared symbols would be kept otherwise
+    for declared_output in graph.output:
+        declared_output.type.tensor_type.ClearField(
+            "shape"
+        )  # the declared symbols would be kept otherwise
     graph.input.extend(model.graph.input)
     for value in graph.input:
         if value.name in inputs and value.type.HasField("tensor_type"):
@@ -205,6 +207,36 @@ def output_shapes(
         out[value.name] = (
             tuple(int(d.dim_value) for d in dims) if known and dims is not None else None
         )
+    return out
+
+
+_COMPRESSED = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4})
+
+
+def compressed_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """MatMul/Gemm nodes (by name, else op and index) of a weight-compressed graph: their
+    weights are an 8- or 4-bit constant dequantized in the graph (DequantizeLinear of an
+    initializer), their activations float (not dequantized: the model quantizes none)."""
+    consts = {t.name: t.data_type for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(value: str, constant: bool) -> bool:
+        node = producer.get(value)
+        if node is not None and node.op_type == "Transpose":
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "DequantizeLinear":
+            return False
+        return not constant or consts.get(node.input[0]) in _COMPRESSED
+
+    out = []
+    for i, node in enumerate(graph.node):
+        if (
+            node.op_type in ("MatMul", "Gemm")
+            and len(node.input) > 1
+            and dequantized(node.input[1], True)
+            and not dequantized(node.input[0], False)
+        ):
+            out.append(node.name or f"{node.op_type}_{i}")
     return out
 
 

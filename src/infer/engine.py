@@ -524,6 +524,20 @@ class _PrecisionTransform:
         # -- int8 with an accuracy budget: searched and measured on this backend
         from .transforms import int8_search
 
+        how = backend.runtime_int8(model, device, self.options, variant)
+        if how is not None:  # int8 weights already, the runtime quantizes activations
+            label = selection.row_label(backend.name, variant)
+            if label not in self._searched:
+                self._searched[label] = int8_search.runtime(
+                    model,
+                    self.options,
+                    how=how,
+                    backend=backend,
+                    device=device,
+                    variant=variant,
+                    label=label,
+                )
+            return self._searched[label][0]
         if int8_search.guarded(self.options):
             label = selection.row_label(backend.name, variant)
             if label not in self._searched:

@@ -161,6 +161,15 @@ class Backend(abc.ABC):
         None when that cannot be told without compiling."""
         return None
 
+    def runtime_int8(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        """At precision="int8", for a model whose weights are already int8 (or int4): how this
+        runtime quantizes the activations too, on the fly, in words ("OpenVINO dynamic
+        activation quantization, group 32, ..."); None where it does not. The engine holds it
+        to the accuracy budget (`int8_search.runtime`). Cheap: a walk over the graph."""
+        return None
+
     def miscomputes(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import tensors, threads
+from .. import _onnx, tensors, threads
 from ..binding import device_view, target_mismatch
 from ..cache import Cache
 from ..device import Device, cpu, probe_hardware
 from ..device_array import DeviceArray, DeviceView
 from ..errors import CompileError, InputError, OptionError
-from ..model import Model
+from ..model import Model, ModelFormat
 from ..options import Options
 from ..tensors import NUMPY_NATIVE, TensorSpec, describe, dtype_info
 from . import _onnx_rules
@@ -91,8 +91,10 @@ _OPTIONS: dict[str, Any] = {
 # default accuracy level 4 quantizes the activations to int8 (measured 0.5% relative error on a
 # weight-compressed encoder); level 1 computes in fp32. The others are off by default and stay
 # off: flush-to-zero, tanh-approximated Gelu, bf16 fast-math GEMMs (arm64 builds only).
+_LEVEL = "session.qdq_matmulnbits_accuracy_level"
+_INT8_LEVEL = "4"  # int8 activations: precision="int8" on a weight-compressed model
 _EXACT = {
-    "session.qdq_matmulnbits_accuracy_level": "1",
+    _LEVEL: "1",
     "session.set_denormal_as_zero": "0",
     "optimization.enable_gelu_approximation": "0",
     "mlas.enable_gemm_fastmath_arm64_bfloat16": "0",
@@ -182,6 +184,23 @@ class OnnxRuntimeBackend(Backend):
 
         return unsupported(model, {"CPUExecutionProvider", PROVIDERS[variant or "cpu"][0]})
 
+    def runtime_int8(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        if (
+            options.precision != "int8"
+            or model.format is not ModelFormat.ONNX
+            or model.float_activations
+        ):
+            return None
+        n = len(_onnx.compressed_matmuls(model.proto.graph))
+        if not n:
+            return None
+        return (
+            f"ONNX Runtime MatMulNBits with int8 activations (accuracy level {_INT8_LEVEL}), "
+            f"where it fuses DequantizeLinear into {n} MatMul{'s' * (n != 1)} over int8 weights"
+        )
+
     def miscomputes(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:
@@ -227,7 +246,10 @@ class OnnxRuntimeBackend(Backend):
         so.enable_profiling = bool(own["enable_profiling"])
         for dim, value in dict(own["free_dimension_overrides"]).items():
             so.add_free_dimension_override_by_name(dim, int(value))
-        exact = {} if options.precision == "int8" else _EXACT
+        exact = _EXACT
+        if options.precision == "int8":  # the graph's int8; MatMulNBits' where it is measured
+            on_the_fly = self.runtime_int8(model, device, options)
+            exact = {_LEVEL: _INT8_LEVEL if on_the_fly else _EXACT[_LEVEL]}
         for key, value in exact.items():
             so.add_session_config_entry(key, value)
         providers = self._providers(variant, device, options, model)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import tensors, threads
+from .. import _onnx, tensors, threads
 from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
@@ -64,6 +64,10 @@ _OPTIONS: dict[str, Any] = {
     "auto_devices": None,  # device="auto" only: AUTO's candidates in order, e.g. "GPU,CPU"
     "submit_requests": None,  # size of the request pool behind submit(); default: see below
     "properties": {},  # any other OpenVINO property, checked against the device's list
+    # precision="int8" on a weight-compressed model (int8/int4 MatMul weights dequantized in
+    # the graph): DYNAMIC_QUANTIZATION_GROUP_SIZE, activations quantized per group of this many
+    # values on the fly (held to the accuracy budget); 0: activations stay f32
+    "dynamic_quantization": 32,
 }
 
 # OpenVINO's OPTIMIZATION_CAPABILITIES -> infer's precision, and how OpenVINO runs it.
@@ -273,6 +277,40 @@ class OpenVinoBackend(Backend):
 
         return unsupported(self._core(), model, self.ov_device(device))
 
+    def runtime_int8(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        group = self._dynamic_group(model, device, options)
+        if not group:
+            return None
+        n = len(_onnx.compressed_matmuls(model.proto.graph))
+        return (
+            f"OpenVINO dynamic activation quantization, group {group}, on {n} "
+            f"MatMul{'s' * (n != 1)} over int8 weights"
+        )
+
+    def _dynamic_group(self, model: Model, device: Device, options: Options) -> int:
+        """DYNAMIC_QUANTIZATION_GROUP_SIZE for this load: the option at precision="int8" on a
+        weight-compressed ONNX model where the device lists the property; else 0."""
+        if (
+            options.precision != "int8"
+            or model.format is not ModelFormat.ONNX
+            or model.float_activations
+        ):
+            return 0
+        group = options.for_backend(self.name, _OPTIONS)["dynamic_quantization"]
+        if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+            raise OptionError(
+                "backend_options['openvino']['dynamic_quantization'] must be a group size "
+                f"(an int >= 0; 0: off), got {group!r}"
+            )
+        if not group or not _onnx.compressed_matmuls(model.proto.graph):
+            return 0
+        target = self.ov_device(device)
+        if "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in _supported_properties(self._core(), target):
+            return 0
+        return group
+
     def miscomputes(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:
@@ -293,6 +331,9 @@ class OpenVinoBackend(Backend):
         if target == "AUTO" and own["auto_devices"]:
             target = f"AUTO:{own['auto_devices']}"
         config = self._config(core, target, options, own, self._hint(device, options.precision))
+        group = self._dynamic_group(model, device, options)
+        if group and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in config:
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group  # int8 asked for: activations too
         cache_dir = None
         if options.cache:
             cache_dir = Cache(options.cache_dir).folder(
