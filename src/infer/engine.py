@@ -308,6 +308,7 @@ class Engine:
 
     def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
         if self._batcher is not None:
+            self._session.check_values(feeds)  # before it joins a merged run
             return self._batcher.submit(feeds, outputs).result()
         session = self._session
         try:
@@ -363,6 +364,12 @@ class Engine:
         self, feeds: Mapping[str, Any], outputs: Sequence[str] | None, block: bool
     ) -> Future:
         if self._batcher is not None:
+            try:  # a bad id would fail every request merged with it: refused on its own
+                self._session.check_values(feeds)
+            except InputError as e:
+                failed: Future = Future()
+                failed.set_exception(e)
+                return failed
             future = self._batcher.submit(feeds, outputs, block=block)
         else:
             session = self._session

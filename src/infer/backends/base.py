@@ -262,6 +262,13 @@ class FeedCheck(FeedValidator):
         )
         self._empty_shapes: dict[tuple, Mapping[str, tuple[int, ...] | None]] = {}
 
+    def check_values(self, feeds: Mapping[str, Any]) -> None:
+        """The graph's bounds alone, on feeds not checked yet (arrays or lists of integers), for
+        a queue that merges requests: one bad request must not fail the others' run."""
+        if self._bounds and isinstance(feeds, Mapping):
+            arrays = {n: np.asarray(feeds[n]) for n, _ in self._bounds if n in feeds}
+            _within(self._bounds, arrays)
+
     def _check_one(self, name: str, value: Any) -> np.ndarray:
         arr = super()._check_one(name, value)
         if name in self._batched and arr.ndim and arr.shape[0] == 0:
@@ -381,17 +388,22 @@ class BoundedFeedCheck(FeedCheck):
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         out = super().__call__(feeds)
-        for name, n in self._bounds:
-            ids = out.get(name)
-            if type(ids) is np.ndarray and ids.size:
-                lo, hi = ids.min(), ids.max()
-                if lo < -n or hi >= n:
-                    raise InputError(
-                        f"input {name!r}: value {int(hi) if hi >= n else int(lo)} is outside "
-                        f"[{-n}, {n - 1}], the rows of the table it indexes ({n}); a tokenizer "
-                        "that does not match the model gives such ids"
-                    )
+        _within(self._bounds, out)
         return out
+
+
+def _within(bounds: Sequence[tuple[str, int]], feeds: Mapping[str, Any]) -> None:
+    """Raise InputError where a bounded input's host array holds a value outside [-n, n-1]."""
+    for name, n in bounds:
+        ids = feeds.get(name)
+        if type(ids) is np.ndarray and ids.size and ids.dtype.kind in "iu":
+            lo, hi = ids.min(), ids.max()
+            if lo < -n or hi >= n:
+                raise InputError(
+                    f"input {name!r}: value {int(hi) if hi >= n else int(lo)} is outside "
+                    f"[{-n}, {n - 1}], the rows of the table it indexes ({n}); a tokenizer "
+                    "that does not match the model gives such ids"
+                )
 
 
 # -- the output plan --------------------------------------------------------------------------
@@ -593,6 +605,11 @@ class Session(abc.ABC):
             outputs=self.outputs,
             facts=self._facts,
         )
+
+    def check_values(self, feeds: Mapping[str, Any]) -> None:
+        """Refuse integer values outside the graph's bounds (InputError) before `feeds` join a
+        merged run (dynamic batching); `run` and `submit` check them themselves."""
+        self._feeds.check_values(feeds)
 
     def know(self, model: Model) -> None:
         """Read what the feed check takes from the graph this session was compiled from (see
