@@ -790,7 +790,8 @@ def runtime(
     said = "held-out" if held_out else "validation"
     summary = report.summary().replace(f" {said} feeds", f" {where} feeds")
     summary = summary.replace(", 0 nodes kept in float", "")
-    if report.met or budget.accept_best:
+    # accept_best keeps a miss that is not slower than fp32 (as the search does)
+    if report.met or (budget.accept_best and speed[0] >= 1.0):
         if not report.met:
             log.warning("int8 for %r on %s misses its budget; using it:\n%s", model, label, report)
         return precision._as_is(model, f"int8 ({how}; {summary})"), report
