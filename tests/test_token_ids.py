@@ -60,9 +60,11 @@ def test_an_id_outside_the_table_is_an_input_error_on_every_backend(backend):
 
 
 def test_ids_cast_from_int32_are_checked_too():
-    with infer.Engine.load(models.encoder(vocab=VOCAB), device="cpu", backend="openvino") as engine:
-        with pytest.raises(InputError, match=_message(VOCAB)):
-            engine.run({"input_ids": _ids(VOCAB).astype(np.int32)})
+    with (
+        infer.Engine.load(models.encoder(vocab=VOCAB), device="cpu", backend="openvino") as engine,
+        pytest.raises(InputError, match=_message(VOCAB)),
+    ):
+        engine.run({"input_ids": _ids(VOCAB).astype(np.int32)})
 
 
 def _quantized_table() -> onnx.ModelProto:
