@@ -184,3 +184,181 @@ def custom_op() -> onnx.ModelProto:
     )
     model.ir_version = 8
     return model
+
+
+def tiny_decoder(
+    vocab: int = 50,
+    positions: int = 256,
+    *,
+    past: str = "past_sequence_length",
+    total: str = "past_sequence_length + sequence_length",
+    position_ids: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """A one-layer attention decoder with a KV cache, named as optimum exports them:
+    input_ids, attention_mask [batch, total], position_ids, past_key_values.0.key/value
+    [batch, 2, past, 4] -> logits [batch, sequence, vocab], present.0.key/value. Causal over
+    the new tokens, masked by attention_mask: decoding with the cache equals a prefill of the
+    whole sequence."""
+    rng = np.random.default_rng(seed)
+    hidden, heads, head = 8, 2, 4
+
+    def w(name: str, *shape: int, scale: float = 0.5) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * scale).astype(np.float32), name
+        )
+
+    def const(name: str, value) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [
+        w("embed", vocab, hidden),
+        w("wq", hidden, hidden),
+        w("wk", hidden, hidden),
+        w("wv", hidden, hidden),
+        w("wo", hidden, vocab),
+        const("split_heads", np.array([0, 0, heads, head], dtype=np.int64)),
+        const("merge_heads", np.array([0, 0, hidden], dtype=np.int64)),
+        const("one_f", np.array(1.0, dtype=np.float32)),
+        const("neg", np.array(-1e4, dtype=np.float32)),
+        const("scale", np.array(1 / np.sqrt(head), dtype=np.float32)),
+        const("axes_12", np.array([1, 2], dtype=np.int64)),
+        const("one_i", np.array([1], dtype=np.int64)),
+        const("two_i", np.array([2], dtype=np.int64)),
+        const("three_i", np.array([3], dtype=np.int64)),
+    ]
+    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["tok"])]
+    if position_ids:
+        inits.append(w("pos_embed", positions, hidden))
+        nodes += [
+            helper.make_node("Gather", ["pos_embed", "position_ids"], ["pos"]),
+            helper.make_node("Add", ["tok", "pos"], ["h"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["tok"], ["h"]))
+    for name in ("q", "k", "v"):
+        nodes += [
+            helper.make_node("MatMul", ["h", f"w{name}"], [f"{name}_flat"]),
+            helper.make_node("Reshape", [f"{name}_flat", "split_heads"], [f"{name}_4d"]),
+            helper.make_node("Transpose", [f"{name}_4d"], [f"{name}_new"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Concat", ["past_key_values.0.key", "k_new"], ["present.0.key"], axis=2),
+        helper.make_node(
+            "Concat", ["past_key_values.0.value", "v_new"], ["present.0.value"], axis=2
+        ),
+        helper.make_node("Transpose", ["present.0.key"], ["k_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q_new", "k_t"], ["scores_raw"]),
+        helper.make_node("Mul", ["scores_raw", "scale"], ["scores"]),
+        # Causal: new token i (at position past + i) sees the first past + i + 1 tokens.
+        helper.make_node("Shape", ["present.0.key"], ["kshape"]),
+        helper.make_node("Slice", ["kshape", "two_i", "three_i"], ["total_len"]),
+        helper.make_node("Shape", ["q_new"], ["qshape"]),
+        helper.make_node("Slice", ["qshape", "two_i", "three_i"], ["new_len"]),
+        helper.make_node("Sub", ["total_len", "new_len"], ["past_len"]),
+        helper.make_node("Squeeze", ["total_len"], ["total_s"]),
+        helper.make_node("Squeeze", ["new_len"], ["new_s"]),
+        helper.make_node("Squeeze", ["past_len"], ["past_s"]),
+        helper.make_node("Range", ["zero_s", "total_s", "one_s"], ["cols"]),
+        helper.make_node("Range", ["past_s", "total_s", "one_s"], ["rows"]),
+        helper.make_node("Unsqueeze", ["rows", "one_i"], ["rows_2d"]),
+        helper.make_node("Greater", ["cols", "rows_2d"], ["future"]),
+        helper.make_node("Cast", ["future"], ["future_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axes_12"], ["mask_4d"]),
+        helper.make_node("Sub", ["one_f", "mask_4d"], ["masked"]),
+        helper.make_node("Add", ["masked", "future_f"], ["blocked"]),
+        helper.make_node("Mul", ["blocked", "neg"], ["bias"]),
+        helper.make_node("Add", ["scores", "bias"], ["scores_masked"]),
+        helper.make_node("Softmax", ["scores_masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "present.0.value"], ["ctx"]),
+        helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ctx_t", "merge_heads"], ["ctx_flat"]),
+        helper.make_node("MatMul", ["ctx_flat", "wo"], ["logits"]),
+    ]
+    inits += [
+        const("zero_s", np.array(0, dtype=np.int64)),
+        const("one_s", np.array(1, dtype=np.int64)),
+    ]
+    kv_past = ["batch_size", heads, past, head]
+    kv_present = ["batch_size", heads, total, head]
+    inputs = [
+        helper.make_tensor_value_info(
+            "input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]
+        ),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", total]),
+    ]
+    if position_ids:
+        inputs.append(
+            helper.make_tensor_value_info(
+                "position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]
+            )
+        )
+    inputs += [
+        helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, kv_past),
+        helper.make_tensor_value_info("past_key_values.0.value", TensorProto.FLOAT, kv_past),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(
+            "logits", TensorProto.FLOAT, ["batch_size", "sequence_length", vocab]
+        ),
+        helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, kv_present),
+        helper.make_tensor_value_info("present.0.value", TensorProto.FLOAT, kv_present),
+    ]
+    return _model(nodes, inputs, outputs, inits)
+
+
+def tiny_encoder(vocab: int = 60, *, token_types: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """A BERT-shaped encoder: input_ids, attention_mask (, token_type_ids) [batch, sequence] ->
+    last_hidden_state [batch, sequence, 8] (one masked attention layer)."""
+    rng = np.random.default_rng(seed)
+    hidden = 8
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+    inits = [
+        w("embed", vocab, hidden),
+        w("wq", hidden, hidden),
+        w("wk", hidden, hidden),
+        w("wv", hidden, hidden),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
+        numpy_helper.from_array(np.array(-1e4, dtype=np.float32), "neg"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+    ]
+    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["tok"])]
+    if token_types:
+        inits.append(w("type_embed", 2, hidden))
+        nodes += [
+            helper.make_node("Gather", ["type_embed", "token_type_ids"], ["typ"]),
+            helper.make_node("Add", ["tok", "typ"], ["h"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["tok"], ["h"]))
+    nodes += [
+        helper.make_node("MatMul", ["h", "wq"], ["q"]),
+        helper.make_node("MatMul", ["h", "wk"], ["k"]),
+        helper.make_node("MatMul", ["h", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "axis1"], ["mask_3d"]),
+        helper.make_node("Sub", ["one_f", "mask_3d"], ["masked"]),
+        helper.make_node("Mul", ["masked", "neg"], ["bias"]),
+        helper.make_node("Add", ["scores", "bias"], ["scores_masked"]),
+        helper.make_node("Softmax", ["scores_masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["last_hidden_state"]),
+    ]
+    seq = ["batch_size", "sequence_length"]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, seq),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, seq),
+    ]
+    if token_types:
+        inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, seq))
+    outputs = [
+        helper.make_tensor_value_info(
+            "last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]
+        )
+    ]
+    return _model(nodes, inputs, outputs, inits)

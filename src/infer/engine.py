@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import selection
+from . import selection, sequence
 from ._switch import Sessions, Watch
 from .backends.base import Backend, Binding, Session
 from .batching import Batcher, Batching, BatchingStats
@@ -246,6 +246,16 @@ class Engine:
     @property
     def options(self) -> Options:
         return self._options
+
+    @property
+    def roles(self) -> sequence.Roles:
+        """What a sequence model's inputs and outputs are for (token ids, masks, a KV cache's
+        past/present pairs: `infer.sequence`); empty roles for other models."""
+        from .model import ModelFormat
+
+        if self._model.format is ModelFormat.ONNX:
+            return sequence.read(self._model)
+        return sequence.from_specs(self.inputs, self.outputs)
 
     @property
     def preprocess(self) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 The tools (`infer run | bench | compare | build`) and `infer.compare` share these so that the
 same seed gives the same feeds everywhere. Random values are uniform in [0, 1) for floating
-types, 0 or 1 for integers, and random for booleans; a dynamic dimension takes the size given
-for it (by input shape or by dimension name) and otherwise 1 (`resolve_shapes`), or the size a
-real run of that kind of model would give it (`representative_shapes`).
+types, 0 or 1 for integers, and random for booleans, except a sequence model's inputs that
+have a role (`infer.sequence`: token ids, masks, positions, a KV cache's past). A dynamic
+dimension takes the size given for it (by input shape or by dimension name) and otherwise 1
+(`resolve_shapes`), or the size a real run of that kind of model would give it
+(`representative_shapes`); one named by an expression of others takes their value.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from . import sequence
 from .errors import InputError
 from .model import Model, ModelFormat
+from .sequence import SEQUENCE, Phase, Roles
 from .tensors import Dim, TensorSpec, describe, describe_specs, dtype_info
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,8 @@ def representative_shapes(
     *,
     arrays: Mapping[str, np.ndarray] | None = None,
     model: Model | None = None,
+    roles: Roles | None = None,
+    phase: Phase | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """The input shapes of a run a user would really make, and a note for each size chosen.
 
@@ -101,10 +107,19 @@ def representative_shapes(
     of that kind takes: 1 for a batch (the first axis, or a dimension called batch/N), an
     image input's height and width from what its outputs say it is (`IMAGE_SIZES`), a
     sequence dimension `SEQUENCE`, and 1 where nothing says (noted, to set with --shape).
-    A named dimension gets one value across all inputs. Raises InputError as
+    A sequence model's dimensions follow `phase` (`infer.sequence.phases`; by default the
+    run it spends its life on: a decoder's decode step after a `SEQUENCE`-token context, an
+    encoder's pass over `SEQUENCE` tokens), its roles read from `model` unless given. A
+    named dimension gets one value across all inputs, and one named by an expression of
+    others ("past_sequence_length + sequence_length") their value. Raises InputError as
     `resolve_shapes` does.
     """
     given = {k: _opt(v) for k, v in (shapes or {}).items()}
+    if roles is None:
+        roles = roles_of(specs, model)
+    if phase is None:
+        phase = next(iter(sequence.phases(roles)), None)
+    by_phase = phase.sizes(roles) if phase is not None else {}
     meta_shapes, meta_sizes, meta_image, meta_key = _metadata(model, specs)
     outputs = model.outputs if model is not None and model.format is ModelFormat.ONNX else None
     images = {s.name: _image_axes(s) for s in specs}
@@ -114,6 +129,8 @@ def representative_shapes(
             return meta_shapes[spec.name][axis], f"from the model's metadata {spec.name!r}"
         if isinstance(dim, str) and dim in meta_sizes:
             return meta_sizes[dim], f"from the model's metadata {dim!r}"
+        if isinstance(dim, str) and dim in by_phase:
+            return by_phase[dim], f"a sequence model's {phase}"
         hw = images[spec.name]
         if hw is not None and axis in hw:
             if meta_image is not None:
@@ -130,8 +147,14 @@ def representative_shapes(
     return _fill(specs, given, arrays, fill)
 
 
-SEQUENCE = 128
-"""The length `representative_shapes` gives a sequence dimension (tokens, frames, time steps)."""
+def roles_of(specs: Sequence[TensorSpec], model: Model | None) -> Roles:
+    """A model's sequence roles: read from its graph where it is ONNX, else from the inputs'
+    names and shapes alone."""
+    if model is not None and model.format is ModelFormat.ONNX:
+        return sequence.read(model)
+    return sequence.from_specs(specs, ())
+
+
 IMAGE_SIZES = {"classifier": (224, 224), "detector": (640, 640), "text line": (48, 320)}
 """Height and width `representative_shapes` gives an image input with open ones, by what the
 model's outputs say it is: class scores ([N, C]) a classifier, a sequence of class scores
@@ -160,6 +183,7 @@ def _fill(
     arrays = dict(arrays or {})
     names = {s.name for s in specs}
     symbols = {d for s in specs for d in (s.shape or ()) if isinstance(d, str)}
+    symbols |= {n for d in symbols for n in sequence.symbols(d)}
     sizes: dict[str, int] = {}
     for spec in specs:
         if spec.name in arrays and spec.shape is not None:
@@ -185,6 +209,10 @@ def _fill(
             f"--shape {key}: no input or dimension is called {key!r}; the model's inputs are "
             f"{listing}"
         )
+    for d, size in list(sizes.items()):  # an expression's one unknown name, from its size
+        solved = sequence.solve(d, size, sizes)
+        if solved is not None:
+            sizes.setdefault(*solved)
     shapes: dict[str, tuple[int, ...]] = {}
     chosen: list[tuple[list[str], Dim, int, str]] = []  # (where, dim, size, why)
     noted: dict[str, int] = {}  # dimension name -> its entry in `chosen`
@@ -213,6 +241,18 @@ def _fill(
                 if d in noted:
                     chosen[noted[d]][0].append(f"{spec.name}[{axis}]")
                 continue
+            if sequence.is_expression(d):
+                assert isinstance(d, str)
+                for name in sorted(sequence.symbols(d) - set(sizes)):
+                    part, why = fill(spec, axis, name)
+                    sizes[name] = part
+                    noted[name] = len(chosen)
+                    chosen.append(([f"{spec.name}[{axis}]"], name, part, why))
+                computed = sequence.evaluate(d, sizes)
+                if computed is not None and computed >= 0:
+                    out.append(computed)
+                    sizes[d] = computed
+                    continue
             size, why = fill(spec, axis, d)
             out.append(size)
             if isinstance(d, str) and d:
@@ -370,8 +410,15 @@ def random_feeds(
     *,
     seed: int = 0,
     given: Mapping[str, np.ndarray] | None = None,
+    roles: Roles | None = None,
+    phase: Phase | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds for `specs`, in input order; inputs in `given` are taken as they are."""
+    """Seeded random feeds for `specs`, in input order; inputs in `given` are taken as they are.
+
+    With a sequence model's `roles`, the inputs that have one get what such a model sees
+    (`infer.sequence.feeds`: ids within the vocabulary, masks of ones, positions after the
+    past), the others random values as any model's.
+    """
     given = dict(given or {})
     unknown = sorted(set(given) - {s.name for s in specs})
     if unknown:
@@ -387,6 +434,9 @@ def random_feeds(
             out[spec.name] = given[spec.name]
         else:
             out[spec.name] = random_array(resolved[spec.name], spec.dtype, rng)
+    if roles is not None and roles.is_sequence:
+        made = sequence.feeds(roles, specs, resolved, rng, phase=phase)
+        out.update({k: v for k, v in made.items() if k not in given})
     return out
 
 
