@@ -95,7 +95,12 @@ def test_padding_plans_only_masked_encoders_whose_outputs_follow_the_length_by_n
         "position_ids": 1,
     }
     assert padding.trims == {"last_hidden_state": (1,), "pooled": ()}
-    assert padding.longest == ("position_ids", 64)
+    assert padding.longest == ("the position table 'position_ids' indexes", 64)
+    inside = plan(encoder(max_positions=40))  # positions made in the graph: Range -> Gather
+    assert inside is not None and inside.longest == ("the position table it indexes itself", 40)
+    assert sequence.read(encoder(max_positions=40)).max_positions == 40
+    assert sequence.read(encoder(positions=True)).max_positions is None  # an input: bounds
+    assert sequence.read(models.tiny_decoder()).max_positions is None
     assert plan(encoder(mask=False)) is None  # nothing hides the padding
     assert plan(models.tiny_decoder()) is None  # a KV cache: the decoder pads on its own
     unnamed = encoder()
@@ -237,6 +242,22 @@ def test_a_request_longer_than_the_position_table_fails_alone_with_input_error()
         for f, w in zip(futures, want):
             assert_same(f.result(timeout=30), w)
         assert e.batching_stats.failed == 0 and e.batching_stats.requests == 4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_request_longer_than_the_position_table_inside_the_graph_fails_alone(backend):
+    model = encoder(max_positions=24, token_types=True)
+    names = {i.name for i in model.graph.input}
+    good = [request(names, n, seed=n) for n in (5, 24, 13)]
+    want = alone(model, backend, good)
+    config = Batching(max_batch=16, max_delay_ms=50.0)
+    with infer.Engine.load(model, device="cpu", backend=backend, batching=config) as e:
+        futures = [e.submit(r) for r in good]
+        with pytest.raises(InputError, match=r"25 tokens; .* at most 24 \(the position table"):
+            e.run(request(names, 25, seed=0))
+        for f, w in zip(futures, want):
+            assert_same(f.result(timeout=30), w)
+        assert e.batching_stats.failed == 0
 
 
 def test_a_request_longer_than_a_fixed_length_fails_alone_with_input_error():

@@ -288,7 +288,7 @@ class Padding:
         self.axes = dict(axes)  # input -> its sequence axis
         self.fills = dict(fills)  # input -> pad value (None: positions, continued)
         self.bounds = dict(bounds)  # input -> rows of the table it indexes
-        self.longest = longest  # (positions input, rows of its table): the most tokens taken
+        self.longest = longest  # (what limits it, rows): the most tokens one request holds
         self.trims = dict(trims)  # output -> its sequence axes (none: pooled)
 
     @classmethod
@@ -343,14 +343,18 @@ class Padding:
                 elif not isinstance(d, int) and (d not in named or follows(d)):
                     return None  # a size nothing names: it might follow the length
             trims[spec.name] = tuple(along)
-        positions = roles.positions if roles.positions in axes else None
-        table = roles.bounds.get(positions) if positions else None
+        longest: tuple[str, int] | None = None
+        if roles.max_positions is not None:
+            longest = ("the position table it indexes itself", roles.max_positions)
+        table = roles.bounds.get(roles.positions) if roles.positions in axes else None
+        if table is not None and (longest is None or table < longest[1]):
+            longest = (f"the position table {roles.positions!r} indexes", table)
         return cls(
             roles.ids,
             axes,
             {k: v for k, v in fills.items() if k in axes},
             {k: v for k, v in roles.bounds.items() if k in axes},
-            (positions, table) if positions and table else None,
+            longest,
             trims,
         )
 
@@ -358,10 +362,10 @@ class Padding:
         """A request's length (its ids' sequence axis); InputError past what the model takes."""
         n = int(feeds[self.ids].shape[self.axes[self.ids]])
         if self.longest is not None and n > self.longest[1]:
-            name, rows = self.longest
+            what, rows = self.longest
             raise InputError(
-                f"input {self.ids!r} holds {n} tokens; this model takes at most {rows} (its "
-                f"position table, indexed by {name!r}, has {rows} rows): shorten the request"
+                f"input {self.ids!r} holds {n} tokens; this model takes at most {rows} "
+                f"({what} has {rows} rows): shorten the request"
             )
         return n
 
