@@ -335,3 +335,48 @@ def test_engine_roles():
     with infer.Engine.load(models.tiny_decoder(), device="cpu", choose="first") as engine:
         assert engine.roles.is_decoder
         assert engine.roles.ids == "input_ids"
+
+
+# -- the race ------------------------------------------------------------------------------------
+
+
+def test_the_race_times_a_decoder_s_decode_step_and_prefill():
+    import infer
+
+    # A position table of 128 rows: the race used to size every dim at 128 and index past it.
+    with infer.Engine.load(
+        models.tiny_decoder(positions=128), device="cpu", choose="measure"
+    ) as engine:
+        text = "\n".join(a.reason for a in engine.selection)
+        assert "could not run" not in text
+        assert "decode: 1 token after 127 (batch 1), deciding" in text
+        assert "prefill: a 128-token prompt (batch 1)" in text
+        assert "attention_mask 1x128" in text  # 127 past + 1 new
+        assert "ms prefill" in text
+
+
+def test_the_background_race_on_a_decoder_adds_its_decode_step(tmp_path, monkeypatch):
+    import infer
+    from infer import _switch
+
+    monkeypatch.setattr(_switch, "RACE_AFTER_S", 0.0)
+    with infer.Engine.load(models.tiny_decoder(), device="cpu", cache_dir=tmp_path) as engine:
+        prefill = sequence.phases(engine.roles)[1]
+        shapes, _ = representative_shapes(engine.inputs, model=engine.model, phase=prefill)
+        prompt = random_feeds(engine.inputs, shapes, roles=engine.roles)
+        for _ in range(_switch.MIN_RUNS + 1):
+            engine.run(prompt)
+        assert engine.settle(timeout=120)
+        chosen = next(a for a in engine.selection if a.verdict == "selected")
+        # The prompt the user ran is timed, and the decode step decides.
+        assert "decode: 1 token after 128 (batch 1), deciding" in chosen.reason
+        assert "the first feeds (input_ids 1x128" in chosen.reason
+
+
+def test_an_encoder_races_at_a_representative_length():
+    import infer
+
+    with infer.Engine.load(models.tiny_encoder(), device="cpu", choose="measure") as engine:
+        text = "\n".join(a.reason for a in engine.selection)
+        assert "encode: 128 tokens (batch 1)" in text
+        assert "input_ids 1x128" in text

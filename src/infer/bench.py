@@ -32,7 +32,7 @@ from .batching import Batching, BatchingStats
 from .device import Device, cpu
 from .engine import Engine
 from .errors import BackendUnavailable, InferError, OptionError, RuntimeFailure
-from .feeds import profile, random_feeds, representative_shapes
+from .feeds import profile, random_feeds, representative_shapes, roles_of
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import TensorSpec
@@ -376,7 +376,10 @@ def _bench_one(
                     _declared(model, engine), shapes, batch, given, model
                 )
                 notes += [f"{d}; set it with --shape" for d in dims]
-                feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
+                roles = roles_of(_declared(model, engine), model)
+                feeds = random_feeds(
+                    engine.inputs, feed_shapes, seed=seed, given=given, roles=roles
+                )
             except _NoBatch as e:
                 out.append(Measurement(batch=batch, error=_one_line(e), skipped=True, **common))
                 continue

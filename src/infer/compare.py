@@ -20,7 +20,7 @@ from . import selection
 from ._diff import ATOL, RTOL, OutputDiff, diff
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
-from .feeds import profile, random_feeds, resolve_shapes
+from .feeds import profile, random_feeds, resolve_shapes, roles_of
 from .model import Model, ModelFormat, ModelSource
 from .options import PRECISIONS, Options
 from .tensors import TensorSpec
@@ -170,6 +170,7 @@ def compare(
                         _shapes_for(declared, shapes, given),
                         seed=seed + i,
                         given=given,
+                        roles=roles_of(declared, source),
                     )
                     for i, given in enumerate(partial)
                 ]

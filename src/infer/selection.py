@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _race
+from . import _race, sequence
 from .backends import base
 from .backends.base import GRAPH, Backend, BackendInfo, Session
 from .cache import Cache, Key
@@ -32,7 +32,7 @@ from .errors import (
     OptionError,
     PrecisionError,
 )
-from .feeds import random_feeds, representative_shapes
+from .feeds import random_feeds, representative_shapes, roles_of
 from .model import Model
 from .options import Options
 
@@ -700,10 +700,10 @@ class Pending:
                     session, [attempts[r.label] for r in self.rows if r.label in attempts]
                 )
             try:
-                race_feeds = self._feeds(next(iter(compiled.values()))[2], feeds)
+                workloads = self._workloads(next(iter(compiled.values()))[2], feeds)
                 verdict = _race.run(
                     [_race.Candidate(label, str(d), s) for label, (_, d, s, _) in compiled.items()],
-                    race_feeds,
+                    workloads,
                     self.options.precision,
                     cancel=cancel,
                     versions={
@@ -754,15 +754,37 @@ class Pending:
         )
         return Chosen(session, [attempts[r.label] for r in self.rows if r.label in attempts])
 
-    def _feeds(self, session: Session, given: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    def _workloads(self, session: Session, given: Mapping[str, Any] | None) -> list[_race.Workload]:
+        """What the race times: the feeds given (the first real ones, or `example=`), else
+        seeded random feeds at the shapes a real run takes; a sequence model's phases each
+        (a decoder's decode step, deciding, then its prefill), named for the selection. A
+        decoder raced on given feeds is also timed on its decode step, which decides."""
+        given = given if given is not None else self.example
+        roles = roles_of(session.inputs, self.model)
+        phases = sequence.phases(roles)
         if given is not None:
-            return dict(given)
-        if self.example is not None:
-            return dict(self.example)
-        shapes, notes = representative_shapes(session.inputs, self.options.shapes, model=self.model)
-        for note in notes:
-            log.debug("race feeds: %s", note)
-        return random_feeds(session.inputs, shapes, seed=0)
+            named = f"the {'first' if self.example is None else 'example'} feeds"
+            workloads = [_race.Workload(named if phases else "", dict(given))]
+            if not roles.is_decoder:
+                return workloads
+            ids = given.get(roles.ids) if roles.ids is not None else None
+            batch = int(np.shape(ids)[0]) if ids is not None and np.ndim(ids) else 1
+            phases = sequence.phases(roles, batch=batch)[:1]
+        else:
+            workloads = []
+        made: list[_race.Workload] = []
+        each: list[sequence.Phase | None] = [*phases] or [None]
+        for phase in each:
+            shapes, notes = representative_shapes(
+                session.inputs, self.options.shapes, model=self.model, roles=roles, phase=phase
+            )
+            for note in notes:
+                log.debug("race feeds: %s", note)
+            feeds = random_feeds(session.inputs, shapes, seed=0, roles=roles, phase=phase)
+            if any(_same_shapes(feeds, w.feeds) for w in made):
+                continue  # --shape fixed what the phases would have changed
+            made.append(_race.Workload(str(phase) if phase else "", feeds))
+        return made + workloads
 
     def _attempts(
         self,
@@ -796,3 +818,7 @@ class Pending:
                 why = f"{e.describe()}; slower than {winner.label} ({winner.median_ms:.3g} ms)"
                 out.append(Attempt(e.label, e.device, "skipped", why, took))
         return out
+
+
+def _same_shapes(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(np.shape(a[k]) == np.shape(b[k]) for k in a)

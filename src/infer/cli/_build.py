@@ -13,7 +13,7 @@ from rich.text import Text
 from ..cache import Cache
 from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
-from ..feeds import parse_shape, random_feeds, resolve_shapes
+from ..feeds import parse_shape, random_feeds, representative_shapes
 from ._cache import Item, scan
 from ._common import (
     DeviceOpt,
@@ -158,8 +158,8 @@ def build_command(
             }
             start = time.perf_counter()
             try:
-                resolved, _ = resolve_shapes(engine.inputs, first)
-                engine.run(random_feeds(engine.inputs, resolved))
+                resolved, _ = representative_shapes(engine.inputs, first, model=engine.model)
+                engine.run(random_feeds(engine.inputs, resolved, roles=engine.roles))
             except InferError as e:  # built and cached all the same; random inputs may not suit
                 err().print(
                     Text(

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..engine import Engine
 from ..errors import InputError, OptionError
-from ..feeds import random_feeds, read_inputs, representative_shapes
+from ..feeds import random_feeds, read_inputs, representative_shapes, roles_of
 from ..model import ModelFormat
 from ..tensors import dtype_info
 from ._common import (
@@ -97,7 +97,9 @@ def run_command(
         # given shapes=) reports none.
         declared = source.inputs if onnx else engine.inputs
         resolved, notes = representative_shapes(declared, shapes, arrays=given, model=source)
-        feeds = random_feeds(engine.inputs, resolved, seed=seed, given=given)
+        feeds = random_feeds(
+            engine.inputs, resolved, seed=seed, given=given, roles=roles_of(declared, source)
+        )
         for note in notes:
             err().print(Text(f"note: dynamic dimension {note}; set it with --shape", style="dim"))
         start = time.perf_counter()
