@@ -103,7 +103,8 @@ class BatchingStats:
     rows: int
     """Rows those runs held."""
     full: int
-    """Runs that went because they were full (the others: max_delay ran out, or close())."""
+    """Runs that went because their group held max_batch rows (the others: max_delay ran out,
+    or close()); a run of padded requests may hold fewer of them."""
     failed: int
     """Requests answered with an error."""
     max_batch: int
