@@ -53,7 +53,8 @@ class Batching:
         this fraction of the run's real tokens (0.25: at most 1 padded token per 4 real
         ones; 0: only requests of one length share a run). Whatever it is, no request is
         padded past `pad_limit` (twice its length, or 8 tokens for shorter ones), nor past
-        what the model takes.
+        what the model takes. Padding relies on the model honouring its mask (transformers'
+        encoders do); for one that does not, set 0.
     """
 
     max_batch: int = 16
