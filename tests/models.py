@@ -362,3 +362,80 @@ def tiny_encoder(vocab: int = 60, *, token_types: bool = True, seed: int = 0) ->
         )
     ]
     return _model(nodes, inputs, outputs, inits)
+
+
+def _conv(rng, name: str, cin: int, cout: int, k: int) -> list[onnx.TensorProto]:
+    w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
+    b = (0.1 * rng.standard_normal(cout)).astype(np.float32)
+    return [numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")]
+
+
+def yolo(imgsz: int | None = 320, classes: int = 80, seed: int = 0) -> onnx.ModelProto:
+    """A YOLO-shaped detector, as Ultralytics exports one with dynamic=True.
+
+    images: float32[batch, 3, height, width] -> output0: float32[batch, 4 + classes, anchors]
+    (anchors = height/2 * width/2), metadata imgsz "[imgsz, imgsz]" (none for None). Like
+    YOLO's neck it upsamples a stride-4 map and concatenates it with the stride-2 one, so it
+    runs only at sizes divisible by 4 (not at 1x1).
+    """
+    rng = np.random.default_rng(seed)
+    heads = 4 + classes
+    nodes = [
+        helper.make_node("Conv", ["images", "c0.w", "c0.b"], ["c0"], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "c1.w", "c1.b"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Resize", ["r1", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Concat", ["r0", "up"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "head.w", "head.b"], ["head"]),
+        helper.make_node("Reshape", ["head", "flat"], ["raw"]),
+        helper.make_node("Sigmoid", ["raw"], ["output0"]),
+    ]
+    inits = [
+        *_conv(rng, "c0", 3, 8, 3),
+        *_conv(rng, "c1", 8, 8, 3),
+        *_conv(rng, "head", 16, heads, 1),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.array([0, heads, -1], np.int64), "flat"),
+    ]
+    model = _model(
+        nodes,
+        [
+            helper.make_tensor_value_info(
+                "images", TensorProto.FLOAT, ["batch", 3, "height", "width"]
+            )
+        ],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", heads, "anchors"])],
+        inits,
+        name="yolo",
+    )
+    if imgsz is not None:
+        helper.set_model_props(model, {"imgsz": f"[{imgsz}, {imgsz}]", "stride": "4"})
+    return model
+
+
+def text_recognizer(classes: int = 40, seed: int = 0) -> onnx.ModelProto:
+    """A CTC text-line recognizer shaped like PP-OCR's: x: float32[batch, 3, height, width]
+    -> probs: float32[batch, steps, classes] (steps = width/4, softmax over classes)."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("Conv", ["x", "c0.w", "c0.b"], ["c0"], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "c1.w", "c1.b"], ["c1"], pads=[1] * 4, strides=[2, 2]),
+        helper.make_node("ReduceMean", ["c1", "height_axis"], ["col"], keepdims=0),
+        helper.make_node("Transpose", ["col"], ["seq"], perm=[0, 2, 1]),
+        helper.make_node("Softmax", ["seq"], ["probs"], axis=-1),
+    ]
+    inits = [
+        *_conv(rng, "c0", 3, 8, 3),
+        *_conv(rng, "c1", 8, classes, 3),
+        numpy_helper.from_array(np.array([2], np.int64), "height_axis"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", "steps", classes])],
+        inits,
+        opset=18,
+        name="recognizer",
+    )

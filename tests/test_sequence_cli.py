@@ -61,3 +61,28 @@ def test_bench_and_build_run_a_decoder_with_no_shape(decoder, tmp_path):
     assert "could not run" not in r.stdout
     assert "decode: 1 token after 127" in r.stdout.replace("\n", " ")
     assert "checked: one run" in r.stdout
+
+
+def test_compare_a_decoder_at_its_decode_step(decoder, tmp_path):
+    r = infer_cli("compare", decoder, "-b", "onnxruntime,openvino", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    flat = " ".join(r.stdout.split())
+    assert "attention_mask: int64[1, 128]" in flat
+    assert "past_key_values.0.key: float32[1, 2, 127, 4]" in flat
+    assert "PASS" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+@pytest.mark.parametrize("command", ["run", "bench", "build", "compare"])
+def test_the_tools_take_an_export_with_no_shape(name, command, tmp_path):
+    from . import sequence_models as sm
+
+    extra = {
+        "run": ["--device", "cpu"],
+        "bench": ["--duration", "0.2", "-b", "onnxruntime,openvino"],
+        "build": ["--device", "cpu"],
+        "compare": ["-b", "onnxruntime,openvino"],
+    }[command]
+    r = infer_cli(command, sm.path(name), *extra, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "could not run" not in r.stdout + r.stderr

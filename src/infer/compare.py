@@ -20,9 +20,10 @@ from . import selection
 from ._diff import ATOL, RTOL, OutputDiff, diff
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
-from .feeds import profile, random_feeds, resolve_shapes, roles_of
+from .feeds import profile, random_feeds, representative_shapes, roles_of
 from .model import Model, ModelFormat, ModelSource
 from .options import PRECISIONS, Options
+from .sequence import Roles
 from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Comparison:
     feeds: tuple[tuple[str, tuple[int, ...], str], ...]  # (input, shape, dtype) of the first run
     runs: int
     skipped: tuple[selection.Attempt, ...] = ()  # backends here left out (default list), and why
+    notes: tuple[str, ...] = ()  # how each dynamic dimension of the random feeds was sized
 
     @property
     def passed(self) -> bool:
@@ -84,6 +86,7 @@ class Comparison:
                 {**vars(d), "shape": None if d.shape is None else list(d.shape)} for d in self.diffs
             ],
             "skipped": [a.to_dict() for a in self.skipped],
+            "notes": list(self.notes),
         }
 
 
@@ -112,8 +115,10 @@ def compare(
         on `device` here (`selection.preflight`); those that then fail to load it or to run
         the feeds are left out too, each with its reason in `Comparison.skipped`.
     feeds: one feed dict, or a list of them; inputs they leave out are random. Default:
-        `runs` seeded random feed sets (seeds seed, seed + 1, ...) shaped by `shapes` (see
-        `infer.feeds.resolve_shapes`), the same `infer run --seed` makes.
+        `runs` seeded random feed sets (seeds seed, seed + 1, ...), the same `infer run
+        --seed` makes: their dynamic dimensions sized by `shapes`, else as a real run would
+        size them (`infer.feeds.representative_shapes`: the model's metadata, else a size of
+        its kind), each size chosen noted in `Comparison.notes`.
     expected: known-good outputs (one dict per feed set) to compare every runner against,
         instead of the first runner.
     min_cosine, min_top1: extra pass criteria, for precisions where element-wise tolerances
@@ -140,6 +145,7 @@ def compare(
     runners: list[Runner] = []
     results: list[list[dict[str, Any]]] = []
     feed_sets: list[dict[str, np.ndarray]] | None = None
+    notes: list[str] = []
     partial: list[dict[str, Any]] = [{} for _ in range(runs)]
     if feeds is not None:
         partial = [dict(feeds)] if isinstance(feeds, Mapping) else [dict(f) for f in feeds]
@@ -164,15 +170,12 @@ def compare(
                 # Dimension names are the ONNX model's (a backend that compiled static shapes
                 # reports none).
                 declared = source.inputs if source.format is ModelFormat.ONNX else engine.inputs
+                roles = roles_of(declared, source)
+                sized = [_shapes_for(declared, shapes, given, source, roles) for given in partial]
+                notes = sized[0][1]
                 feed_sets = [
-                    random_feeds(
-                        engine.inputs,
-                        _shapes_for(declared, shapes, given),
-                        seed=seed + i,
-                        given=given,
-                        roles=roles_of(declared, source),
-                    )
-                    for i, given in enumerate(partial)
+                    random_feeds(engine.inputs, resolved, seed=seed + i, given=given, roles=roles)
+                    for i, ((resolved, _), given) in enumerate(zip(sized, partial))
                 ]
             start = time.perf_counter()
             try:
@@ -182,7 +185,10 @@ def compare(
             except InferError as e:
                 if not every:
                     raise
-                why = f"could not run the feeds: {e}"
+                at = ", ".join(
+                    f"{n} {'x'.join(map(str, np.shape(a)))}" for n, a in feed_sets[0].items()
+                )
+                why = f"could not run the feeds ({at}): {e}"
                 skipped.append(selection.Attempt(label, str(engine.device), "failed", why))
                 continue
             run_s = (time.perf_counter() - start) / len(feed_sets)
@@ -238,6 +244,7 @@ def compare(
         feeds=tuple((n, tuple(np.shape(a)), str(np.asarray(a).dtype)) for n, a in first.items()),
         runs=len(feed_sets),
         skipped=tuple(skipped),
+        notes=tuple(notes),
     )
 
 
@@ -282,10 +289,16 @@ def _engine(
 
 
 def _shapes_for(
-    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None, given: Mapping[str, Any]
-) -> dict[str, tuple[int, ...]]:
-    """Every input's shape for one feed set: `given` arrays as they are, the rest by `shapes`."""
-    return resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in given.items()})[0]
+    specs: Sequence[TensorSpec],
+    shapes: Mapping[str, Any] | None,
+    given: Mapping[str, Any],
+    model: Model,
+    roles: Roles | None = None,
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Every input's shape for one feed set, and a note for each size chosen: `given` arrays
+    as they are, the rest by `shapes`, else as `run` and `bench` size them."""
+    arrays = {k: np.asarray(v) for k, v in given.items()}
+    return representative_shapes(specs, shapes, arrays=arrays, model=model, roles=roles)
 
 
 def _profile(
@@ -296,7 +309,7 @@ def _profile(
         return None
     specs = model.inputs
     try:
-        sets = [_shapes_for(specs, shapes, p) for p in partial]
+        sets = [_shapes_for(specs, shapes, p, model)[0] for p in partial]
     except InferError:
         return None  # the feeds will fail with the reason when they are made
     return profile(sets) or None

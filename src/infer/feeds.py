@@ -155,11 +155,17 @@ def roles_of(specs: Sequence[TensorSpec], model: Model | None) -> Roles:
     return sequence.from_specs(specs, ())
 
 
-IMAGE_SIZES = {"classifier": (224, 224), "detector": (640, 640), "text line": (48, 320)}
+IMAGE_SIZES = {
+    "classifier": (224, 224),
+    "detector": (640, 640),
+    "text line": (48, 320),
+    "text direction": (48, 192),
+}
 """Height and width `representative_shapes` gives an image input with open ones, by what the
-model's outputs say it is: class scores ([N, C]) a classifier, a sequence of class scores
-([N, T, C], as CTC text recognizers give) a text-line recognizer, else a detector (maps,
-boxes)."""
+model's outputs say it is: class scores ([N, C]) a classifier, two of them ([N, 2]) a text
+line's direction classifier (0 or 180 degrees, as PP-OCR's cls, which takes 48x192 lines), a
+sequence of class scores ([N, T, C], as CTC text recognizers give) a text-line recognizer,
+else a detector (maps, boxes)."""
 
 _BATCH_WORDS = frozenset({"batch", "batchsize", "bs", "n", "b"})
 _SEQUENCE_WORDS = frozenset(
@@ -308,8 +314,14 @@ def _image_size(
         and not isinstance(o.shape[1], int)
         for o in outputs or ()
     )
+    two_way = bool(outputs) and all(
+        o.shape is not None and len(o.shape) == 2 and o.shape[1] == 2 for o in outputs or ()
+    )
     if outputs is None:
         why += " (the outputs are not known)"
+    elif two_way:
+        kind = "text direction"
+        why = "a text line's direction classifier's (it outputs two classes: 0 or 180 degrees)"
     elif sequence:
         kind, why = "text line", "a text-line recognizer's (it outputs a sequence of scores)"
     elif ranks and max(ranks) > 2:
@@ -353,6 +365,41 @@ def _metadata(
             image = (values[0], values[-1])
             image_key = key
     return shapes, sizes, image, image_key
+
+
+IMAGE_SIZE_KEYS = _IMAGE_KEYS
+"""Metadata keys `representative_shapes` reads an image size from ("imgsz": "[640, 640]")."""
+
+
+def metadata_image_size(
+    model: Model, spec: TensorSpec, axes: tuple[int, int]
+) -> tuple[tuple[int, int], str] | None:
+    """(height, width) of image input `spec` (`axes`: its height and width axes) where the
+    model says, as `representative_shapes` reads it: a fixed size, else the model's metadata
+    (the input's whole shape, a dimension's name, an image size key such as "imgsz"); and
+    the keys that said. None where neither says for both."""
+    shapes, sizes, image, image_key = _metadata(model, model.inputs)
+    shape = spec.shape or ()
+    if len(shape) <= max(axes):
+        return None
+    hw: list[int] = []
+    keys: list[str] = []
+    for i, axis in enumerate(axes):
+        dim = shape[axis]
+        if isinstance(dim, int):
+            hw.append(dim)
+        elif spec.name in shapes:
+            hw.append(shapes[spec.name][axis])
+            keys.append(spec.name)
+        elif isinstance(dim, str) and dim in sizes:
+            hw.append(sizes[dim])
+            keys.append(dim)
+        elif image is not None:
+            hw.append(image[i])
+            keys.append(image_key)
+        else:
+            return None
+    return (hw[0], hw[1]), ", ".join(repr(k) for k in dict.fromkeys(keys))
 
 
 def profile(shape_sets: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
@@ -507,13 +554,15 @@ def read_samples(
     shapes: ShapeArg | None = None,
     *,
     limit: int | None = None,
+    model: Model | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Feeds from a folder, one per file, in name order (for calibration).
 
     `.npz` files hold one array per input name; a `.npy` file is the one input of a
-    single-input model; images (with Pillow) are resized to that input's height and width,
-    scaled to [0, 1] and laid out NCHW or NHWC as its shape says (3 channels). A sample one
-    dimension short of the input's rank gets a batch dimension of 1.
+    single-input model; images (with Pillow) are resized to the height and width a run of
+    `model` takes (`sample_image_size`: `shapes`, else the model's metadata or a size of its
+    kind), scaled to [0, 1] and laid out NCHW or NHWC as its shape says (3 channels). A
+    sample one dimension short of the input's rank gets a batch dimension of 1.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -529,6 +578,7 @@ def read_samples(
         files = files[:limit]
     by_name = {s.name: s for s in specs}
     single = specs[0] if len(specs) == 1 else None
+    size: tuple[int, int] | None = None
     out = []
     for path in files:
         suffix = path.suffix.lower()
@@ -549,7 +599,13 @@ def read_samples(
         elif suffix == ".npy":
             feeds = {single.name: _read_array(path, single.name)}
         else:
-            feeds = {single.name: _read_image(path, single, shapes)}
+            _check_image(path, single)
+            if size is None:
+                found = sample_image_size(specs, shapes, model=model)
+                assert found is not None  # one image input, checked above
+                size, why = found
+                log.info("images in %s are resized to %dx%d: %s", root, *size, why)
+            feeds = {single.name: _read_image(path, single, size)}
         out.append({n: _batched(a, by_name[n]) for n, a in feeds.items()})
     return out
 
@@ -560,34 +616,64 @@ def _batched(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return arr
 
 
-def _read_image(path: Path, spec: TensorSpec, shapes: ShapeArg | None) -> np.ndarray:
+def sample_image_size(
+    specs: Sequence[TensorSpec], shapes: ShapeArg | None = None, *, model: Model | None = None
+) -> tuple[tuple[int, int], str] | None:
+    """(height, width) `read_samples` resizes images to, and why; None unless the model takes
+    one NCHW or NHWC image with 3 channels.
+
+    The size is the one `run` and `bench` use (`representative_shapes`): `shapes` where they
+    say, else the input's fixed size, else the model's metadata (such as "imgsz"), else a
+    size of its kind.
+    """
+    if len(specs) != 1 or not _is_image(specs[0]):
+        return None
+    spec = specs[0]
+    axes = (2, 3) if (spec.shape or ())[1] == 3 else (1, 2)
+    resolved, notes = representative_shapes(specs, shapes, model=model)
+    h, w = (resolved[spec.name][a] for a in axes)
+    whys = []
+    for axis in axes:
+        for note in notes:
+            where, _, why = note.partition(" = ")
+            if f"{spec.name}[{axis}]" in where.split(" (")[0].split(", "):
+                whys.append(why.partition(": ")[2])
+    open_axes = [a for a in axes if not isinstance((spec.shape or ())[a], int)]
+    if whys:
+        why = "; ".join(dict.fromkeys(whys))
+    elif not open_axes:
+        why = "the model's input size"
+    else:
+        why = "the shape given" if shapes else "as a run of the model is sized"
+    return (h, w), why
+
+
+def _is_image(spec: TensorSpec) -> bool:
+    shape = spec.shape
+    return shape is not None and len(shape) == 4 and 3 in (shape[1], shape[3])
+
+
+def _check_image(path: Path, spec: TensorSpec) -> None:
+    if not _is_image(spec):
+        raise InputError(
+            f"image {str(path)!r}: input {spec.name!r} is {describe(spec.shape, spec.dtype)}, "
+            "not an NCHW or NHWC image with 3 channels; give .npy files instead"
+        )
+
+
+def _read_image(path: Path, spec: TensorSpec, size: tuple[int, int]) -> np.ndarray:
+    """The image at `path` as `spec` takes it: RGB, resized to `size` (height, width), [0, 1]."""
     try:
         from PIL import Image
     except ImportError:
         raise InputError(
             f"reading image {str(path)!r} needs Pillow: pip install pillow (or give .npy files)"
         ) from None
-    shape = spec.shape
-    if shape is None or len(shape) != 4 or 3 not in (shape[1], shape[3]):
-        raise InputError(
-            f"image {str(path)!r}: input {spec.name!r} is {describe(spec.shape, spec.dtype)}, "
-            "not an NCHW or NHWC image with 3 channels; give .npy files instead"
-        )
-    nchw = shape[1] == 3
-    size = dict(shapes or {}).get(spec.name)
-    if size is not None:  # the whole shape of this input: its height and width are read from it
-        size = (size,) if isinstance(size, int) else tuple(size)
-        _check_against(spec, size)
-    h: Dim
-    w: Dim
-    h, w = (size[2], size[3]) if size and nchw else (size[1], size[2]) if size else (None, None)
-    h = h if h is not None else shape[2] if nchw else shape[1]
-    w = w if w is not None else shape[3] if nchw else shape[2]
+    nchw = (spec.shape or ())[1] == 3
+    h, w = size
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if isinstance(h, int) and isinstance(w, int):
-                im = im.resize((w, h))
+            im = im.convert("RGB").resize((w, h))
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except OSError as e:
         raise InputError(f"image {str(path)!r} cannot be read: {e}") from e

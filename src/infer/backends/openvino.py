@@ -494,11 +494,20 @@ def _reshape(ov: Any, ov_model: Any, shapes: Mapping[str, Any], model: Model) ->
                 f"shapes[{name!r}] must be a shape such as (1, 3, 224, 224) or a (min, opt, max) "
                 f"triple of shapes, got {spec!r} ({e})"
             ) from e
+    for port, shape in new.items():
+        declared = port.get_partial_shape()
+        if not shape.compatible(declared):
+            raise OptionError(
+                f"shapes: OpenVINO cannot reshape {model!r} to {dict(shapes)}: input "
+                f"{port.get_any_name()!r} is {declared}, which {shape} does not fit"
+            )
     try:
         ov_model.reshape(new)
     except Exception as e:
-        raise OptionError(
-            f"shapes: OpenVINO cannot reshape {model!r} to {dict(shapes)}: {_message(e)}"
+        # Shapes that fit the inputs, but a node of the model cannot take them (a Concat of
+        # maps that no longer match): the model, not the option, fails at these shapes.
+        raise CompileError(
+            f"OpenVINO cannot reshape {model!r} to {dict(shapes)}: {_message(e)}"
         ) from e
     return {p.get_any_name(): str(p.get_partial_shape()) for p in ov_model.inputs}
 

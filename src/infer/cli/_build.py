@@ -118,7 +118,7 @@ def build_command(
             for k, v in shapes.items()
         }
         samples = int8.calibration_for(source, name, opt)
-        err().print(int8.describe(samples))
+        err().print(int8.describe(samples, source, opt))
     cache = Cache()
     before = {i.path: i for i in scan(cache)}
     start = time.perf_counter()

@@ -189,7 +189,7 @@ def _int8_runners(
         )
     calib = int8.calibration_for(source, name, shapes_of(shape))
     assert calib is not None
-    err().print(int8.describe(calib))
+    err().print(int8.describe(calib, source, shapes_of(shape)))
     loaded: dict[int, Engine] = {}
     try:
         for i, backend, prec in wanted:
@@ -210,6 +210,8 @@ def render(c: Comparison, name: str) -> None:
     console.print(
         Text(f"{name}", style="bold") + Text(f"  ({feeds}; {c.runs} run(s))", style="dim")
     )
+    for n in c.notes:
+        console.print(Text(f"note: {n}; set it with --shape", style="dim"))
     runners = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
     for col in ("", "backend", "ran as", "precision", "load", "run"):
         runners.add_column(col, justify="right" if col in ("load", "run") else "left")
