@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import infer
 from infer import Batching, InputError, OptionError, batching, sequence
 from infer.batching import Padding, fit, pad_limit
 
-from . import models
+from . import models, sequence_models
 from .encoder_models import encoder
 
 BACKENDS = ["onnxruntime", "openvino", "reference"]
@@ -312,24 +311,23 @@ def test_stats_since_counts_the_tokens_and_padding_in_between():
 
 # -- the committed optimum export of BERT -------------------------------------------------------
 
-BERT = Path(__file__).resolve().parent / "data" / "sequence" / "bert.onnx"
-needs_bert = pytest.mark.skipif(
-    not BERT.is_file(), reason="tests/data/sequence/bert.onnx (the committed exports) is not here"
-)
+BERT = sequence_models.path("bert")
 
 
-@needs_bert
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_optimums_bert_export_pads_exactly_and_refuses_more_than_its_positions(backend):
     names = {"input_ids", "attention_mask", "token_type_ids"}
-    requests = [request(names, n, 1 + i % 2, seed=i, vocab=512) for i, n in enumerate(LENGTHS)]
+    requests = [
+        request(names, n, 1 + i % 2, seed=i, vocab=sequence_models.VOCAB)
+        for i, n in enumerate(LENGTHS)
+    ]
     want = alone(BERT, backend, requests)
     config = Batching(max_batch=64, max_delay_ms=100.0)
     with infer.Engine.load(BERT, device="cpu", backend=backend, batching=config) as engine:
         assert engine._batcher.padding.longest[1] == 256  # max_position_embeddings
         futures = [engine.submit(r) for r in requests]
         with pytest.raises(InputError, match=r"257 tokens; .* at most 256"):
-            engine.run(request(names, 257, seed=0, vocab=512))
+            engine.run(request(names, 257, seed=0, vocab=sequence_models.VOCAB))
         got = [f.result(timeout=120) for f in futures]
         stats = engine.batching_stats
     for g, w in zip(got, want):
