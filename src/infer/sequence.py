@@ -527,11 +527,20 @@ def _position_rows(graph: onnx.GraphProto) -> int | None:
     consts = _onnx.constants(graph)
     producers = {o: n for n in graph.node for o in n.output}
 
-    def scalar(name: str) -> int | None:
+    def small(name: str, most: int) -> np.ndarray | None:  # an inline constant's values
         tensor = consts.get(name)
-        if tensor is None or int(np.prod(tensor.dims)) != 1:
+        if (
+            tensor is None
+            or tensor.data_location == onnx.TensorProto.EXTERNAL
+            or int(np.prod(tensor.dims)) > most
+            or np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).kind not in "iu"
+        ):
             return None
-        return int(onnx.numpy_helper.to_array(tensor).reshape(()))
+        return onnx.numpy_helper.to_array(tensor)
+
+    def scalar(name: str) -> int | None:
+        value = small(name, 1)
+        return int(value.reshape(())) if value is not None and value.size == 1 else None
 
     def counts(value: str) -> float | None:
         """How far 0, 1, ... `value` holds can go (inf: a Range); None: not such a count."""
@@ -545,11 +554,12 @@ def _position_rows(graph: onnx.GraphProto) -> int | None:
             if node.op_type == "Range" and len(node.input) == 3:
                 ok = scalar(node.input[0]) == 0 and scalar(node.input[2]) == 1
                 return float("inf") if ok else None
-            if node.op_type == "Slice" and len(node.input) >= 3 and node.input[0] in consts:
-                data = onnx.numpy_helper.to_array(consts[node.input[0]])
+            if node.op_type == "Slice" and len(node.input) >= 3:
+                data = small(node.input[0], 1 << 20)
                 steps = node.input[4] if len(node.input) > 4 and node.input[4] else None
                 if (
-                    data.size
+                    data is not None
+                    and data.size
                     and np.array_equal(data.reshape(-1), np.arange(data.size))
                     and scalar(node.input[1]) == 0
                     and (steps is None or scalar(steps) == 1)
