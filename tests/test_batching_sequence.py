@@ -296,7 +296,7 @@ def test_close_with_ragged_requests_queued_finishes_each(backend):
 def test_stats_since_counts_the_tokens_and_padding_in_between():
     model = encoder()
     names = {"input_ids", "attention_mask"}
-    config = Batching(max_batch=16, max_delay_ms=30.0)
+    config = Batching(max_batch=16, max_delay_ms=200.0)
     with infer.Engine.load(model, device="cpu", backend="onnxruntime", batching=config) as e:
         e.run(request(names, 10, seed=0))
         before = e.batching_stats
