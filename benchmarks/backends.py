@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
-from tests import models  # noqa: E402
+from tests import models, sequence_models  # noqa: E402
 from tests.conftest import wheel_model  # noqa: E402
 
 import infer  # noqa: E402
@@ -94,6 +94,24 @@ MODELS: dict[str, tuple[str, Callable[[], Any], dict, dict]] = {
             "sr": np.array(16000, np.int64),
         },
     ),
+    # Sequence models (tests/data/sequence: optimum exports, random weights, 2 layers, hidden 64),
+    # timed where they spend their life: a decoder's decode step after 128 tokens, an encoder
+    # at 128 tokens.
+    "llama": (
+        "Llama decoder (GQA, RoPE), decode step at 128",
+        lambda: sequence_models.path("llama"),
+        {},
+        {},
+    ),
+    "gpt2": ("GPT-2 decoder, decode step at 128", lambda: sequence_models.path("gpt2"), {}, {}),
+    "bert": ("BERT encoder, 128 tokens", lambda: sequence_models.path("bert"), {}, {}),
+    "bert_int8w": (
+        "BERT, int8 weights dequantized in the graph, 128 tokens",
+        lambda: sequence_models.path("bert_int8w"),
+        {},
+        {},
+    ),
+    "t5_encoder": ("T5 encoder, 128 tokens", lambda: sequence_models.path("t5_encoder"), {}, {}),
 }
 MODES = ("first", "background", "measure")
 ROUNDS = 9

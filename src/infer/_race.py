@@ -38,10 +38,6 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2, "int8": 5e-2}
 """How far a candidate's output may be from the reference's, relative to that output's largest
 magnitude: float rounding across runtimes stays far below; a different answer does not."""
 
-SCALE_FLOOR = 1e-2
-"""The least scale an output's differences are measured against: an output that is all but
-zero (a detector's map of near-zero probabilities on inputs without objects) is judged in
-absolute terms, where float rounding is of the size of the numbers themselves."""
 
 ROUNDS = 3
 """Timed blocks per candidate, taken round-robin."""
@@ -263,8 +259,8 @@ def block(
 
 def agreement(want: Mapping[str, Any], got: Mapping[str, Any]) -> tuple[float, str]:
     """(worst relative difference over the outputs, the output it is on). Relative to each
-    output's largest finite magnitude (at least SCALE_FLOOR); inf where shapes, integer
-    values or NaNs differ."""
+    output's largest finite magnitude, at least `_diff.SCALE_FLOOR` (`OutputDiff.max_rel`); inf
+    where shapes, integer values or NaNs differ."""
     worst, where = 0.0, ""
     for name, reference in want.items():
         value = got.get(name)
@@ -275,10 +271,7 @@ def agreement(want: Mapping[str, Any], got: Mapping[str, Any]) -> tuple[float, s
             elif d.note or reference.dtype.kind in "biuO":  # shapes, NaNs or exact values differ
                 relative = float("inf")
             else:  # floats, ml_dtypes' included: relative to the output's largest magnitude
-                magnitude = np.abs(reference.astype(np.float64))
-                finite = magnitude[np.isfinite(magnitude)]
-                scale = max(float(finite.max()) if finite.size else 0.0, SCALE_FLOOR)
-                relative = d.max_abs / scale
+                relative = d.max_rel
         else:
             relative = 0.0 if _same(reference, value) else float("inf")
         if relative > worst or not where:

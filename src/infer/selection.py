@@ -34,7 +34,7 @@ from .errors import (
 )
 from .feeds import random_feeds, representative_shapes, roles_of
 from .model import Model
-from .options import Options
+from .options import PRECISIONS, Options
 
 log = logging.getLogger(__name__)
 
@@ -249,19 +249,25 @@ def select(
     options: Options,
     backend: str | Sequence[str] | None = None,
     transform: Callable[[Model, Backend, Device, str | None], Model] | None = None,
+    *,
+    listed: bool | None = None,
 ) -> tuple[Session, list[Attempt]]:
     """Try each candidate in order; return the first session that compiles and every verdict.
 
     `transform(model, backend, device, variant)` gives the model a backend should compile (the
     precision transform, applied once and shared); None compiles `model` as it is.
     With a single `backend` named, its failure is raised instead of falling back.
+    `listed`: whether the caller named `backend` (default: whenever it is given); False for
+    rows infer restricts itself to.
     """
     rows = candidates(request, None if backend == FASTEST else backend)
     forced = isinstance(backend, str)
+    if listed is None:
+        listed = backend is not None and backend != FASTEST
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
-        device, verdict = check(row, model, request, options, named=forced)
+        device, verdict = check(row, model, request, options, named=forced, listed=listed)
         if verdict is not None:
             attempts.append(verdict)
             continue
@@ -290,11 +296,19 @@ def select(
             f"no backend runs int8 {model!r} within its budget on {request}:\n{_explain(attempts)}",
             last_error.report,
         ) from last_error
+    slow = [_last_resort(row, options, listed) for row in rows]
+    if any(why and a.reason == why for why, a in zip(slow, attempts)):
+        raise PrecisionError(_no_fast_precision(model, request, options, rows, attempts))
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
 
 def check(
-    row: Choice, model: Model, request: Device, options: Options, named: bool = False
+    row: Choice,
+    model: Model,
+    request: Device,
+    options: Options,
+    named: bool = False,
+    listed: bool = False,
 ) -> tuple[Device | None, Attempt | None]:
     """The checks `select` makes on a row before compiling, without compiling anything.
 
@@ -302,6 +316,8 @@ def check(
     the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
     which backends could take a model. `named`: the caller named this backend alone, so a
     known wrong answer (`Backend.miscomputes`) is a warning rather than a reason to skip it.
+    `listed`: the caller named the rows to try (this one alone or among others), so a last
+    resort runs a lowered precision (`_last_resort`).
     """
     b = base.get(row.backend)
     info = b.probe()
@@ -316,12 +332,68 @@ def check(
         # A backend that does not read the model's format is passed over, not fallen back from.
         verdict = "unsupported" if model.format in b.formats else "skipped"
         return device, Attempt(row.label, str(device), verdict, why)
+    slow = _last_resort(row, options, named or listed)
+    if slow:
+        return device, Attempt(row.label, str(device), "skipped", slow)
     wrong = b.miscomputes(model, device, options, row.variant)
     if wrong and not named:
         return device, Attempt(row.label, str(device), "skipped", f"answers wrongly: {wrong}")
     if wrong:
         log.warning("%s on %s, as named, answers this model wrongly: %s", row.label, device, wrong)
     return device, None
+
+
+def _last_resort(row: Choice, options: Options, named: bool) -> str:
+    """Why a last-resort row (too slow to race) is passed over for a lowered precision ("" when
+    it is not): fp16, bf16 and int8 are asked for speed, which the slowest backend cannot give,
+    so it runs them only when the caller names it."""
+    if row.race or named or options.precision == "fp32":
+        return ""
+    return (
+        f"the slowest backend, a last resort at fp32: {options.precision} is asked for speed, "
+        f"so it runs {options.precision} only when named (backend={row.label!r})"
+    )
+
+
+def _no_fast_precision(
+    model: Model,
+    request: Device,
+    options: Options,
+    rows: Sequence[Choice],
+    attempts: Sequence[Attempt],
+) -> str:
+    """Why no backend here runs `options.precision` fast, and what would: the precisions the
+    fast rows here take this model at, the devices whose rows run it, and the last resort."""
+    precision = options.precision
+    here: dict[str, list[str]] = {}
+    for p in PRECISIONS:
+        if p == precision:
+            continue
+        other = replace(options, precision=p, calibration=None)
+        for row in rows:
+            if row.race and check(row, model, request, other)[1] is None:
+                here.setdefault(p, []).append(row.label)
+    elsewhere = []
+    for kind, choices in TABLE.items():
+        if kind in (request.kind, "auto"):
+            continue
+        names = [
+            r.backend
+            for r in choices
+            if r.race
+            and model.format in base.get(r.backend).formats
+            and precision in base.get(r.backend).precisions(Device(kind), r.variant)
+        ]
+        if names:
+            elsewhere.append(f"{kind} ({', '.join(dict.fromkeys(names))})")
+    offers = [f"{p} ({', '.join(labels)})" for p, labels in here.items()]
+    last = next((r.label for r in rows if not r.race), None)
+    return (
+        f"no fast backend here runs {precision} {model!r} on {request}:\n{_explain(attempts)}\n"
+        + (f"Run it at {' or '.join(offers)} here" if offers else "No fast backend takes it here")
+        + (f", or on a device that runs {precision}: {', '.join(elsewhere)}" if elsewhere else "")
+        + (f"; backend={last!r} runs {precision} all the same, slowly." if last else ".")
+    )
 
 
 def _compile(
@@ -369,7 +441,8 @@ def preflight(
     compiling), on the device they would get.
 
     request: a device ("auto", "cpu", ...: the rows `select` would try, restricted to
-    `backend` as `candidates` does), or None for every row of every device kind, each on its
+    `backend` as `candidates` does; one backend named is taken as `select` takes it, a known
+    wrong answer no reason to leave it out), or None for every row of every device kind, each on its
     own kind (what `infer inspect` lists).
     """
     options = options or Options()
@@ -384,7 +457,9 @@ def preflight(
         pairs = [(row, wanted) for row in candidates(wanted, backend)]
     out = []
     for row, where in pairs:
-        device, verdict = check(row, model, where, options)
+        device, verdict = check(
+            row, model, where, options, named=isinstance(backend, str), listed=backend is not None
+        )
         if verdict is None:
             assert device is not None
             verdict = _ops_verdict(row, model, device) if ops else None
@@ -554,7 +629,7 @@ def choose(
                 )
     quick = [r.label for r in rows if r.label not in deferred] if deferred else None
     try:
-        session, attempts = select(model, request, options, quick, transform)
+        session, attempts = select(model, request, options, quick, transform, listed=False)
     except BackendUnavailable:
         if not deferred:
             raise
@@ -569,6 +644,19 @@ def choose(
 
 
 Transform = Callable[[Model, Backend, Device, "str | None"], Model]
+
+
+def raced(request: Device) -> list[str]:
+    """The labels of the rows the measured choice times for `request`, in table order."""
+    return [r.label for r in TABLE[request.kind] if r.race]
+
+
+def cached_verdict(model: Model, request: Device, options: Options) -> _race.Verdict | None:
+    """The race `choose` would read for `model` on `request` with these options (its winner is
+    what a load with no backend named compiles), without compiling anything; None: no race is
+    cached, and the next such load races."""
+    pending = Pending(model, request, options, None)
+    return _race.read(pending.cache, pending.key)
 
 
 class Pending:

@@ -135,6 +135,9 @@ class OnnxRuntimeBackend(Backend):
     def precisions(self, device: Device, variant: str | None = None) -> Mapping[str, str]:
         variant = variant or "cpu"
         if variant == "cpu":
+            # No fp16: the CPU provider takes an fp16 graph but casts its nodes back to float
+            # (InsertCastTransformer; measured with 1.32 on a 4-conv CNN: one Cast left after
+            # optimization, fp32's latency), which is fp32 with fp16-rounded weights.
             return {"fp32": NATIVE, "int8": GRAPH}
         if variant in ("cuda", "tensorrt"):
             return {"fp32": NATIVE, "fp16": GRAPH, "int8": GRAPH}

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from .. import demo
+from .. import _race, demo
 from ..batching import Batching
 from ..bench import BenchReport, benchmark
 from ..errors import OptionError
@@ -227,11 +227,19 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         )
         for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s"):
             table.add_column(col, justify="right")
+        # A column only where a row disagrees: rows that agree need no mark (a note says so).
+        compared = any(m.agrees is False for m in ok)
+        bases = {m.batch: m.baseline for m in ok if m.baseline}
+        if compared:
+            table.add_column("outputs", no_wrap=True)
         best = {b: r.best(b) for b in r.batches}
         for m in ok:
             name = m.backend + (" *" if m.backend == r.auto else "")
             style = "bold green" if best.get(m.batch) is m and len(ok) > 1 else None
+            if m.agrees is False:
+                style = "yellow"
             lat = m.latency
+            extra = [_agreement(m, bases)] if compared else []
             table.add_row(
                 name,
                 str(m.batch),
@@ -241,6 +249,7 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
                 fmt_ms(lat.p99 if lat else None),
                 fmt_ms(lat.mean if lat else None),
                 f"{m.throughput:,.1f}" if m.throughput is not None else "-",
+                *extra,
                 style=style,
             )
         console.print()
@@ -291,7 +300,20 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             console.print(counters)
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
-            notes.append(f"* what device={r.device!r} picks with no backend named")
+            notes.append(f"* what device={r.device!r} picks with no backend named: {r.auto_from}")
+        elif r.auto:
+            notes.append(
+                f"device={r.device!r} with no backend named picks {r.auto} ({r.auto_from}), "
+                "not timed here"
+            )
+        if bases:
+            base = next(iter(bases.values()))
+            tolerance = _race.TOLERANCE.get(r.precision, _race.TOLERANCE["fp32"])
+            verdict = "each row's" if compared else "every row's agree"
+            notes.append(
+                f"outputs: {verdict} against {base}'s on the same feeds, as the race judges "
+                f"them (within {tolerance:g} of each output's largest magnitude)"
+            )
         if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
         elif len(ok) > 1:  # no colours to show it: say it in words
@@ -306,7 +328,8 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         for m in failed:
             style = "dim" if m.skipped else "red"
             console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style=style))
-    shown = [s for s in r.skipped if named or s.verdict == "unsupported"]
+    # A row passed over (it cannot take the model, or answers it wrongly) is here: say why.
+    shown = [s for s in r.skipped if named or s.verdict != "unavailable"]
     for s in shown:
         console.print(Text(f"– {s.backend} on {s.device}: {s.reason}", style="dim"))
     absent = [s.backend for s in r.skipped if s not in shown]
@@ -319,6 +342,15 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         )
     for n in r.notes:
         console.print(Text(f"note: {n}", style="dim"))
+
+
+def _agreement(m: Any, bases: Any) -> str:
+    """The outputs column: how a row's outputs compare with the baseline row's."""
+    if m.agrees is None:
+        return "baseline" if bases.get(m.batch) == m.backend else "-"
+    if m.agrees:
+        return "agree"
+    return "disagrees" + (f": max abs {m.max_abs:.3g}" if m.max_abs is not None else "")
 
 
 def _shapes(shapes: Any) -> str:

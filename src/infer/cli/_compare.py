@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .._diff import ATOL, RTOL
+from .._diff import ATOL, RTOL, SCALE_FLOOR
 from ..compare import Comparison, compare, parse_runner
 from ..engine import Engine
 from ..errors import OptionError
@@ -248,6 +248,12 @@ def render(c: Comparison, name: str) -> None:
             verdict,
         )
     console.print(table)
+    console.print(
+        Text(
+            f"  max rel: max abs over the output's largest magnitude (at least {SCALE_FLOOR:g})",
+            style="dim",
+        )
+    )
     for d in c.failures():
         detail = f"{d.mismatched} of {d.elements} elements outside tolerance"
         if d.note:

@@ -93,27 +93,66 @@ class Int8Report:
     stopped: str
     quantized: str  # what the quantizer made (before any node went back to float)
     tried: tuple[str, ...] = ()  # one line per graph measured
+    min_speedup: float | None = None  # the budget's (None: speed measured, not required)
+    runs: str = "int8"
+    """What the engine runs: "int8" (this graph), or "fp32" where Budget(accept_best=True) found
+    no int8 graph faster than the fp32 model it would replace."""
 
     @property
     def drop(self) -> Figure:
         """The figure closest to (or furthest past) its limit."""
         return Measure(self.figures, 0.0).worst
 
+    @property
+    def accuracy_met(self) -> bool:
+        """Whether every accuracy figure is within its budget (the speed aside)."""
+        return all(f.met for f in self.figures)
+
+    def verdict(self) -> str:
+        """Whether the budget is met and, where not, what missed it: the accuracy (its worst
+        figure) or the speed."""
+        where = "held-out" if self.held_out else "validation"
+        accuracy = f"{self.drop} on {self.validation} {where} feeds"
+        if self.met:
+            return f"budget met: {accuracy}"
+        if not self.accuracy_met:
+            return f"budget NOT met: {accuracy}"
+        speed = "speed not measured" if self.speedup is None else self._speed_missed()
+        return f"budget NOT met: accuracy met ({accuracy}), {speed}"
+
+    def _speed_missed(self) -> str:
+        assert self.speedup is not None
+        if self.speedup < 1:
+            return f"slower than fp32 ({self.speedup:.2f}x on {self.backend})"
+        return (
+            f"short of the speed budget ({self.speedup:.2f}x fp32 on {self.backend}, budget >= "
+            f"{self.min_speedup:g}x)"
+        )
+
     def summary(self) -> str:
         """One line for engine.precision."""
-        verdict = "budget met" if self.met else "budget NOT met"
         kept = len(self.kept)
         speed = "" if self.speedup is None else f", {self.speedup:.2f}x fp32 on {self.backend}"
-        where = "held-out" if self.held_out else "validation"
-        return (
-            f"{verdict}: {self.drop} on {self.validation} {where} feeds, "
-            f"{kept} node{'s' * (kept != 1)} kept in float{speed}"
-        )
+        if not self.met and self.accuracy_met:
+            speed = ""  # the verdict says it
+        text = f"{self.verdict()}, {kept} node{'s' * (kept != 1)} kept in float{speed}"
+        if self.runs == "fp32":
+            text += "; fp32 runs in its place"
+        return text
 
     def __str__(self) -> str:
         lines = [
             f"int8 on {self.backend}: {'budget met' if self.met else 'budget NOT met'} "
             f"({self.budget}); {self.stopped}",
+        ]
+        if not self.met:
+            lines.append(f"  missed: {self.verdict().removeprefix('budget NOT met: ')}")
+        if self.runs == "fp32":
+            lines.append(
+                "  runs: fp32 (Budget(accept_best=True) keeps the best int8 graph found only "
+                "where it is faster than the fp32 model it replaces)"
+            )
+        lines += [
             f"  quantized: {self.quantized}",
             "  reached: " + "; ".join(str(f) for f in self.figures),
         ]
@@ -208,16 +247,16 @@ def search(
 
     if options.cache:
         entry, _ = Cache(options.cache_dir).get_or_build(key, build)
-        meta, folder = dict(entry.meta), entry.path
+        folder = entry.path
         report = Int8Report.from_dict(json.loads((folder / SEARCH_FILE).read_text()))
         out = Model.load(folder / precision.MODEL_FILE)
     else:
         with tempfile.TemporaryDirectory(prefix="infer-int8-search-") as tmp:
-            meta = build(Path(tmp))
+            build(Path(tmp))
             report = Int8Report.from_dict(json.loads((Path(tmp) / SEARCH_FILE).read_text()))
             out = Model.load((Path(tmp) / precision.MODEL_FILE).read_bytes())
     out.name = f"{model.name}.int8"
-    out.precision = str(meta.get("precision", "int8"))
+    out.precision = _described(report)  # from the report: a cached search reads in today's words
     if not report.met and not budget.accept_best:
         raise PrecisionError(
             f"int8 for {model!r} on {label} does not meet its budget with a graph faster than "
@@ -225,6 +264,16 @@ def search(
             f"Calibration(budget=None) skips the check, or load it at fp32:\n{report}",
             report,
         )
+    if not report.met and report.speedup is not None and report.speedup < 1:
+        # The best found is slower than fp32: never worth running in fp32's place.
+        report = dataclasses.replace(report, runs="fp32")
+        log.warning(
+            "int8 for %r on %s: the best graph found is slower than fp32; running fp32:\n%s",
+            model,
+            label,
+            report,
+        )
+        return precision._as_is(model, f"fp32 (int8 not used: {report.summary()})"), report
     if not report.met:
         log.warning(
             "int8 for %r on %s misses its budget; using the best found:\n%s", model, label, report
@@ -319,6 +368,7 @@ class _Search:
             stopped=stopped,
             quantized=described,
             tried=tuple(self.tried),
+            min_speedup=self.budget.min_speedup,
         )
 
     def _search(
