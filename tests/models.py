@@ -186,6 +186,68 @@ def custom_op() -> onnx.ModelProto:
     return model
 
 
+def encoder(
+    vocab: int = 100,
+    hidden: int = 64,
+    ffn: int = 256,
+    *,
+    int8_weights: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """A token encoder, the shape of a weight-compressed BERT block's feed-forward part.
+
+    input_ids: int64[batch, sequence] -> Gather from an embedding table [vocab, hidden] ->
+    MatMul [hidden, ffn] -> Relu -> MatMul [ffn, hidden] -> + embedding ->
+    last_hidden_state: float32[batch, sequence, hidden]. With `int8_weights` the MatMul weights
+    are stored int8 and dequantized in the graph (per output channel), as weight-compressed
+    exports are. Outputs are of order 1. Opset 21 (the reference evaluator's DequantizeLinear).
+    """
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    inits = [numpy_helper.from_array(emb, "embeddings")]
+    nodes = [helper.make_node("Gather", ["embeddings", "input_ids"], ["h0"])]
+
+    def matmul(x: str, k: int, n: int, tag: str) -> str:
+        q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        scale = (rng.uniform(0.5, 1.5, n) / (np.sqrt(k) * 73)).astype(np.float32)
+        if int8_weights:
+            inits.extend(
+                [
+                    numpy_helper.from_array(q, f"{tag}.q"),
+                    numpy_helper.from_array(scale, f"{tag}.scale"),
+                ]
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [f"{tag}.q", f"{tag}.scale"], [f"{tag}.w"], axis=1
+                )
+            )
+        else:
+            inits.append(numpy_helper.from_array(q.astype(np.float32) * scale, f"{tag}.w"))
+        nodes.append(helper.make_node("MatMul", [x, f"{tag}.w"], [f"{tag}.y"]))
+        return f"{tag}.y"
+
+    up = matmul("h0", hidden, ffn, "fc1")
+    nodes.append(helper.make_node("Relu", [up], ["act"]))
+    down = matmul("act", ffn, hidden, "fc2")
+    nodes.append(helper.make_node("Add", [down, "h0"], ["last_hidden_state"]))
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden]
+            )
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def tiny_decoder(
     vocab: int = 50,
     positions: int = 256,

@@ -45,14 +45,16 @@ def affine() -> object:
     )
 
 
-def gather() -> object:
-    """i: int64[N] -> rows of a 4x2 table: an index past the table fails at run time."""
+def gather(computed: bool = True) -> object:
+    """i: int64[N] -> rows of a 4x2 table. `computed`: the index is i + 0, which the feed check
+    cannot bound, so an index past the table fails at run time; else the feed check refuses it."""
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
+    index = [helper.make_node("Add", ["i", "zero"], ["j"])] if computed else []
     return models._model(
-        [helper.make_node("Gather", ["table", "i"], ["rows"], axis=0)],
+        [*index, helper.make_node("Gather", ["table", "j" if computed else "i"], ["rows"], axis=0)],
         [helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])],
         [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(table, "table")],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array(0), "zero")],
     )
 
 
@@ -157,6 +159,22 @@ def test_a_runtime_failure_of_a_merged_run_fails_only_the_request_that_causes_it
                 np.testing.assert_array_equal(f.result()["rows"], [[2 * i[0], 2 * i[0] + 1]])
         stats = e.batching_stats
         assert stats.failed == 1 and stats.requests == 8
+
+
+def test_an_index_past_the_table_fails_only_its_request_in_words():
+    config = Batching(max_batch=16, max_delay_ms=50.0)
+    with infer.Engine.load(
+        gather(computed=False), device="cpu", backend="onnxruntime", batching=config
+    ) as e:
+        feeds = [np.array([i % 4], np.int64) for i in range(7)]
+        feeds.insert(3, np.array([99], np.int64))
+        futures = [e.submit({"i": i}) for i in feeds]
+        for i, f in zip(feeds, futures):
+            if i[0] == 99:
+                with pytest.raises(InputError, match=r"input 'i': value 99 is outside \[-4, 3\]"):
+                    f.result()
+            else:
+                np.testing.assert_array_equal(f.result()["rows"], [[2 * i[0], 2 * i[0] + 1]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

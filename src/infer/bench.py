@@ -499,6 +499,7 @@ def _bench_one(
             except InferError as e:
                 out.append(Measurement(batch=batch_used, error=_one_line(e), **common))
                 continue
+            batching = _since(engine.batching_stats, before)  # before the judge's own run
             compared: dict[str, Any] = {}
             if judge is not None:
                 try:
@@ -515,7 +516,7 @@ def _bench_one(
                     latency=Stats.of(samples),
                     throughput=len(samples) * batch_used / elapsed if elapsed > 0 else None,
                     samples_ms=tuple(float(s * 1e3) for s in samples),
-                    batching=_since(engine.batching_stats, before),
+                    batching=batching,
                     **common,
                 )
             )

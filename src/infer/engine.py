@@ -310,6 +310,7 @@ class Engine:
 
     def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
         if self._batcher is not None:
+            self._session.check_values(feeds)  # before it joins a merged run
             return self._batcher.submit(feeds, outputs).result()
         session = self._session
         try:
@@ -365,6 +366,12 @@ class Engine:
         self, feeds: Mapping[str, Any], outputs: Sequence[str] | None, block: bool
     ) -> Future:
         if self._batcher is not None:
+            try:  # a bad id would fail every request merged with it: refused on its own
+                self._session.check_values(feeds)
+            except InputError as e:
+                failed: Future = Future()
+                failed.set_exception(e)
+                return failed
             future = self._batcher.submit(feeds, outputs, block=block)
         else:
             session = self._session
@@ -526,6 +533,20 @@ class _PrecisionTransform:
         # -- int8 with an accuracy budget: searched and measured on this backend
         from .transforms import int8_search
 
+        how = backend.runtime_int8(model, device, self.options, variant)
+        if how is not None:  # int8 weights already, the runtime quantizes activations
+            label = selection.row_label(backend.name, variant)
+            if label not in self._searched:
+                self._searched[label] = int8_search.runtime(
+                    model,
+                    self.options,
+                    how=how,
+                    backend=backend,
+                    device=device,
+                    variant=variant,
+                    label=label,
+                )
+            return self._searched[label][0]
         if int8_search.guarded(self.options):
             label = selection.row_label(backend.name, variant)
             if label not in self._searched:
