@@ -236,8 +236,13 @@ def test_a_request_longer_than_the_position_table_fails_alone_with_input_error()
         too_long = e.submit(request(names, 33, seed=0))
         futures += [e.submit(r) for r in good[2:]]
         assert too_long.done()  # refused at once, never queued
-        with pytest.raises(InputError, match=r"'input_ids' holds 33 tokens; .* at most 32"):
+        with pytest.raises(InputError, match=r"'position_ids': value 32 is outside \[-32, 31\]"):
             too_long.result(timeout=0)
+        # positions within the table (restarting), still more tokens than it has rows
+        restarting = request(names, 33, seed=0)
+        restarting["position_ids"] = np.arange(33)[None] % 32
+        with pytest.raises(InputError, match=r"'input_ids' holds 33 tokens; .* at most 32"):
+            e.submit(restarting).result(timeout=0)
         want = alone(model, "onnxruntime", good)
         for f, w in zip(futures, want):
             assert_same(f.result(timeout=30), w)
