@@ -358,7 +358,7 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
         assert m.batching is not None and m.batching.requests == m.runs
         assert m.batching.mean_batch > 1
     data = report.to_dict()
-    assert data["batching"] == {"max_batch": 8, "max_delay_ms": 2.0}
+    assert data["batching"] == {"max_batch": 8, "max_delay_ms": 2.0, "max_padding": 0.25}
     assert "recent_delays_ms" not in data["results"][0]["batching"]
 
     path = tmp_path / "m.onnx"

@@ -531,6 +531,7 @@ def _batching_dict(stats: BatchingStats | None, samples: bool) -> dict[str, Any]
         return None
     d = {k: v for k, v in vars(stats).items() if samples or k != "recent_delays_ms"}
     d["mean_batch"] = stats.mean_batch
+    d["padding_waste"] = stats.padding_waste
     return d
 
 

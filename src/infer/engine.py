@@ -64,6 +64,7 @@ class Engine:
                     options.batching,
                     cast=options.cast,
                     current=_current(self._sessions),
+                    roles=self.roles,
                 )
             except BaseException:
                 self._sessions.close()
@@ -123,7 +124,8 @@ class Engine:
         threads: the threads of this engine's runtime pool (default: the process's budget, see
             infer.threads).
         batching: infer.Batching(max_batch=16, max_delay_ms=2.0) merges concurrent calls into
-            one run along the batch axis (see infer.batching).
+            one run along the batch axis; a sequence encoder's requests of different lengths
+            are padded into one (max_padding; see infer.batching).
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
