@@ -380,3 +380,11 @@ def test_an_encoder_races_at_a_representative_length():
         text = "\n".join(a.reason for a in engine.selection)
         assert "encode: 128 tokens (batch 1)" in text
         assert "input_ids 1x128" in text
+
+
+def test_phases_fit_a_position_table_the_graph_indexes_itself():
+    from tests import encoder_models
+
+    roles = sequence.read(encoder_models.encoder(max_positions=64))
+    assert roles.max_positions == 64
+    assert sequence.phases(roles)[0].sequence == 64

@@ -629,7 +629,7 @@ def phases(
     decoder's decode step (one token after `context`) then its prefill (a `sequence`-token
     prompt); an encoder's pass over `sequence` tokens; [] for other models. Both stay
     within a table of positions the model holds."""
-    limit = roles.bounds.get(roles.positions or "")
+    limit = roles.bounds.get(roles.positions or "", roles.max_positions)
     if limit is not None:  # a table of positions: the context and prompt must fit in it
         sequence = max(1, min(sequence, limit))
         context = max(0, min(context, limit - 1))
