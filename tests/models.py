@@ -370,62 +370,6 @@ def tiny_decoder(
     return _model(nodes, inputs, outputs, inits)
 
 
-def tiny_encoder(vocab: int = 60, *, token_types: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """A BERT-shaped encoder: input_ids, attention_mask (, token_type_ids) [batch, sequence] ->
-    last_hidden_state [batch, sequence, 8] (one masked attention layer)."""
-    rng = np.random.default_rng(seed)
-    hidden = 8
-
-    def w(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
-
-    inits = [
-        w("embed", vocab, hidden),
-        w("wq", hidden, hidden),
-        w("wk", hidden, hidden),
-        w("wv", hidden, hidden),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
-        numpy_helper.from_array(np.array(-1e4, dtype=np.float32), "neg"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-    ]
-    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["tok"])]
-    if token_types:
-        inits.append(w("type_embed", 2, hidden))
-        nodes += [
-            helper.make_node("Gather", ["type_embed", "token_type_ids"], ["typ"]),
-            helper.make_node("Add", ["tok", "typ"], ["h"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["tok"], ["h"]))
-    nodes += [
-        helper.make_node("MatMul", ["h", "wq"], ["q"]),
-        helper.make_node("MatMul", ["h", "wk"], ["k"]),
-        helper.make_node("MatMul", ["h", "wv"], ["v"]),
-        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axis1"], ["mask_3d"]),
-        helper.make_node("Sub", ["one_f", "mask_3d"], ["masked"]),
-        helper.make_node("Mul", ["masked", "neg"], ["bias"]),
-        helper.make_node("Add", ["scores", "bias"], ["scores_masked"]),
-        helper.make_node("Softmax", ["scores_masked"], ["probs"], axis=-1),
-        helper.make_node("MatMul", ["probs", "v"], ["last_hidden_state"]),
-    ]
-    seq = ["batch_size", "sequence_length"]
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, seq),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, seq),
-    ]
-    if token_types:
-        inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, seq))
-    outputs = [
-        helper.make_tensor_value_info(
-            "last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]
-        )
-    ]
-    return _model(nodes, inputs, outputs, inits)
-
-
 def _conv(rng, name: str, cin: int, cout: int, k: int) -> list[onnx.TensorProto]:
     w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
     b = (0.1 * rng.standard_normal(cout)).astype(np.float32)
