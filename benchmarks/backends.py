@@ -44,14 +44,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxruntime as ort  # noqa: E402
-from tests import models  # noqa: E402
+from tests import models, sequence_models  # noqa: E402
 from tests.conftest import wheel_model  # noqa: E402
 
 import infer  # noqa: E402
 from benchmarks import _readme, _results  # noqa: E402
-from infer import demo, selection  # noqa: E402
+from infer import demo, selection, sequence  # noqa: E402
 from infer.bench import environment  # noqa: E402
-from infer.feeds import random_feeds  # noqa: E402
+from infer.feeds import random_feeds, representative_shapes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -94,6 +94,24 @@ MODELS: dict[str, tuple[str, Callable[[], Any], dict, dict]] = {
             "sr": np.array(16000, np.int64),
         },
     ),
+    # Sequence models (tests/data/sequence: optimum exports, random weights, 2 layers, hidden 64),
+    # timed where they spend their life: a decoder's decode step after 128 tokens, an encoder
+    # at 128 tokens.
+    "llama": (
+        "Llama decoder (GQA, RoPE), decode step at 128",
+        lambda: sequence_models.path("llama"),
+        {},
+        {},
+    ),
+    "gpt2": ("GPT-2 decoder, decode step at 128", lambda: sequence_models.path("gpt2"), {}, {}),
+    "bert": ("BERT encoder, 128 tokens", lambda: sequence_models.path("bert"), {}, {}),
+    "bert_int8w": (
+        "BERT, int8 weights dequantized in the graph, 128 tokens",
+        lambda: sequence_models.path("bert_int8w"),
+        {},
+        {},
+    ),
+    "t5_encoder": ("T5 encoder, 128 tokens", lambda: sequence_models.path("t5_encoder"), {}, {}),
 }
 MODES = ("first", "background", "measure")
 ROUNDS = 9
@@ -124,8 +142,12 @@ def _block(call: Callable[[], object]) -> float:
 def steady(name: str, path: Path, device: str) -> dict[str, Any]:
     """Median per-run time of raw ONNX Runtime, each backend named, and the settled default."""
     _, _, shapes, given = MODELS[name]
-    specs = infer.Model.load(path).inputs
-    feeds = random_feeds(specs, shapes, seed=0, given=given)
+    model = infer.Model.load(path)
+    roles = sequence.read(model)
+    # A sequence model is timed where it spends its life (a decoder's decode step after a
+    # 128-token context, an encoder at 128 tokens), as the default's race decides.
+    timed_shapes = shapes or representative_shapes(model.inputs, model=model)[0]
+    feeds = random_feeds(model.inputs, timed_shapes, seed=0, given=given, roles=roles)
     raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = dict(zip([o.name for o in raw.get_outputs()], raw.run(None, feeds)))
     labels = [a.backend for a in selection.preflight(infer.Model.load(path), device) if a.eligible]

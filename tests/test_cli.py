@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -386,6 +387,51 @@ def test_cache_path_list_clear(_isolated_cache):
     assert "(empty)" in cli("cache", "list").stdout
 
 
+def _infer(*args: object, **env: str) -> subprocess.CompletedProcess:
+    """`python -m infer ARGS` in a fresh process (this interpreter, this checkout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "infer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "100", **env},
+    )
+
+
+def test_cache_kinds_are_listed_and_unknown_ones_refused(_isolated_cache):
+    from infer.cache import KINDS
+
+    help_text = _infer("cache", "clear", "--help").stdout
+    assert all(kind in help_text for kind in KINDS), help_text
+    examples = re.findall(r"\$ infer cache clear --kind (\S+)", help_text)
+    assert examples and all(kind in KINDS for kind in examples), examples
+
+    def build(folder: Path) -> None:
+        (folder / "model.onnx").write_bytes(b"x")
+
+    Cache().get_or_build(Key.of("onnx-int8-search", model="ab" * 32), build)
+    typo = _infer("cache", "clear", "--kind", "onnx-int8x")
+    assert typo.returncode == 2, typo.stderr
+    [line] = typo.stderr.strip().splitlines()
+    assert line.startswith("error: --kind 'onnx-int8x' is not a cache kind; use one of ")
+    assert "onnx-int8-search" in line and "backend-choice" in line
+    assert _infer("cache", "list", "--kind", "nope").returncode == 2
+    assert Cache().entries("onnx-int8-search")  # nothing was removed
+    cleared = _infer("cache", "clear", "--kind", "onnx-int8-search")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "removed 1 onnx-int8-search cache entries" in cleared.stdout
+    assert not Cache().entries("onnx-int8-search")
+
+
+def test_every_cache_kind_infer_writes_is_listed():
+    from infer.cache import KINDS
+
+    source = "\n".join(p.read_text() for p in Path(infer.__file__).parent.rglob("*.py"))
+    written = set(re.findall(r'(?:Key\.of|\.folder)\(\s*"([a-z0-9._-]+)"', source))
+    written |= set(re.findall(r'^KIND = "([a-z0-9._-]+)"', source, re.MULTILINE))
+    assert len(written) >= 10 and written <= set(KINDS), sorted(written - set(KINDS))
+
+
 def test_inspect_says_which_backends_implement_the_ops(real_model, tmp_path):
     # Silero VAD: OpenVINO cannot convert what its If holds (compiling it fails); the check
     # says so without compiling, and --compile confirms it.
@@ -483,3 +529,22 @@ def test_reference_loop_failure_names_the_op_not_its_argument_types(tmp_path):
     message = result.stderr.strip()
     assert "in Loop > SequenceLength: TypeError: input_sequence must be a list" in message
     assert "<class 'numpy.ndarray'>, <class" not in message and len(message) < 200
+
+
+def test_devices_says_where_the_default_runs_each_backend():
+    """The auto entry is OpenVINO's AUTO plugin; "infer does not use onnxruntime on auto
+    devices" read as if the default never used ONNX Runtime."""
+    result = _infer("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    auto = next((d for d in json.loads(result.stdout)["devices"] if d["kind"] == "auto"), None)
+    if auto is None:
+        pytest.skip("no auto device here (it is OpenVINO's AUTO plugin: openvino not installed)")
+    ort = next(b for b in auto["backends"] if b["backend"] == "onnxruntime")
+    assert ort["reason"] == (
+        "device='auto' (the default) runs onnxruntime on the cpu device, listed there"
+    )
+    text = _infer("devices").stdout
+    assert "does not use onnxruntime" not in text
+    assert "device='auto' (the default) runs onnxruntime on the cpu device" in " ".join(
+        text.split()
+    )

@@ -331,6 +331,20 @@ def test_selection_prints_compactly_and_keeps_the_data():
         assert sel[-1].seconds is not None  # the data as it was
 
 
+def test_selection_prints_each_reason_whole():
+    """A reason cut at 160 characters with "…" hid the part that said why."""
+    long = "x" * 150 + " the end of a long reason " + "y" * 100
+    sel = infer.selection.Selection(
+        [
+            infer.Attempt("openvino", "cpu:0", "failed", long + "\nsecond line"),
+            infer.Attempt("onnxruntime[cpu]", "cpu:0", "selected", "", 0.01),
+        ]
+    )
+    lines = str(sel).splitlines()
+    assert lines[0] == f"✗ openvino on cpu:0: failed: {long} second line"
+    assert "…" not in str(sel) and len(lines) == 2
+
+
 def test_a_compile_error_says_the_runtimes_text_once():
     with pytest.raises(CompileError) as info:
         infer.Engine.load(models.bf16_add(), device="cpu", backend="onnxruntime")

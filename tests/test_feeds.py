@@ -187,7 +187,7 @@ def test_representative_shapes_of_real_models(real_model):
     want = {
         "ocr_det": {"x": (1, 3, 640, 640)},  # outputs a map: a detector
         "ocr_rec": {"x": (1, 3, 48, 320)},  # outputs [N, T, 6625]: a text-line recognizer
-        "ocr_cls": {"x": (1, 3, 224, 224)},  # outputs [N, 2]: a classifier
+        "ocr_cls": {"x": (1, 3, 48, 192)},  # outputs [N, 2]: a text line's direction
         "orientation": {"x": (1, 3, 224, 224)},  # fixed 224x224, batch 1
     }
     for key, shapes in want.items():

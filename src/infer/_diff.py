@@ -1,5 +1,5 @@
-"""How far one run's outputs are from another's, output by output: max absolute and relative
-error, cosine similarity, top-1 agreement along the last axis, and pass/fail against
+"""How far one run's outputs are from another's, output by output: max absolute error, the
+same relative to the output's scale, cosine similarity, top-1 agreement along the last axis, and pass/fail against
 `rtol`/`atol` (numpy's `allclose` rule: |got - want| <= atol + rtol * |want|, NaN matching NaN).
 
 `infer.compare`, `infer.accuracy` and the measured choice of backend all judge outputs here.
@@ -16,6 +16,12 @@ import numpy as np
 RTOL = 1e-3
 ATOL = 1e-4
 
+SCALE_FLOOR = 1e-2
+"""The least scale an output's differences are measured against (`OutputDiff.max_rel`): an
+output that is all but zero (a detector's map of near-zero probabilities on inputs without
+objects) is judged in absolute terms, where float rounding is of the size of the numbers
+themselves."""
+
 
 @dataclass(frozen=True)
 class OutputDiff:
@@ -28,6 +34,9 @@ class OutputDiff:
     dtype: str
     max_abs: float
     max_rel: float
+    """max_abs relative to the baseline output's scale: its largest finite magnitude, at least
+    SCALE_FLOOR (an element-wise ratio is infinite wherever the baseline holds a 0); inf only
+    where the two cannot be compared (NaN against a number, an infinity against a finite)."""
     mean_abs: float
     cosine: float | None  # None for non-numeric outputs or all-zero pairs
     top1: float | None  # fraction of rows whose argmax (last axis) agrees
@@ -103,9 +112,8 @@ def diff(
     same_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
     err = np.where(same_inf, 0.0, err)
     scale = np.abs(b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(err == 0, 0.0, err / np.where(scale == 0, np.nan, scale))
-    rel = np.where(np.isnan(rel), np.inf, rel)
+    finite_scale = scale[np.isfinite(scale)]
+    output_scale = max(float(finite_scale.max()) if finite_scale.size else 0.0, SCALE_FLOOR)
     limit = 0.0 if exact else atol + rtol * np.where(np.isfinite(scale), scale, 0.0)
     bad = err > limit
     mismatched = int(np.sum(bad))
@@ -128,7 +136,7 @@ def diff(
         shape=shape,
         dtype=dtype,
         max_abs=float(err.max()) if err.size else 0.0,
-        max_rel=float(rel.max()) if rel.size else 0.0,
+        max_rel=float(err.max()) / output_scale if err.size else 0.0,
         mean_abs=float(finite.mean()) if finite.size else (0.0 if not err.size else float("inf")),
         cosine=cosine,
         top1=top1,

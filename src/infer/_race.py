@@ -38,10 +38,6 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2, "int8": 5e-2}
 """How far a candidate's output may be from the reference's, relative to that output's largest
 magnitude: float rounding across runtimes stays far below; a different answer does not."""
 
-SCALE_FLOOR = 1e-2
-"""The least scale an output's differences are measured against: an output that is all but
-zero (a detector's map of near-zero probabilities on inputs without objects) is judged in
-absolute terms, where float rounding is of the size of the numbers themselves."""
 
 ROUNDS = 3
 """Timed blocks per candidate, taken round-robin."""
@@ -53,24 +49,38 @@ WARMUP_RUNS = 2
 
 
 @dataclass(frozen=True)
+class Workload:
+    """Feeds a race times: a model's one representative run, or one phase of a sequence
+    model's life (a decoder's decode step, its prefill), named for the selection."""
+
+    name: str
+    feeds: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
 class Entry:
     """One candidate's result in a race."""
 
     label: str
     device: str
-    median_ms: float | None = None  # median per-run time over the blocks; None: not timed
+    median_ms: float | None = None  # median per-run time on the deciding workload; None: not timed
     runs: int = 0
     difference: float | None = None  # worst output's max |got - want| / max |want|
     agrees: bool = False
     note: str = ""  # why it did not run, or where it disagrees
+    others_ms: Mapping[str, float] = field(default_factory=dict)
+    """Median per-run time on each workload after the deciding one, by workload name."""
 
     def describe(self) -> str:
         """'openvino 0.426 ms median, difference 2.9e-07' (the difference from the reference,
-        relative to the output's largest magnitude)."""
+        relative to the output's largest magnitude); a sequence model's other phases after."""
         if self.median_ms is None:
             return f"{self.label}: {self.note or 'not timed'}"
         diff_text = "" if self.difference is None else f", difference {self.difference:.2g}"
-        return f"{self.label} {self.median_ms:.3g} ms median{diff_text}"
+        others = "".join(
+            f", {ms:.3g} ms {name.split(':')[0]}" for name, ms in self.others_ms.items()
+        )
+        return f"{self.label} {self.median_ms:.3g} ms median{others}{diff_text}"
 
 
 @dataclass(frozen=True)
@@ -83,28 +93,46 @@ class Verdict:
     shapes: Mapping[str, tuple[int, ...]]
     seconds: float
     versions: Mapping[str, str] = field(default_factory=dict)
+    workloads: tuple[tuple[str, Mapping[str, tuple[int, ...]]], ...] = ()
+    """(name, input shapes) of each named workload timed, the deciding one first; () when
+    the race timed one unnamed run (`shapes`)."""
 
     def entry(self, label: str) -> Entry | None:
         return next((e for e in self.entries if e.label == label), None)
 
     def shapes_text(self) -> str:
-        return ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in self.shapes.items())
+        if not self.workloads:
+            return _shapes_text(self.shapes)
+        deciding, *rest = self.workloads
+        text = f"{deciding[0]}, deciding ({_shapes_text(deciding[1])})"
+        return "; ".join([text, *(f"{n} ({_shapes_text(s)})" for n, s in rest)])
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["shapes"] = {n: list(s) for n, s in self.shapes.items()}
+        data["workloads"] = [
+            [name, {n: list(s) for n, s in shapes.items()}] for name, shapes in self.workloads
+        ]
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Verdict:
+        def shapes(value: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+            return {n: tuple(int(d) for d in s) for n, s in value.items()}
+
         return cls(
             winner=str(data["winner"]),
             reference=str(data["reference"]),
             entries=tuple(Entry(**e) for e in data["entries"]),
-            shapes={n: tuple(int(d) for d in s) for n, s in data["shapes"].items()},
+            shapes=shapes(data["shapes"]),
             seconds=float(data["seconds"]),
             versions=dict(data.get("versions", {})),
+            workloads=tuple((str(n), shapes(s)) for n, s in data.get("workloads", ())),
         )
+
+
+def _shapes_text(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in shapes.items())
 
 
 @dataclass
@@ -118,70 +146,91 @@ class Candidate:
 
 def run(
     candidates: Sequence[Candidate],
-    feeds: Mapping[str, np.ndarray],
+    feeds: Mapping[str, np.ndarray] | Sequence[Workload],
     precision: str,
     *,
     cancel: threading.Event | None = None,
     versions: Mapping[str, str] | None = None,
 ) -> Verdict:
-    """Race compiled candidates on `feeds`; the first is the reference for agreement.
+    """Race compiled candidates on `feeds` (or on each of several workloads, the first
+    deciding: a decoder's decode step, then its prefill); the first candidate is the
+    reference for agreement, on every workload.
 
-    A candidate that cannot run the feeds is out (its entry says why); a candidate that
+    A candidate that cannot run a workload is out (its entry says why); a candidate that
     disagrees with the reference is timed but cannot win. `cancel` stops between blocks.
     """
     start = time.perf_counter()
+    workloads = [Workload("", feeds)] if isinstance(feeds, Mapping) else list(feeds)
     tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
     reference = candidates[0]
-    outputs: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, list[dict[str, Any]]] = {}
     notes: dict[str, str] = {}
     for c in candidates:
         try:
-            for _ in range(WARMUP_RUNS):
-                outputs[c.label] = c.session.run(feeds)
+            got = []
+            for w in workloads:
+                for _ in range(WARMUP_RUNS):
+                    out = c.session.run(w.feeds)
+                got.append(out)
+            outputs[c.label] = got
         except InferError as e:
-            notes[c.label] = f"could not run the race's feeds: {_first_line(e)}"
+            where = f" ({w.name})" if w.name else ""
+            notes[c.label] = f"could not run the race's feeds{where}: {_first_line(e)}"
     if reference.label not in outputs:
         raise RaceError(f"the reference {reference.label} {notes[reference.label]}")
     timed = [c for c in candidates if c.label in outputs]
-    samples: dict[str, list[float]] = {c.label: [] for c in timed}
-    runs: dict[str, int] = dict.fromkeys(samples, 0)
+    samples: dict[tuple[str, int], list[float]] = {}
+    runs: dict[str, int] = dict.fromkeys(outputs, 0)
     for _ in range(ROUNDS):
         for c in timed:
-            if cancel is not None and cancel.is_set():
-                raise RaceCancelled
-            per_run, count = block(c.session, feeds)
-            samples[c.label].append(per_run)
-            runs[c.label] += count
-            time.sleep(PAUSE_S)
+            for i, w in enumerate(workloads):
+                if cancel is not None and cancel.is_set():
+                    raise RaceCancelled
+                per_run, count = block(c.session, w.feeds)
+                samples.setdefault((c.label, i), []).append(per_run)
+                runs[c.label] += count
+                time.sleep(PAUSE_S)
     entries = []
     want = outputs[reference.label]
     for c in candidates:
         if c.label not in outputs:
             entries.append(Entry(c.label, c.device, note=notes[c.label]))
             continue
-        difference, where = agreement(want, outputs[c.label])
+        found = [agreement(w, g) for w, g in zip(want, outputs[c.label])]
+        at = max(range(len(found)), key=lambda i: found[i][0])
+        difference, where = found[at]
+        if workloads[at].name:
+            where += f" ({workloads[at].name})"
         agrees = difference <= tolerance
+        medians = [statistics.median(samples[c.label, i]) * 1e3 for i in range(len(workloads))]
         entries.append(
             Entry(
                 c.label,
                 c.device,
-                median_ms=statistics.median(samples[c.label]) * 1e3,
+                median_ms=medians[0],
                 runs=runs[c.label],
                 difference=difference,
                 agrees=agrees,
                 note="" if agrees else f"disagrees with {reference.label} on {where}",
+                others_ms={w.name: ms for w, ms in zip(workloads[1:], medians[1:])},
             )
         )
     eligible = [e for e in entries if e.agrees and e.median_ms is not None]
     winner = min(eligible, key=lambda e: e.median_ms or 0.0)
+    named = [w for w in workloads if w.name]
     return Verdict(
         winner=winner.label,
         reference=reference.label,
         entries=tuple(entries),
-        shapes={n: tuple(np.shape(a)) for n, a in feeds.items()},
+        shapes=_shapes_of(workloads[0].feeds),
         seconds=time.perf_counter() - start,
         versions=dict(versions or {}),
+        workloads=tuple((w.name, _shapes_of(w.feeds)) for w in named),
     )
+
+
+def _shapes_of(feeds: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(np.shape(a)) for n, a in feeds.items()}
 
 
 class RaceError(InferError):
@@ -210,8 +259,8 @@ def block(
 
 def agreement(want: Mapping[str, Any], got: Mapping[str, Any]) -> tuple[float, str]:
     """(worst relative difference over the outputs, the output it is on). Relative to each
-    output's largest finite magnitude (at least SCALE_FLOOR); inf where shapes, integer
-    values or NaNs differ."""
+    output's largest finite magnitude, at least `_diff.SCALE_FLOOR` (`OutputDiff.max_rel`); inf
+    where shapes, integer values or NaNs differ."""
     worst, where = 0.0, ""
     for name, reference in want.items():
         value = got.get(name)
@@ -222,10 +271,7 @@ def agreement(want: Mapping[str, Any], got: Mapping[str, Any]) -> tuple[float, s
             elif d.note or reference.dtype.kind in "biuO":  # shapes, NaNs or exact values differ
                 relative = float("inf")
             else:  # floats, ml_dtypes' included: relative to the output's largest magnitude
-                magnitude = np.abs(reference.astype(np.float64))
-                finite = magnitude[np.isfinite(magnitude)]
-                scale = max(float(finite.max()) if finite.size else 0.0, SCALE_FLOOR)
-                relative = d.max_abs / scale
+                relative = d.max_rel
         else:
             relative = 0.0 if _same(reference, value) else float("inf")
         if relative > worst or not where:

@@ -1,8 +1,8 @@
 """How far an engine's outputs are from a reference's on the same feeds.
 
 `infer.accuracy(engine, reference="fp32", feeds=holdout)` runs every feed through both and
-reports, per output, what `infer.compare` measures (`_diff.diff`: max absolute and
-element-wise relative error, mean absolute error, cosine similarity) and, for 2-D
+reports, per output, what `infer.compare` measures (`_diff.diff`: max absolute error, the same
+relative to the reference output's largest magnitude, mean absolute error, cosine similarity) and, for 2-D
 [batch, classes] outputs, how often the top-1 class agrees. It is the check to run after
 `precision="int8"` or `"fp16"`, on feeds the model was not calibrated on.
 """
@@ -42,7 +42,10 @@ class AccuracyReport:
         return min(values) if values else None
 
     def __str__(self) -> str:
-        lines = [f"{self.engine} vs {self.reference}, {self.feeds} feeds:"]
+        lines = [
+            f"{self.engine} vs {self.reference}, {self.feeds} feeds (max rel: relative to the "
+            "reference output's largest magnitude):"
+        ]
         for o in self.outputs.values():
             cosine = "" if o.cosine is None else f", cosine {o.cosine:.6f}"
             top1 = "" if o.top1 is None else f", top-1 agreement {o.top1:.2%}"

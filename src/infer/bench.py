@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from . import selection
+from . import _race, selection
+from ._diff import diff
 from .batching import Batching, BatchingStats
 from .device import Device, cpu
 from .engine import Engine
 from .errors import BackendUnavailable, InferError, OptionError, RuntimeFailure
-from .feeds import profile, random_feeds, representative_shapes
+from .feeds import profile, random_feeds, representative_shapes, roles_of
 from .model import Model, ModelFormat, ModelSource
 from .options import Options
 from .tensors import TensorSpec
@@ -95,6 +96,10 @@ class Measurement:
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # the inputs timed
     batching: BatchingStats | None = None  # the timed phase's runs (queue delays: last 10,000)
     samples_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    baseline: str = ""  # the row its outputs were compared with ("": it is the baseline, or none)
+    agrees: bool | None = None  # within the race's tolerance of the baseline (None: not compared)
+    difference: float | None = None  # the race's figure: max abs over the output's magnitude
+    max_abs: float | None = None  # the largest absolute difference over the outputs
 
     @property
     def ok(self) -> bool:
@@ -114,18 +119,24 @@ class BenchReport:
     concurrency: int
     results: tuple[Measurement, ...]
     skipped: tuple[selection.Attempt, ...]  # rows not benchmarked, with why
-    auto: str | None  # the backend device="..." with no backend named would pick
+    auto: str | None  # the backend device="..." with no backend named picks
     notes: tuple[str, ...] = ()
     environment: Mapping[str, Any] = field(default_factory=dict, compare=False)
     batching: Batching | None = None
+    auto_from: str = ""  # how `auto` is known: a cached race, or the race's rule on these rows
 
     def failures(self) -> list[Measurement]:
         """Rows that did not run: a backend that failed to load, or a run that failed."""
         return [m for m in self.results if not m.ok and not m.skipped]
 
     def best(self, batch: int) -> Measurement | None:
-        """The fastest backend (lowest median latency) at `batch`."""
-        ok = [m for m in self.results if m.ok and m.batch == batch and m.latency]
+        """The fastest backend (lowest median latency) at `batch` among those whose outputs
+        agree with the baseline's."""
+        ok = [
+            m
+            for m in self.results
+            if m.ok and m.batch == batch and m.latency and m.agrees is not False
+        ]
         return min(ok, key=lambda m: m.latency.p50) if ok else None  # type: ignore[union-attr]
 
     def to_dict(self, samples: bool = False) -> dict[str, Any]:
@@ -149,6 +160,10 @@ class BenchReport:
                 "skipped": m.skipped,
                 "shapes": {k: list(v) for k, v in m.shapes.items()},
                 "batching": _batching_dict(m.batching, samples),
+                "baseline": m.baseline,
+                "agrees": m.agrees,
+                "difference": m.difference,
+                "max_abs": m.max_abs,
             }
             if samples:
                 d["samples_ms"] = list(m.samples_ms)
@@ -164,6 +179,7 @@ class BenchReport:
             "concurrency": self.concurrency,
             "batching": vars(self.batching) if self.batching else None,
             "auto": self.auto,
+            "auto_from": self.auto_from,
             "results": [one(m) for m in self.results],
             "skipped": [s.to_dict() for s in self.skipped],
             "notes": list(self.notes),
@@ -251,9 +267,8 @@ def benchmark(
     if not batches or any(b < 1 for b in batches):
         raise OptionError(f"batch sizes must be positive integers, got {list(batches)}")
     source = model if isinstance(model, Model) else Model.load(model)
-    todo, skipped, auto = _split(
-        source, Device.parse(device), Options(precision=precision), backends
-    )
+    request = Device.parse(device)
+    todo, skipped, first = _split(source, request, Options(precision=precision), backends)
     if not todo:
         why = "\n".join(f"  - {s.backend} on {s.device}: {s.reason}" for s in skipped)
         what = name or (str(source.path) if source.path else repr(source))
@@ -262,6 +277,7 @@ def benchmark(
         )
     notes: list[str] = []
     results: list[Measurement] = []
+    judge = _Judge(precision)
     with _cache_folder(cache_dir) as folder:
         for target in todo:
             results += _bench_one(
@@ -280,7 +296,9 @@ def benchmark(
                 cache_dir=folder,
                 progress=progress,
                 notes=notes,
+                judge=judge,
             )
+    auto, auto_from = _default_pick(source, request, precision, results, first)
     return BenchReport(
         model=name or (str(source.path) if source.path else source.name),
         device=device,
@@ -295,7 +313,82 @@ def benchmark(
         notes=tuple(dict.fromkeys(notes)),
         environment=environment(),
         batching=batching,
+        auto_from=auto_from,
     )
+
+
+def _default_pick(
+    model: Model,
+    request: Device,
+    precision: str,
+    results: Sequence[Measurement],
+    first: str | None,
+) -> tuple[str | None, str]:
+    """What a load with no backend named runs, and how that is known: the winner of the race
+    cached for this model (the load compiles it alone); else the race's rule applied to the
+    rows timed here (the fastest of the raced rows whose outputs agree with the baseline's);
+    else the table's first row that takes the model (nothing here is raced)."""
+    try:
+        verdict = selection.cached_verdict(model, request, Options(precision=precision))
+    except InferError:
+        verdict = None
+    if verdict is not None:
+        return verdict.winner, f"the race cached for this model at {verdict.shapes_text()}"
+    # The rows the race would time: a row named here that the default passes over (one that
+    # answers this model wrongly, say) is not one.
+    eligible = {
+        a.backend
+        for a in selection.preflight(model, request, Options(precision=precision))
+        if a.eligible
+    }
+    raced = [label for label in selection.raced(request) if label in eligible]
+    timed: dict[str, Measurement] = {}
+    for m in results:  # each row's first batch
+        if m.ok and m.latency is not None and m.backend in raced:
+            timed.setdefault(m.backend, m)
+    agreeing = [m for m in timed.values() if m.agrees is not False]
+    if len(timed) > 1 and agreeing:
+        fastest = min(agreeing, key=lambda m: m.latency.p50 if m.latency else float("inf"))
+        base = next((m.baseline for m in timed.values() if m.baseline), "")
+        against = f" whose outputs agree with {base}" if base else ""
+        return fastest.backend, (
+            f"no race cached: the race's rule on the rows timed here (the fastest{against})"
+        )
+    return first, "the first row of the table that takes the model (nothing to race)"
+
+
+class _Judge:
+    """Compares each row's outputs with the first row's at the same batch size, on the first
+    row's feeds, by the race's rule (`_race.agreement` within its tolerance for the precision)."""
+
+    def __init__(self, precision: str) -> None:
+        self.tolerance = _race.TOLERANCE.get(precision, _race.TOLERANCE["fp32"])
+        self.first: dict[int, tuple[str, dict[str, np.ndarray], dict[str, Any]]] = {}
+
+    def __call__(
+        self, label: str, batch: int, engine: Engine, feeds: dict[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The Measurement fields saying how `engine`'s outputs compare ({} for the first row,
+        or where the feeds' shapes differ from the first row's)."""
+        if batch not in self.first:
+            self.first[batch] = (label, feeds, engine.run(feeds))
+            return {}
+        base, given, want = self.first[batch]
+        if {k: np.shape(v) for k, v in given.items()} != {k: np.shape(v) for k, v in feeds.items()}:
+            return {}
+        got = engine.run(given)
+        difference, _ = _race.agreement(want, got)
+        biggest = [
+            diff(name, [got[name]], [value]).max_abs
+            for name, value in want.items()
+            if name in got and isinstance(value, np.ndarray)
+        ]
+        return {
+            "baseline": base,
+            "agrees": difference <= self.tolerance,
+            "difference": difference,
+            "max_abs": max(biggest, default=None),
+        }
 
 
 @contextlib.contextmanager
@@ -324,6 +417,7 @@ def _bench_one(
     cache_dir: Path,
     progress: Progress | None,
     notes: list[str],
+    judge: _Judge | None = None,
 ) -> list[Measurement]:
     label = target.backend
     total = len(batches) * (warmup + duration)
@@ -376,7 +470,10 @@ def _bench_one(
                     _declared(model, engine), shapes, batch, given, model
                 )
                 notes += [f"{d}; set it with --shape" for d in dims]
-                feeds = random_feeds(engine.inputs, feed_shapes, seed=seed, given=given)
+                roles = roles_of(_declared(model, engine), model)
+                feeds = random_feeds(
+                    engine.inputs, feed_shapes, seed=seed, given=given, roles=roles
+                )
             except _NoBatch as e:
                 out.append(Measurement(batch=batch, error=_one_line(e), skipped=True, **common))
                 continue
@@ -402,8 +499,16 @@ def _bench_one(
             except InferError as e:
                 out.append(Measurement(batch=batch_used, error=_one_line(e), **common))
                 continue
+            counters = _since(engine.batching_stats, before)  # before the judge's own run
+            compared: dict[str, Any] = {}
+            if judge is not None:
+                try:
+                    compared = judge(label, batch_used, engine, feeds)
+                except InferError as e:
+                    log.debug("%s: the comparison run failed: %s", label, e)
             out.append(
                 Measurement(
+                    **compared,
                     batch=batch_used,
                     runs=len(samples),
                     warmup_runs=len(warm_runs),
@@ -411,7 +516,7 @@ def _bench_one(
                     latency=Stats.of(samples),
                     throughput=len(samples) * batch_used / elapsed if elapsed > 0 else None,
                     samples_ms=tuple(float(s * 1e3) for s in samples),
-                    batching=_since(engine.batching_stats, before),
+                    batching=counters,
                     **common,
                 )
             )
@@ -426,6 +531,7 @@ def _batching_dict(stats: BatchingStats | None, samples: bool) -> dict[str, Any]
         return None
     d = {k: v for k, v in vars(stats).items() if samples or k != "recent_delays_ms"}
     d["mean_batch"] = stats.mean_batch
+    d["padding_waste"] = stats.padding_waste
     return d
 
 

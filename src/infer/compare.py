@@ -20,9 +20,10 @@ from . import selection
 from ._diff import ATOL, RTOL, OutputDiff, diff
 from .engine import Engine
 from .errors import InferError, InputError, OptionError
-from .feeds import profile, random_feeds, resolve_shapes
+from .feeds import profile, random_feeds, representative_shapes, roles_of
 from .model import Model, ModelFormat, ModelSource
 from .options import PRECISIONS, Options
+from .sequence import Roles
 from .tensors import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Runner:
     precision: str
     load_s: float | None = None
     run_s: float | None = None
+    miscomputes: str = ""  # why it is known to answer this model wrongly (`Backend.miscomputes`)
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,25 @@ class Comparison:
     feeds: tuple[tuple[str, tuple[int, ...], str], ...]  # (input, shape, dtype) of the first run
     runs: int
     skipped: tuple[selection.Attempt, ...] = ()  # backends here left out (default list), and why
+    notes: tuple[str, ...] = ()  # how each dynamic dimension of the random feeds was sized
 
     @property
     def passed(self) -> bool:
-        return all(d.passed for d in self.diffs)
+        """Every output of every runner within tolerance, runners known to miscompute aside
+        (they are compared to show how far they are off, not to be held to the tolerance)."""
+        known = self.known_wrong
+        return all(d.passed for d in self.diffs if d.runner not in known)
+
+    @property
+    def known_wrong(self) -> dict[str, str]:
+        """{runner label: why it is known to answer this model wrongly}."""
+        return {r.label: r.miscomputes for r in self.runners if r.miscomputes}
 
     def __bool__(self) -> bool:
         return self.passed
 
     def failures(self) -> list[OutputDiff]:
+        """The diffs outside tolerance, those of runners known to miscompute included."""
         return [d for d in self.diffs if not d.passed]
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +96,7 @@ class Comparison:
                 {**vars(d), "shape": None if d.shape is None else list(d.shape)} for d in self.diffs
             ],
             "skipped": [a.to_dict() for a in self.skipped],
+            "notes": list(self.notes),
         }
 
 
@@ -110,10 +123,15 @@ def compare(
         "onnxruntime[cpu]"), each optionally "@precision" ("openvino@fp16"), or Engines
         already loaded (they are not closed). Default: every backend that can take the model
         on `device` here (`selection.preflight`); those that then fail to load it or to run
-        the feeds are left out too, each with its reason in `Comparison.skipped`.
+        the feeds are left out too, each with its reason in `Comparison.skipped`. A backend that
+        takes the model but is known to answer it wrongly (`Backend.miscomputes`, which the
+        default choice passes over) is compared too, marked with the reason
+        (`Runner.miscomputes`), and does not fail the comparison.
     feeds: one feed dict, or a list of them; inputs they leave out are random. Default:
-        `runs` seeded random feed sets (seeds seed, seed + 1, ...) shaped by `shapes` (see
-        `infer.feeds.resolve_shapes`), the same `infer run --seed` makes.
+        `runs` seeded random feed sets (seeds seed, seed + 1, ...), the same `infer run
+        --seed` makes: their dynamic dimensions sized by `shapes`, else as a real run would
+        size them (`infer.feeds.representative_shapes`: the model's metadata, else a size of
+        its kind), each size chosen noted in `Comparison.notes`.
     expected: known-good outputs (one dict per feed set) to compare every runner against,
         instead of the first runner.
     min_cosine, min_top1: extra pass criteria, for precisions where element-wise tolerances
@@ -126,12 +144,16 @@ def compare(
     every = backends is None
     skipped: list[selection.Attempt] = []
     where: dict[str, str] = {}  # label -> the device preflight found for it
+    wrong: dict[str, str] = {}  # label -> why it is known to miscompute the model
     if every:
         specs: list[str | Engine] = []
         for a in selection.preflight(source, device, Options(precision=precision)):
-            if a.eligible:
+            why = selection.known_wrong(a)
+            if a.eligible or why is not None:
                 specs.append(a.backend)
                 where[a.backend] = a.device
+                if why is not None:
+                    wrong[a.backend] = why
             elif a.verdict == "unsupported":
                 skipped.append(a)
     else:
@@ -140,6 +162,7 @@ def compare(
     runners: list[Runner] = []
     results: list[list[dict[str, Any]]] = []
     feed_sets: list[dict[str, np.ndarray]] | None = None
+    notes: list[str] = []
     partial: list[dict[str, Any]] = [{} for _ in range(runs)]
     if feeds is not None:
         partial = [dict(feeds)] if isinstance(feeds, Mapping) else [dict(f) for f in feeds]
@@ -164,14 +187,12 @@ def compare(
                 # Dimension names are the ONNX model's (a backend that compiled static shapes
                 # reports none).
                 declared = source.inputs if source.format is ModelFormat.ONNX else engine.inputs
+                roles = roles_of(declared, source)
+                sized = [_shapes_for(declared, shapes, given, source, roles) for given in partial]
+                notes = sized[0][1]
                 feed_sets = [
-                    random_feeds(
-                        engine.inputs,
-                        _shapes_for(declared, shapes, given),
-                        seed=seed + i,
-                        given=given,
-                    )
-                    for i, given in enumerate(partial)
+                    random_feeds(engine.inputs, resolved, seed=seed + i, given=given, roles=roles)
+                    for i, ((resolved, _), given) in enumerate(zip(sized, partial))
                 ]
             start = time.perf_counter()
             try:
@@ -181,12 +202,23 @@ def compare(
             except InferError as e:
                 if not every:
                     raise
-                why = f"could not run the feeds: {e}"
+                at = ", ".join(
+                    f"{n} {'x'.join(map(str, np.shape(a)))}" for n, a in feed_sets[0].items()
+                )
+                why = f"could not run the feeds ({at}): {e}"
                 skipped.append(selection.Attempt(label, str(engine.device), "failed", why))
                 continue
             run_s = (time.perf_counter() - start) / len(feed_sets)
             runners.append(
-                Runner(label, engine.backend, str(engine.device), engine.precision, load_s, run_s)
+                Runner(
+                    label,
+                    engine.backend,
+                    str(engine.device),
+                    engine.precision,
+                    load_s,
+                    run_s,
+                    wrong.get(label, ""),
+                )
             )
             results.append(outs)
             log.info("%s: %d run(s) in %.3f s each", label, len(outs), run_s)
@@ -237,6 +269,7 @@ def compare(
         feeds=tuple((n, tuple(np.shape(a)), str(np.asarray(a).dtype)) for n, a in first.items()),
         runs=len(feed_sets),
         skipped=tuple(skipped),
+        notes=tuple(notes),
     )
 
 
@@ -281,10 +314,16 @@ def _engine(
 
 
 def _shapes_for(
-    specs: Sequence[TensorSpec], shapes: Mapping[str, Any] | None, given: Mapping[str, Any]
-) -> dict[str, tuple[int, ...]]:
-    """Every input's shape for one feed set: `given` arrays as they are, the rest by `shapes`."""
-    return resolve_shapes(specs, shapes, arrays={k: np.asarray(v) for k, v in given.items()})[0]
+    specs: Sequence[TensorSpec],
+    shapes: Mapping[str, Any] | None,
+    given: Mapping[str, Any],
+    model: Model,
+    roles: Roles | None = None,
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Every input's shape for one feed set, and a note for each size chosen: `given` arrays
+    as they are, the rest by `shapes`, else as `run` and `bench` size them."""
+    arrays = {k: np.asarray(v) for k, v in given.items()}
+    return representative_shapes(specs, shapes, arrays=arrays, model=model, roles=roles)
 
 
 def _profile(
@@ -295,7 +334,7 @@ def _profile(
         return None
     specs = model.inputs
     try:
-        sets = [_shapes_for(specs, shapes, p) for p in partial]
+        sets = [_shapes_for(specs, shapes, p, model)[0] for p in partial]
     except InferError:
         return None  # the feeds will fail with the reason when they are made
     return profile(sets) or None

@@ -2,9 +2,11 @@
 
 The tools (`infer run | bench | compare | build`) and `infer.compare` share these so that the
 same seed gives the same feeds everywhere. Random values are uniform in [0, 1) for floating
-types, 0 or 1 for integers, and random for booleans; a dynamic dimension takes the size given
-for it (by input shape or by dimension name) and otherwise 1 (`resolve_shapes`), or the size a
-real run of that kind of model would give it (`representative_shapes`).
+types, 0 or 1 for integers, and random for booleans, except a sequence model's inputs that
+have a role (`infer.sequence`: token ids, masks, positions, a KV cache's past). A dynamic
+dimension takes the size given for it (by input shape or by dimension name) and otherwise 1
+(`resolve_shapes`), or the size a real run of that kind of model would give it
+(`representative_shapes`); one named by an expression of others takes their value.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from . import sequence
 from .errors import InputError
 from .model import Model, ModelFormat
+from .sequence import SEQUENCE, Phase, Roles
 from .tensors import Dim, TensorSpec, describe, describe_specs, dtype_info
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,8 @@ def representative_shapes(
     *,
     arrays: Mapping[str, np.ndarray] | None = None,
     model: Model | None = None,
+    roles: Roles | None = None,
+    phase: Phase | None = None,
 ) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """The input shapes of a run a user would really make, and a note for each size chosen.
 
@@ -101,10 +107,19 @@ def representative_shapes(
     of that kind takes: 1 for a batch (the first axis, or a dimension called batch/N), an
     image input's height and width from what its outputs say it is (`IMAGE_SIZES`), a
     sequence dimension `SEQUENCE`, and 1 where nothing says (noted, to set with --shape).
-    A named dimension gets one value across all inputs. Raises InputError as
+    A sequence model's dimensions follow `phase` (`infer.sequence.phases`; by default the
+    run it spends its life on: a decoder's decode step after a `SEQUENCE`-token context, an
+    encoder's pass over `SEQUENCE` tokens), its roles read from `model` unless given. A
+    named dimension gets one value across all inputs, and one named by an expression of
+    others ("past_sequence_length + sequence_length") their value. Raises InputError as
     `resolve_shapes` does.
     """
     given = {k: _opt(v) for k, v in (shapes or {}).items()}
+    if roles is None:
+        roles = roles_of(specs, model)
+    if phase is None:
+        phase = next(iter(sequence.phases(roles)), None)
+    by_phase = phase.sizes(roles) if phase is not None else {}
     meta_shapes, meta_sizes, meta_image, meta_key = _metadata(model, specs)
     outputs = model.outputs if model is not None and model.format is ModelFormat.ONNX else None
     images = {s.name: _image_axes(s) for s in specs}
@@ -114,6 +129,8 @@ def representative_shapes(
             return meta_shapes[spec.name][axis], f"from the model's metadata {spec.name!r}"
         if isinstance(dim, str) and dim in meta_sizes:
             return meta_sizes[dim], f"from the model's metadata {dim!r}"
+        if isinstance(dim, str) and dim in by_phase:
+            return by_phase[dim], f"a sequence model's {phase}"
         hw = images[spec.name]
         if hw is not None and axis in hw:
             if meta_image is not None:
@@ -130,13 +147,25 @@ def representative_shapes(
     return _fill(specs, given, arrays, fill)
 
 
-SEQUENCE = 128
-"""The length `representative_shapes` gives a sequence dimension (tokens, frames, time steps)."""
-IMAGE_SIZES = {"classifier": (224, 224), "detector": (640, 640), "text line": (48, 320)}
+def roles_of(specs: Sequence[TensorSpec], model: Model | None) -> Roles:
+    """A model's sequence roles: read from its graph where it is ONNX, else from the inputs'
+    names and shapes alone."""
+    if model is not None and model.format is ModelFormat.ONNX:
+        return sequence.read(model)
+    return sequence.from_specs(specs, ())
+
+
+IMAGE_SIZES = {
+    "classifier": (224, 224),
+    "detector": (640, 640),
+    "text line": (48, 320),
+    "text direction": (48, 192),
+}
 """Height and width `representative_shapes` gives an image input with open ones, by what the
-model's outputs say it is: class scores ([N, C]) a classifier, a sequence of class scores
-([N, T, C], as CTC text recognizers give) a text-line recognizer, else a detector (maps,
-boxes)."""
+model's outputs say it is: class scores ([N, C]) a classifier, two of them ([N, 2]) a text
+line's direction classifier (0 or 180 degrees, as PP-OCR's cls, which takes 48x192 lines), a
+sequence of class scores ([N, T, C], as CTC text recognizers give) a text-line recognizer,
+else a detector (maps, boxes)."""
 
 _BATCH_WORDS = frozenset({"batch", "batchsize", "bs", "n", "b"})
 _SEQUENCE_WORDS = frozenset(
@@ -160,6 +189,7 @@ def _fill(
     arrays = dict(arrays or {})
     names = {s.name for s in specs}
     symbols = {d for s in specs for d in (s.shape or ()) if isinstance(d, str)}
+    symbols |= {n for d in symbols for n in sequence.symbols(d)}
     sizes: dict[str, int] = {}
     for spec in specs:
         if spec.name in arrays and spec.shape is not None:
@@ -185,6 +215,10 @@ def _fill(
             f"--shape {key}: no input or dimension is called {key!r}; the model's inputs are "
             f"{listing}"
         )
+    for d, size in list(sizes.items()):  # an expression's one unknown name, from its size
+        solved = sequence.solve(d, size, sizes)
+        if solved is not None:
+            sizes.setdefault(*solved)
     shapes: dict[str, tuple[int, ...]] = {}
     chosen: list[tuple[list[str], Dim, int, str]] = []  # (where, dim, size, why)
     noted: dict[str, int] = {}  # dimension name -> its entry in `chosen`
@@ -213,6 +247,18 @@ def _fill(
                 if d in noted:
                     chosen[noted[d]][0].append(f"{spec.name}[{axis}]")
                 continue
+            if sequence.is_expression(d):
+                assert isinstance(d, str)
+                for name in sorted(sequence.symbols(d) - set(sizes)):
+                    part, why = fill(spec, axis, name)
+                    sizes[name] = part
+                    noted[name] = len(chosen)
+                    chosen.append(([f"{spec.name}[{axis}]"], name, part, why))
+                computed = sequence.evaluate(d, sizes)
+                if computed is not None and computed >= 0:
+                    out.append(computed)
+                    sizes[d] = computed
+                    continue
             size, why = fill(spec, axis, d)
             out.append(size)
             if isinstance(d, str) and d:
@@ -268,8 +314,14 @@ def _image_size(
         and not isinstance(o.shape[1], int)
         for o in outputs or ()
     )
+    two_way = bool(outputs) and all(
+        o.shape is not None and len(o.shape) == 2 and o.shape[1] == 2 for o in outputs or ()
+    )
     if outputs is None:
         why += " (the outputs are not known)"
+    elif two_way:
+        kind = "text direction"
+        why = "a text line's direction classifier's (it outputs two classes: 0 or 180 degrees)"
     elif sequence:
         kind, why = "text line", "a text-line recognizer's (it outputs a sequence of scores)"
     elif ranks and max(ranks) > 2:
@@ -313,6 +365,41 @@ def _metadata(
             image = (values[0], values[-1])
             image_key = key
     return shapes, sizes, image, image_key
+
+
+IMAGE_SIZE_KEYS = _IMAGE_KEYS
+"""Metadata keys `representative_shapes` reads an image size from ("imgsz": "[640, 640]")."""
+
+
+def metadata_image_size(
+    model: Model, spec: TensorSpec, axes: tuple[int, int]
+) -> tuple[tuple[int, int], str] | None:
+    """(height, width) of image input `spec` (`axes`: its height and width axes) where the
+    model says, as `representative_shapes` reads it: a fixed size, else the model's metadata
+    (the input's whole shape, a dimension's name, an image size key such as "imgsz"); and
+    the keys that said. None where neither says for both."""
+    shapes, sizes, image, image_key = _metadata(model, model.inputs)
+    shape = spec.shape or ()
+    if len(shape) <= max(axes):
+        return None
+    hw: list[int] = []
+    keys: list[str] = []
+    for i, axis in enumerate(axes):
+        dim = shape[axis]
+        if isinstance(dim, int):
+            hw.append(dim)
+        elif spec.name in shapes:
+            hw.append(shapes[spec.name][axis])
+            keys.append(spec.name)
+        elif isinstance(dim, str) and dim in sizes:
+            hw.append(sizes[dim])
+            keys.append(dim)
+        elif image is not None:
+            hw.append(image[i])
+            keys.append(image_key)
+        else:
+            return None
+    return (hw[0], hw[1]), ", ".join(repr(k) for k in dict.fromkeys(keys))
 
 
 def profile(shape_sets: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
@@ -370,8 +457,15 @@ def random_feeds(
     *,
     seed: int = 0,
     given: Mapping[str, np.ndarray] | None = None,
+    roles: Roles | None = None,
+    phase: Phase | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds for `specs`, in input order; inputs in `given` are taken as they are."""
+    """Seeded random feeds for `specs`, in input order; inputs in `given` are taken as they are.
+
+    With a sequence model's `roles`, the inputs that have one get what such a model sees
+    (`infer.sequence.feeds`: ids within the vocabulary, masks of ones, positions after the
+    past), the others random values as any model's.
+    """
     given = dict(given or {})
     unknown = sorted(set(given) - {s.name for s in specs})
     if unknown:
@@ -387,14 +481,20 @@ def random_feeds(
             out[spec.name] = given[spec.name]
         else:
             out[spec.name] = random_array(resolved[spec.name], spec.dtype, rng)
+    if roles is not None and roles.is_sequence:
+        made = sequence.feeds(roles, specs, resolved, rng, phase=phase)
+        out.update({k: v for k, v in made.items() if k not in given})
     return out
 
 
-def read_inputs(items: Iterable[str]) -> dict[str, np.ndarray]:
+def read_inputs(items: Iterable[str], specs: Sequence[TensorSpec] = ()) -> dict[str, np.ndarray]:
     """Arrays from `--input` items: NAME=FILE.npy, FILE.npz (every array in it), NAME=VALUE.
 
-    VALUE is a Python literal (a number or a nested list), for small inputs such as a sample rate.
+    VALUE is a Python literal (a number or a nested list), for small inputs such as a sample rate;
+    like Python data given to `Engine.run`, it takes the dtype of the input in `specs` it names
+    when the kinds agree (`scale=2` into a float input is 2.0). Arrays from files keep theirs.
     """
+    dtypes = {s.name: s.dtype for s in specs}
     out: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -411,7 +511,7 @@ def read_inputs(items: Iterable[str]) -> dict[str, np.ndarray]:
         if path.suffix.lower() in (".npy", ".npz") or path.exists():
             out[name] = _read_array(path, name)
         else:
-            out[name] = _literal(name, value)
+            out[name] = _literal(name, value, dtypes.get(name))
     return out
 
 
@@ -439,7 +539,7 @@ def _read_array(path: Path, name: str) -> np.ndarray:
         raise InputError(f"input {name!r}: {str(path)!r} cannot be read as .npy: {e}") from e
 
 
-def _literal(name: str, text: str) -> np.ndarray:
+def _literal(name: str, text: str, dtype: np.dtype | None = None) -> np.ndarray:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -448,7 +548,12 @@ def _literal(name: str, text: str) -> np.ndarray:
         ) from None
     if not isinstance(value, (int, float, bool, list, tuple)):
         raise InputError(f"input {name!r}: {text!r} is not a number or a list of numbers")
-    return np.asarray(value)
+    arr = np.asarray(value)
+    if dtype is not None and (
+        (arr.dtype.kind in "biu" and dtype.kind in "biuf") or arr.dtype.kind == dtype.kind
+    ):
+        return arr.astype(dtype)
+    return arr
 
 
 def read_samples(
@@ -457,13 +562,15 @@ def read_samples(
     shapes: ShapeArg | None = None,
     *,
     limit: int | None = None,
+    model: Model | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Feeds from a folder, one per file, in name order (for calibration).
 
     `.npz` files hold one array per input name; a `.npy` file is the one input of a
-    single-input model; images (with Pillow) are resized to that input's height and width,
-    scaled to [0, 1] and laid out NCHW or NHWC as its shape says (3 channels). A sample one
-    dimension short of the input's rank gets a batch dimension of 1.
+    single-input model; images (with Pillow) are resized to the height and width a run of
+    `model` takes (`sample_image_size`: `shapes`, else the model's metadata or a size of its
+    kind), scaled to [0, 1] and laid out NCHW or NHWC as its shape says (3 channels). A
+    sample one dimension short of the input's rank gets a batch dimension of 1.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -479,6 +586,7 @@ def read_samples(
         files = files[:limit]
     by_name = {s.name: s for s in specs}
     single = specs[0] if len(specs) == 1 else None
+    size: tuple[int, int] | None = None
     out = []
     for path in files:
         suffix = path.suffix.lower()
@@ -499,7 +607,13 @@ def read_samples(
         elif suffix == ".npy":
             feeds = {single.name: _read_array(path, single.name)}
         else:
-            feeds = {single.name: _read_image(path, single, shapes)}
+            _check_image(path, single)
+            if size is None:
+                found = sample_image_size(specs, shapes, model=model)
+                assert found is not None  # one image input, checked above
+                size, why = found
+                log.info("images in %s are resized to %dx%d: %s", root, *size, why)
+            feeds = {single.name: _read_image(path, single, size)}
         out.append({n: _batched(a, by_name[n]) for n, a in feeds.items()})
     return out
 
@@ -510,34 +624,64 @@ def _batched(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     return arr
 
 
-def _read_image(path: Path, spec: TensorSpec, shapes: ShapeArg | None) -> np.ndarray:
+def sample_image_size(
+    specs: Sequence[TensorSpec], shapes: ShapeArg | None = None, *, model: Model | None = None
+) -> tuple[tuple[int, int], str] | None:
+    """(height, width) `read_samples` resizes images to, and why; None unless the model takes
+    one NCHW or NHWC image with 3 channels.
+
+    The size is the one `run` and `bench` use (`representative_shapes`): `shapes` where they
+    say, else the input's fixed size, else the model's metadata (such as "imgsz"), else a
+    size of its kind.
+    """
+    if len(specs) != 1 or not _is_image(specs[0]):
+        return None
+    spec = specs[0]
+    axes = (2, 3) if (spec.shape or ())[1] == 3 else (1, 2)
+    resolved, notes = representative_shapes(specs, shapes, model=model)
+    h, w = (resolved[spec.name][a] for a in axes)
+    whys = []
+    for axis in axes:
+        for note in notes:
+            where, _, why = note.partition(" = ")
+            if f"{spec.name}[{axis}]" in where.split(" (")[0].split(", "):
+                whys.append(why.partition(": ")[2])
+    open_axes = [a for a in axes if not isinstance((spec.shape or ())[a], int)]
+    if whys:
+        why = "; ".join(dict.fromkeys(whys))
+    elif not open_axes:
+        why = "the model's input size"
+    else:
+        why = "the shape given" if shapes else "as a run of the model is sized"
+    return (h, w), why
+
+
+def _is_image(spec: TensorSpec) -> bool:
+    shape = spec.shape
+    return shape is not None and len(shape) == 4 and 3 in (shape[1], shape[3])
+
+
+def _check_image(path: Path, spec: TensorSpec) -> None:
+    if not _is_image(spec):
+        raise InputError(
+            f"image {str(path)!r}: input {spec.name!r} is {describe(spec.shape, spec.dtype)}, "
+            "not an NCHW or NHWC image with 3 channels; give .npy files instead"
+        )
+
+
+def _read_image(path: Path, spec: TensorSpec, size: tuple[int, int]) -> np.ndarray:
+    """The image at `path` as `spec` takes it: RGB, resized to `size` (height, width), [0, 1]."""
     try:
         from PIL import Image
     except ImportError:
         raise InputError(
             f"reading image {str(path)!r} needs Pillow: pip install pillow (or give .npy files)"
         ) from None
-    shape = spec.shape
-    if shape is None or len(shape) != 4 or 3 not in (shape[1], shape[3]):
-        raise InputError(
-            f"image {str(path)!r}: input {spec.name!r} is {describe(spec.shape, spec.dtype)}, "
-            "not an NCHW or NHWC image with 3 channels; give .npy files instead"
-        )
-    nchw = shape[1] == 3
-    size = dict(shapes or {}).get(spec.name)
-    if size is not None:  # the whole shape of this input: its height and width are read from it
-        size = (size,) if isinstance(size, int) else tuple(size)
-        _check_against(spec, size)
-    h: Dim
-    w: Dim
-    h, w = (size[2], size[3]) if size and nchw else (size[1], size[2]) if size else (None, None)
-    h = h if h is not None else shape[2] if nchw else shape[1]
-    w = w if w is not None else shape[3] if nchw else shape[2]
+    nchw = (spec.shape or ())[1] == 3
+    h, w = size
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if isinstance(h, int) and isinstance(w, int):
-                im = im.resize((w, h))
+            im = im.convert("RGB").resize((w, h))
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except OSError as e:
         raise InputError(f"image {str(path)!r} cannot be read: {e}") from e

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _race
+from . import _race, sequence
 from .backends import base
 from .backends.base import GRAPH, Backend, BackendInfo, Session
 from .cache import Cache, Key
@@ -32,9 +32,9 @@ from .errors import (
     OptionError,
     PrecisionError,
 )
-from .feeds import random_feeds, representative_shapes
+from .feeds import random_feeds, representative_shapes, roles_of
 from .model import Model
-from .options import Options
+from .options import PRECISIONS, Options
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,8 @@ class Attempt:
 
 class Selection(tuple[Attempt, ...]):
     """What `Engine.load` tried, in order (a tuple of Attempt, the data as it was): prints as
-    one line per candidate it could try (seconds rounded, reasons cut) and one line naming
-    those not here (their reasons stay in the data); `repr` is one line."""
-
-    REASON_CHARS = 160
+    one line per candidate it could try (seconds rounded, each reason whole, on one line) and
+    one line naming those not here (their reasons stay in the data); `repr` is one line."""
 
     @property
     def chosen(self) -> Attempt | None:
@@ -141,8 +139,6 @@ class Selection(tuple[Attempt, ...]):
         mark = "✓" if a.verdict == "selected" else "✗" if a.verdict == "failed" else "-"
         took = f" in {_seconds(a.seconds)}" if a.seconds is not None else ""
         reason = " ".join(a.reason.split())
-        if len(reason) > self.REASON_CHARS:
-            reason = reason[: self.REASON_CHARS - 1] + "…"
         return f"{mark} {a.backend} on {a.device}: {a.verdict}{took}" + (
             f": {reason}" if reason else ""
         )
@@ -249,19 +245,25 @@ def select(
     options: Options,
     backend: str | Sequence[str] | None = None,
     transform: Callable[[Model, Backend, Device, str | None], Model] | None = None,
+    *,
+    listed: bool | None = None,
 ) -> tuple[Session, list[Attempt]]:
     """Try each candidate in order; return the first session that compiles and every verdict.
 
     `transform(model, backend, device, variant)` gives the model a backend should compile (the
     precision transform, applied once and shared); None compiles `model` as it is.
     With a single `backend` named, its failure is raised instead of falling back.
+    `listed`: whether the caller named `backend` (default: whenever it is given); False for
+    rows infer restricts itself to.
     """
     rows = candidates(request, None if backend == FASTEST else backend)
     forced = isinstance(backend, str)
+    if listed is None:
+        listed = backend is not None and backend != FASTEST
     attempts: list[Attempt] = []
     last_error: InferError | None = None
     for row in rows:
-        device, verdict = check(row, model, request, options, named=forced)
+        device, verdict = check(row, model, request, options, named=forced, listed=listed)
         if verdict is not None:
             attempts.append(verdict)
             continue
@@ -290,11 +292,19 @@ def select(
             f"no backend runs int8 {model!r} within its budget on {request}:\n{_explain(attempts)}",
             last_error.report,
         ) from last_error
+    slow = [_last_resort(row, options, listed) for row in rows]
+    if any(why and a.reason == why for why, a in zip(slow, attempts)):
+        raise PrecisionError(_no_fast_precision(model, request, options, rows, attempts))
     raise BackendUnavailable(f"no backend can run {model!r} on {request}:\n{_explain(attempts)}")
 
 
 def check(
-    row: Choice, model: Model, request: Device, options: Options, named: bool = False
+    row: Choice,
+    model: Model,
+    request: Device,
+    options: Options,
+    named: bool = False,
+    listed: bool = False,
 ) -> tuple[Device | None, Attempt | None]:
     """The checks `select` makes on a row before compiling, without compiling anything.
 
@@ -302,6 +312,8 @@ def check(
     the Attempt saying why not). For tools (`infer devices`, `inspect`, `bench`) that ask
     which backends could take a model. `named`: the caller named this backend alone, so a
     known wrong answer (`Backend.miscomputes`) is a warning rather than a reason to skip it.
+    `listed`: the caller named the rows to try (this one alone or among others), so a last
+    resort runs a lowered precision (`_last_resort`).
     """
     b = base.get(row.backend)
     info = b.probe()
@@ -316,12 +328,79 @@ def check(
         # A backend that does not read the model's format is passed over, not fallen back from.
         verdict = "unsupported" if model.format in b.formats else "skipped"
         return device, Attempt(row.label, str(device), verdict, why)
+    slow = _last_resort(row, options, named or listed)
+    if slow:
+        return device, Attempt(row.label, str(device), "skipped", slow)
     wrong = b.miscomputes(model, device, options, row.variant)
     if wrong and not named:
-        return device, Attempt(row.label, str(device), "skipped", f"answers wrongly: {wrong}")
+        return device, Attempt(row.label, str(device), "skipped", f"{_WRONG}{wrong}")
     if wrong:
         log.warning("%s on %s, as named, answers this model wrongly: %s", row.label, device, wrong)
     return device, None
+
+
+_WRONG = "answers wrongly: "
+
+
+def known_wrong(attempt: Attempt) -> str | None:
+    """Why `check` passed a row over as answering the model wrongly (`Backend.miscomputes`);
+    None for any other verdict."""
+    if attempt.verdict == "skipped" and attempt.reason.startswith(_WRONG):
+        return attempt.reason[len(_WRONG) :]
+    return None
+
+
+def _last_resort(row: Choice, options: Options, named: bool) -> str:
+    """Why a last-resort row (too slow to race) is passed over for a lowered precision ("" when
+    it is not): fp16, bf16 and int8 are asked for speed, which the slowest backend cannot give,
+    so it runs them only when the caller names it."""
+    if row.race or named or options.precision == "fp32":
+        return ""
+    return (
+        f"the slowest backend, a last resort at fp32: {options.precision} is asked for speed, "
+        f"so it runs {options.precision} only when named (backend={row.label!r})"
+    )
+
+
+def _no_fast_precision(
+    model: Model,
+    request: Device,
+    options: Options,
+    rows: Sequence[Choice],
+    attempts: Sequence[Attempt],
+) -> str:
+    """Why no backend here runs `options.precision` fast, and what would: the precisions the
+    fast rows here take this model at, the devices whose rows run it, and the last resort."""
+    precision = options.precision
+    here: dict[str, list[str]] = {}
+    for p in PRECISIONS:
+        if p == precision:
+            continue
+        other = replace(options, precision=p, calibration=None)
+        for row in rows:
+            if row.race and check(row, model, request, other)[1] is None:
+                here.setdefault(p, []).append(row.label)
+    elsewhere = []
+    for kind, choices in TABLE.items():
+        if kind in (request.kind, "auto"):
+            continue
+        names = [
+            r.backend
+            for r in choices
+            if r.race
+            and model.format in base.get(r.backend).formats
+            and precision in base.get(r.backend).precisions(Device(kind), r.variant)
+        ]
+        if names:
+            elsewhere.append(f"{kind} ({', '.join(dict.fromkeys(names))})")
+    offers = [f"{p} ({', '.join(labels)})" for p, labels in here.items()]
+    last = next((r.label for r in rows if not r.race), None)
+    return (
+        f"no fast backend here runs {precision} {model!r} on {request}:\n{_explain(attempts)}\n"
+        + (f"Run it at {' or '.join(offers)} here" if offers else "No fast backend takes it here")
+        + (f", or on a device that runs {precision}: {', '.join(elsewhere)}" if elsewhere else "")
+        + (f"; backend={last!r} runs {precision} all the same, slowly." if last else ".")
+    )
 
 
 def _compile(
@@ -342,7 +421,9 @@ def _compile(
     except PrecisionError as e:
         return e
     try:
-        return b.compile(target, device, options, row.variant)
+        session = b.compile(target, device, options, row.variant)
+        session.know(target)  # the graph's bounds on ids and shapes at batch 0, for the feed check
+        return session
     except OptionError:
         raise  # the caller's mistake: no other backend would make it right
     except Exception as e:
@@ -369,7 +450,8 @@ def preflight(
     compiling), on the device they would get.
 
     request: a device ("auto", "cpu", ...: the rows `select` would try, restricted to
-    `backend` as `candidates` does), or None for every row of every device kind, each on its
+    `backend` as `candidates` does; one backend named is taken as `select` takes it, a known
+    wrong answer no reason to leave it out), or None for every row of every device kind, each on its
     own kind (what `infer inspect` lists).
     """
     options = options or Options()
@@ -384,7 +466,9 @@ def preflight(
         pairs = [(row, wanted) for row in candidates(wanted, backend)]
     out = []
     for row, where in pairs:
-        device, verdict = check(row, model, where, options)
+        device, verdict = check(
+            row, model, where, options, named=isinstance(backend, str), listed=backend is not None
+        )
         if verdict is None:
             assert device is not None
             verdict = _ops_verdict(row, model, device) if ops else None
@@ -554,7 +638,7 @@ def choose(
                 )
     quick = [r.label for r in rows if r.label not in deferred] if deferred else None
     try:
-        session, attempts = select(model, request, options, quick, transform)
+        session, attempts = select(model, request, options, quick, transform, listed=False)
     except BackendUnavailable:
         if not deferred:
             raise
@@ -569,6 +653,19 @@ def choose(
 
 
 Transform = Callable[[Model, Backend, Device, "str | None"], Model]
+
+
+def raced(request: Device) -> list[str]:
+    """The labels of the rows the measured choice times for `request`, in table order."""
+    return [r.label for r in TABLE[request.kind] if r.race]
+
+
+def cached_verdict(model: Model, request: Device, options: Options) -> _race.Verdict | None:
+    """The race `choose` would read for `model` on `request` with these options (its winner is
+    what a load with no backend named compiles), without compiling anything; None: no race is
+    cached, and the next such load races."""
+    pending = Pending(model, request, options, None)
+    return _race.read(pending.cache, pending.key)
 
 
 class Pending:
@@ -700,10 +797,10 @@ class Pending:
                     session, [attempts[r.label] for r in self.rows if r.label in attempts]
                 )
             try:
-                race_feeds = self._feeds(next(iter(compiled.values()))[2], feeds)
+                workloads = self._workloads(next(iter(compiled.values()))[2], feeds)
                 verdict = _race.run(
                     [_race.Candidate(label, str(d), s) for label, (_, d, s, _) in compiled.items()],
-                    race_feeds,
+                    workloads,
                     self.options.precision,
                     cancel=cancel,
                     versions={
@@ -754,15 +851,37 @@ class Pending:
         )
         return Chosen(session, [attempts[r.label] for r in self.rows if r.label in attempts])
 
-    def _feeds(self, session: Session, given: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    def _workloads(self, session: Session, given: Mapping[str, Any] | None) -> list[_race.Workload]:
+        """What the race times: the feeds given (the first real ones, or `example=`), else
+        seeded random feeds at the shapes a real run takes; a sequence model's phases each
+        (a decoder's decode step, deciding, then its prefill), named for the selection. A
+        decoder raced on given feeds is also timed on its decode step, which decides."""
+        given = given if given is not None else self.example
+        roles = roles_of(session.inputs, self.model)
+        phases = sequence.phases(roles)
         if given is not None:
-            return dict(given)
-        if self.example is not None:
-            return dict(self.example)
-        shapes, notes = representative_shapes(session.inputs, self.options.shapes, model=self.model)
-        for note in notes:
-            log.debug("race feeds: %s", note)
-        return random_feeds(session.inputs, shapes, seed=0)
+            named = f"the {'first' if self.example is None else 'example'} feeds"
+            workloads = [_race.Workload(named if phases else "", dict(given))]
+            if not roles.is_decoder:
+                return workloads
+            ids = given.get(roles.ids) if roles.ids is not None else None
+            batch = int(np.shape(ids)[0]) if ids is not None and np.ndim(ids) else 1
+            phases = sequence.phases(roles, batch=batch)[:1]
+        else:
+            workloads = []
+        made: list[_race.Workload] = []
+        each: list[sequence.Phase | None] = [*phases] or [None]
+        for phase in each:
+            shapes, notes = representative_shapes(
+                session.inputs, self.options.shapes, model=self.model, roles=roles, phase=phase
+            )
+            for note in notes:
+                log.debug("race feeds: %s", note)
+            feeds = random_feeds(session.inputs, shapes, seed=0, roles=roles, phase=phase)
+            if any(_same_shapes(feeds, w.feeds) for w in made):
+                continue  # --shape fixed what the phases would have changed
+            made.append(_race.Workload(str(phase) if phase else "", feeds))
+        return made + workloads
 
     def _attempts(
         self,
@@ -796,3 +915,7 @@ class Pending:
                 why = f"{e.describe()}; slower than {winner.label} ({winner.median_ms:.3g} ms)"
                 out.append(Attempt(e.label, e.device, "skipped", why, took))
         return out
+
+
+def _same_shapes(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(np.shape(a[k]) == np.shape(b[k]) for k in a)

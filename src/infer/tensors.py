@@ -248,8 +248,9 @@ class FeedValidator:
 
     The first call with a given (dtype, shape) per input does the full check; later calls
     with the same signature take a set lookup, so validation stays cheap per run.
-    Lossless casts (numpy's "safe": uint8 -> float32, int32 -> int64) are done silently;
-    lossy ones (float64 -> float32) only with ``cast=True``.
+    Lossless casts within a kind (int32 -> int64, float16 -> float32, bool -> any) are done
+    silently; integers into a float input (most often an image not yet normalized) and lossy
+    casts (float64 -> float32, int64 -> int32) only with ``cast=True``.
     """
 
     def __init__(self, specs: Sequence[TensorSpec], *, cast: bool = False) -> None:
@@ -414,7 +415,7 @@ class FeedValidator:
         if want.kind == "O":
             if arr.dtype.kind in "US":
                 return arr.astype(object)
-        elif np.can_cast(arr.dtype, want, "safe") or (
+        elif (np.can_cast(arr.dtype, want, "safe") and not _changes_kind(arr.dtype, want)) or (
             self.cast and np.can_cast(arr.dtype, want, "same_kind")
         ):
             return arr.astype(want)
@@ -422,6 +423,12 @@ class FeedValidator:
             dtype_info(arr.dtype).name if arr.dtype in _BY_NUMPY else str(arr.dtype),
             dtype_info(want).name,
         )
+        if not self.cast and _changes_kind(arr.dtype, want):
+            raise InputError(
+                f"input {name!r} is {exp} ({describe(spec.shape, want)}) but got {got}: "
+                + _integer_hint(arr)
+                + ", or pass cast=True to Engine.load to widen it as it is"
+            )
         hint = (
             f"; {got} -> {exp} can lose information: pass cast=True to Engine.load to allow it"
             if not self.cast and np.can_cast(arr.dtype, want, "same_kind")
@@ -443,6 +450,27 @@ class FeedValidator:
 
     def _listing(self) -> str:
         return describe_specs(self.specs.values())
+
+
+def _changes_kind(got: np.dtype, want: np.dtype) -> bool:
+    """Integers into a float (or complex) tensor: lossless to numpy, but rarely what was meant."""
+    return got.kind in "iu" and want.kind in "fc"
+
+
+def _integer_hint(arr: np.ndarray) -> str:
+    """What an integer array fed to a float input probably was, and what to do instead."""
+    channels = (1, 3, 4)
+    if arr.dtype == np.uint8 or (
+        arr.ndim >= 3 and (arr.shape[-1] in channels or arr.shape[-3] in channels)
+    ):
+        return (
+            "an integer image is usually not yet normalized; scale it (x / 255.0) or declare "
+            "preprocessing (infer.Preprocess.image)"
+        )
+    return (
+        "integers into a float input usually mean values not yet scaled or converted as the "
+        "model expects; convert them (x.astype(np.float32), scaled as the model was trained)"
+    )
 
 
 _SUBBYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}

@@ -82,6 +82,8 @@ class ReferenceBackend(Backend):
             evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_onnx.opset(proto) or 1))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
+        for node in getattr(evaluator, "rt_nodes_", ()):
+            node.run = _naming(node)
         inputs, outputs = model.inputs, model.outputs
         # onnx.reference's Optional op wraps its value in a list: these outputs are unwrapped.
         optional_tensors = frozenset(
@@ -126,10 +128,16 @@ class ReferenceSession(Session):
     ) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
         self._check_memory(feeds)
-        # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
-        with self._lock, np.errstate(over="ignore"):
+        # The kernels compute in numpy what the spec says, limits included: exp() overflowing to
+        # inf, and Sigmoid's inf/inf in the branch np.where then drops, are not the caller's
+        # business. Only here: numpy's warnings elsewhere in the process stay as they were.
+        with self._lock, np.errstate(all="ignore"):
             try:
                 results = self._evaluator.run(names, feeds)
+            except _NodeFailure as e:
+                raise RuntimeFailure(
+                    f"{self.backend} failed to run on {self.device}: {e.node}: {_cause(e.error)}"
+                ) from e.error
             except (TypeError, AttributeError) as e:
                 raise RuntimeFailure(
                     f"{self.backend} failed to run on {self.device}: {_cause(e)}"
@@ -221,6 +229,35 @@ def _implemented(domain: str, op: str, version: int | None) -> bool:
 _WRAPPED = re.compile(r"^Issues with types .*\(operator '([^']*)'\)\.?$", re.S)
 
 
+class _NodeFailure(Exception):
+    """A node's kernel failed: which node (the evaluator's own errors name none) and why."""
+
+    def __init__(self, node: str, error: Exception) -> None:
+        super().__init__(f"{node}: {error}")
+        self.node, self.error = node, error
+
+
+def _naming(node: Any) -> Any:
+    """`node.run`, its failures raised as _NodeFailure naming the node and its op."""
+    run, proto = node.run, node.onnx_node
+    label = (
+        f"node {proto.name!r} ({proto.op_type})"
+        if proto.name
+        else f"the {proto.op_type} node computing {next(iter(proto.output), '')!r}"
+    )
+
+    @functools.wraps(run)
+    def named(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise _NodeFailure(label, e) from e
+
+    return named
+
+
 def _cause(e: BaseException) -> str:
     """What went wrong, without the layers onnx.reference wraps around it: each op that a
     failure passes through (a Loop, then its body's op) re-raises "Issues with types [<class
@@ -243,6 +280,7 @@ def _corrected_ops(opset: int = 1) -> list[type]:
     and keep the low bits, as the spec says (onnx's docs/technical/int4.md); onnx's evaluator
     leaves it to ml_dtypes, which truncates toward zero and wrapped out-of-range values up to
     0.5 but gives 0 for them from 0.7 on (-9.0 -> int4: 7 with 0.5, 0 with 0.7).
+    Squeeze before opset 13 squeezed negative axes one at a time, each shifting the next.
     Softmax, LogSoftmax and Hardmax before opset 13 normalize over the input flattened to 2-D
     at `axis` (default 1); onnx's evaluator uses the opset-13 rule (one axis, default -1) for
     every version, so an opset-9 classifier's Softmax over [N, 1000, 1, 1] gave all ones.
@@ -331,6 +369,20 @@ def _corrected_ops(opset: int = 1) -> list[type]:
             return y
 
     ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax, *_subbyte_casts()]
+    if opset < 13:
+
+        class Squeeze(OpRun):
+            """Squeeze 1-11 (axes an attribute): onnx's kernel squeezes one axis at a time in
+            reverse order, so negative axes shift under it ([N, 1, 1] by [-2, -1] squeezed N)."""
+
+            op_domain = ""
+
+            def _run(self, data: np.ndarray, axes: Any = None) -> tuple[np.ndarray]:
+                if axes is None or len(axes) == 0:
+                    return (np.squeeze(data),)
+                return (np.squeeze(data, axis=tuple(int(a) % data.ndim for a in axes)),)
+
+        ops.append(Squeeze)
     if 10 <= opset < 19:
         # onnx <= 1.23 implements DequantizeLinear from opset 19 only; opsets 10-18 are the same
         # op with fewer types, and int8 Q/DQ graphs (transforms/precision.py) use them.

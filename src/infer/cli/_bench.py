@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from .. import demo
+from .. import _race, demo
 from ..batching import Batching
 from ..bench import BenchReport, benchmark
 from ..errors import OptionError
@@ -65,11 +65,15 @@ def bench_command(
     ] = None,
     device: DeviceOpt = "auto",
     backend: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--backend", "-b", help="all (every backend that can take the model here), or a,b."
+            "--backend",
+            "-b",
+            help="all (every backend that can take the model here), or a,b. Default: all, "
+            "and a row that fails is reported without failing the command while one ran.",
+            show_default=False,
         ),
-    ] = "all",
+    ] = None,
     precision: PrecisionOpt = "fp32",
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. 1,4,16.")] = "1",
     duration: Annotated[
@@ -116,6 +120,8 @@ def bench_command(
     ] = None,
 ) -> None:
     source, name = load_model(model or DEMO)
+    asked = backend is not None  # a backend the user named (or `all`) must run
+    backend = "all" if backend is None else backend
     backends: Any = "all" if backend.strip() == "all" else split_list(backend)
     if not backends:
         raise OptionError("--backend is empty; use all or names such as onnxruntime,openvino")
@@ -133,7 +139,7 @@ def bench_command(
             concurrency=concurrency,
             batching=batching_of(batching),
             shapes=shapes_of(shape),
-            inputs=read_inputs(inputs or []),
+            inputs=read_inputs(inputs or [], source.inputs),
             seed=seed,
             threads=threads,
             cache_dir=cache_dir,
@@ -150,6 +156,12 @@ def bench_command(
     failed = report.failures()
     if failed:
         rows = len([m for m in report.results if not m.skipped])
+        if not asked and any(m.ok for m in report.results):
+            err().print(
+                f"note: {len(failed)} of {rows} benchmark row(s) did not run (see above); "
+                "name backends with --backend to require them"
+            )
+            return
         err().print(f"error: {len(failed)} of {rows} benchmark row(s) did not run (see above)")
         raise typer.Exit(EXIT_CHECK_FAILED)
 
@@ -220,18 +232,22 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         )
         table.add_column("backend", no_wrap=True)
         table.add_column("batch", justify="right")
-        table.add_column(
-            "inputs",
-            no_wrap=len({len(m.shapes) for m in ok}) == 1 and len(ok[0].shapes) == 1,
-            overflow="fold",
-        )
+        table.add_column("inputs", no_wrap=True, overflow="fold")
         for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s"):
             table.add_column(col, justify="right")
+        # A column only where a row disagrees: rows that agree need no mark (a note says so).
+        compared = any(m.agrees is False for m in ok)
+        bases = {m.batch: m.baseline for m in ok if m.baseline}
+        if compared:
+            table.add_column("outputs", no_wrap=True)
         best = {b: r.best(b) for b in r.batches}
         for m in ok:
             name = m.backend + (" *" if m.backend == r.auto else "")
             style = "bold green" if best.get(m.batch) is m and len(ok) > 1 else None
+            if m.agrees is False:
+                style = "yellow"
             lat = m.latency
+            extra = [_agreement(m, bases)] if compared else []
             table.add_row(
                 name,
                 str(m.batch),
@@ -241,6 +257,7 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
                 fmt_ms(lat.p99 if lat else None),
                 fmt_ms(lat.mean if lat else None),
                 f"{m.throughput:,.1f}" if m.throughput is not None else "-",
+                *extra,
                 style=style,
             )
         console.print()
@@ -272,7 +289,15 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         if batched:
             counters = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
             counters.add_column("backend", no_wrap=True)
-            for col in ("batch", "requests", "runs", "mean batch", "full", "queued p50", "p99"):
+            for col in (
+                "batch",
+                "requests",
+                "runs",
+                "mean batch",
+                "full",
+                "queued p50 ms",
+                "p99 ms",
+            ):
                 counters.add_column(col, justify="right")
             for m in batched:
                 stats = m.batching
@@ -291,7 +316,20 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
             console.print(counters)
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
-            notes.append(f"* what device={r.device!r} picks with no backend named")
+            notes.append(f"* what device={r.device!r} picks with no backend named: {r.auto_from}")
+        elif r.auto:
+            notes.append(
+                f"device={r.device!r} with no backend named picks {r.auto} ({r.auto_from}), "
+                "not timed here"
+            )
+        if bases:
+            base = next(iter(bases.values()))
+            tolerance = _race.TOLERANCE.get(r.precision, _race.TOLERANCE["fp32"])
+            verdict = "each row's" if compared else "every row's agree"
+            notes.append(
+                f"outputs: {verdict} against {base}'s on the same feeds, as the race judges "
+                f"them (within {tolerance:g} of each output's largest magnitude)"
+            )
         if len(ok) > 1 and console.color_system is not None:
             notes.append("green: lowest median latency at that batch size")
         elif len(ok) > 1:  # no colours to show it: say it in words
@@ -306,7 +344,8 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         for m in failed:
             style = "dim" if m.skipped else "red"
             console.print(Text(f"✗ {m.backend} (batch {m.batch}): {m.error}", style=style))
-    shown = [s for s in r.skipped if named or s.verdict == "unsupported"]
+    # A row passed over (it cannot take the model, or answers it wrongly) is here: say why.
+    shown = [s for s in r.skipped if named or s.verdict != "unavailable"]
     for s in shown:
         console.print(Text(f"– {s.backend} on {s.device}: {s.reason}", style="dim"))
     absent = [s.backend for s in r.skipped if s not in shown]
@@ -321,9 +360,19 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
         console.print(Text(f"note: {n}", style="dim"))
 
 
+def _agreement(m: Any, bases: Any) -> str:
+    """The outputs column: how a row's outputs compare with the baseline row's."""
+    if m.agrees is None:
+        return "baseline" if bases.get(m.batch) == m.backend else "-"
+    if m.agrees:
+        return "agree"
+    return "disagrees" + (f": max abs {m.max_abs:.3g}" if m.max_abs is not None else "")
+
+
 def _shapes(shapes: Any) -> str:
-    """The input shapes a row timed: '1x3x640x640' for one input, else 'x 1x4, y 1x4'."""
+    """The input shapes a row timed: '1x3x640x640' for one input, else one line per input
+    ('input_ids 1x128' / 'attention_mask 1x128'): a comma-joined list wrapped mid-name."""
     dims = {k: "x".join(map(str, v)) or "scalar" for k, v in shapes.items()}
     if len(dims) == 1:
         return next(iter(dims.values()))
-    return ", ".join(f"{k} {v}" for k, v in dims.items())
+    return "\n".join(f"{k} {v}" for k, v in dims.items())

@@ -13,7 +13,7 @@ from rich.text import Text
 from ..cache import Cache
 from ..engine import Engine
 from ..errors import InferError, InputError, OptionError
-from ..feeds import parse_shape, random_feeds, resolve_shapes
+from ..feeds import parse_shape, random_feeds, representative_shapes
 from ._cache import Item, scan
 from ._common import (
     DeviceOpt,
@@ -49,7 +49,9 @@ HELP = help_text(
     "input, scaled to [0, 1]); the int8 graph is measured against fp32 (an accuracy "
     "budget: --max-drop, --max-rel-error, --min-speedup, on --validation or held-out "
     "samples) and the nodes that cost the most stay in float; it fails when no graph "
-    "faster than fp32 meets the budget (--accept-best keeps the best found).",
+    "faster than fp32 meets the budget (--accept-best keeps the best found). The result "
+    "is run once on random inputs at the shapes `infer run` takes (--no-check skips it); "
+    "exit status 1 when that check run fails, 2 when the model cannot be built.",
     "infer build model.onnx --device cuda --precision fp16",
     "infer build model.onnx -d cpu -p int8 --calibration samples/",
     "infer build model.onnx -p int8 --calibration samples/ --validation val/ --max-drop 0.02",
@@ -118,7 +120,7 @@ def build_command(
             for k, v in shapes.items()
         }
         samples = int8.calibration_for(source, name, opt)
-        err().print(int8.describe(samples))
+        err().print(int8.describe(samples, source, opt))
     cache = Cache()
     before = {i.path: i for i in scan(cache)}
     start = time.perf_counter()
@@ -151,26 +153,24 @@ def build_command(
             console.print(Text(f"  {summary}", style="dim"))
         if engine.precision_report is not None:
             console.print(Text(str(engine.precision_report), style="dim"))
+        failed = None
         if check:
-            first = {
-                k: v[1] if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
-                for k, v in shapes.items()
-            }
+            # At the shapes `infer run` takes (a dynamic dimension at 1 breaks detectors).
             start = time.perf_counter()
+            shown = ""
             try:
-                resolved, _ = resolve_shapes(engine.inputs, first)
-                engine.run(random_feeds(engine.inputs, resolved))
-            except InferError as e:  # built and cached all the same; random inputs may not suit
-                err().print(
-                    Text(
-                        f"warning: the check run on random inputs failed ({e}); "
-                        "the build is cached; use --no-check to skip the check",
-                        style="yellow",
-                    )
+                resolved, _ = representative_shapes(engine.inputs, shapes, model=engine.model)
+                shown = " at " + ", ".join(
+                    f"{k}={'x'.join(map(str, v))}" for k, v in resolved.items()
                 )
+                engine.run(random_feeds(engine.inputs, resolved, roles=engine.roles))
+            except InferError as e:
+                failed = f"the check run on random inputs{shown} failed: {e}"
             else:
                 took = fmt_s(time.perf_counter() - start)
-                console.print(Text(f"  checked: one run on random inputs, {took}", style="dim"))
+                console.print(
+                    Text(f"  checked: one run on random inputs{shown}, {took}", style="dim")
+                )
     after = scan(cache)
     changed = [i for i in after if _changed(before.get(i.path), i)]
     if not changed:
@@ -178,13 +178,21 @@ def build_command(
             f"nothing new in the cache: {engine.backend} keeps no artifact for this model, "
             f"or the cache held it already (this load took {fmt_s(seconds)})"
         )
-        return
-    console.print(f"cached in {cache.root}:")
-    for i in changed:
-        what = "runtime cache" if i.managed else "entry"
-        console.print(
-            f"  {i.kind}/{i.path.name[:10]}  {what}, {i.files} files, {fmt_bytes(i.size)}"
+    else:
+        console.print(f"cached in {cache.root}:")
+        for i in changed:
+            what = "runtime cache" if i.managed else "entry"
+            console.print(
+                f"  {i.kind}/{i.path.name[:10]}  {what}, {i.files} files, {fmt_bytes(i.size)}"
+            )
+    if failed is not None:
+        err().print(
+            f"error: {failed}\n  (what was built stays cached; --shape sizes the check run, "
+            "--no-check skips it)"
         )
+        from ._app import EXIT_CHECK_FAILED  # here: _app imports this module to register it
+
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _changed(old: Item | None, new: Item) -> bool:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .._diff import ATOL, RTOL
+from .._diff import ATOL, RTOL, SCALE_FLOOR
 from ..compare import Comparison, compare, parse_runner
 from ..engine import Engine
 from ..errors import OptionError
@@ -120,8 +120,8 @@ def compare_command(
         raise OptionError("--backends is empty; give names such as onnxruntime,reference")
     if runs < 1:
         raise OptionError(f"--runs must be >= 1, got {runs}")
-    given = read_inputs(inputs or [])
-    want = read_inputs([expected]) if expected else None
+    given = read_inputs(inputs or [], source.inputs)
+    want = read_inputs([expected], source.outputs) if expected else None
     if want is not None and runs != 1:
         raise OptionError("--expected holds one set of outputs; use it with --runs 1")
     int8 = Int8Args(
@@ -189,7 +189,7 @@ def _int8_runners(
         )
     calib = int8.calibration_for(source, name, shapes_of(shape))
     assert calib is not None
-    err().print(int8.describe(calib))
+    err().print(int8.describe(calib, source, shapes_of(shape)))
     loaded: dict[int, Engine] = {}
     try:
         for i, backend, prec in wanted:
@@ -210,6 +210,8 @@ def render(c: Comparison, name: str) -> None:
     console.print(
         Text(f"{name}", style="bold") + Text(f"  ({feeds}; {c.runs} run(s))", style="dim")
     )
+    for n in c.notes:
+        console.print(Text(f"note: {n}; set it with --shape", style="dim"))
     runners = Table(box=None, padding=(0, 1), header_style="bold", pad_edge=False)
     for col in ("", "backend", "ran as", "precision", "load", "run"):
         runners.add_column(col, justify="right" if col in ("load", "run") else "left")
@@ -224,6 +226,10 @@ def render(c: Comparison, name: str) -> None:
             fmt_s(r.run_s),
         )
     console.print(runners)
+    for label, why in c.known_wrong.items():
+        console.print(
+            Text(f"! {label} is known to answer this model wrongly: {why}", style="yellow")
+        )
     for a in c.skipped:
         why = a.reason.strip().splitlines()[0] if a.reason.strip() else a.verdict
         console.print(Text(f"– left out {a.backend} on {a.device}: {why}", style="dim"))
@@ -236,6 +242,10 @@ def render(c: Comparison, name: str) -> None:
     table.add_column("", no_wrap=True)
     for d in c.diffs:
         verdict = Text("pass", style="green") if d.passed else Text("FAIL", style="bold red")
+        if d.runner in c.known_wrong:
+            verdict = (
+                Text("pass", style="green") if d.passed else Text("off (known)", style="yellow")
+            )
         table.add_row(
             d.output,
             d.runner,
@@ -246,6 +256,12 @@ def render(c: Comparison, name: str) -> None:
             verdict,
         )
     console.print(table)
+    console.print(
+        Text(
+            f"  max rel: max abs over the output's largest magnitude (at least {SCALE_FLOOR:g})",
+            style="dim",
+        )
+    )
     for d in c.failures():
         detail = f"{d.mismatched} of {d.elements} elements outside tolerance"
         if d.note:

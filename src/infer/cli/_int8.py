@@ -12,7 +12,7 @@ import typer
 from ..budget import Budget
 from ..calibration import Calibration
 from ..errors import OptionError
-from ..feeds import read_samples
+from ..feeds import IMAGE_SUFFIXES, read_samples, sample_image_size
 from ..model import Model, ModelFormat
 
 CalibrationOpt = Annotated[
@@ -20,7 +20,8 @@ CalibrationOpt = Annotated[
     typer.Option(
         "--calibration",
         help="Folder of calibration samples for int8: .npy (single-input models), .npz (one "
-        "array per input) or images (resized to the input, scaled to [0, 1]).",
+        "array per input) or images (resized to the size `infer run` uses: --shape, else the "
+        "model's metadata such as imgsz, else its kind's; scaled to [0, 1]).",
     ),
 ]
 LimitOpt = Annotated[
@@ -93,11 +94,11 @@ class Int8Args:
             return None
         if source.format is not ModelFormat.ONNX:
             raise OptionError(f"--calibration needs an ONNX model; {name} is {source.format}")
-        data = read_samples(self.calibration, source.inputs, shapes, limit=self.limit)
+        data = read_samples(self.calibration, source.inputs, shapes, limit=self.limit, model=source)
         budget = None
         if not self.no_budget:
             validation = (
-                read_samples(self.validation, source.inputs, shapes)
+                read_samples(self.validation, source.inputs, shapes, model=source)
                 if self.validation is not None
                 else None
             )
@@ -111,10 +112,18 @@ class Int8Args:
             )
         return Calibration(data, budget=budget)
 
-    def describe(self, calib: Calibration) -> str:
+    def describe(
+        self, calib: Calibration, source: Model, shapes: dict[str, Any] | None = None
+    ) -> str:
         data = calib.data
         count = len(data) if isinstance(data, Sized) else "?"
         where = f"{count} samples from {self.calibration}"
+        folders = [f for f in (self.calibration, self.validation) if f is not None]
+        if any(p.suffix.lower() in IMAGE_SUFFIXES for f in folders for p in Path(f).iterdir()):
+            size = sample_image_size(source.inputs, shapes, model=source)
+            if size is not None:
+                (h, w), why = size
+                where += f" (images resized to {h}x{w}: {why})"
         if calib.budget is None:
             return f"calibration: {where}; no budget (--no-budget)"
         on = f"{self.validation}" if self.validation else "1 in 5 held out"

@@ -215,8 +215,9 @@ def int8_source(model: Model, options: Options, current: str | None = None) -> M
         raise OptionError(
             "precision='int8' needs calibration data: pass calibration=infer.Calibration(feeds) "
             "(or a list of feeds: dicts of input name -> array, or arrays for a single-input "
-            "model), a few hundred inputs like the ones the model will see; or load a model "
-            "that already holds Q/DQ nodes"
+            "model), a few hundred inputs like the ones the model will see (on the command "
+            "line: --calibration FOLDER of .npy/.npz files or images); or load a model that "
+            "already holds Q/DQ nodes"
         )
     return None
 

@@ -34,6 +34,7 @@ from onnx import TensorProto
 from .. import _onnx
 from ..cache import Cache, Key
 from ..errors import InputError, OptionError
+from ..feeds import IMAGE_SIZE_KEYS, metadata_image_size
 from ..model import Model, ModelFormat
 from ..tensors import Dim, TensorSpec, describe, dtype_info, graph_inputs
 from ._preprocess_graph import (
@@ -88,7 +89,9 @@ class Preprocess(abc.ABC):
     ) -> ImagePreprocess:
         """Frames in, the model's image tensor out.
 
-        size: (height, width) the model takes (an int: square); None takes it from the model.
+        size: (height, width) the model takes (an int: square); None takes it from the model
+            when fused: its fixed height and width, else its metadata as `infer run` reads
+            it (an image size such as Ultralytics' "imgsz").
         resize: "stretch" (to `size`, aspect ratio not kept), "letterbox" (fit inside `size`,
             aspect kept, padded with `pad_value`), "center_crop" (cover `size`, aspect kept,
             centre cut out) or "none" (frames already have the model's size).
@@ -194,6 +197,15 @@ class Preprocess(abc.ABC):
             raise OptionError(f"preprocess spec is not valid JSON: {e}") from e
         return Preprocess.from_dict(data)
 
+    @staticmethod
+    def parse(text: str) -> Preprocess | dict[str, Preprocess]:
+        """A spec from the text `--preprocess` takes: "image:letterbox,size=640,mean=0.485/
+        0.456/0.406,std=0.229/0.224/0.225", "NAME=image:..." for one input of several, a JSON
+        object, or a path to a .json/.toml file of `Preprocess.image`'s keywords."""
+        from ._preprocess_text import parse
+
+        return parse(text, "preprocess")
+
     @property
     def digest(self) -> str:
         """sha256 of the canonical JSON form: equal specs, equal digests, on every machine."""
@@ -206,8 +218,9 @@ class Preprocess(abc.ABC):
         """The preprocessing in numpy: the raw input in, the model's input tensor out."""
 
     @abc.abstractmethod
-    def _resolve(self, spec: TensorSpec) -> Preprocess:
-        """This spec checked against the model input `spec` and completed from it."""
+    def _resolve(self, spec: TensorSpec, model: Model | None = None) -> Preprocess:
+        """This spec checked against the model input `spec` and completed from it (and from
+        the metadata of `model`, which has that input)."""
 
     @abc.abstractmethod
     def _raw_spec(self, spec: TensorSpec, dims: tuple[str, str]) -> TensorSpec:
@@ -461,7 +474,7 @@ class ImagePreprocess(Preprocess):
 
     # -- with a model ---------------------------------------------------------------------------
 
-    def _resolve(self, spec: TensorSpec) -> ImagePreprocess:
+    def _resolve(self, spec: TensorSpec, model: Model | None = None) -> ImagePreprocess:
         where = f"preprocess for input {spec.name!r} ({_describe(spec)})"
         if spec.shape is None or len(spec.shape) != 4:
             raise OptionError(f"{where}: an image spec needs a rank-4 model input ({self.layout})")
@@ -481,12 +494,21 @@ class ImagePreprocess(Preprocess):
         hw = (dims["H"], dims["W"])
         size = self.size
         if size is None:
-            if not all(isinstance(d, int) for d in hw):
+            # Where `infer run` takes it: the fixed size, else the model's metadata.
+            axes = (self.layout.index("H"), self.layout.index("W"))
+            found = metadata_image_size(model, spec, axes) if model is not None else None
+            if found is None and all(isinstance(d, int) for d in hw):
+                found = (int(hw[0]), int(hw[1])), ""  # type: ignore[arg-type]
+            if found is None:
+                keys = ", ".join(IMAGE_SIZE_KEYS)
                 raise OptionError(
-                    f"{where}: size is None but the model's height and width are not fixed; "
-                    "give size=(height, width)"
+                    f"{where}: size is None but the model's height and width are not fixed "
+                    f"and its metadata gives no image size (keys looked for: {keys}, or the "
+                    "input's or its dimensions' names); give size=(height, width)"
                 )
-            size = (int(hw[0]), int(hw[1]))  # type: ignore[arg-type]
+            size, keys = found
+            if keys:
+                log.info("%s: size %dx%d from the model's metadata %s", where, *size, keys)
         for axis, model_dim, want in zip(("height", "width"), hw, size):
             if isinstance(model_dim, int) and model_dim != want:
                 raise OptionError(
@@ -620,7 +642,7 @@ class TensorPreprocess(Preprocess):
             x = x * np.asarray(self.scale, compute) + np.asarray(self.offset, compute)
         return np.ascontiguousarray(x.astype(dtype))
 
-    def _resolve(self, spec: TensorSpec) -> TensorPreprocess:
+    def _resolve(self, spec: TensorSpec, model: Model | None = None) -> TensorPreprocess:
         where = f"preprocess for input {spec.name!r} ({_describe(spec)})"
         model_dtype = dtype_info(spec.dtype).name
         if spec.dtype.kind not in "biuf" and not _is_float(spec.dtype):
@@ -784,7 +806,7 @@ def fuse(model: Model, preprocess: Any, cache: Cache | None = None) -> Model:
             "give the ONNX model, or preprocess the inputs yourself (Preprocess.apply)"
         )
     skeleton = model.proto if model.path is None else model._skeleton
-    resolved = resolve(skeleton, preprocess)
+    resolved = resolve(skeleton, preprocess, model)
     digest = specs_digest(resolved)
     if cache is None:
         return _named(Model.load(build(model.proto, resolved)), model)
@@ -813,10 +835,15 @@ def _named(fused: Model, source: Model) -> Model:
     return fused
 
 
-def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
+def resolve(
+    proto: onnx.ModelProto, preprocess: Any, model: Model | None = None
+) -> dict[str, Preprocess]:
     """{input name: spec}, each checked against the model input and completed from it
-    (size and dtype filled in), in the model's input order."""
+    (size and dtype filled in; a size the input leaves open from `model`'s metadata), in
+    the model's input order."""
     inputs = {s.name: s for s in graph_inputs(proto.graph)}
+    if isinstance(preprocess, str):
+        preprocess = Preprocess.parse(preprocess)
     if isinstance(preprocess, Preprocess):
         if len(inputs) != 1:
             raise OptionError(
@@ -828,8 +855,9 @@ def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
         given = dict(preprocess)
     else:
         raise OptionError(
-            "preprocess must be a Preprocess (Preprocess.image(...), Preprocess.tensor(...)) or "
-            f"a dict of input name -> Preprocess, got {type(preprocess).__name__}"
+            "preprocess must be a Preprocess (Preprocess.image(...), Preprocess.tensor(...)), "
+            "its text (Preprocess.parse) or a dict of input name -> Preprocess, got "
+            f"{type(preprocess).__name__}"
         )
     unknown = sorted(set(given) - set(inputs))
     if unknown:
@@ -847,7 +875,7 @@ def resolve(proto: onnx.ModelProto, preprocess: Any) -> dict[str, Preprocess]:
             raise OptionError(
                 f"preprocess[{name!r}] must be a Preprocess or its dict, got {type(value).__name__}"
             )
-        out[name] = value._resolve(spec)
+        out[name] = value._resolve(spec, model)
     return out
 
 
