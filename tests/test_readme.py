@@ -1,4 +1,5 @@
-"""The README's install commands: each one that serves or runs models installs a runtime."""
+"""The install commands of the README and the docs: each one that serves or runs models
+installs a runtime."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ RUNTIMES = {"cpu", "gpu", "openvino", "tensorrt", "coreml"}
 
 
 def _installs() -> list[set[str]]:
-    """The extras of every `pip install -e ".[a,b]"` (or `".[a]"`) the README shows."""
-    text = (ROOT / "README.md").read_text()
-    return [set(m.split(",")) for m in re.findall(r'"\.\[([a-z0-9,-]+)\]"', text)]
+    """The extras of every `pip install -e ".[a,b]"` or `"infer-engine[a,b]"` that the README
+    and the docs pages show."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    return [set(m.split(",")) for m in re.findall(r'"(?:\.|infer-engine)\[([a-z0-9,-]+)\]"', text)]
 
 
 def test_every_install_line_names_real_extras_and_a_runtime():
