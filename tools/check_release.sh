@@ -15,13 +15,15 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/infer-release.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The core tests: the engine, feeds, tensors, models, preprocessing, compare, the CLI's basics
-# and the choice, which need no pinned runtime version (tests/conformance needs them and is
-# left out; its modules skip themselves elsewhere than at the pins).
+# The core tests: the engine, feeds, tensors, models, preprocessing, compare, the CLI's basics,
+# bindings, batching, sequences and the choice, which need no pinned runtime version
+# (tests/conformance needs them and is left out: its modules skip themselves elsewhere than at
+# the pins; so are tests that measure a runtime version's own behaviour, test_honest_precision).
 core=(
     tests/test_import.py tests/test_engine.py tests/test_feeds.py tests/test_tensors.py
     tests/test_model.py tests/test_preprocess.py tests/test_compare.py tests/test_cli.py
-    tests/test_binding.py
+    tests/test_binding.py tests/test_batching.py tests/test_batch_zero.py tests/test_sequence.py
+    tests/test_token_ids.py tests/test_batching_sequence.py
     tests/test_device.py tests/test_choice.py tests/test_inspect.py tests/test_packaging.py
     tests/test_reference_casts.py
 )
