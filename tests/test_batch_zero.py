@@ -1,7 +1,8 @@
 """Batch 0 has one answer on every backend: outputs with no rows, of the shapes the graph gives
 (runtimes differ: on a BERT-style head split OpenVINO returns an empty array while ONNX Runtime
-and the reference evaluator raise errors of their own), or, where the graph cannot give them,
-the same InputError everywhere."""
+and the reference evaluator raise errors of their own); where the graph cannot give them (a sum
+over the batch, a data-dependent shape), the runtime's answer, and where a runtime cannot
+answer, the same InputError everywhere."""
 
 from __future__ import annotations
 
@@ -100,16 +101,40 @@ def _nonzero() -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    "model, why",
-    [(_total, "its values need a run"), (_nonzero, "not known from the graph")],
-    ids=["no-batch-axis", "data-dependent"],
-)
-def test_where_the_graph_cannot_give_batch_0_every_backend_raises_the_same(backend, model, why):
-    with _load(model(), backend) as engine:
-        x = np.zeros((0, 3), np.float32)
-        with pytest.raises(InputError, match=f"input 'x' has batch 0.*{why}.*at least one row"):
+def test_where_the_graph_cannot_give_batch_0_the_runtime_answers(backend):
+    x = np.zeros((0, 3), np.float32)
+    with _load(_total(), backend) as engine:
+        np.testing.assert_array_equal(engine.run({"x": x})["total"], np.zeros((1, 1)))
+        np.testing.assert_array_equal(engine.submit({"x": x}).result()["total"], [[0.0]])
+    with _load(_nonzero(), backend) as engine:
+        assert engine.run({"x": x})["where"].shape == (2, 0)
+
+
+def _first_row() -> onnx.ModelProto:
+    """x: float32[batch, 3] -> y: float32[3], row 0 of x (no row 0 at batch 0)."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "zero"], ["y"], axis=0)],
+        "first_row",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+# OpenVINO is left out: its Gather reads past the end without an error (see README, OpenVINO's
+# limits), which `Backend.miscomputes` cannot tell from the graph alone.
+@pytest.mark.parametrize("backend", ["onnxruntime", "reference"])
+def test_where_a_runtime_cannot_answer_batch_0_every_backend_raises_the_same(backend):
+    x = np.zeros((0, 3), np.float32)
+    with _load(_first_row(), backend) as engine:
+        want = "input 'x' has batch 0 .*output 'y'.*cannot be given without a run.*at least one row"
+        with pytest.raises(InputError, match=want):
             engine.run({"x": x})
-        with pytest.raises(InputError, match="has batch 0"):
+        with pytest.raises(InputError, match=want):
             engine.submit({"x": x}).result()
-        assert engine.run({"x": np.ones((2, 3), np.float32)})  # real rows still run
+        with engine.bind() as b, pytest.raises(InputError, match=want):
+            b.run({"x": x})
+        assert engine.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (3,)
