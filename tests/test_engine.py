@@ -110,7 +110,7 @@ def test_real_models_match_raw_onnxruntime_exactly(real_model, key):
 @pytest.mark.parametrize("key", ["ocr_cls", "silero_vad"])
 def test_reference_agrees_with_onnxruntime_on_real_models(real_model, key):
     if key == "silero_vad" and _onnx_older_than(1, 23):
-        # onnx 1.20-1.22's evaluator loses an output of the LSTM that Silero's If inlines
+        # onnx 1.19-1.22's evaluator loses an output of the LSTM that Silero's If inlines
         # ("Unable to find input .../rnn/LSTM_output_2"): a RuntimeFailure, not a wrong answer.
         pytest.skip(f"onnx {onnx.__version__}'s evaluator cannot run Silero VAD (1.23 can)")
     path = real_model(key)
