@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from infer.cli import _app
 from infer.feeds import random_feeds
 
 from . import models
+from .conformance.onnx_suite import PINNED
 
 COMMANDS = [
     [],
@@ -440,7 +442,11 @@ def test_inspect_says_which_backends_implement_the_ops(real_model, tmp_path):
     assert verdicts["onnxruntime[cpu]"]["ok"] is True and verdicts["reference"]["ok"] is True
     if verdicts.get("openvino", {}).get("device") == "cpu:0":
         assert verdicts["openvino"]["ok"] is False
-        assert "does not implement If (node 'If_0')" in verdicts["openvino"]["reason"]
+        reason = verdicts["openvino"]["reason"]
+        assert re.search(r"does not implement \w+ \(node '", reason), reason
+        if importlib.metadata.version("openvino") == PINNED["openvino"]:
+            # The op named first is the plugin's answer: 2025.1 names an Identity in the If.
+            assert "does not implement If (node 'If_0')" in reason
         text = cli("inspect", real_model("silero_vad"), "--compile").stdout
         assert "✗ openvino on cpu:0: OpenVINO could not compile" in text
         assert re.search(r"✓ onnxruntime\[cpu\] on cpu:0: compiled in \d+", text)
