@@ -226,3 +226,24 @@ def test_describe_specs_lists_name_and_type_in_order():
     )
     assert describe_specs(iter(specs[2:])) == "tokens: int64?"
     assert describe_specs([]) == ""
+
+
+def test_shared_dimension_names_checked_on_every_signature():
+    """Inputs sharing a dimension name (every sequence model's batch) take the fast path once
+    their signature passed, and a new signature is checked in full again."""
+    from infer.tensors import FeedValidator
+
+    specs = [
+        TensorSpec("ids", ("batch", "seq"), np.dtype(np.int64)),
+        TensorSpec("mask", ("batch", "seq"), np.dtype(np.int64)),
+    ]
+    check = FeedValidator(specs)
+    good = {"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 5), np.int64)}
+    assert check(good) is not good  # checked in full: a new dict
+    assert check(good) is good  # the fast path returns the feeds as given
+    with pytest.raises(InputError, match="'seq' = 4, but input 'ids' has 'seq' = 5"):
+        check({"ids": np.zeros((2, 5), np.int64), "mask": np.ones((2, 4), np.int64)})
+    widened = check({"ids": np.zeros((2, 5), np.int32), "mask": np.ones((2, 5), np.int64)})
+    assert widened["ids"].dtype == np.int64
+    again = check({"ids": np.zeros((2, 5), np.int32), "mask": np.ones((2, 5), np.int64)})
+    assert again["ids"].dtype == np.int64  # a cast signature never takes the fast path

@@ -272,8 +272,21 @@ class FeedValidator:
         self._accepted_sigs: set[tuple[tuple[str, np.dtype, tuple[int, ...]], ...]] = set()
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        # Fast path: every feed is a contiguous ndarray whose (dtype, shape) passed before.
-        if type(feeds) is dict and len(feeds) == self._count and not self._shared_symbols:
+        # Fast path: every feed is a contiguous ndarray whose (dtype, shape) passed before (with
+        # shared dimension names: whose whole signature did, as the full check leaves it).
+        if type(feeds) is dict and len(feeds) == self._count:
+            if self._shared_symbols:
+                try:
+                    sig = tuple(
+                        (name, value.dtype, value.shape)
+                        for name, value in feeds.items()
+                        if type(value) is np.ndarray and value.flags.c_contiguous
+                    )
+                except AttributeError:
+                    return self._full(feeds)
+                if len(sig) == self._count and sig in self._accepted_sigs:
+                    return feeds
+                return self._full(feeds)
             accepted = self._accepted
             for name, value in feeds.items():
                 seen = accepted.get(name)
@@ -308,6 +321,7 @@ class FeedValidator:
         if sig in self._accepted_sigs:
             return out
         bound: dict[str, tuple[int, str]] = {}
+        fast = True  # the signature may take the fast path: every array as checked, none empty
         for name, arr in out.items():
             for axis, d in enumerate(self.specs[name].shape or ()):
                 if not isinstance(d, str):
@@ -320,7 +334,16 @@ class FeedValidator:
                         f"has {d!r} = {other_size}; inputs sharing a dimension name must agree"
                     )
                 bound.setdefault(d, (size, name))
-        self._accepted_sigs.add(sig)
+        for name, arr in out.items():
+            if not (
+                isinstance(arr, np.ndarray)
+                and arr.size
+                and arr is feeds[name]
+                and arr.flags.c_contiguous
+            ):
+                fast = False
+        if fast:
+            self._accepted_sigs.add(sig)
         return out
 
     def _check_one(self, name: str, value: Any) -> np.ndarray:
