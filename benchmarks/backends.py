@@ -349,6 +349,12 @@ def main() -> int:
                 rows[name] = {"what": MODELS[name][0], "steady": steady(name, path, args.device)}
             skip = args.quick or args.no_loads
             rows[name]["loads"] = {} if skip else loads(name, path, args.device)
+    if args.models:  # a part of the models: the others keep their last figures
+        previous = RESULTS / "backends.json"
+        if previous.is_file():
+            kept = json.loads(previous.read_text()).get("models", {})
+            rows = {**{k: v for k, v in kept.items() if k in MODELS and k not in rows}, **rows}
+            rows = {k: rows[k] for k in MODELS if k in rows}
     markdown = table(rows)
     print(markdown)
     _results.write("backends", {"device": args.device, "models": rows})

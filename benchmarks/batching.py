@@ -19,12 +19,21 @@ Models: vgg (default; batches well on a CPU), cnn and cnn64 (small convolutional
 cost on a CPU grows with the batch), ocr_cls (PP-OCR's direction classifier).
 Targets: throughput >= 1.5x without batching, p99 <= max_delay + 2x a full batch's run time,
 outputs within 1e-5 of unbatched runs. Writes benchmarks/results/batching-MODEL-BACKEND-N.json.
+
+The sequence row (--model encoder, or bert: tests/data/sequence/bert.onnx where it is there):
+requests of one row of token ids and an attention mask whose lengths are drawn like real texts
+(log-normal, median 20 tokens, clipped to 5-64), so the batcher pads them into shared runs
+(`Batching.max_padding`). Also printed: the padding waste (padded / real tokens), and the
+ceiling: one run of a batch of `--max-batch` rows against that many runs of one row, at the
+median length, timed in every round beside the blocks. Targets: >= 60% of the ceiling's gain,
+never below 0.9x without batching, outputs within 1e-5 of unbatched runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import sys
 import threading
@@ -39,7 +48,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests import models  # noqa: E402
+from tests import encoder_models, models  # noqa: E402
 from tests.conftest import wheel_model  # noqa: E402
 
 import infer  # noqa: E402
@@ -109,29 +118,69 @@ MODELS: dict[str, tuple[str, Callable[[], Any], tuple[int, ...]]] = {
 }
 
 
-def _requests(shape: tuple[int, ...], count: int = 64) -> list[np.ndarray]:
+BERT = ROOT / "tests" / "data" / "sequence" / "bert.onnx"
+
+# name: (what it is, model source); requests of token ids of LENGTHS
+SEQUENCE_MODELS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "encoder": (
+        "BERT-shaped encoder built with onnx.helper: 4 layers, hidden 256, 4 heads, FFN 1024, "
+        "vocabulary 8000, mean-pooled and last_hidden_state",
+        lambda: encoder_models.encoder(
+            vocab=8000, hidden=256, heads=4, layers=4, ffn=1024, max_positions=128
+        ),
+    ),
+    "bert": (
+        "optimum's export of a tiny random BERT (tests/data/sequence/bert.onnx)",
+        lambda: BERT,
+    ),
+}
+LENGTHS = "log-normal, median 20 tokens, sigma 0.6, clipped to 5-64"
+
+Feeds = dict[str, np.ndarray]
+
+
+def _requests(shape: tuple[int, ...], name: str, count: int = 64) -> list[Feeds]:
     rng = np.random.default_rng(0)
-    return [rng.random(shape, dtype=np.float32) for _ in range(count)]
+    return [{name: rng.random(shape, dtype=np.float32)} for _ in range(count)]
+
+
+def lengths(count: int, seed: int = 0) -> list[int]:
+    """Token counts drawn like real texts' (LENGTHS)."""
+    rng = np.random.default_rng(seed)
+    drawn = rng.lognormal(math.log(20), 0.6, count)
+    return [int(n) for n in np.clip(np.rint(drawn), 5, 64)]
+
+
+def _sequence_requests(engine: infer.Engine, sizes: list[int], rows: int = 1) -> list[Feeds]:
+    """One request per length: ids within the vocabulary (never the pad id), a mask of ones,
+    token types 0 where the model takes them."""
+    roles = engine.roles
+    rng = np.random.default_rng(1)
+    out = []
+    for n in sizes:
+        shapes = {s.name: (rows, n) for s in engine.inputs}
+        out.append(infer.sequence.feeds(roles, engine.inputs, shapes, rng))
+    return out
 
 
 def threads_block(
-    engine: infer.Engine, name: str, xs: list[np.ndarray], callers: int, seconds: float
-) -> tuple[int, list[float], list[tuple[int, np.ndarray]]]:
+    engine: infer.Engine, requests: list[Feeds], callers: int, seconds: float
+) -> tuple[int, list[float], list[tuple[int, Feeds]]]:
     """`callers` threads calling engine.run for `seconds`: requests done, latencies, a sample of
-    (request index, output) pairs."""
+    (request index, outputs) pairs."""
     stop = time.perf_counter() + seconds
     latencies: list[list[float]] = [[] for _ in range(callers)]
-    samples: list[tuple[int, np.ndarray]] = []
+    samples: list[tuple[int, Feeds]] = []
 
     def caller(c: int) -> None:
         k = c
         while time.perf_counter() < stop:
-            i = k % len(xs)
+            i = k % len(requests)
             t0 = time.perf_counter()
-            out = engine.run({name: xs[i]})
+            out = engine.run(requests[i])
             latencies[c].append(time.perf_counter() - t0)
-            if k < len(xs):
-                samples.append((i, next(iter(out.values()))))
+            if k < len(requests):
+                samples.append((i, out))
             k += callers
 
     workers = [threading.Thread(target=caller, args=(c,)) for c in range(callers)]
@@ -144,21 +193,21 @@ def threads_block(
 
 
 def asyncio_block(
-    engine: infer.Engine, name: str, xs: list[np.ndarray], callers: int, seconds: float
-) -> tuple[int, list[float], list[tuple[int, np.ndarray]]]:
+    engine: infer.Engine, requests: list[Feeds], callers: int, seconds: float
+) -> tuple[int, list[float], list[tuple[int, Feeds]]]:
     """`callers` asyncio tasks awaiting engine.arun for `seconds`."""
     latencies: list[float] = []
-    samples: list[tuple[int, np.ndarray]] = []
+    samples: list[tuple[int, Feeds]] = []
 
     async def caller(c: int, stop: float) -> None:
         k = c
         while time.perf_counter() < stop:
-            i = k % len(xs)
+            i = k % len(requests)
             t0 = time.perf_counter()
-            out = await engine.arun({name: xs[i]})
+            out = await engine.arun(requests[i])
             latencies.append(time.perf_counter() - t0)
-            if k < len(xs):
-                samples.append((i, next(iter(out.values()))))
+            if k < len(requests):
+                samples.append((i, out))
             k += callers
 
     async def main() -> None:
@@ -169,20 +218,39 @@ def asyncio_block(
     return len(latencies), latencies, samples
 
 
-def full_batch_s(engine: infer.Engine, name: str, x: np.ndarray, runs: int = 5) -> list[float]:
-    """Run times of a full batch `x` (no batcher in the way), one after the other."""
+def full_batch_s(engine: infer.Engine, feeds: Feeds, runs: int = 5) -> list[float]:
+    """Run times of a full batch `feeds` (no batcher in the way), one after the other."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        engine.run({name: x})
+        engine.run(feeds)
         times.append(time.perf_counter() - t0)
     return times
 
 
+def ceiling_s(engine: infer.Engine, one: Feeds, full: Feeds, rows: int) -> tuple[float, float]:
+    """The time of `rows` runs of `one` row, then of one run of `full` (`rows` rows)."""
+    t0 = time.perf_counter()
+    for _ in range(rows):
+        engine.run(one)
+    t1 = time.perf_counter()
+    engine.run(full)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def _diff(got: Feeds, want: Feeds) -> float:
+    return max(float(np.max(np.abs(got[n] - want[n]))) if want[n].size else 0.0 for n in want)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    what, source, shape = MODELS[args.model]
+    config = infer.Batching(
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_padding=args.max_padding
+    )
+    if args.model in SEQUENCE_MODELS:
+        what, source = SEQUENCE_MODELS[args.model]
+    else:
+        what, source, shape = MODELS[args.model]
     model = source()
-    config = infer.Batching(max_batch=args.max_batch, max_delay_ms=args.max_delay_ms)
     plain = infer.Engine.load(model, device="cpu", backend=args.backend)
     batched = infer.Engine.load(
         model,
@@ -191,23 +259,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         batching=config,
         max_in_flight=args.max_in_flight,
     )
-    name = plain.inputs[0].name
-    xs = _requests(shape)
-    want = [next(iter(plain.run({name: x}).values())) for x in xs]
     rows = batched.batching_stats.max_batch  # type: ignore[union-attr]
-    full = np.random.default_rng(1).random((rows, *shape[1:]), dtype=np.float32)
-    full_batch_s(plain, name, full, 3)  # warm the full batch's shape
-    full_times: list[float] = []  # timed in every round, beside the blocks
+    sequence = args.model in SEQUENCE_MODELS
     result: dict[str, Any] = {
         "model": f"{args.model} ({what})",
         "backend": plain.backend,
-        "batching": {"max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms},
+        "batching": {
+            "max_batch": args.max_batch,
+            "max_delay_ms": args.max_delay_ms,
+            "max_padding": config.max_padding,
+        },
         "callers": args.callers,
         "modes": {},
     }
+    if sequence:
+        sizes = lengths(64)
+        requests = _sequence_requests(plain, sizes)
+        median = int(statistics.median(sizes))
+        (one,) = _sequence_requests(plain, [median])
+        (full,) = _sequence_requests(plain, [median], rows)
+        result["lengths"] = {
+            "drawn": LENGTHS,
+            "median": median,
+            "mean": statistics.mean(sizes),
+            "min": min(sizes),
+            "max": max(sizes),
+        }
+    else:
+        name = plain.inputs[0].name
+        requests = _requests(shape, name)
+        full = {name: np.random.default_rng(1).random((rows, *shape[1:]), dtype=np.float32)}
+    want = [plain.run(r) for r in requests]
+    full_batch_s(plain, full, 3)  # warm the full batch's shape
+    full_times: list[float] = []  # timed in every round, beside the blocks
+    ceilings: list[float] = []
     for mode, block in (("threads", threads_block), ("asyncio", asyncio_block)):
-        block(plain, name, xs, args.callers, 0.3)  # warm both
-        block(batched, name, xs, args.callers, 0.3)
+        block(plain, requests, args.callers, 0.3)  # warm both
+        block(batched, requests, args.callers, 0.3)
         rounds: dict[str, list[float]] = {"plain": [], "batched": []}
         lat: dict[str, list[float]] = {"plain": [], "batched": []}
         worst = 0.0
@@ -215,13 +303,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             order = (("plain", plain), ("batched", batched))
             for label, engine in order if r % 2 == 0 else order[::-1]:
-                done, latencies, samples = block(engine, name, xs, args.callers, args.seconds)
+                done, latencies, samples = block(engine, requests, args.callers, args.seconds)
                 rounds[label].append(done / args.seconds)
                 lat[label] += latencies
                 for i, out in samples:
-                    worst = max(worst, float(np.max(np.abs(out - want[i]))))
+                    worst = max(worst, _diff(out, want[i]))
                 time.sleep(0.2)
-            full_times += full_batch_s(plain, name, full, 30)
+            full_times += full_batch_s(plain, full, 30)
+            if sequence:
+                for _ in range(10):
+                    ones, whole = ceiling_s(plain, one, full, rows)
+                    ceilings.append(ones / whole)
             time.sleep(0.2)
         after = batched.batching_stats
         assert before is not None and after is not None
@@ -242,6 +334,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "full_batches": phase.full,
             "queue_delay_p50_ms": phase.delay_p50_ms,
             "queue_delay_p99_ms": phase.delay_p99_ms,
+            "padding_waste": phase.padding_waste,
             "max_abs_diff": worst,
         }
     full_ms = statistics.median(full_times) * 1e3
@@ -250,12 +343,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     # p99 that batching cannot remove.
     result["full_batch_p99_ms"] = float(np.percentile(full_times, 99) * 1e3)
     result["p99_bound_ms"] = args.max_delay_ms + 2 * full_ms
+    if sequence:
+        # One run of a full batch against as many runs of one row, at the median length:
+        # the most batching can gain here (with no padding and no waiting).
+        ceiling = statistics.median(ceilings)
+        result["ceiling"] = ceiling
+        result["target_ratio"] = max(0.9, 1 + 0.6 * (ceiling - 1))
     for m in result["modes"].values():
-        m["ok"] = (
-            m["throughput_ratio"] >= 1.5
-            and m["batched_p99_ms"] <= result["p99_bound_ms"]
-            and m["max_abs_diff"] <= 1e-5
-        )
+        if sequence:
+            gain = result["ceiling"] - 1
+            m["share_of_ceiling_gain"] = (m["throughput_ratio"] - 1) / gain if gain > 0 else None
+            m["ok"] = m["throughput_ratio"] >= result["target_ratio"] and m["max_abs_diff"] <= 1e-5
+        else:
+            m["ok"] = (
+                m["throughput_ratio"] >= 1.5
+                and m["batched_p99_ms"] <= result["p99_bound_ms"]
+                and m["max_abs_diff"] <= 1e-5
+            )
     plain.close()
     batched.close()
     return result
@@ -265,14 +369,22 @@ def report(result: dict[str, Any]) -> None:
     b = result["batching"]
     print(
         f"{result['model']} on {result['backend']}, {result['callers']} callers of batch 1, "
-        f"Batching(max_batch={b['max_batch']}, max_delay_ms={b['max_delay_ms']}); one full "
-        f"batch runs in {result['full_batch_ms']:.2f} ms, so the p99 bound is "
-        f"{result['p99_bound_ms']:.2f} ms (alone, a full batch's own p99 is "
-        f"{result['full_batch_p99_ms']:.2f} ms)"
+        f"Batching(max_batch={b['max_batch']}, max_delay_ms={b['max_delay_ms']}, "
+        f"max_padding={b['max_padding']}); one full batch runs in {result['full_batch_ms']:.2f} "
+        f"ms, so the p99 bound is {result['p99_bound_ms']:.2f} ms (alone, a full batch's own "
+        f"p99 is {result['full_batch_p99_ms']:.2f} ms)"
     )
+    if "ceiling" in result:
+        n = result["lengths"]
+        print(
+            f"lengths {n['drawn']} (mean {n['mean']:.1f}, {n['min']}-{n['max']}); ceiling at "
+            f"{n['median']} tokens: {result['ceiling']:.2f}x, target "
+            f"{result['target_ratio']:.2f}x"
+        )
     head = (
         f"{'mode':<8} {'plain req/s':>11} {'batched':>9} {'ratio':>6} {'plain p50/p99 ms':>17} "
-        f"{'batched p50/p99':>16} {'runs':>6} {'mean batch':>10} {'queued p99':>10} {'max diff':>9}"
+        f"{'batched p50/p99':>16} {'runs':>6} {'mean batch':>10} {'queued p99':>10} "
+        f"{'padding':>7} {'max diff':>9}"
     )
     print(head)
     for mode, m in result["modes"].items():
@@ -280,7 +392,8 @@ def report(result: dict[str, Any]) -> None:
             f"{mode:<8} {m['plain_rps']:>11.0f} {m['batched_rps']:>9.0f} "
             f"{m['throughput_ratio']:>5.2f}x {m['plain_p50_ms']:>8.2f}/{m['plain_p99_ms']:<8.2f} "
             f"{m['batched_p50_ms']:>7.2f}/{m['batched_p99_ms']:<8.2f} {m['runs']:>6} "
-            f"{m['mean_batch']:>10.1f} {m['queue_delay_p99_ms']:>8.2f}ms {m['max_abs_diff']:>9.1e}"
+            f"{m['mean_batch']:>10.1f} {m['queue_delay_p99_ms']:>8.2f}ms "
+            f"{m['padding_waste']:>7.1%} {m['max_abs_diff']:>9.1e}"
             f"{'' if m['ok'] else '  (missed a target)'}"
         )
 
@@ -288,12 +401,15 @@ def report(result: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="onnxruntime")
-    parser.add_argument("--model", default="vgg", choices=list(MODELS))
+    parser.add_argument("--model", default="vgg", choices=[*MODELS, *SEQUENCE_MODELS])
     parser.add_argument("--callers", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0, help="per block")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--max-padding", type=float, default=0.25, help="sequence models: Batching.max_padding"
+    )
     parser.add_argument(
         "--max-in-flight", type=int, help="merged runs at once (default: the engine's)"
     )

@@ -186,6 +186,68 @@ def custom_op() -> onnx.ModelProto:
     return model
 
 
+def encoder(
+    vocab: int = 100,
+    hidden: int = 64,
+    ffn: int = 256,
+    *,
+    int8_weights: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """A token encoder, the shape of a weight-compressed BERT block's feed-forward part.
+
+    input_ids: int64[batch, sequence] -> Gather from an embedding table [vocab, hidden] ->
+    MatMul [hidden, ffn] -> Relu -> MatMul [ffn, hidden] -> + embedding ->
+    last_hidden_state: float32[batch, sequence, hidden]. With `int8_weights` the MatMul weights
+    are stored int8 and dequantized in the graph (per output channel), as weight-compressed
+    exports are. Outputs are of order 1. Opset 21 (the reference evaluator's DequantizeLinear).
+    """
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    inits = [numpy_helper.from_array(emb, "embeddings")]
+    nodes = [helper.make_node("Gather", ["embeddings", "input_ids"], ["h0"])]
+
+    def matmul(x: str, k: int, n: int, tag: str) -> str:
+        q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        scale = (rng.uniform(0.5, 1.5, n) / (np.sqrt(k) * 73)).astype(np.float32)
+        if int8_weights:
+            inits.extend(
+                [
+                    numpy_helper.from_array(q, f"{tag}.q"),
+                    numpy_helper.from_array(scale, f"{tag}.scale"),
+                ]
+            )
+            nodes.append(
+                helper.make_node(
+                    "DequantizeLinear", [f"{tag}.q", f"{tag}.scale"], [f"{tag}.w"], axis=1
+                )
+            )
+        else:
+            inits.append(numpy_helper.from_array(q.astype(np.float32) * scale, f"{tag}.w"))
+        nodes.append(helper.make_node("MatMul", [x, f"{tag}.w"], [f"{tag}.y"]))
+        return f"{tag}.y"
+
+    up = matmul("h0", hidden, ffn, "fc1")
+    nodes.append(helper.make_node("Relu", [up], ["act"]))
+    down = matmul("act", ffn, hidden, "fc2")
+    nodes.append(helper.make_node("Add", [down, "h0"], ["last_hidden_state"]))
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden]
+            )
+        ],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def tiny_decoder(
     vocab: int = 50,
     positions: int = 256,
@@ -304,62 +366,6 @@ def tiny_decoder(
         ),
         helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, kv_present),
         helper.make_tensor_value_info("present.0.value", TensorProto.FLOAT, kv_present),
-    ]
-    return _model(nodes, inputs, outputs, inits)
-
-
-def tiny_encoder(vocab: int = 60, *, token_types: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """A BERT-shaped encoder: input_ids, attention_mask (, token_type_ids) [batch, sequence] ->
-    last_hidden_state [batch, sequence, 8] (one masked attention layer)."""
-    rng = np.random.default_rng(seed)
-    hidden = 8
-
-    def w(name: str, *shape: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
-
-    inits = [
-        w("embed", vocab, hidden),
-        w("wq", hidden, hidden),
-        w("wk", hidden, hidden),
-        w("wv", hidden, hidden),
-        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one_f"),
-        numpy_helper.from_array(np.array(-1e4, dtype=np.float32), "neg"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-    ]
-    nodes = [helper.make_node("Gather", ["embed", "input_ids"], ["tok"])]
-    if token_types:
-        inits.append(w("type_embed", 2, hidden))
-        nodes += [
-            helper.make_node("Gather", ["type_embed", "token_type_ids"], ["typ"]),
-            helper.make_node("Add", ["tok", "typ"], ["h"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Identity", ["tok"], ["h"]))
-    nodes += [
-        helper.make_node("MatMul", ["h", "wq"], ["q"]),
-        helper.make_node("MatMul", ["h", "wk"], ["k"]),
-        helper.make_node("MatMul", ["h", "wv"], ["v"]),
-        helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["q", "k_t"], ["scores"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask_f", "axis1"], ["mask_3d"]),
-        helper.make_node("Sub", ["one_f", "mask_3d"], ["masked"]),
-        helper.make_node("Mul", ["masked", "neg"], ["bias"]),
-        helper.make_node("Add", ["scores", "bias"], ["scores_masked"]),
-        helper.make_node("Softmax", ["scores_masked"], ["probs"], axis=-1),
-        helper.make_node("MatMul", ["probs", "v"], ["last_hidden_state"]),
-    ]
-    seq = ["batch_size", "sequence_length"]
-    inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, seq),
-        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, seq),
-    ]
-    if token_types:
-        inputs.append(helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, seq))
-    outputs = [
-        helper.make_tensor_value_info(
-            "last_hidden_state", TensorProto.FLOAT, ["batch_size", "sequence_length", hidden]
-        )
     ]
     return _model(nodes, inputs, outputs, inits)
 

@@ -45,14 +45,16 @@ def affine() -> object:
     )
 
 
-def gather() -> object:
-    """i: int64[N] -> rows of a 4x2 table: an index past the table fails at run time."""
+def gather(computed: bool = True) -> object:
+    """i: int64[N] -> rows of a 4x2 table. `computed`: the index is i + 0, which the feed check
+    cannot bound, so an index past the table fails at run time; else the feed check refuses it."""
     table = np.arange(8, dtype=np.float32).reshape(4, 2)
+    index = [helper.make_node("Add", ["i", "zero"], ["j"])] if computed else []
     return models._model(
-        [helper.make_node("Gather", ["table", "i"], ["rows"], axis=0)],
+        [*index, helper.make_node("Gather", ["table", "j" if computed else "i"], ["rows"], axis=0)],
         [helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])],
         [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["N", 2])],
-        [numpy_helper.from_array(table, "table")],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array(0), "zero")],
     )
 
 
@@ -157,6 +159,22 @@ def test_a_runtime_failure_of_a_merged_run_fails_only_the_request_that_causes_it
                 np.testing.assert_array_equal(f.result()["rows"], [[2 * i[0], 2 * i[0] + 1]])
         stats = e.batching_stats
         assert stats.failed == 1 and stats.requests == 8
+
+
+def test_an_index_past_the_table_fails_only_its_request_in_words():
+    config = Batching(max_batch=16, max_delay_ms=50.0)
+    with infer.Engine.load(
+        gather(computed=False), device="cpu", backend="onnxruntime", batching=config
+    ) as e:
+        feeds = [np.array([i % 4], np.int64) for i in range(7)]
+        feeds.insert(3, np.array([99], np.int64))
+        futures = [e.submit({"i": i}) for i in feeds]
+        for i, f in zip(feeds, futures):
+            if i[0] == 99:
+                with pytest.raises(InputError, match=r"input 'i': value 99 is outside \[-4, 3\]"):
+                    f.result()
+            else:
+                np.testing.assert_array_equal(f.result()["rows"], [[2 * i[0], 2 * i[0] + 1]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -340,7 +358,7 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
         assert m.batching is not None and m.batching.requests == m.runs
         assert m.batching.mean_batch > 1
     data = report.to_dict()
-    assert data["batching"] == {"max_batch": 8, "max_delay_ms": 2.0}
+    assert data["batching"] == {"max_batch": 8, "max_delay_ms": 2.0, "max_padding": 0.25}
     assert "recent_delays_ms" not in data["results"][0]["batching"]
 
     path = tmp_path / "m.onnx"
@@ -351,6 +369,7 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "batching up to 4 rows, 1 ms" in result.output and "mean batch" in result.output
+    assert "queued p50 ms" in result.output  # the batcher's queue delays, with their unit
     bad = CliRunner().invoke(_app.app, ["bench", str(path), "--batching", "4,x"])
     assert bad.exit_code == 2 and "--batching takes MAX_BATCH" in bad.output
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -374,3 +377,64 @@ def test_build_int8_with_a_calibration_folder(cnn_file, tmp_path):
     assert "int8" in result.stdout
     listing = json.loads(cli("cache", "list", "--json").stdout)
     assert listing["entries"], "the int8 model should be in the cache"
+
+
+def _infer(*args: object) -> subprocess.CompletedProcess:
+    """`python -m infer ARGS` in a fresh process (this interpreter, this checkout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "infer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "120", "NO_COLOR": "1"},
+    )
+
+
+def _scan8() -> onnx.ModelProto:
+    """Scan-8 (a sequence_lens input left out): ONNX Runtime and OpenVINO run it, and onnx's
+    reference evaluator, which implements only Scan-9's semantics, fails at run time."""
+    v = onnx.helper.make_tensor_value_info
+    f = onnx.TensorProto.FLOAT
+    body = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Add", ["sum_in", "next"], ["sum_out"]),
+            onnx.helper.make_node("Identity", ["sum_out"], ["scan_out"]),
+        ],
+        "body",
+        [v("sum_in", f, [2]), v("next", f, [2])],
+        [v("sum_out", f, [2]), v("scan_out", f, [2])],
+    )
+    scan = onnx.helper.make_node(
+        "Scan", ["", "initial", "x"], ["y", "z"], num_scan_inputs=1, body=body
+    )
+    graph = onnx.helper.make_graph(
+        [scan], "g", [v("initial", f, [1, 2]), v("x", f, [1, 3, 2])],
+        [v("y", f, [1, 2]), v("z", f, [1, 3, 2])],
+    )  # fmt: skip
+    return models._model(graph.node, list(graph.input), list(graph.output), opset=8)
+
+
+def test_bench_with_no_backend_named_reports_a_failed_row_and_exits_0(tmp_path):
+    path = tmp_path / "scan8.onnx"
+    onnx.save(_scan8(), path)
+    plain = _infer("bench", path, *FAST)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "✗ reference (batch 1): reference failed to run" in plain.stdout
+    assert "onnxruntime[cpu]" in plain.stdout and "p50 ms" in plain.stdout
+    assert "note: 1 of " in plain.stderr and "name backends with --backend" in plain.stderr
+    for named in ("onnxruntime,reference", "all"):  # asked for: a row that fails fails bench
+        result = _infer("bench", path, "-b", named, *FAST)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "benchmark row(s) did not run" in result.stderr
+
+
+def test_bench_shows_each_input_of_a_multi_input_model_on_its_own_line(tmp_path):
+    path = tmp_path / "mio.onnx"
+    onnx.save(models.multi_io(), path)
+    result = _infer("bench", path, "-b", "onnxruntime", *FAST)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("onnxruntime[cpu]"))
+    assert re.search(r" 1 a 1x4 +[0-9.]+ ", lines[row]), lines[row]
+    assert lines[row + 1].split() == ["b", "1x4"], lines[row : row + 3]
+    assert lines[row + 2].split() == ["mask", "1x4"], lines[row : row + 3]

@@ -161,3 +161,47 @@ def test_default_backends_are_every_one_that_can(tmp_path):
     assert labels[0] == "onnxruntime[cpu]" and "reference" in labels
     data = json.loads(json.dumps(result.to_dict()))
     assert data["passed"] is True and data["outputs"][0]["output"] == "y"
+
+
+def _int64_doubling() -> onnx.ModelProto:
+    """count = b * 2 in int64: OpenVINO computes it in int32 (`Backend.miscomputes` says so)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["b", "two"], ["count"])],
+        "double64",
+        [helper.make_tensor_value_info("b", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("count", TensorProto.INT64, ["N"])],
+        [numpy_helper.from_array(np.array(2, np.int64), "two")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed")
+def test_the_default_list_compares_a_backend_known_to_miscompute_and_says_so():
+    feeds = {"b": np.array([3, 2**31 + 5], np.int64)}  # past int32: OpenVINO wraps
+    result = infer.compare(_int64_doubling(), feeds=feeds, device="cpu")
+    labels = [r.label for r in result.runners]
+    assert "openvino" in labels  # compared, not left out
+    why = result.known_wrong["openvino"]
+    assert "int64 in int32" in why
+    (off,) = [d for d in result.diffs if d.runner == "openvino"]
+    assert not off.passed  # the difference is shown ...
+    assert result.passed  # ... and held against no one: it was known
+    assert result.to_dict()["runners"][labels.index("openvino")]["miscomputes"] == why
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino is not installed")
+def test_compare_cli_names_the_known_miscompute(tmp_path):
+    from .test_cli import cli
+
+    path = tmp_path / "double64.onnx"
+    onnx.save(_int64_doubling(), path)
+    np.save(tmp_path / "b.npy", np.array([3, 2**31 + 5], np.int64))
+    result = cli("compare", path, "--device", "cpu", "-i", f"b={tmp_path / 'b.npy'}")
+    text = " ".join(result.stdout.split())
+    assert "openvino is known to answer this model wrongly" in text, result.stdout
+    assert "int64 in int32" in text and "off (known)" in text
+    assert result.exit_code == 0, result.stdout

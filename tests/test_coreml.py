@@ -446,7 +446,7 @@ def test_probe_says_core_ml_needs_macos():
     assert not info.available
     assert info.reason.startswith(f"Core ML predictions need macOS; this is {platform.system()}")
     assert f"coremltools {ct.__version__} here reads and converts models only" in info.reason
-    assert 'pip install "infer[coreml]"' in info.install
+    assert 'pip install "infer-engine[coreml]"' in info.install
     assert BACKEND.name in [b.name for b in infer.backends()]
 
 
@@ -494,7 +494,7 @@ def test_ane_without_macos_says_what_is_needed(tmp_path):
     lines = text.splitlines()
     assert lines[0].startswith("no backend can run Model(onnx") and lines[0].endswith("on ane:")
     assert lines[1].startswith("  - coreml on ane: unavailable: Core ML predictions need macOS")
-    assert 'install: pip install "infer[coreml]" on macOS' in lines[1]
+    assert 'install: pip install "infer-engine[coreml]" on macOS' in lines[1]
     assert lines[2].startswith("  - onnxruntime[coreml] on ane: unavailable: no ane device")
     assert "onnxruntime's CoreML execution provider, both on macOS" in lines[2]
 

@@ -109,6 +109,10 @@ def test_real_models_match_raw_onnxruntime_exactly(real_model, key):
 
 @pytest.mark.parametrize("key", ["ocr_cls", "silero_vad"])
 def test_reference_agrees_with_onnxruntime_on_real_models(real_model, key):
+    if key == "silero_vad" and _onnx_older_than(1, 23):
+        # onnx 1.19-1.22's evaluator loses an output of the LSTM that Silero's If inlines
+        # ("Unable to find input .../rnn/LSTM_output_2"): a RuntimeFailure, not a wrong answer.
+        pytest.skip(f"onnx {onnx.__version__}'s evaluator cannot run Silero VAD (1.23 can)")
     path = real_model(key)
     feeds = _real_feeds(key, np.random.default_rng(2))
     with (
@@ -295,6 +299,8 @@ def test_run_from_many_threads_equals_serial():
 
 
 def test_onnxruntime_log_goes_to_python_logging(caplog):
+    if not hasattr(ort, "set_default_logger_callback"):
+        pytest.skip(f"onnxruntime {ort.__version__} has no log callback: its log stays on stderr")
     proto = models.relu()
     proto.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
     with caplog.at_level(logging.DEBUG, logger="infer.backends.onnxruntime"):
@@ -325,7 +331,25 @@ def test_selection_prints_compactly_and_keeps_the_data():
         assert sel[-1].seconds is not None  # the data as it was
 
 
+def test_selection_prints_each_reason_whole():
+    """A reason cut at 160 characters with "…" hid the part that said why."""
+    long = "x" * 150 + " the end of a long reason " + "y" * 100
+    sel = infer.selection.Selection(
+        [
+            infer.Attempt("openvino", "cpu:0", "failed", long + "\nsecond line"),
+            infer.Attempt("onnxruntime[cpu]", "cpu:0", "selected", "", 0.01),
+        ]
+    )
+    lines = str(sel).splitlines()
+    assert lines[0] == f"✗ openvino on cpu:0: failed: {long} second line"
+    assert "…" not in str(sel) and len(lines) == 2
+
+
 def test_a_compile_error_says_the_runtimes_text_once():
     with pytest.raises(CompileError) as info:
         infer.Engine.load(models.bf16_add(), device="cpu", backend="onnxruntime")
     assert str(info.value).count("Could not find an implementation for Add") == 1
+
+
+def _onnx_older_than(major: int, minor: int) -> bool:
+    return tuple(int(p) for p in onnx.__version__.split(".")[:2]) < (major, minor)

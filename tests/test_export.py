@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,3 +320,65 @@ def test_tritonserver_accepts_the_exported_configs(tmp_path):
                 f"failed to load '{name}' version 1: Invalid argument: unable to find backend "
                 f"library for backend '{backend}'"
             ) in log, log[-3000:]
+
+
+def _infer(*args: object) -> subprocess.CompletedProcess:
+    """`python -m infer ARGS` in a fresh process (this interpreter, this checkout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "infer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+
+
+def test_export_triton_cli_fuses_a_preprocess_spec(tmp_path):
+    """`--preprocess` takes the text form (and a file): the exported graph takes uint8 frames
+    and computes what the spec's numpy form and the model compute."""
+    model = tmp_path / "det.onnx"
+    onnx.save(models.cnn(size=32), model)
+    text = "image:letterbox,size=32,mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
+    result = _infer(
+        "export", "triton", model, "--repo", tmp_path / "repo", "--device", "cpu",
+        "--preprocess", text,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "repo" / "det"
+    assert io(parse(folder))["input"] == ("TYPE_UINT8", [-1, -1, 3])
+    frames = np.random.default_rng(0).integers(0, 256, (2, 40, 50, 3), np.uint8)
+    spec = infer.Preprocess.parse(text)
+    with (
+        infer.Engine.load(folder / "1" / "model.onnx", "cpu", backend="onnxruntime") as exported,
+        infer.Engine.load(models.cnn(size=32), "cpu", backend="onnxruntime") as original,
+    ):
+        got = exported.run({"input": frames})
+        want = original.run({"input": spec.apply(frames)})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+    (tmp_path / "pre.toml").write_text('resize = "letterbox"\nsize = 32\n')
+    result = _infer(
+        "export", "triton", model, "--repo", tmp_path / "repo2", "--device", "cpu",
+        "--preprocess", tmp_path / "pre.toml",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert io(parse(tmp_path / "repo2" / "det"))["input"] == ("TYPE_UINT8", [-1, -1, 3])
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("image:letterbx,size=32", "'letterbx' is not a resize mode"),
+        ("image:size=big", "size='big' is not a size"),
+        ("letterbox", "'letterbox' is not a kind of preprocessing; start with image:"),
+        ("nope.json", "'nope.json': the file cannot be read"),
+    ],
+)
+def test_export_triton_cli_refuses_a_bad_preprocess_spec(tmp_path, spec, words):
+    model = tmp_path / "det.onnx"
+    onnx.save(models.cnn(size=32), model)
+    result = _infer("export", "triton", model, "--repo", tmp_path / "repo", "--preprocess", spec)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: --preprocess {spec!r}: ") and words in line, line
+    assert not (tmp_path / "repo" / "det").exists()

@@ -46,7 +46,7 @@ def test_works_with_no_runtime_installed():
         infos = {{b.name: b for b in infer.backends()}}
         assert not infos["onnxruntime"].available
         assert "onnxruntime is not installed" in infos["onnxruntime"].reason
-        assert "infer[cpu]" in infos["onnxruntime"].install
+        assert "infer-engine[cpu]" in infos["onnxruntime"].install
         with infer.Engine.load(models.relu()) as engine:
             assert engine.backend == "reference", engine.selection
             assert engine(np.array([[-1, 2, -3]], np.float32)).tolist() == [[0, 2, 0]]

@@ -71,3 +71,34 @@ def test_compare_takes_calibration_and_budget_options(files):
     assert "budget met" in _flat(result.stdout), result.stdout + result.stderr
     assert result.exit_code == 0, result.stdout
     assert cli("compare", model, "-b", "onnxruntime", "--calibration", calib).exit_code == 2
+
+
+def test_run_takes_calibration_as_build_does(files, tmp_path):
+    """`infer run -p int8` advised calibration= and had no --calibration: it has build's."""
+    import os
+    import subprocess
+    import sys
+
+    model, calib, val = files
+
+    def infer(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "infer", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "INFER_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "120"},
+        )
+
+    bare = infer("run", model, "-d", "cpu", "-b", "onnxruntime", "-p", "int8")
+    assert bare.returncode == 2, bare.stderr
+    assert "needs calibration data" in bare.stderr and "--calibration FOLDER" in bare.stderr
+    result = infer(
+        "run", model, "-d", "cpu", "-b", "onnxruntime", "-p", "int8", "--calibration", calib,
+        "--validation", val, "--max-drop", "0.05", "--min-speedup", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "calibration: 40 samples" in _flat(result.stderr)
+    assert "(int8 (QDQ" in _flat(result.stdout) and "budget met" in _flat(result.stdout)
+    wrong = infer("run", model, "-p", "fp16", "--calibration", calib)
+    assert wrong.returncode == 2 and "--calibration is for --precision int8" in wrong.stderr

@@ -240,3 +240,38 @@ def test_openvino_miscomputed_finds_batch_first_rnns_in_subgraphs(layout):
         assert "RNN with layout=1" in reason and "'Y_h'" in reason
     else:
         assert reason == ""
+
+
+def test_compressed_matmuls_are_those_over_dequantized_integer_weights():
+    assert _onnx.compressed_matmuls(models.encoder().graph) == ["MatMul_2", "MatMul_5"]
+    assert _onnx.compressed_matmuls(models.encoder(int8_weights=False).graph) == []
+    # A Q/DQ graph (activations dequantized too) quantizes its own activations: not one.
+    proto = models.encoder()
+    graph = proto.graph
+    q = helper.make_node("QuantizeLinear", ["h0", "act.scale"], ["h0.q"])
+    dq = helper.make_node("DequantizeLinear", ["h0.q", "act.scale"], ["h0.dq"])
+    graph.initializer.append(numpy_helper.from_array(np.array(0.05, np.float32), "act.scale"))
+    matmul = next(n for n in graph.node if n.op_type == "MatMul")
+    matmul.input[0] = "h0.dq"
+    graph.node.insert(1, dq)
+    graph.node.insert(1, q)
+    assert _onnx.compressed_matmuls(graph) == ["MatMul_7"]  # the second MatMul only
+
+
+def test_output_shapes_at_given_input_shapes():
+    assert _onnx.output_shapes(models.encoder(), {"input_ids": (3, 7)}) == {
+        "last_hidden_state": (3, 7, 64)
+    }
+    assert _onnx.output_shapes(models.cnn(), {"input": (2, 3, 32, 32)}) == {"logits": (2, 10)}
+    # a Reshape's -1 over no elements is undefined: not known
+    shape = numpy_helper.from_array(np.array([0, 0, -1, 16], np.int64), "heads")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "heads"], ["y"])],
+        "heads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _onnx.output_shapes(model, {"x": (2, 8, 64)}) == {"y": (2, 8, 4, 16)}
+    assert _onnx.output_shapes(model, {"x": (0, 8, 64)}) == {"y": None}

@@ -31,7 +31,7 @@ from infer.options import Options
 from . import models
 
 ov = pytest.importorskip(
-    "openvino", reason="openvino is not installed (pip install infer[openvino])"
+    "openvino", reason="openvino is not installed (pip install infer-engine[openvino])"
 )
 
 CPU_CAPS = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
@@ -93,7 +93,7 @@ def _reshape_model() -> onnx.ModelProto:
 def test_probe_maps_openvino_devices_to_infer_devices():
     info = base.get("openvino").probe()
     assert info.available and info.version.startswith("2026.")
-    assert info.install == 'pip install "infer[openvino]"'
+    assert info.install == 'pip install "infer-engine[openvino]"'
     kinds = [d.kind for d in info.devices]
     assert kinds[0] == "cpu" and kinds[-1] == "auto"
     # The CPU is the hardware probe's, so its identity (and every cache key) matches ORT's.

@@ -1,6 +1,6 @@
-"""What OpenVINO answers differently from ONNX Runtime, as the README's OpenVINO limits say:
+"""What OpenVINO answers differently from ONNX Runtime, as docs/backends.md's OpenVINO limits say:
 finite values for NaN inputs, rows of zeros for out-of-range Gather indices. Measured with
-OpenVINO 2026.4; a failure here means the README's list needs another look."""
+OpenVINO 2026.4; a failure here means that list needs another look."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from infer import sequence
 from infer.feeds import random_feeds, representative_shapes, resolve_shapes
 from infer.model import Model
-from tests import models
+from tests import encoder_models, models
 
 
 def _io_only(inputs, outputs, nodes=(), initializers=()):
@@ -210,7 +210,7 @@ def test_seq2seq_decoder_roles():
 
 
 def test_encoder_roles_and_no_roles():
-    roles = sequence.read(models.tiny_encoder(vocab=60))
+    roles = sequence.read(encoder_models.encoder(vocab=60, token_types=True, max_positions=512))
     assert (roles.ids, roles.mask, roles.token_types) == (
         "input_ids",
         "attention_mask",
@@ -224,7 +224,7 @@ def test_encoder_roles_and_no_roles():
 
 
 def test_pad_id_from_metadata():
-    model = models.tiny_encoder()
+    model = encoder_models.encoder(vocab=60, token_types=True, max_positions=512)
     helper.set_model_props(model, {"pad_token_id": "3"})
     assert sequence.read(model).pad_id == 3
 
@@ -312,7 +312,7 @@ def test_decoder_feeds_are_what_a_decoder_sees():
 
 
 def test_encoder_feeds_pad_later_rows_never_the_first():
-    model = Model.load(models.tiny_encoder(vocab=60))
+    model = Model.load(encoder_models.encoder(vocab=60, token_types=True, max_positions=512))
     roles = sequence.read(model)
     feeds = random_feeds(model.inputs, {"batch_size": 4, "sequence_length": 16}, roles=roles)
     mask = feeds["attention_mask"]
@@ -376,7 +376,17 @@ def test_the_background_race_on_a_decoder_adds_its_decode_step(tmp_path, monkeyp
 def test_an_encoder_races_at_a_representative_length():
     import infer
 
-    with infer.Engine.load(models.tiny_encoder(), device="cpu", choose="measure") as engine:
+    with infer.Engine.load(
+        encoder_models.encoder(vocab=60, token_types=True, max_positions=512),
+        device="cpu",
+        choose="measure",
+    ) as engine:
         text = "\n".join(a.reason for a in engine.selection)
         assert "encode: 128 tokens (batch 1)" in text
         assert "input_ids 1x128" in text
+
+
+def test_phases_fit_a_position_table_the_graph_indexes_itself():
+    roles = sequence.read(encoder_models.encoder(max_positions=64))
+    assert roles.max_positions == 64
+    assert sequence.phases(roles)[0].sequence == 64

@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import onnx
 import pytest
 
 import infer
@@ -308,3 +309,44 @@ def test_without_the_libdir_fix_a_stub_failure_is_one_clear_error(monkeypatch):
     assert message.startswith("Triton could not load model 'nofix': ")
     assert "_recursion_count" in message and "--enable-shared" in message
     assert not server.running
+
+
+LEAVE_WITH = """
+import sys
+import numpy as np
+import tritonclient.http as httpclient
+import infer
+
+path, http, grpc, metrics = sys.argv[1], *map(int, sys.argv[2:])
+with infer.serve.triton(
+    path, device="cpu", http_port=http, grpc_port=grpc, metrics_port=metrics
+) as server:
+    client = httpclient.InferenceServerClient(server.http_address)  # left open, as scripts do
+    x = np.ones((1, 3, 32, 32), np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client.infer(server.name, [inp])
+print("left the with block")
+"""
+
+
+@pytest.mark.slow
+def test_leaving_the_with_block_stops_triton_cleanly(tmp_path):
+    """A client's connection still open when the block ends used to hold Triton past its exit
+    timeout with the model live: it exited with failure and killed its Python stubs."""
+    model = tmp_path / "cnn.onnx"
+    onnx.save(models.cnn(size=32), model)
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_WITH)
+    ports = port_kwargs()
+    ports = [ports["http_port"], ports["grpc_port"], ports["metrics_port"]]
+    out = subprocess.run(
+        [sys.executable, str(script), str(model), *map(str, ports)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("left the with block")
+    for words in ("exited with failure", "Non-graceful termination", "leaked shared_memory"):
+        assert words not in out.stderr, out.stderr

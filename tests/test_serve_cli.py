@@ -154,3 +154,72 @@ def test_serve_runs_until_sigterm_then_stops_cleanly(tmp_path):
     for port in (http, grpc, metrics):  # Triton is gone: its ports bind again
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_serve_takes_a_preprocess_spec(tmp_path):
+    """`serve --preprocess image:...` fuses the spec: clients send uint8 frames of any size."""
+    model = tmp_path / "det.onnx"
+    onnx.save(models.cnn(size=32), model)
+    script = tmp_path / "cli.py"
+    script.write_text(textwrap.dedent(APP))
+    http, grpc, metrics = free_ports()
+    text = "image:letterbox,size=32,mean=0.485/0.456/0.406,std=0.229/0.224/0.225"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, str(script), "serve", str(model), "--device", "cpu"),
+            *("--backend", "onnxruntime", "--preprocess", text),
+            *("--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        address = f"127.0.0.1:{http}"
+        deadline = time.monotonic() + 90
+        ready = False
+        while not ready and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with httpclient.InferenceServerClient(address, network_timeout=2) as client:
+                    ready = client.is_model_ready("det")
+            except Exception:
+                time.sleep(0.2)
+        assert ready, proc.stdout.read() if proc.poll() is not None else "not ready in 90 s"
+        frames = np.random.default_rng(0).integers(0, 256, (1, 40, 50, 3), np.uint8)
+        with httpclient.InferenceServerClient(address) as client:
+            config = client.get_model_config("det")
+            assert [(i["name"], i["data_type"]) for i in config["input"]] == [
+                ("input", "TYPE_UINT8")
+            ]
+            inp = httpclient.InferInput("input", list(frames.shape), "UINT8")
+            inp.set_data_from_numpy(frames)
+            output = config["output"][0]["name"]
+            got = client.infer("det", [inp]).as_numpy(output)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    import infer
+
+    with infer.Engine.load(models.cnn(size=32), "cpu", backend="onnxruntime") as engine:
+        want = engine.run({"input": infer.Preprocess.parse(text).apply(frames)})[output]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_serve_refuses_a_bad_preprocess_spec_in_words(tmp_path):
+    model = tmp_path / "det.onnx"
+    onnx.save(models.cnn(size=32), model)
+    script = tmp_path / "cli.py"
+    script.write_text(textwrap.dedent(APP))
+    out = subprocess.run(
+        [sys.executable, str(script), "serve", str(model), "--preprocess", "image:size=big"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "error: --preprocess 'image:size=big': size='big' is not a size" in out.stderr

@@ -46,7 +46,7 @@ def test_probe_says_why_it_is_unavailable():
     assert not info.available and info.devices == ()
     assert "no CUDA driver or NVIDIA GPU" in info.reason
     assert "tensorrt is not installed" in info.reason
-    assert 'pip install "infer[tensorrt]"' in info.install
+    assert 'pip install "infer-engine[tensorrt]"' in info.install
 
 
 def test_probe_with_a_gpu_but_no_tensorrt(fresh_probe, monkeypatch):

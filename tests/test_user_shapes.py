@@ -20,7 +20,7 @@ from infer import feeds
 from infer.feeds import read_samples, representative_shapes
 from infer.model import Model
 
-from . import models
+from . import encoder_models, models
 
 
 def infer_cli(*args: object) -> subprocess.CompletedProcess[str]:
@@ -40,7 +40,7 @@ def files(tmp_path) -> dict[str, Path]:
     for name, proto in (
         ("yolo", models.yolo(imgsz=320)),
         ("rec", models.text_recognizer()),
-        ("enc", models.tiny_encoder()),
+        ("enc", encoder_models.encoder(vocab=60, token_types=True, max_positions=512)),
     ):
         out[name] = tmp_path / f"{name}.onnx"
         onnx.save(proto, out[name])
@@ -78,7 +78,10 @@ def test_compare_cli_sizes_the_inputs_as_run_does_and_prints_them(files, tmp_pat
     assert "x: float32[1, 3, 48, 320]" in rec.stdout and "text-line recognizer" in rec.stdout
     enc = infer_cli("compare", files["enc"], "-b", "onnxruntime,openvino")
     assert enc.returncode == 0, enc.stdout + enc.stderr
-    assert "input_ids: int64[1, 128], attention_mask: int64[1, 128]" in enc.stdout
+    assert (
+        "input_ids: int64[1, 128], token_type_ids: int64[1, 128], attention_mask: int64[1, 128]"
+        in enc.stdout
+    )
     assert "('sequence_length') = 128: a sequence model's encode" in enc.stdout
     # --shape wins
     short = infer_cli(
@@ -89,7 +92,7 @@ def test_compare_cli_sizes_the_inputs_as_run_does_and_prints_them(files, tmp_pat
 
 
 def test_compare_in_python_sizes_the_inputs_as_run_does():
-    enc = Model.load(models.tiny_encoder(token_types=False))
+    enc = Model.load(encoder_models.encoder(max_positions=512))
     want, _ = representative_shapes(enc.inputs, model=enc)
     result = infer.compare(enc, ["onnxruntime", "reference"])
     assert (
@@ -187,7 +190,12 @@ def test_read_samples_sizes_images_as_run_does(tmp_path):
         (32, 32),
         "the model's input size",
     )
-    assert feeds.sample_image_size(Model.load(models.tiny_encoder()).inputs) is None
+    assert (
+        feeds.sample_image_size(
+            Model.load(encoder_models.encoder(vocab=60, token_types=True, max_positions=512)).inputs
+        )
+        is None
+    )
 
 
 # -- item 6: a fused letterbox without a size takes the metadata's -----------------------------

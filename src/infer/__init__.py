@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
+from ._version import __version__ as __version__
 from .accuracy import AccuracyReport, accuracy
 from .backends.base import BackendInfo
 from .batching import Batching, BatchingStats
@@ -35,8 +36,6 @@ from .selection import Attempt, backends, devices
 from .tensors import TensorSpec
 from .transforms.int8_search import Int8Report
 from .transforms.preprocess import Preprocess
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AccuracyReport",

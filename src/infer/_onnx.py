@@ -8,7 +8,7 @@ nodes of its subgraphs, in the order the graph lists them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,102 @@ def opset(model: onnx.ModelProto, domain: str = "") -> int | None:
         if entry.domain in wanted:
             return int(entry.version)
     return None
+
+
+# -- shapes -----------------------------------------------------------------------------------
+
+_PROPAGATED = 64
+"""Initializers of at most this many elements keep their values for shape inference (shapes,
+axes, indices); larger ones (weights) are given to it as typed inputs without data."""
+
+
+def output_shapes(
+    model: onnx.ModelProto, inputs: Mapping[str, Sequence[int]]
+) -> dict[str, tuple[int, ...] | None]:
+    """{graph output: its shape} when the graph inputs have the shapes given, as ONNX shape
+    inference (with data propagation) works it out; None where a dimension is not known."""
+    graph = onnx.GraphProto()
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.output.extend(model.graph.output)
+    for declared_output in graph.output:
+        declared_output.type.tensor_type.ClearField(
+            "shape"
+        )  # the declared symbols would be kept otherwise
+    graph.input.extend(model.graph.input)
+    for value in graph.input:
+        if value.name in inputs and value.type.HasField("tensor_type"):
+            shape = value.type.tensor_type.shape
+            shape.ClearField("dim")
+            for size in inputs[value.name]:
+                shape.dim.add().dim_value = int(size)
+    declared = {v.name for v in graph.input}
+    for init in model.graph.initializer:
+        if (
+            helper.tensor_dtype_to_np_dtype(init.data_type) is not None
+            and _elements(init) <= _PROPAGATED
+        ):
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(
+                helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    probe = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    probe.functions.extend(model.functions)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except Exception:  # a graph shape inference cannot follow: nothing known
+        return {o.name: None for o in model.graph.output}
+    out: dict[str, tuple[int, ...] | None] = {}
+    for value in inferred.graph.output:
+        t = value.type.tensor_type
+        dims = (
+            list(t.shape.dim)
+            if value.type.HasField("tensor_type") and t.HasField("shape")
+            else None
+        )
+        known = dims is not None and all(d.HasField("dim_value") for d in dims)
+        out[value.name] = (
+            tuple(int(d.dim_value) for d in dims) if known and dims is not None else None
+        )
+    return out
+
+
+_COMPRESSED = frozenset({TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4})
+
+
+def compressed_matmuls(graph: onnx.GraphProto) -> list[str]:
+    """MatMul/Gemm nodes (by name, else op and index) of a weight-compressed graph: their
+    weights are an 8- or 4-bit constant dequantized in the graph (DequantizeLinear of an
+    initializer), their activations float (not dequantized: the model quantizes none)."""
+    consts = {t.name: t.data_type for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def dequantized(value: str, constant: bool) -> bool:
+        node = producer.get(value)
+        if node is not None and node.op_type == "Transpose":
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "DequantizeLinear":
+            return False
+        return not constant or consts.get(node.input[0]) in _COMPRESSED
+
+    out = []
+    for i, node in enumerate(graph.node):
+        if (
+            node.op_type in ("MatMul", "Gemm")
+            and len(node.input) > 1
+            and dequantized(node.input[1], True)
+            and not dequantized(node.input[0], False)
+        ):
+            out.append(node.name or f"{node.op_type}_{i}")
+    return out
+
+
+def _elements(tensor: TensorProto) -> int:
+    count = 1
+    for d in tensor.dims:
+        count *= int(d)
+    return count
 
 
 # -- saving -----------------------------------------------------------------------------------

@@ -7,6 +7,13 @@ the batch axis (same inputs, dtypes, trailing shapes and requested outputs) are 
 and run once; each caller gets its own rows back. As in Triton's dynamic batcher, a batch goes
 as soon as it holds `max_batch` rows, and the oldest request waits at most `max_delay_ms` for a
 fuller one.
+
+Sequence encoders (token ids with an attention mask, `infer.sequence` roles) also merge requests
+of different lengths: each is padded at the end to the run's longest (ids with the model's pad
+id, mask and token types with 0, positions continued), and outputs along the sequence axis are
+cut back to each caller's length; pooled outputs come back as they are. The padding a run may
+hold is bounded (`Batching.max_padding`, and `pad_limit` per request), so requests are grouped
+by length rather than all padded to the longest.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import sequence
 from .errors import EngineClosed, InputError, OptionError, RuntimeFailure
 from .tensors import FeedValidator, TensorSpec, describe
 
@@ -40,10 +48,18 @@ class Batching:
 
     max_batch: the most rows one merged run holds; a batch goes as soon as it is full.
     max_delay_ms: the longest the oldest queued request waits for a fuller batch.
+    max_padding: sequence encoders (token ids and an attention mask): requests of different
+        lengths share a run padded to its longest request while the padding stays within
+        this fraction of the run's real tokens (0.25: at most 1 padded token per 4 real
+        ones; 0: only requests of one length share a run). Whatever it is, no request is
+        padded past `pad_limit` (twice its length, or 8 tokens for shorter ones), nor past
+        what the model takes. Padding relies on the model honouring its mask (transformers'
+        encoders do); for one that does not, set 0.
     """
 
     max_batch: int = 16
     max_delay_ms: float = 2.0
+    max_padding: float = 0.25
 
     def __post_init__(self) -> None:
         if (
@@ -64,6 +80,17 @@ class Batching:
             raise OptionError(
                 f"Batching: max_delay_ms must be a number of milliseconds >= 0, got {delay!r}"
             )
+        padding = self.max_padding
+        if (
+            not isinstance(padding, (int, float, np.integer, np.floating))
+            or isinstance(padding, bool)
+            or not math.isfinite(padding)
+            or padding < 0
+        ):
+            raise OptionError(
+                "Batching: max_padding must be a fraction of a run's tokens >= 0 (0.25: one "
+                f"padded token per 4 real ones), got {padding!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,7 +104,8 @@ class BatchingStats:
     rows: int
     """Rows those runs held."""
     full: int
-    """Runs that went because they were full (the others: max_delay ran out, or close())."""
+    """Runs that went because their group held max_batch rows (the others: max_delay ran out,
+    or close()); a run of padded requests may hold fewer of them."""
     failed: int
     """Requests answered with an error."""
     max_batch: int
@@ -91,11 +119,20 @@ class BatchingStats:
     """Requests whose queue delay was recorded (all those that reached a run)."""
     recent_delays_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
     """The last 10,000 queue delays, oldest first."""
+    tokens: int = 0
+    """Sequence encoders: the tokens those runs' requests held (rows x length)."""
+    padded_tokens: int = 0
+    """Sequence encoders: the padding added to merge requests of different lengths."""
 
     @property
     def mean_batch(self) -> float:
         """Rows per merged run."""
         return self.rows / self.batches if self.batches else 0.0
+
+    @property
+    def padding_waste(self) -> float:
+        """Padded tokens per real token (0.0 where nothing was padded)."""
+        return self.padded_tokens / self.tokens if self.tokens else 0.0
 
     def since(self, earlier: BatchingStats) -> BatchingStats:
         """What happened between `earlier` (from the same engine) and these counters."""
@@ -103,7 +140,7 @@ class BatchingStats:
         recent = self.recent_delays_ms[
             len(self.recent_delays_ms) - min(new, len(self.recent_delays_ms)) :
         ]
-        counts = ("requests", "batches", "rows", "full", "failed")
+        counts = ("requests", "batches", "rows", "full", "failed", "tokens", "padded_tokens")
         return _stats(
             {k: getattr(self, k) - getattr(earlier, k) for k in counts},
             self.max_batch,
@@ -112,10 +149,13 @@ class BatchingStats:
         )
 
     def __str__(self) -> str:
+        padding = (
+            f"; padding {self.padding_waste:.1%} of {self.tokens} tokens" if self.tokens else ""
+        )
         return (
             f"{self.requests} requests in {self.batches} runs (mean batch {self.mean_batch:.1f} "
             f"rows, {self.full} full, max {self.max_batch}); queued p50 {self.delay_p50_ms:.2f} "
-            f"ms, p99 {self.delay_p99_ms:.2f} ms; {self.failed} failed"
+            f"ms, p99 {self.delay_p99_ms:.2f} ms{padding}; {self.failed} failed"
         )
 
 
@@ -185,6 +225,233 @@ def split(out: Mapping[str, np.ndarray], feeds: Sequence[Feeds]) -> list[dict[st
     return [{name: pieces[name][k] for name in out} for k in range(len(feeds))]
 
 
+# -- requests of different lengths (sequence encoders) ------------------------------------------
+
+_SHORT = 8  # tokens any request may be padded to: short requests share runs with each other
+
+
+def pad_limit(length: int) -> int:
+    """The longest run a request of `length` tokens is padded into: twice its length, and 8
+    tokens for shorter ones (so it never costs more than twice its own run, short ones aside)."""
+    return max(2 * length, _SHORT)
+
+
+def fit(
+    lengths: Sequence[int], rows: Sequence[int], max_rows: int, max_padding: float
+) -> list[int]:
+    """Which queued requests (lengths and rows, oldest first) share the next run: the oldest,
+    and the others that make the most rows while the run's padding stays within `max_padding`
+    of its real tokens, no request is padded past `pad_limit` and the rows within `max_rows`;
+    between as many rows, the least padding. Indices, in queue order."""
+    first = lengths[0]
+    best: tuple[int, int] | None = None
+    chosen = [0]
+    for longest in sorted({n for n in lengths if first <= n <= pad_limit(first)}):
+        fits = [i for i in range(1, len(lengths)) if lengths[i] <= longest <= pad_limit(lengths[i])]
+        fits.sort(key=lambda i: (longest - lengths[i], i))  # least padding first, then oldest
+        picked, count, real, top = [0], rows[0], rows[0] * first, first
+        for i in fits:
+            n, r = lengths[i], rows[i]
+            if count + r > max_rows:
+                continue
+            widest = max(top, n)
+            if (count + r) * widest - (real + r * n) > max_padding * (real + r * n):
+                continue
+            picked.append(i)
+            count, real, top = count + r, real + r * n, widest
+        score = (count, real - count * top)  # more rows, then less padding
+        if best is None or score > best:
+            best, chosen = score, sorted(picked)
+    return chosen
+
+
+class Padding:
+    """How requests of different lengths share a run of a sequence encoder.
+
+    The inputs that carry the sequence axis (token ids, attention mask, token types,
+    positions) are padded at the end to the run's longest request: ids with the model's pad
+    id, mask and token types with 0, positions continued. Outputs along that axis (found by
+    their dimension's name: the ids' sequence dimension) are cut back to each request's
+    length; outputs without it (pooled) come back as they are. Built by `of`, which gives
+    None unless the roles say where the padding goes and that a mask hides it, and every
+    output dimension that could follow the length is that sequence axis.
+    """
+
+    def __init__(
+        self,
+        ids: str,
+        axes: Mapping[str, int],
+        fills: Mapping[str, int | None],
+        bounds: Mapping[str, int],
+        longest: tuple[str, int] | None,
+        trims: Mapping[str, tuple[int, ...]],
+    ) -> None:
+        self.ids = ids
+        self.axes = dict(axes)  # input -> its sequence axis
+        self.fills = dict(fills)  # input -> pad value (None: positions, continued)
+        self.bounds = dict(bounds)  # input -> rows of the table it indexes
+        self.longest = longest  # (what limits it, rows): the most tokens one request holds
+        self.trims = dict(trims)  # output -> its sequence axes (none: pooled)
+
+    @classmethod
+    def of(
+        cls, roles: sequence.Roles, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    ) -> Padding | None:
+        """The padding plan for a model with these roles and specs; None where requests of
+        different lengths must not share a run (no mask, a decoder, a fixed length, an
+        output whose size could follow the length on another axis)."""
+        length = roles.sequence
+        if (
+            roles.ids is None
+            or roles.mask is None
+            or length is None
+            or roles.is_decoder
+            or roles.encoder_states is not None
+        ):
+            return None
+
+        def follows(d: object) -> bool:  # a dimension computed from the length
+            return isinstance(d, str) and d != length and length in sequence.symbols(d)
+
+        fills: dict[str, int | None] = {roles.ids: roles.pad_id, roles.mask: 0}
+        if roles.token_types:
+            fills[roles.token_types] = 0
+        if roles.positions:
+            fills[roles.positions] = None
+        bound = roles.bounds.get(roles.ids)
+        if bound is not None and not 0 <= roles.pad_id < bound:
+            fills[roles.ids] = 0  # a pad id outside the table: any id does under the mask
+        axes: dict[str, int] = {}
+        for spec in inputs:
+            if spec.shape is None or any(follows(d) for d in spec.shape):
+                return None
+            found = [i for i, d in enumerate(spec.shape) if d == length]
+            if not found:
+                continue
+            if spec.name not in fills or len(found) != 1 or found[0] == 0:
+                return None
+            axes[spec.name] = found[0]
+        if roles.ids not in axes or roles.mask not in axes:
+            return None
+        named = {d for s in inputs for d in s.shape or () if isinstance(d, str)}
+        trims: dict[str, tuple[int, ...]] = {}
+        for spec in outputs:
+            if spec.shape is None:
+                return None
+            along = []
+            for axis, d in enumerate(spec.shape[1:], 1):
+                if d == length:
+                    along.append(axis)
+                elif not isinstance(d, int) and (d not in named or follows(d)):
+                    return None  # a size nothing names: it might follow the length
+            trims[spec.name] = tuple(along)
+        longest: tuple[str, int] | None = None
+        if roles.max_positions is not None:
+            longest = ("the position table it indexes itself", roles.max_positions)
+        table = roles.bounds.get(roles.positions) if roles.positions in axes else None
+        if table is not None and (longest is None or table < longest[1]):
+            longest = (f"the position table {roles.positions!r} indexes", table)
+        return cls(
+            roles.ids,
+            axes,
+            {k: v for k, v in fills.items() if k in axes},
+            {k: v for k, v in roles.bounds.items() if k in axes},
+            longest,
+            trims,
+        )
+
+    def length(self, feeds: Feeds) -> int:
+        """A request's length (its ids' sequence axis); InputError past what the model takes."""
+        n = int(feeds[self.ids].shape[self.axes[self.ids]])
+        if self.longest is not None and n > self.longest[1]:
+            what, rows = self.longest
+            raise InputError(
+                f"input {self.ids!r} holds {n} tokens; this model takes at most {rows} "
+                f"({what} has {rows} rows): shorten the request"
+            )
+        return n
+
+    def signature(self, feed: Feeds) -> tuple:
+        """What requests must share to be padded into one run: `signature` with the sequence
+        axis left out."""
+        return tuple(
+            sorted(
+                (
+                    n,
+                    a.dtype.str,
+                    tuple(-1 if i == self.axes.get(n) else d for i, d in enumerate(a.shape))[1:],
+                )
+                for n, a in feed.items()
+            )
+        )
+
+    def merge(self, feeds: Sequence[Feeds], lengths: Sequence[int]) -> dict[str, np.ndarray]:
+        """One feed dict holding every request's rows, padded to the longest."""
+        longest = max(lengths)
+        out: dict[str, np.ndarray] = {}
+        for name, first in feeds[0].items():
+            axis = self.axes.get(name)
+            if axis is None:
+                out[name] = np.concatenate([f[name] for f in feeds])
+                continue
+            shape = list(first.shape)
+            shape[0], shape[axis] = sum(f[name].shape[0] for f in feeds), longest
+            fill = self.fills[name]
+            merged = np.full(shape, 0 if fill is None else fill, dtype=first.dtype)
+            row = 0
+            for f, n in zip(feeds, lengths):
+                value = f[name]
+                where: list[slice] = [slice(None)] * value.ndim
+                where[0] = slice(row, row + value.shape[0])
+                where[axis] = slice(0, n)
+                merged[tuple(where)] = value
+                if fill is None and n < longest:
+                    where[axis] = slice(n, longest)
+                    merged[tuple(where)] = self._continued(name, value, axis, n, longest)
+                row += value.shape[0]
+            out[name] = merged
+        return out
+
+    def _continued(
+        self, name: str, value: np.ndarray, axis: int, n: int, longest: int
+    ) -> np.ndarray:
+        """Positions for the padding: on from the request's last, within the table."""
+        shape = [1] * value.ndim
+        shape[axis] = longest - n
+        steps = np.arange(1, longest - n + 1, dtype=value.dtype).reshape(shape)
+        last = np.take(value, [n - 1], axis=axis) if n else np.full_like(steps, -1)
+        positions = last + steps
+        table = self.bounds.get(name)
+        return np.minimum(positions, table - 1) if table else positions
+
+    def split(
+        self, out: Mapping[str, np.ndarray], feeds: Sequence[Feeds], lengths: Sequence[int]
+    ) -> list[dict[str, np.ndarray]]:
+        """The padded run's outputs cut back into one dict per request, each output along the
+        sequence axis to its request's length."""
+        longest = max(lengths)
+        for name, value in out.items():
+            for axis in self.trims.get(name, ()):
+                if value.ndim <= axis or value.shape[axis] != longest:
+                    raise RuntimeFailure(
+                        f"output {name!r} has shape {list(value.shape)} for a run padded to "
+                        f"{longest} tokens: its axis {axis} should follow the length, so the "
+                        "padding cannot be cut off; run it with batching off"
+                    )
+        parts = split(out, feeds)
+        for part, n in zip(parts, lengths):
+            if n == longest:
+                continue
+            for name, value in part.items():
+                along = self.trims.get(name, ())
+                if along:
+                    where: list[slice] = [slice(None)] * value.ndim
+                    for axis in along:
+                        where[axis] = slice(0, n)
+                    part[name] = np.ascontiguousarray(value[tuple(where)])
+        return parts
+
+
 # -- the engine's batcher -----------------------------------------------------------------------
 
 
@@ -203,12 +470,19 @@ class Session(Protocol):
 
 
 class _Request:
-    __slots__ = ("alone", "feeds", "future", "outputs", "queued", "rows", "started")
+    __slots__ = ("alone", "feeds", "future", "length", "outputs", "queued", "rows", "started")
 
-    def __init__(self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] | None, n: int):
+    def __init__(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: tuple[str, ...] | None,
+        n: int,
+        length: int = 0,
+    ):
         self.feeds = feeds
         self.outputs = outputs
         self.rows = n
+        self.length = length  # tokens, for a sequence encoder's padding (else 0)
         self.future: Future = Future()
         self.queued = time.perf_counter()
         self.alone = False  # retried on its own after a merged run failed
@@ -221,6 +495,8 @@ class Batcher:
 
     `session` fixes the specs, the limits and the run slots; `current()` gives the session
     to run on now (an engine's background race may switch it), `session` by default.
+    `roles`: the model's sequence roles; a masked encoder's requests of different lengths are
+    padded into one run (`Padding`).
     """
 
     def __init__(
@@ -230,6 +506,7 @@ class Batcher:
         *,
         cast: bool = False,
         current: Callable[[], Session] | None = None,
+        roles: sequence.Roles | None = None,
     ) -> None:
         if not has_batch_axis(session.inputs, session.outputs):
             listing = ", ".join(
@@ -245,6 +522,9 @@ class Batcher:
         self._session = session
         self._current = current or (lambda: session)
         self._validate = FeedValidator(session.inputs, cast=cast)
+        self.padding = (
+            Padding.of(roles, session.inputs, session.outputs) if roles is not None else None
+        )
         self._output_names = [o.name for o in session.outputs]
         self._delay = config.max_delay_ms / 1000.0
         self._slots = max(1, session.max_in_flight)
@@ -259,7 +539,9 @@ class Batcher:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._local = threading.local()
-        self._counts = {"requests": 0, "batches": 0, "rows": 0, "full": 0, "failed": 0}
+        self._counts = dict.fromkeys(
+            ("requests", "batches", "rows", "full", "failed", "tokens", "padded_tokens"), 0
+        )
         self._delays: deque[float] = deque(maxlen=_DELAYS_KEPT)
         self._recorded = 0
 
@@ -284,15 +566,17 @@ class Batcher:
             raise EngineClosed(
                 f"{self._session.backend} engine on {self._session.device} is closed"
             )
+        padding = self.padding
         try:
             checked = self._validate(feeds)
             names = self._check_outputs(outputs)
-            request = _Request(checked, names, self._rows(checked))
+            length = padding.length(checked) if padding is not None else 0
+            request = _Request(checked, names, self._rows(checked), length)
         except InputError as e:
             failed: Future = Future()
             failed.set_exception(e)
             return failed
-        key = (names, signature(checked))
+        key = (names, signature(checked) if padding is None else padding.signature(checked))
         with self._lock:
             while block and self._queued >= self._limit and not self._closing:
                 self._room.wait()
@@ -391,14 +675,30 @@ class Batcher:
         return best, False
 
     def _take(self, key: tuple) -> list[_Request]:
-        """Up to max_rows rows of the group's oldest requests (lock held); cancelled ones drop."""
+        """Up to max_rows rows of the group's oldest requests (lock held); cancelled ones drop.
+        Requests of different lengths: the oldest and those `fit` pads into its run."""
         group = self._queue[key]
+        picked: list[_Request] = []
+        if self.padding is not None and len(group) > 1 and not group[0].alone:
+            lengths = [r.length for r in group]
+            if min(lengths) != max(lengths):
+                chosen = fit(
+                    lengths, [r.rows for r in group], self.max_rows, self.config.max_padding
+                )
+                picked = [group[i] for i in chosen]
+                keep = set(chosen)
+                self._queue[key] = group = deque(r for i, r in enumerate(group) if i not in keep)
+        if not picked:
+            total = 0
+            while group and (
+                not picked or (total + group[0].rows <= self.max_rows and not group[0].alone)
+            ):
+                picked.append(group.popleft())
+                total += picked[-1].rows
+                if picked[-1].alone:
+                    break
         taken: list[_Request] = []
-        total = 0
-        while group and (
-            not taken or (total + group[0].rows <= self.max_rows and not group[0].alone)
-        ):
-            request = group.popleft()
+        for request in picked:
             self._queued -= 1
             self._group_rows[key] -= request.rows
             if not request.started:
@@ -406,9 +706,6 @@ class Batcher:
                     continue
                 request.started = True
             taken.append(request)
-            total += request.rows
-            if request.alone:
-                break
         if not group:
             del self._queue[key]
             del self._group_rows[key]
@@ -422,7 +719,7 @@ class Batcher:
             self._delays.extend(fresh)
             self._recorded += len(fresh)
         try:
-            feeds = merge([r.feeds for r in batch])
+            feeds = self._merge(batch)
             outputs = list(batch[0].outputs) if batch[0].outputs is not None else None
             session = self._current()
             try:
@@ -436,6 +733,23 @@ class Batcher:
             return
         run.add_done_callback(lambda f: self._finish(batch, full, f, None))
 
+    def _padded(self, batch: list[_Request]) -> bool:
+        return self.padding is not None and len({r.length for r in batch}) > 1
+
+    def _merge(self, batch: list[_Request]) -> dict[str, np.ndarray]:
+        feeds = [r.feeds for r in batch]
+        if self._padded(batch):
+            assert self.padding is not None
+            return self.padding.merge(feeds, [r.length for r in batch])
+        return merge(feeds)
+
+    def _split(self, out: Mapping[str, np.ndarray], batch: list[_Request]) -> list[Any]:
+        feeds = [r.feeds for r in batch]
+        if self._padded(batch):
+            assert self.padding is not None
+            return self.padding.split(out, feeds, [r.length for r in batch])
+        return split(out, feeds)
+
     def _finish(
         self, batch: list[_Request], full: bool, run: Future | None, error: BaseException | None
     ) -> None:
@@ -446,18 +760,28 @@ class Batcher:
             parts: list[Any] | None = None
             if run is not None:
                 try:
-                    parts = split(run.result(), [r.feeds for r in batch])
+                    parts = self._split(run.result(), batch)
                 except CancelledError:
                     error = EngineClosed(
                         f"{self._session.backend} engine on {self._session.device} was closed"
                     )
                 except BaseException as e:
                     error = e
-            retry = len(batch) > 1 and isinstance(error, RuntimeFailure) and parts is None
+            # A merged run's failure (the runtime's, or the session's own feed check: ids past
+            # the vocabulary, say) is retried request by request: only the culprit fails.
+            retry = (
+                len(batch) > 1 and isinstance(error, (RuntimeFailure, InputError)) and parts is None
+            )
             with self._lock:
                 self._busy -= 1
                 self._counts["batches"] += 1
                 self._counts["rows"] += sum(r.rows for r in batch)
+                if self.padding is not None:
+                    longest = max(r.length for r in batch)
+                    self._counts["tokens"] += sum(r.rows * r.length for r in batch)
+                    self._counts["padded_tokens"] += sum(
+                        r.rows * (longest - r.length) for r in batch
+                    )
                 self._counts["full"] += full
                 if retry:
                     for request in batch:

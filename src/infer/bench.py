@@ -523,6 +523,7 @@ def _bench_one(
             except InferError as e:
                 out.append(Measurement(batch=batch_used, error=_one_line(e), **common))
                 continue
+            counters = _since(engine.batching_stats, before)  # before the judge's own run
             compared: dict[str, Any] = {}
             if judge is not None:
                 try:
@@ -560,7 +561,7 @@ def _bench_one(
                     latency=Stats.of(samples),
                     throughput=len(samples) * batch_used / elapsed if elapsed > 0 else None,
                     samples_ms=tuple(float(s * 1e3) for s in samples),
-                    batching=_since(engine.batching_stats, before),
+                    batching=counters,
                     **common,
                 )
             )
@@ -639,6 +640,7 @@ def _batching_dict(stats: BatchingStats | None, samples: bool) -> dict[str, Any]
         return None
     d = {k: v for k, v in vars(stats).items() if samples or k != "recent_delays_ms"}
     d["mean_batch"] = stats.mean_batch
+    d["padding_waste"] = stats.padding_waste
     return d
 
 

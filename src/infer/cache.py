@@ -42,6 +42,25 @@ def default_root() -> Path:
     return base / "infer"
 
 
+KINDS: dict[str, str] = {
+    "backend-choice": "the measured default's verdicts: which backend won a model's race",
+    "calibration": "int8 calibration ranges (activations' min/max or histograms)",
+    "coreml-compiled": "Core ML packages compiled for this Mac",
+    "onnx-fp16": "fp16 ONNX graphs",
+    "onnx-int8": "int8 Q/DQ ONNX graphs as quantized, before any accuracy check",
+    "onnx-int8-search": "the int8 graphs the accuracy budget's search kept (precision='int8' "
+    "loads these)",
+    "onnx-preprocess": "ONNX graphs with preprocessing fused in",
+    "openvino": "OpenVINO's compiled models (its CACHE_DIR)",
+    "ort-coreml": "ONNX Runtime's CoreML provider's compiled models",
+    "ort-openvino": "ONNX Runtime's OpenVINO provider's compiled models",
+    "ort-tensorrt": "ONNX Runtime's TensorRT provider's engines and timing caches",
+    "tensorrt-plan": "TensorRT plans built from ONNX",
+    "tensorrt-plan-info": "what a TensorRT plan file was built for",
+    "tensorrt-timing": "TensorRT timing caches",
+}
+"""Every kind of entry infer writes, and what it holds (`infer cache clear --kind` takes these)."""
+
 _KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import BackendUnavailable, CompileError, OptionError
 
-_INSTALL = 'pip install "infer[coreml]" torch'
+_INSTALL = 'pip install "infer-engine[coreml]" torch'
 _PRECISIONS = ("fp16", "fp32")
 _MACOS = ("12", "13", "14", "15", "26")
 

@@ -30,7 +30,7 @@ def _runtime() -> Any:
             from cuda import cudart as runtime  # cuda-python < 12.6
         except ImportError as e:
             raise CudaError(
-                'cuda-python is not installed (pip install "infer[tensorrt]" or cuda-python)'
+                'cuda-python is not installed (pip install "infer-engine[tensorrt]" or cuda-python)'
             ) from e
     return runtime
 

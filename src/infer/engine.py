@@ -65,6 +65,7 @@ class Engine:
                     options.batching,
                     cast=options.cast,
                     current=_current(self._sessions),
+                    roles=self.roles,
                 )
             except BaseException:
                 self._sessions.close()
@@ -110,7 +111,9 @@ class Engine:
             named, the choice is measured (see `choose`); "fastest" is choose="measure".
         precision: "fp32" (default), "fp16", "bf16" or "int8" (int8 takes `calibration`).
         shapes: {input: shape or (min, opt, max)} for backends that fix shapes at build time.
-        cast: allow lossy input casts (float64 -> float32); lossless ones always happen.
+        cast: widen integer arrays into float inputs as they are (refused otherwise: most
+            often an image not yet normalized), and allow lossy casts within a kind (float64 ->
+            float32); widening within a kind (int32 -> int64, float16 -> float32) always happens.
         hint: "latency" (default) or "throughput", for backends with performance hints.
         choose: how the default picks among the device's backends. "background" (default):
             start on the first that compiles, race the others once the engine has been busy a
@@ -122,7 +125,8 @@ class Engine:
         threads: the threads of this engine's runtime pool (default: the process's budget, see
             infer.threads).
         batching: infer.Batching(max_batch=16, max_delay_ms=2.0) merges concurrent calls into
-            one run along the batch axis (see infer.batching).
+            one run along the batch axis; a sequence encoder's requests of different lengths
+            are padded into one (max_padding; see infer.batching).
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
@@ -309,6 +313,7 @@ class Engine:
 
     def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
         if self._batcher is not None:
+            self._session.check_values(feeds)  # before it joins a merged run
             return self._batcher.submit(feeds, outputs).result()
         session = self._session
         try:
@@ -364,6 +369,12 @@ class Engine:
         self, feeds: Mapping[str, Any], outputs: Sequence[str] | None, block: bool
     ) -> Future:
         if self._batcher is not None:
+            try:  # a bad id would fail every request merged with it: refused on its own
+                self._session.check_values(feeds)
+            except InputError as e:
+                failed: Future = Future()
+                failed.set_exception(e)
+                return failed
             future = self._batcher.submit(feeds, outputs, block=block)
         else:
             session = self._session
@@ -546,6 +557,20 @@ class _PrecisionTransform:
         # -- int8 with an accuracy budget: searched and measured on this backend
         from .transforms import int8_search
 
+        how = backend.runtime_int8(model, device, self.options, variant)
+        if how is not None:  # int8 weights already, the runtime quantizes activations
+            label = selection.row_label(backend.name, variant)
+            if label not in self._searched:
+                self._searched[label] = int8_search.runtime(
+                    model,
+                    self.options,
+                    how=how,
+                    backend=backend,
+                    device=device,
+                    variant=variant,
+                    label=label,
+                )
+            return self._searched[label][0]
         if int8_search.guarded(self.options):
             label = selection.row_label(backend.name, variant)
             if label not in self._searched:

@@ -487,11 +487,14 @@ def random_feeds(
     return out
 
 
-def read_inputs(items: Iterable[str]) -> dict[str, np.ndarray]:
+def read_inputs(items: Iterable[str], specs: Sequence[TensorSpec] = ()) -> dict[str, np.ndarray]:
     """Arrays from `--input` items: NAME=FILE.npy, FILE.npz (every array in it), NAME=VALUE.
 
-    VALUE is a Python literal (a number or a nested list), for small inputs such as a sample rate.
+    VALUE is a Python literal (a number or a nested list), for small inputs such as a sample rate;
+    like Python data given to `Engine.run`, it takes the dtype of the input in `specs` it names
+    when the kinds agree (`scale=2` into a float input is 2.0). Arrays from files keep theirs.
     """
+    dtypes = {s.name: s.dtype for s in specs}
     out: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -508,7 +511,7 @@ def read_inputs(items: Iterable[str]) -> dict[str, np.ndarray]:
         if path.suffix.lower() in (".npy", ".npz") or path.exists():
             out[name] = _read_array(path, name)
         else:
-            out[name] = _literal(name, value)
+            out[name] = _literal(name, value, dtypes.get(name))
     return out
 
 
@@ -536,7 +539,7 @@ def _read_array(path: Path, name: str) -> np.ndarray:
         raise InputError(f"input {name!r}: {str(path)!r} cannot be read as .npy: {e}") from e
 
 
-def _literal(name: str, text: str) -> np.ndarray:
+def _literal(name: str, text: str, dtype: np.dtype | None = None) -> np.ndarray:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -545,7 +548,12 @@ def _literal(name: str, text: str) -> np.ndarray:
         ) from None
     if not isinstance(value, (int, float, bool, list, tuple)):
         raise InputError(f"input {name!r}: {text!r} is not a number or a list of numbers")
-    return np.asarray(value)
+    arr = np.asarray(value)
+    if dtype is not None and (
+        (arr.dtype.kind in "biu" and dtype.kind in "biuf") or arr.dtype.kind == dtype.kind
+    ):
+        return arr.astype(dtype)
+    return arr
 
 
 def read_samples(

@@ -93,7 +93,10 @@ class OnnxSummary:
     subgraphs: tuple[Subgraph, ...]
     functions: tuple[str, ...]  # model-local functions, "domain:name"
     custom_domains: tuple[str, ...]
-    unknown_ops: tuple[str, ...]  # in no ONNX schema and no model-local function
+    # Ops outside the ONNX standard (in no ONNX schema and no model-local function): a runtime's
+    # own (com.microsoft's, which ONNX Runtime runs) or ops no runtime knows; which backends
+    # here run them is `Inspection.run_by`.
+    nonstandard_ops: tuple[str, ...]
     external_data: tuple[str, ...]  # file names, relative to the model
     external_bytes: int
     metadata: tuple[tuple[str, str], ...]
@@ -121,6 +124,14 @@ class Inspection:
     def outputs(self) -> tuple[TensorSpec, ...]:
         part = self.onnx or self.native
         return part.outputs if part else ()
+
+    @property
+    def run_by(self) -> tuple[str, ...]:
+        """The backends here whose op check passed (they run every op, the non-standard ones
+        included), as "backend on device"; () when the backends were not asked."""
+        return tuple(
+            f"{a.backend} on {a.device}" for a in self.backends if a.ok and a.device != "-"
+        )
 
     def to_dict(self, nodes: bool = False) -> dict[str, Any]:
         """Plain JSON-ready data; `nodes=True` adds the node list."""
@@ -159,7 +170,8 @@ class Inspection:
                 "subgraphs": [vars(s) for s in o.subgraphs],
                 "functions": list(o.functions),
                 "custom_domains": list(o.custom_domains),
-                "unknown_ops": list(o.unknown_ops),
+                "nonstandard_ops": list(o.nonstandard_ops),
+                "nonstandard_ops_run_by": list(self.run_by),
                 "external_data": {"files": list(o.external_data), "bytes": o.external_bytes},
                 "metadata": dict(o.metadata),
             }
@@ -371,7 +383,7 @@ def _inspect_onnx(m: Model) -> tuple[OnnxSummary, tuple[Node, ...]]:
                     | {n.domain for n in nodes if n.domain not in STANDARD_DOMAINS}
                 )
             ),
-            unknown_ops=tuple(unknown),
+            nonstandard_ops=tuple(unknown),
             external_data=tuple(
                 str(p.relative_to(m.path.parent))
                 for p in m.external_data

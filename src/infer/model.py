@@ -106,6 +106,9 @@ class Model:
         # e.g. "int8 (QDQ, minmax, 200 samples)". A backend compiling this model reports it as
         # its session's precision; None for a model as loaded.
         self.precision: str | None = None
+        # Set by the int8 transform where a runtime's on-the-fly activation quantization
+        # (`Backend.runtime_int8`) missed the accuracy budget: compile with float activations.
+        self.float_activations = False
 
     def __repr__(self) -> str:
         where = str(self.path) if self.path else f"{len(self.data)} bytes in memory"

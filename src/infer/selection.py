@@ -112,10 +112,8 @@ class Attempt:
 
 class Selection(tuple[Attempt, ...]):
     """What `Engine.load` tried, in order (a tuple of Attempt, the data as it was): prints as
-    one line per candidate it could try (seconds rounded, reasons cut) and one line naming
-    those not here (their reasons stay in the data); `repr` is one line."""
-
-    REASON_CHARS = 160
+    one line per candidate it could try (seconds rounded, each reason whole, on one line) and
+    one line naming those not here (their reasons stay in the data); `repr` is one line."""
 
     @property
     def chosen(self) -> Attempt | None:
@@ -141,8 +139,6 @@ class Selection(tuple[Attempt, ...]):
         mark = "✓" if a.verdict == "selected" else "✗" if a.verdict == "failed" else "-"
         took = f" in {_seconds(a.seconds)}" if a.seconds is not None else ""
         reason = " ".join(a.reason.split())
-        if len(reason) > self.REASON_CHARS:
-            reason = reason[: self.REASON_CHARS - 1] + "…"
         return f"{mark} {a.backend} on {a.device}: {a.verdict}{took}" + (
             f": {reason}" if reason else ""
         )
@@ -337,10 +333,21 @@ def check(
         return device, Attempt(row.label, str(device), "skipped", slow)
     wrong = b.miscomputes(model, device, options, row.variant)
     if wrong and not named:
-        return device, Attempt(row.label, str(device), "skipped", f"answers wrongly: {wrong}")
+        return device, Attempt(row.label, str(device), "skipped", f"{_WRONG}{wrong}")
     if wrong:
         log.warning("%s on %s, as named, answers this model wrongly: %s", row.label, device, wrong)
     return device, None
+
+
+_WRONG = "answers wrongly: "
+
+
+def known_wrong(attempt: Attempt) -> str | None:
+    """Why `check` passed a row over as answering the model wrongly (`Backend.miscomputes`);
+    None for any other verdict."""
+    if attempt.verdict == "skipped" and attempt.reason.startswith(_WRONG):
+        return attempt.reason[len(_WRONG) :]
+    return None
 
 
 def _last_resort(row: Choice, options: Options, named: bool) -> str:
@@ -414,7 +421,9 @@ def _compile(
     except PrecisionError as e:
         return e
     try:
-        return b.compile(target, device, options, row.variant)
+        session = b.compile(target, device, options, row.variant)
+        session.know(target)  # the graph's bounds on ids and shapes at batch 0, for the feed check
+        return session
     except OptionError:
         raise  # the caller's mistake: no other backend would make it right
     except Exception as e:

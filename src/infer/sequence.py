@@ -179,6 +179,10 @@ class Roles:
     """Integer input -> rows of the table it indexes (an embedding Gather on the input): valid
     values are [-n, n - 1], the range ONNX's Gather defines."""
     pad_id: int = 0
+    max_positions: int | None = None
+    """The rows of a position table the graph indexes with positions it makes itself (0, 1,
+    ... over the ids' length: a Range, or a Slice of a constant 0, 1, 2, ...): the most tokens
+    one run takes. None where the graph has none (positions as an input: see `bounds`)."""
 
     @property
     def is_sequence(self) -> bool:
@@ -273,6 +277,8 @@ def from_graph(graph: onnx.GraphProto, metadata: Any = ()) -> Roles:
     inputs, outputs = graph_inputs(graph), graph_outputs(graph)
     bounds = _gather_bounds(graph, {s.name for s in inputs if _is_int(s)})
     roles = from_specs(inputs, outputs, bounds=bounds)
+    if roles.ids is not None:
+        roles = _replace(roles, max_positions=_position_rows(graph))
     meta = {p.key: p.value for p in metadata}
     pad = meta.get("pad_token_id", "").strip()
     if pad.isdigit():
@@ -514,6 +520,71 @@ def _gather_bounds(graph: onnx.GraphProto, names: set[str]) -> dict[str, int]:
     return out
 
 
+def _position_rows(graph: onnx.GraphProto) -> int | None:
+    """The rows of a table that an axis-0 Gather indexes with 0, 1, ... it makes itself (a
+    Range from 0 by 1, or a Slice from 0 of a constant 0, 1, 2, ...: BERT's and most encoders'
+    position embeddings), capped by that constant's length; the smallest such, or None."""
+    consts = _onnx.constants(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def small(name: str, most: int) -> np.ndarray | None:  # an inline constant's values
+        tensor = consts.get(name)
+        if (
+            tensor is None
+            or tensor.data_location == onnx.TensorProto.EXTERNAL
+            or int(np.prod(tensor.dims)) > most
+            or np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).kind not in "iu"
+        ):
+            return None
+        return onnx.numpy_helper.to_array(tensor)
+
+    def scalar(name: str) -> int | None:
+        value = small(name, 1)
+        return int(value.reshape(())) if value is not None and value.size == 1 else None
+
+    def counts(value: str) -> float | None:
+        """How far 0, 1, ... `value` holds can go (inf: a Range); None: not such a count."""
+        for _ in range(8):
+            node = producers.get(value)
+            if node is None:
+                return None
+            if node.op_type in _PASS_THROUGH and node.input:
+                value = node.input[0]
+                continue
+            if node.op_type == "Range" and len(node.input) == 3:
+                ok = scalar(node.input[0]) == 0 and scalar(node.input[2]) == 1
+                return float("inf") if ok else None
+            if node.op_type == "Slice" and len(node.input) >= 3:
+                data = small(node.input[0], 1 << 20)
+                steps = node.input[4] if len(node.input) > 4 and node.input[4] else None
+                if (
+                    data is not None
+                    and data.size
+                    and np.array_equal(data.reshape(-1), np.arange(data.size))
+                    and scalar(node.input[1]) == 0
+                    and (steps is None or scalar(steps) == 1)
+                ):
+                    return float(data.size)
+            return None
+        return None
+
+    found: int | None = None
+    for node in graph.node:
+        if (
+            node.op_type != "Gather"
+            or len(node.input) < 2
+            or int(_onnx.attribute(node, "axis", 0)) != 0
+            or node.input[0] not in consts
+            or not consts[node.input[0]].dims
+        ):
+            continue
+        reach = counts(node.input[1])
+        if reach is not None:
+            rows = int(min(consts[node.input[0]].dims[0], reach))
+            found = rows if found is None else min(found, rows)
+    return found
+
+
 # -- phases and feeds -----------------------------------------------------------------------------
 
 
@@ -558,7 +629,7 @@ def phases(
     decoder's decode step (one token after `context`) then its prefill (a `sequence`-token
     prompt); an encoder's pass over `sequence` tokens; [] for other models. Both stay
     within a table of positions the model holds."""
-    limit = roles.bounds.get(roles.positions or "")
+    limit = roles.bounds.get(roles.positions or "", roles.max_positions)
     if limit is not None:  # a table of positions: the context and prompt must fit in it
         sequence = max(1, min(sequence, limit))
         context = max(0, min(context, limit - 1))

@@ -248,8 +248,9 @@ class FeedValidator:
 
     The first call with a given (dtype, shape) per input does the full check; later calls
     with the same signature take a set lookup, so validation stays cheap per run.
-    Lossless casts (numpy's "safe": uint8 -> float32, int32 -> int64) are done silently;
-    lossy ones (float64 -> float32) only with ``cast=True``.
+    Lossless casts within a kind (int32 -> int64, float16 -> float32, bool -> any) are done
+    silently; integers into a float input (most often an image not yet normalized) and lossy
+    casts (float64 -> float32, int64 -> int32) only with ``cast=True``.
     """
 
     def __init__(self, specs: Sequence[TensorSpec], *, cast: bool = False) -> None:
@@ -271,8 +272,21 @@ class FeedValidator:
         self._accepted_sigs: set[tuple[tuple[str, np.dtype, tuple[int, ...]], ...]] = set()
 
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        # Fast path: every feed is a contiguous ndarray whose (dtype, shape) passed before.
-        if type(feeds) is dict and len(feeds) == self._count and not self._shared_symbols:
+        # Fast path: every feed is a contiguous ndarray whose (dtype, shape) passed before (with
+        # shared dimension names: whose whole signature did, as the full check leaves it).
+        if type(feeds) is dict and len(feeds) == self._count:
+            if self._shared_symbols:
+                try:
+                    sig = tuple(
+                        (name, value.dtype, value.shape)
+                        for name, value in feeds.items()
+                        if type(value) is np.ndarray and value.flags.c_contiguous
+                    )
+                except AttributeError:
+                    return self._full(feeds)
+                if len(sig) == self._count and sig in self._accepted_sigs:
+                    return feeds
+                return self._full(feeds)
             accepted = self._accepted
             for name, value in feeds.items():
                 seen = accepted.get(name)
@@ -307,6 +321,7 @@ class FeedValidator:
         if sig in self._accepted_sigs:
             return out
         bound: dict[str, tuple[int, str]] = {}
+        fast = True  # the signature may take the fast path: every array as checked, none empty
         for name, arr in out.items():
             for axis, d in enumerate(self.specs[name].shape or ()):
                 if not isinstance(d, str):
@@ -319,7 +334,16 @@ class FeedValidator:
                         f"has {d!r} = {other_size}; inputs sharing a dimension name must agree"
                     )
                 bound.setdefault(d, (size, name))
-        self._accepted_sigs.add(sig)
+        for name, arr in out.items():
+            if not (
+                isinstance(arr, np.ndarray)
+                and arr.size
+                and arr is feeds[name]
+                and arr.flags.c_contiguous
+            ):
+                fast = False
+        if fast:
+            self._accepted_sigs.add(sig)
         return out
 
     def _check_one(self, name: str, value: Any) -> np.ndarray:
@@ -414,7 +438,7 @@ class FeedValidator:
         if want.kind == "O":
             if arr.dtype.kind in "US":
                 return arr.astype(object)
-        elif np.can_cast(arr.dtype, want, "safe") or (
+        elif (np.can_cast(arr.dtype, want, "safe") and not _changes_kind(arr.dtype, want)) or (
             self.cast and np.can_cast(arr.dtype, want, "same_kind")
         ):
             return arr.astype(want)
@@ -422,6 +446,12 @@ class FeedValidator:
             dtype_info(arr.dtype).name if arr.dtype in _BY_NUMPY else str(arr.dtype),
             dtype_info(want).name,
         )
+        if not self.cast and _changes_kind(arr.dtype, want):
+            raise InputError(
+                f"input {name!r} is {exp} ({describe(spec.shape, want)}) but got {got}: "
+                + _integer_hint(arr)
+                + ", or pass cast=True to Engine.load to widen it as it is"
+            )
         hint = (
             f"; {got} -> {exp} can lose information: pass cast=True to Engine.load to allow it"
             if not self.cast and np.can_cast(arr.dtype, want, "same_kind")
@@ -443,6 +473,27 @@ class FeedValidator:
 
     def _listing(self) -> str:
         return describe_specs(self.specs.values())
+
+
+def _changes_kind(got: np.dtype, want: np.dtype) -> bool:
+    """Integers into a float (or complex) tensor: lossless to numpy, but rarely what was meant."""
+    return got.kind in "iu" and want.kind in "fc"
+
+
+def _integer_hint(arr: np.ndarray) -> str:
+    """What an integer array fed to a float input probably was, and what to do instead."""
+    channels = (1, 3, 4)
+    if arr.dtype == np.uint8 or (
+        arr.ndim >= 3 and (arr.shape[-1] in channels or arr.shape[-3] in channels)
+    ):
+        return (
+            "an integer image is usually not yet normalized; scale it (x / 255.0) or declare "
+            "preprocessing (infer.Preprocess.image)"
+        )
+    return (
+        "integers into a float input usually mean values not yet scaled or converted as the "
+        "model expects; convert them (x.astype(np.float32), scaled as the model was trained)"
+    )
 
 
 _SUBBYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}

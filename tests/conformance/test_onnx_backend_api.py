@@ -254,8 +254,14 @@ def test_sequence_inputs_and_outputs(backend):
     assert isinstance(out["out"], list) and len(out["out"]) == 2
     np.testing.assert_array_equal(out["out"][1], b)
     assert int(out["n"]) == 2
-    # Plain Python lists and lossless casts are accepted per element, as for tensors.
-    out = engine.run({"seq": [[1.0, 2.0], np.array([1, 2], np.int16)], "x": b})
+    # Plain Python lists and casts within a kind are accepted per element, as for tensors;
+    # integers into a float element only with cast=True (issue 25: an unscaled image).
+    out = engine.run({"seq": [[1.0, 2.0], np.array([1, 2], np.float16)], "x": b})
+    assert [o.dtype for o in out["out"]] == [np.float32] * 3
+    with pytest.raises(infer.InputError, match=r"input 'seq\[1\]' is float32.*got int16"):
+        engine.run({"seq": [[1.0, 2.0], np.array([1, 2], np.int16)], "x": b})
+    widening = infer.Engine.load(_seq_model(), "cpu", backend=backend, cast=True)
+    out = widening.run({"seq": [[1.0, 2.0], np.array([1, 2], np.int16)], "x": b})
     assert [o.dtype for o in out["out"]] == [np.float32] * 3
     assert int(engine.run({"seq": [], "x": b})["n"]) == 1
 

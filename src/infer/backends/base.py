@@ -15,6 +15,7 @@ A backend module is the only place that imports its runtime, and only inside fun
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import importlib.util
 import itertools
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any, ClassVar, cast, final
 
 import numpy as np
@@ -162,6 +164,15 @@ class Backend(abc.ABC):
         None when that cannot be told without compiling."""
         return None
 
+    def runtime_int8(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        """At precision="int8", for a model whose weights are already int8 (or int4): how this
+        runtime quantizes the activations too, on the fly, in words ("OpenVINO dynamic
+        activation quantization, group 32, ..."); None where it does not. The engine holds it
+        to the accuracy budget (`int8_search.runtime`). Cheap: a walk over the graph."""
+        return None
+
     def miscomputes(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:
@@ -188,6 +199,49 @@ class Backend(abc.ABC):
 # -- the feed check ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GraphFacts:
+    """What the feed check knows from the graph a session was compiled from (`Session.know`).
+
+    bounds: integer input -> n, where its values index a table of n rows (an embedding Gather):
+        valid values are [-n, n-1], as the spec's Gather takes them.
+    shapes: the outputs' shapes at given input shapes (`_onnx.output_shapes`), for the outputs
+        of batch 0 that the specs' dimension names do not size; None: not known.
+    """
+
+    bounds: Mapping[str, int] = dataclass_field(default_factory=dict)
+    shapes: (
+        Callable[[Mapping[str, tuple[int, ...]]], Mapping[str, tuple[int, ...] | None]] | None
+    ) = None
+
+
+class EmptyBatch(dict):
+    """Checked feeds of batch 0 with their answer, `outputs`: arrays with no rows, of the shapes
+    the graph gives, the same on every backend (no runtime runs: runtimes differ on batch 0).
+    Where the graph cannot give every output at batch 0 (a count, a sum, a data-dependent
+    shape), `outputs` is None: the runtime runs the feeds, and if it fails, every backend
+    raises the same `refusal` (chained to the runtime's own error)."""
+
+    def __init__(
+        self, feeds: Mapping[str, Any], outputs: dict[str, np.ndarray] | None, refusal: str
+    ) -> None:
+        super().__init__(feeds)
+        self.outputs = outputs
+        self.refusal = refusal
+
+    def answer(self, names: Sequence[str] | None) -> dict[str, np.ndarray]:
+        assert self.outputs is not None
+        out = self.outputs
+        return {n: out[n].copy() for n in (names if names is not None else out)}
+
+    def run(self, run: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+        """The runtime's answer through `run`, or the one refusal where it fails."""
+        try:
+            return run(dict(self))
+        except Exception as e:
+            raise InputError(self.refusal) from e
+
+
 class FeedCheck(FeedValidator):
     """The edge's one feed check, for `Session.run`/`submit` and every `Binding.run`.
 
@@ -197,15 +251,127 @@ class FeedCheck(FeedValidator):
     them in place (`infer.binding.device_view` checks dtype, layout and GPU as it reads), or
     refused in words where the reader takes host memory only. Host DLPack objects become numpy
     views of their memory.
+
+    With the graph's facts (`GraphFacts`), feeds of batch 0 (0 rows on a first axis the specs
+    leave open) come back as an `EmptyBatch`; `BoundedFeedCheck` adds the integer inputs' ranges.
     """
 
-    def __init__(self, specs: Sequence[TensorSpec], *, cast: bool, reader: str | None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TensorSpec],
+        *,
+        cast: bool,
+        reader: str | None,
+        outputs: Sequence[TensorSpec] = (),
+        facts: GraphFacts | None = None,
+    ) -> None:
         """reader: None when device arrays are read in place; else what reads host memory
-        ("onnxruntime ... on cpu:0"), for the refusal."""
+        ("onnxruntime ... on cpu:0"), for the refusal. outputs: the session's output specs."""
         super().__init__(specs, cast=cast)
         self._reader = reader
+        self._outputs = list(outputs)
+        self._facts = facts or GraphFacts()
+        self._bounds = [(n, int(b)) for n, b in self._facts.bounds.items() if n in self.specs]
+        self._batched = frozenset(
+            s.name
+            for s in specs
+            if s.kind == "tensor" and s.shape and not isinstance(s.shape[0], int)
+        )
+        self._empty_shapes: dict[tuple, Mapping[str, tuple[int, ...] | None]] = {}
+
+    def check_values(self, feeds: Mapping[str, Any]) -> None:
+        """The graph's bounds alone, on feeds not checked yet (arrays or lists of integers), for
+        a queue that merges requests: one bad request must not fail the others' run."""
+        if self._bounds and isinstance(feeds, Mapping):
+            arrays = {n: np.asarray(feeds[n]) for n, _ in self._bounds if n in feeds}
+            _within(self._bounds, arrays)
+
+    def _check_one(self, name: str, value: Any) -> np.ndarray:
+        arr = super()._check_one(name, value)
+        if name in self._batched and arr.ndim and arr.shape[0] == 0:
+            # never on the fast path: every batch-0 call is answered by `_full`
+            self._accepted[name].discard((arr.dtype, arr.shape))
+        return arr
 
     def _full(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        out = self._checked(feeds)
+        for name in self._batched:
+            value = out.get(name)
+            if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == 0:
+                return EmptyBatch(out, *self._empty(out, name))
+        return out
+
+    def _empty(
+        self, feeds: Mapping[str, Any], first: str
+    ) -> tuple[dict[str, np.ndarray] | None, str]:
+        """The outputs of batch 0: no rows, each dimension sized by the name it shares with an
+        input, else by the graph's shape inference (`_extrapolated`); None where an output
+        cannot be so given, with the words every backend raises if the runtime fails on it."""
+        sizes: dict[str, int] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, value in feeds.items():
+            spec = self.specs[name]
+            if spec.kind != "tensor" or spec.shape is None or not hasattr(value, "shape"):
+                continue
+            shapes[name] = tuple(int(n) for n in value.shape)
+            for d, n in zip(spec.shape, value.shape):
+                if isinstance(d, str):
+                    sizes.setdefault(d, int(n))
+        inferred: Mapping[str, tuple[int, ...] | None] | None = None
+        out: dict[str, np.ndarray] = {}
+        for spec in self._outputs:
+            shape: tuple[int, ...] | None = None
+            if spec.kind == "tensor" and spec.shape is not None:
+                dims = [
+                    d if isinstance(d, int) else sizes.get(d) if d else None for d in spec.shape
+                ]
+                if all(d is not None for d in dims):
+                    shape = tuple(dims)  # type: ignore[arg-type]
+            if shape is None and self._facts.shapes is not None:
+                if inferred is None:
+                    key = tuple(sorted(shapes.items()))
+                    if key not in self._empty_shapes:
+                        self._empty_shapes[key] = self._extrapolated(shapes)
+                    inferred = self._empty_shapes[key]
+                shape = inferred.get(spec.name)
+            if shape is None or 0 not in shape:
+                seen = list(feeds[first].shape)
+                why = (
+                    "its shape is not known from the graph at these input shapes"
+                    if shape is None
+                    else f"it has {list(shape)} at batch 0: its values need a run"
+                )
+                return None, (
+                    f"input {first!r} has batch 0 (shape {seen}): output {spec.name!r} "
+                    f"({describe(spec.shape, spec.dtype)}) cannot be given without a run "
+                    f"({why}), and the run failed; pass at least one row"
+                )
+            out[spec.name] = np.empty(shape, spec.dtype)
+        return out, ""
+
+    def _extrapolated(
+        self, shapes: Mapping[str, tuple[int, ...]]
+    ) -> Mapping[str, tuple[int, ...] | None]:
+        """Output shapes at batch 0 from the graph's shape inference at batch 1 and 2 (at 0 it
+        cannot size a Reshape's -1): each dimension taken as linear in the batch."""
+        assert self._facts.shapes is not None
+        at = []
+        for rows in (1, 2):
+            probe = {
+                n: (rows, *s[1:]) if n in self._batched and s and s[0] == 0 else s
+                for n, s in shapes.items()
+            }
+            at.append(self._facts.shapes(probe))
+        out: dict[str, tuple[int, ...] | None] = {}
+        for name, one in at[0].items():
+            two = at[1].get(name)
+            dims = None
+            if one is not None and two is not None and len(one) == len(two):
+                dims = tuple(2 * a - b for a, b in zip(one, two))
+            out[name] = dims if dims is not None and min(dims, default=0) >= 0 else None
+        return out
+
+    def _checked(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(feeds, Mapping) or all(type(v) is np.ndarray for v in feeds.values()):
             return super()._full(feeds)
         device: dict[str, Any] = {}
@@ -231,6 +397,32 @@ class FeedCheck(FeedValidator):
             _device_shape(self.specs[name], value)
             out[name] = value
         return out
+
+
+class BoundedFeedCheck(FeedCheck):
+    """A feed check that also refuses integer values outside the graph's bounds with InputError:
+    one min and one max over each bounded host array per call (device arrays, read in place on
+    their GPU, are not looked at). A subclass, so that models without bounds keep
+    `FeedValidator`'s fast path as it is."""
+
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().__call__(feeds)
+        _within(self._bounds, out)
+        return out
+
+
+def _within(bounds: Sequence[tuple[str, int]], feeds: Mapping[str, Any]) -> None:
+    """Raise InputError where a bounded input's host array holds a value outside [-n, n-1]."""
+    for name, n in bounds:
+        ids = feeds.get(name)
+        if type(ids) is np.ndarray and ids.size and ids.dtype.kind in "iu":
+            lo, hi = ids.min(), ids.max()
+            if lo < -n or hi >= n:
+                raise InputError(
+                    f"input {name!r}: value {int(hi) if hi >= n else int(lo)} is outside "
+                    f"[{-n}, {n - 1}], the rows of the table it indexes ({n}); a tokenizer "
+                    "that does not match the model gives such ids"
+                )
 
 
 # -- the output plan --------------------------------------------------------------------------
@@ -343,6 +535,21 @@ def _check_target(spec: TensorSpec, dtype: np.dtype, shape: tuple[int, ...]) -> 
         )
 
 
+def _bounds(model: Model) -> dict[str, int]:
+    """{integer input: rows of the table it indexes} from the graph (none for other formats)."""
+    from .. import sequence
+
+    return dict(sequence.read(model).bounds)
+
+
+def _output_shapes(
+    model: Model, inputs: Mapping[str, tuple[int, ...]]
+) -> Mapping[str, tuple[int, ...] | None]:
+    from .. import _onnx
+
+    return _onnx.output_shapes(model.proto, inputs)
+
+
 def _value(counter: itertools.count) -> int:
     """The next value an itertools.count would give, without taking it."""
     return cast(int, counter.__reduce__()[1][0])
@@ -385,6 +592,8 @@ class Session(abc.ABC):
         self.options = options
         self.precision = precision
         self.details: dict[str, Any] = dict(details or {})
+        self._device_inputs = device_inputs
+        self._facts: GraphFacts | None = None
         self._feeds = self.feed_check(device_inputs)
         self._output_names = [o.name for o in self.outputs]
         self._closed = False
@@ -407,7 +616,28 @@ class Session(abc.ABC):
             if device_inputs
             else f"{self.backend} reads this model's inputs from host memory on {self.device}"
         )
-        return FeedCheck(self.inputs, cast=self.options.cast, reader=reader)
+        bounded = self._facts is not None and self._facts.bounds
+        return (BoundedFeedCheck if bounded else FeedCheck)(
+            self.inputs,
+            cast=self.options.cast,
+            reader=reader,
+            outputs=self.outputs,
+            facts=self._facts,
+        )
+
+    def check_values(self, feeds: Mapping[str, Any]) -> None:
+        """Refuse integer values outside the graph's bounds (InputError) before `feeds` join a
+        merged run (dynamic batching); `run` and `submit` check them themselves."""
+        self._feeds.check_values(feeds)
+
+    def know(self, model: Model) -> None:
+        """Read what the feed check takes from the graph this session was compiled from (see
+        `GraphFacts`), once, before the session runs."""
+        shapes = None
+        if model.format is ModelFormat.ONNX:
+            shapes = functools.partial(_output_shapes, model)
+        self._facts = GraphFacts(bounds=_bounds(model), shapes=shapes)
+        self._feeds = self.feed_check(self._device_inputs)
 
     def failure(self, error: BaseException) -> RuntimeFailure:
         """The one seam where a runtime's own exception becomes infer's (raise it `from error`)."""
@@ -436,6 +666,10 @@ class Session(abc.ABC):
                 self._check_open()
             feeds = self._feeds(feeds)
             names = None if outputs is None else self._check_outputs(outputs)
+            if type(feeds) is EmptyBatch:
+                if feeds.outputs is None:
+                    return feeds.run(lambda f: self._run(f, names))
+                return feeds.answer(names)
             # _run_mapped inlined: a frame less on the hot path (~0.1 us of a 5 us run).
             try:
                 return self._run(feeds, names)
@@ -475,6 +709,16 @@ class Session(abc.ABC):
             names = None if outputs is None else self._check_outputs(outputs)
         except InferError as e:
             return _failed(e)
+        if type(feeds) is EmptyBatch:
+            done: Future = Future()
+            try:
+                if feeds.outputs is None:
+                    done.set_result(feeds.run(lambda f: self._run(f, names)))
+                else:
+                    done.set_result(feeds.answer(names))
+            except InferError as e:
+                done.set_exception(e)
+            return done
         return self._submit(feeds, names)
 
     def _submit(self, feeds: dict[str, Any], outputs: list[str] | None) -> Future:
@@ -795,8 +1039,10 @@ class Binding(abc.ABC):
         if self._closed or self.session._closed:
             raise EngineClosed(f"binding on {self.session.backend} is closed")
         feeds = self._check(feeds)
+        if type(feeds) is EmptyBatch and feeds.outputs is not None:
+            return feeds.answer(None)
         try:
-            out = self._run(feeds)
+            out = feeds.run(self._run) if type(feeds) is EmptyBatch else self._run(feeds)
         except InferError:
             raise
         except Exception as e:

@@ -184,7 +184,7 @@ def load_spec(model: Model) -> Any:
     except ImportError as e:
         raise ModelError(
             f"{model!r} is a Core ML model; reading it needs coremltools "
-            f'(pip install "infer[coreml]"): {e}'
+            f'(pip install "infer-engine[coreml]"): {e}'
         ) from e
     where: Path | str
     if model.path is not None and model.path.is_dir():
@@ -417,7 +417,7 @@ class CoreMlBackend(Backend):
     name = "coreml"
     runtime = "coremltools"
     formats = frozenset({ModelFormat.COREML})
-    install = 'pip install "infer[coreml]" on macOS'
+    install = 'pip install "infer-engine[coreml]" on macOS'
 
     def __init__(self) -> None:
         super().__init__()

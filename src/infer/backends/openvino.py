@@ -1,9 +1,11 @@
 """OpenVINO: compiled models on the CPU, Intel GPUs and NPUs, and the AUTO plugin.
 
-Precision is honest: OpenVINO's CPU plugin runs bf16 by default where the ISA has it, so every
-compile sets INFERENCE_PRECISION_HINT to what was asked (f32 for fp32) and checks that the
-compiled model kept it; bf16/fp16 are offered only where the device lists them in
-OPTIMIZATION_CAPABILITIES. The compiled-model cache (CACHE_DIR) lives in infer's cache folder.
+Precision is honest: OpenVINO's CPU plugin lowers precision on its own by default (bf16 where
+the ISA has it; activations quantized to int8 on the fly in MatMuls whose weights are
+compressed, DYNAMIC_QUANTIZATION_GROUP_SIZE 32; a u8 KV cache in stateful models), so every
+compile sets each of those properties the device lists to what was asked (`_lowering`: f32 and
+no dynamic quantization for fp32) and checks that the compiled model kept them; bf16/fp16 are
+offered only where the device lists them in OPTIMIZATION_CAPABILITIES. The compiled-model cache (CACHE_DIR) lives in infer's cache folder.
 
 Execution: `run` uses one InferRequest per calling thread, with inputs shared zero-copy and
 outputs copied out (a request's output buffers are reused, and freed on a shape change, by its
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import tensors, threads
+from .. import _onnx, tensors, threads
 from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
@@ -67,6 +69,10 @@ _OPTIONS: dict[str, Any] = {
     "auto_devices": None,  # device="auto" only: AUTO's candidates in order, e.g. "GPU,CPU"
     "submit_requests": None,  # size of the request pool behind submit(); default: see below
     "properties": {},  # any other OpenVINO property, checked against the device's list
+    # precision="int8" on a weight-compressed model (int8/int4 MatMul weights dequantized in
+    # the graph): DYNAMIC_QUANTIZATION_GROUP_SIZE, activations quantized per group of this many
+    # values on the fly (held to the accuracy budget); 0: activations stay f32
+    "dynamic_quantization": 32,
 }
 
 # OpenVINO's OPTIMIZATION_CAPABILITIES -> infer's precision, and how OpenVINO runs it.
@@ -81,9 +87,22 @@ _PRECISION_LABEL = {
     "fp16": "fp16 (OpenVINO hint)",
     "int8": "int8 (Q/DQ graph)",
 }
+# The plugins' precision-lowering defaults (2026.4's CPU plugin: bf16 inference on AMX/AVX512-bf16
+# CPUs; DYNAMIC_QUANTIZATION_GROUP_SIZE 32, int8 activations for MatMuls over int8/int4 weights,
+# measured 0.5-1% off on a weight-compressed encoder; a u8 KV cache; denormals as the calling
+# thread has them): set on every compile where the device lists the property, and read back from
+# the compiled model. `_lowering` gives the values for a precision.
+_LOWERING = (
+    "INFERENCE_PRECISION_HINT",
+    "DYNAMIC_QUANTIZATION_GROUP_SIZE",
+    "KV_CACHE_PRECISION",
+    "KEY_CACHE_PRECISION",
+    "VALUE_CACHE_PRECISION",
+    "CPU_DENORMALS_OPTIMIZATION",
+)
 # Properties infer sets from its own options; `properties` may not override them.
 _OWNED = {
-    "INFERENCE_PRECISION_HINT": "precision=",
+    **{name: "precision=" for name in _LOWERING},
     "PERFORMANCE_HINT": "hint=",
     "INFERENCE_NUM_THREADS": "threads=",
     "CACHE_DIR": "cache= / cache_dir=",
@@ -109,7 +128,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
     runtime = "openvino"
     formats = frozenset({ModelFormat.ONNX, ModelFormat.OPENVINO})
-    install = 'pip install "infer[openvino]"'
+    install = 'pip install "infer-engine[openvino]"'
 
     def __init__(self) -> None:
         super().__init__()
@@ -266,6 +285,40 @@ class OpenVinoBackend(Backend):
 
         return unsupported(self._core(), model, self.ov_device(device))
 
+    def runtime_int8(
+        self, model: Model, device: Device, options: Options, variant: str | None = None
+    ) -> str | None:
+        group = self._dynamic_group(model, device, options)
+        if not group:
+            return None
+        n = len(_onnx.compressed_matmuls(model.proto.graph))
+        return (
+            f"OpenVINO dynamic activation quantization, group {group}, on {n} "
+            f"MatMul{'s' * (n != 1)} over int8 weights"
+        )
+
+    def _dynamic_group(self, model: Model, device: Device, options: Options) -> int:
+        """DYNAMIC_QUANTIZATION_GROUP_SIZE for this load: the option at precision="int8" on a
+        weight-compressed ONNX model where the device lists the property; else 0."""
+        if (
+            options.precision != "int8"
+            or model.format is not ModelFormat.ONNX
+            or model.float_activations
+        ):
+            return 0
+        group = options.for_backend(self.name, _OPTIONS)["dynamic_quantization"]
+        if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+            raise OptionError(
+                "backend_options['openvino']['dynamic_quantization'] must be a group size "
+                f"(an int >= 0; 0: off), got {group!r}"
+            )
+        if not group or not _onnx.compressed_matmuls(model.proto.graph):
+            return 0
+        target = self.ov_device(device)
+        if "DYNAMIC_QUANTIZATION_GROUP_SIZE" not in _supported_properties(self._core(), target):
+            return 0
+        return group
+
     def miscomputes(
         self, model: Model, device: Device, options: Options, variant: str | None = None
     ) -> str | None:
@@ -286,6 +339,9 @@ class OpenVinoBackend(Backend):
         if target == "AUTO" and own["auto_devices"]:
             target = f"AUTO:{own['auto_devices']}"
         config = self._config(core, target, options, own, self._hint(device, options.precision))
+        group = self._dynamic_group(model, device, options)
+        if group and "DYNAMIC_QUANTIZATION_GROUP_SIZE" in config:
+            config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = group  # int8 asked for: activations too
         cache_dir = None
         if options.cache:
             cache_dir = Cache(options.cache_dir).folder(
@@ -302,14 +358,8 @@ class OpenVinoBackend(Backend):
                 f"OpenVINO could not compile {model!r} for {target}: {_message(e)}"
             ) from e
         load_s = time.perf_counter() - start
-        effective = _inference_precisions(compiled)
-        want = config["INFERENCE_PRECISION_HINT"]
-        wrong = {d: p for d, p in effective.items() if p != want}
-        if wrong:
-            raise CompileError(
-                f"OpenVINO compiled {model!r} for {target} with INFERENCE_PRECISION_HINT "
-                f"{wrong} although {want} was set; refusing to run a precision not asked for"
-            )
+        effective = _compiled_values(compiled, "INFERENCE_PRECISION_HINT")
+        kept = _check_lowering(compiled, config, f"{model!r} for {target}")
         cache = None
         if cache_dir is not None:
             new = sorted(_blobs(cache_dir) - blobs_before)
@@ -322,6 +372,7 @@ class OpenVinoBackend(Backend):
             "device": target,
             "execution_devices": list(_property(compiled, None, "EXECUTION_DEVICES") or []),
             "inference_precision": effective,
+            "precision_properties": kept,
             "hint": config["PERFORMANCE_HINT"],
             "streams": _compiled_property(compiled, "NUM_STREAMS"),
             "optimal_requests": int(
@@ -359,10 +410,11 @@ class OpenVinoBackend(Backend):
         self, core: Any, target: str, options: Options, own: dict, hint: str
     ) -> dict[str, Any]:
         supported = _supported_properties(core, target)
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": options.hint.upper(),
-            "INFERENCE_PRECISION_HINT": hint,
-        }
+        config: dict[str, Any] = {"PERFORMANCE_HINT": options.hint.upper()}
+        for name, value in _lowering(hint).items():
+            # INFERENCE_PRECISION_HINT always (every plugin takes it); the others where listed
+            if name == "INFERENCE_PRECISION_HINT" or name in supported:
+                config[name] = value
         # The process's thread budget (infer.threads): threads=, or the cores this process may
         # use where that is fewer than the machine's.
         pool = threads.share(options.threads).threads
@@ -557,17 +609,50 @@ def _supported_properties(core: Any, target: str) -> set[str]:
     return supported
 
 
-def _inference_precisions(compiled: Any) -> dict[str, str]:
-    """{device: INFERENCE_PRECISION_HINT} as compiled (AUTO reports it per device)."""
-    direct = _property(compiled, None, "INFERENCE_PRECISION_HINT")
+def _lowering(hint: str) -> dict[str, Any]:
+    """The precision-lowering properties at INFERENCE_PRECISION_HINT `hint`: nothing computed
+    below it (no dynamic activation quantization, the KV cache in `hint`, denormals kept)."""
+    return {
+        "INFERENCE_PRECISION_HINT": hint,
+        "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
+        "KV_CACHE_PRECISION": hint,
+        "KEY_CACHE_PRECISION": hint,
+        "VALUE_CACHE_PRECISION": hint,
+        "CPU_DENORMALS_OPTIMIZATION": False,
+    }
+
+
+def _check_lowering(compiled: Any, config: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """{property: value} of the precision-lowering properties set in `config`, read back from
+    the compiled model; raises CompileError where a device compiled another value."""
+    kept: dict[str, Any] = {}
+    for name in _LOWERING:
+        if name not in config:
+            continue
+        want = config[name]
+        seen = _compiled_values(compiled, name)
+        wrong = {d: v for d, v in seen.items() if str(v) != str(want)}
+        if wrong:
+            raise CompileError(
+                f"OpenVINO compiled {what} with {name} {wrong} although {want} was set; "
+                "refusing to run a precision not asked for"
+            )
+        kept[name] = want
+    return kept
+
+
+def _compiled_values(compiled: Any, name: str) -> dict[str, Any]:
+    """{device: value} of a compiled model's property (AUTO reports it per device); element
+    types by name ("f32")."""
+    direct = _property(compiled, None, name)
     if direct is not None:
         devices = _property(compiled, None, "EXECUTION_DEVICES") or ["?"]
         return {str(devices[0]): _type_name(direct)}
     nested = _property(compiled, None, "DEVICE_PROPERTIES") or {}
     out = {}
     for device, props in nested.items():
-        if isinstance(props, Mapping) and "INFERENCE_PRECISION_HINT" in props:
-            out[str(device)] = _type_name(props["INFERENCE_PRECISION_HINT"])
+        if isinstance(props, Mapping) and name in props:
+            out[str(device)] = _type_name(props[name])
     return out
 
 

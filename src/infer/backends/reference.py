@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ class ReferenceBackend(Backend):
             True,
             onnx.__version__,
             (cpu(),),
-            reason='pure Python and slow; install "infer[cpu]" for ONNX Runtime',
+            reason='pure Python and slow; install "infer-engine[cpu]" for ONNX Runtime',
             install=self.install,
         )
 
@@ -81,6 +82,8 @@ class ReferenceBackend(Backend):
             evaluator = ReferenceEvaluator(proto, new_ops=_corrected_ops(_onnx.opset(proto) or 1))
         except Exception as e:
             raise CompileError(f"the ONNX reference evaluator cannot run {model!r}: {e}") from e
+        for node in getattr(evaluator, "rt_nodes_", ()):
+            node.run = _naming(node)
         inputs, outputs = model.inputs, model.outputs
         # onnx.reference's Optional op wraps its value in a list: these outputs are unwrapped.
         optional_tensors = frozenset(
@@ -125,10 +128,16 @@ class ReferenceSession(Session):
     ) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
         self._check_memory(feeds)
-        # exp() overflowing to inf inside sigmoid-like kernels is the right limit, not an error.
-        with self._lock, np.errstate(over="ignore"):
+        # The kernels compute in numpy what the spec says, limits included: exp() overflowing to
+        # inf, and Sigmoid's inf/inf in the branch np.where then drops, are not the caller's
+        # business. Only here: numpy's warnings elsewhere in the process stay as they were.
+        with self._lock, np.errstate(all="ignore"):
             try:
                 results = self._evaluator.run(names, feeds)
+            except _NodeFailure as e:
+                raise RuntimeFailure(
+                    f"{self.backend} failed to run on {self.device}: {e.node}: {_cause(e.error)}"
+                ) from e.error
             except (TypeError, AttributeError) as e:
                 raise RuntimeFailure(
                     f"{self.backend} failed to run on {self.device}: {_cause(e)}"
@@ -220,6 +229,35 @@ def _implemented(domain: str, op: str, version: int | None) -> bool:
 _WRAPPED = re.compile(r"^Issues with types .*\(operator '([^']*)'\)\.?$", re.S)
 
 
+class _NodeFailure(Exception):
+    """A node's kernel failed: which node (the evaluator's own errors name none) and why."""
+
+    def __init__(self, node: str, error: Exception) -> None:
+        super().__init__(f"{node}: {error}")
+        self.node, self.error = node, error
+
+
+def _naming(node: Any) -> Any:
+    """`node.run`, its failures raised as _NodeFailure naming the node and its op."""
+    run, proto = node.run, node.onnx_node
+    label = (
+        f"node {proto.name!r} ({proto.op_type})"
+        if proto.name
+        else f"the {proto.op_type} node computing {next(iter(proto.output), '')!r}"
+    )
+
+    @functools.wraps(run)
+    def named(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run(*args, **kwargs)
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise _NodeFailure(label, e) from e
+
+    return named
+
+
 def _cause(e: BaseException) -> str:
     """What went wrong, without the layers onnx.reference wraps around it: each op that a
     failure passes through (a Loop, then its body's op) re-raises "Issues with types [<class
@@ -238,6 +276,11 @@ def _corrected_ops(opset: int = 1) -> list[type]:
     BatchNormalization 9-13 picks test mode by the number of outputs; onnx's evaluator picks it
     by `momentum is None`, and since the schema defaults momentum to 0.9, every exported
     inference-mode BatchNormalization ran in training mode (onnx/onnx#8442, still open).
+    Cast and CastLike to int4, uint4, int2 and uint2 round to the nearest integer (ties to even)
+    and keep the low bits, as the spec says (onnx's docs/technical/int4.md); onnx's evaluator
+    leaves it to ml_dtypes, which truncates toward zero and wrapped out-of-range values up to
+    0.5 but gives 0 for them from 0.7 on (-9.0 -> int4: 7 with 0.5, 0 with 0.7).
+    Squeeze before opset 13 squeezed negative axes one at a time, each shifting the next.
     Softmax, LogSoftmax and Hardmax before opset 13 normalize over the input flattened to 2-D
     at `axis` (default 1); onnx's evaluator uses the opset-13 rule (one axis, default -1) for
     every version, so an opset-9 classifier's Softmax over [N, 1000, 1, 1] gave all ones.
@@ -325,7 +368,21 @@ def _corrected_ops(opset: int = 1) -> list[type]:
             np.put_along_axis(y, first, 1, axis=axis)
             return y
 
-    ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax]
+    ops: list[type] = [BatchNormalization, Softmax, LogSoftmax, Hardmax, *_subbyte_casts()]
+    if opset < 13:
+
+        class Squeeze(OpRun):
+            """Squeeze 1-11 (axes an attribute): onnx's kernel squeezes one axis at a time in
+            reverse order, so negative axes shift under it ([N, 1, 1] by [-2, -1] squeezed N)."""
+
+            op_domain = ""
+
+            def _run(self, data: np.ndarray, axes: Any = None) -> tuple[np.ndarray]:
+                if axes is None or len(axes) == 0:
+                    return (np.squeeze(data),)
+                return (np.squeeze(data, axis=tuple(int(a) % data.ndim for a in axes)),)
+
+        ops.append(Squeeze)
     if 10 <= opset < 19:
         # onnx <= 1.23 implements DequantizeLinear from opset 19 only; opsets 10-18 are the same
         # op with fewer types, and int8 Q/DQ graphs (transforms/precision.py) use them.
@@ -342,3 +399,72 @@ def _corrected_ops(opset: int = 1) -> list[type]:
 
         ops.append(DequantizeLinear)
     return ops
+
+
+def _subbyte_casts() -> list[type]:
+    """Cast and CastLike with the spec's rule for the sub-byte integer targets (int4, uint4,
+    int2, uint2): round half to even, then wrap to the type's bits; other targets as onnx's."""
+    import onnx
+    from onnx.reference.ops import op_cast, op_cast_like
+
+    def newest(module: Any, prefix: str) -> type:
+        return max(
+            (c for n, c in vars(module).items() if n.startswith(prefix)),
+            key=lambda c: int(c.__name__.rsplit("_", 1)[1]),
+        )
+
+    widths = {"INT4": (4, True), "UINT4": (4, False), "INT2": (2, True), "UINT2": (2, False)}
+    subbyte = {
+        getattr(onnx.TensorProto, name): bits
+        for name, bits in widths.items()
+        if hasattr(onnx.TensorProto, name)
+    }
+
+    def cast(x: np.ndarray, to: int) -> np.ndarray | None:
+        """x cast to the sub-byte type `to`, or None for any other target (onnx's cast then)."""
+        if to not in subbyte:
+            return None
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(to)
+        if not dtype.type.__module__.startswith("ml_dtypes"):
+            return None  # an onnx whose evaluator has 4-bit types of its own casts them itself
+        bits, signed = subbyte[to]
+        span = 1 << bits
+        if x.dtype.kind in "biu":
+            whole = x.astype(np.int64)
+        else:  # floats, ml_dtypes' floats and sub-byte ints: exact in float64
+            with np.errstate(invalid="ignore"):
+                v = np.fmod(np.rint(x.astype(np.float64)), span)
+            whole = np.where(np.isfinite(v), v, 0).astype(np.int64)
+        low = whole & (span - 1)
+        if signed:
+            low = np.where(low >= span // 2, low - span, low)
+        return low.astype(np.int8).astype(dtype)
+
+    cast_base = newest(op_cast, "Cast_")
+    like_base = newest(op_cast_like, "CastLike_")
+
+    def accepted(run: Callable[..., Any], attributes: dict[str, Any]) -> dict[str, Any]:
+        """The attributes onnx's kernel takes: the evaluator passes every attribute of the
+        schema to a `**attributes` kernel, and onnx's own may not name them all."""
+        names = inspect.signature(run).parameters
+        return {k: v for k, v in attributes.items() if k in names}
+
+    class Cast(cast_base):  # type: ignore[valid-type,misc]
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, to: int | None = None, **attributes: Any) -> Any:
+            y = cast(x, int(to)) if to is not None else None
+            if y is not None:
+                return (y,)
+            return super()._run(x, to=to, **accepted(super()._run, attributes))
+
+    class CastLike(like_base):  # type: ignore[valid-type,misc]
+        op_domain = ""
+
+        def _run(self, x: np.ndarray, y: np.ndarray, **attributes: Any) -> Any:
+            out = cast(x, onnx.helper.np_dtype_to_tensor_dtype(y.dtype))
+            if out is not None:
+                return (out,)
+            return super()._run(x, y, **accepted(super()._run, attributes))
+
+    return [Cast, CastLike]

@@ -35,7 +35,7 @@ from .base import GRAPH, NATIVE, Backend, BackendInfo, Session, register
 
 log = logging.getLogger(__name__)
 
-_INSTALL = 'pip install "infer[tensorrt]" on a machine with an NVIDIA GPU and driver'
+_INSTALL = 'pip install "infer-engine[tensorrt]" on a machine with an NVIDIA GPU and driver'
 
 
 @register

@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(
             f"error: the infer command line needs the [cli] extra ({e.name} is missing): "
-            'pip install "infer[cli]"',
+            'pip install "infer-engine[cli]"',
             file=sys.stderr,
         )
         return 2

@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..cache import META, Cache
+from ..cache import KINDS, META, Cache
+from ..errors import OptionError
 from ._common import fmt_bytes, help_text, out, write_json
 
 HELP = help_text(
@@ -21,7 +22,7 @@ HELP = help_text(
     "runtimes cache compiled models in. It lives in $INFER_CACHE_DIR, else "
     "$XDG_CACHE_HOME/infer, else ~/.cache/infer.",
     "infer cache list",
-    "infer cache clear --kind tensorrt-plan",
+    "infer cache clear --kind onnx-int8-search",
     "du -sh $(infer cache path)",
 )
 
@@ -94,7 +95,10 @@ def register(app: typer.Typer) -> None:
     group.command(
         "clear",
         help=help_text(
-            "Remove cache entries (all, or one kind).", "infer cache clear --kind onnx-int8"
+            "Remove cache entries (all, or one kind). Kinds:\n\n"
+            + "\n\n".join(f"{k}: {v}" for k, v in KINDS.items()),
+            "infer cache clear --kind onnx-int8-search",
+            "infer cache clear --kind backend-choice",
         ),
     )(clear_command)
     group.command("path", help=help_text("Print the cache folder.", "ls $(infer cache path)"))(
@@ -104,8 +108,20 @@ def register(app: typer.Typer) -> None:
 
 
 KindOpt = Annotated[
-    str | None, typer.Option("--kind", help="Only entries of this kind.", show_default=False)
+    str | None,
+    typer.Option(
+        "--kind",
+        help="Only entries of this kind: " + ", ".join(KINDS) + ".",
+        show_default=False,
+    ),
 ]
+
+
+def _kind(cache: Cache, kind: str | None) -> str | None:
+    """`kind` if infer writes it (or the cache holds it, from another version); else OptionError."""
+    if kind is None or kind in KINDS or (cache.root.is_dir() and (cache.root / kind).is_dir()):
+        return kind
+    raise OptionError(f"--kind {kind!r} is not a cache kind; use one of {', '.join(KINDS)}")
 
 
 def list_command(
@@ -113,7 +129,7 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     cache = Cache()
-    items = scan(cache, kind)
+    items = scan(cache, _kind(cache, kind))
     if as_json:
         write_json(
             {"root": str(cache.root), "entries": [i.to_dict() for i in items]},
@@ -143,7 +159,7 @@ def list_command(
 
 def clear_command(kind: KindOpt = None) -> None:
     cache = Cache()
-    items = scan(cache, kind)
+    items = scan(cache, _kind(cache, kind))
     removed = cache.clear(kind)
     freed = sum(i.size for i in items)
     what = f"{kind} " if kind else ""

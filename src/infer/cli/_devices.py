@@ -90,12 +90,29 @@ def devices(
         console.print(Text(f"note: {note}", style="dim"))
 
 
+def _elsewhere(backend: str, kind: str, kinds_here: set[str]) -> str:
+    """Why `backend` is not listed under a device of `kind`: where the request runs it instead.
+
+    device="auto" (the default) is more than OpenVINO's AUTO plugin, the device listed as auto:
+    its rows put ONNX Runtime and the reference evaluator on the CPU, TensorRT on CUDA."""
+    where = sorted({r.kind for r in selection.TABLE.get(kind, ()) if r.backend == backend})
+    if not where:
+        return f"infer does not use {backend} on {kind} devices"
+    here = [k for k in where if k in kinds_here]
+    request = f"device={kind!r}" + (" (the default)" if kind == "auto" else "")
+    if here:
+        return f"{request} runs {backend} on the {' and '.join(here)} device, listed there"
+    return f"{request} runs {backend} on a {' or '.join(where)} device; there is none here"
+
+
 def report() -> dict[str, Any]:
     """Devices, backends and notes as JSON-ready data."""
     probe_model = Model.load(demo.model())
     options = Options()
     out_devices = []
-    for d in selection.devices():
+    found = selection.devices()
+    kinds_here = {d.kind for d in found}
+    for d in found:
         caps = d.capabilities
         verdicts = []
         # Whether a backend drives the device: the probe model's ops are not the question.
@@ -108,11 +125,7 @@ def report() -> dict[str, Any]:
         for name in selection.BACKENDS:
             if not any(a.row is not None and a.row.backend == name for a in mine):
                 verdicts.append(
-                    {
-                        "backend": name,
-                        "ok": False,
-                        "reason": f"infer does not use {name} on {d.kind} devices",
-                    }
+                    {"backend": name, "ok": False, "reason": _elsewhere(name, d.kind, kinds_here)}
                 )
         out_devices.append(
             {

@@ -116,8 +116,13 @@ def render(r: Inspection, name: str, nodes: bool = False, full: bool = False) ->
             grid.add_row("functions", ", ".join(o.functions))
         if o.custom_domains:
             grid.add_row("custom", ", ".join(o.custom_domains))
-        if o.unknown_ops:
-            grid.add_row("unknown ops", Text(", ".join(o.unknown_ops), style="yellow"))
+        if o.nonstandard_ops:
+            line = Text(", ".join(o.nonstandard_ops))
+            if r.run_by:
+                line.append(f" (run by {', '.join(r.run_by)})", style="dim")
+            elif r.backends:
+                line.append(" (no backend here runs them)", style="yellow")
+            grid.add_row("non-ONNX ops", line)
         if o.external_data:
             grid.add_row(
                 "external",

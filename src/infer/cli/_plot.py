@@ -20,7 +20,7 @@ def plot(report: BenchReport, path: str | Path, title: str | None = None) -> Pat
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise OptionError(
-            '--plot needs matplotlib: pip install "infer[cli]" (or pip install matplotlib)'
+            '--plot needs matplotlib: pip install "infer-engine[cli]" (or pip install matplotlib)'
         ) from e
     ok = [m for m in report.results if m.ok and m.samples_ms]
     if not ok:

@@ -36,6 +36,18 @@ from ._common import (
     shapes_of,
     split_list,
 )
+from ._int8 import (
+    AcceptBestOpt,
+    CalibrationOpt,
+    Int8Args,
+    LimitOpt,
+    MaxDropOpt,
+    MaxRelErrorOpt,
+    MinSpeedupOpt,
+    NoBudgetOpt,
+    TimeLimitOpt,
+    ValidationOpt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,7 @@ HELP = help_text(
     "size a model of that kind takes (batch 1, a detector's 640x640, ...), noted.",
     "infer run model.onnx --shape images=1x3x640x640 --save out.npz",
     "infer run vad.onnx -i input=chunk.npy -i sr=16000 --backend openvino",
+    "infer run model.onnx -p int8 --calibration samples/",
 )
 
 
@@ -66,6 +79,15 @@ def run_command(
         ),
     ] = None,
     precision: PrecisionOpt = "fp32",
+    calibration: CalibrationOpt = None,
+    limit: LimitOpt = None,
+    validation: ValidationOpt = None,
+    max_drop: MaxDropOpt = Int8Args.max_drop,
+    max_rel_error: MaxRelErrorOpt = Int8Args.max_rel_error,
+    min_speedup: MinSpeedupOpt = Int8Args.min_speedup,
+    time_limit: TimeLimitOpt = Int8Args.time_limit,
+    accept_best: AcceptBestOpt = False,
+    no_budget: NoBudgetOpt = False,
     shape: ShapeOpt = None,
     seed: SeedOpt = 0,
     save: Annotated[
@@ -82,15 +104,37 @@ def run_command(
         raise OptionError("--backend is empty; give a backend name such as onnxruntime")
     chosen = names[0] if len(names) == 1 else (names or None)
     shapes = shapes_of(shape)
-    given = read_inputs(inputs or [])
+    given = read_inputs(inputs or [], source.inputs)
     onnx = source.format is ModelFormat.ONNX
     build_shapes = None
     if shapes and onnx:
         # Backends that fix shapes when they build (TensorRT) build for exactly these.
         build_shapes, _ = representative_shapes(source.inputs, shapes, arrays=given, model=source)
+    precision = precision_of(precision)
+    int8 = Int8Args(
+        calibration,
+        limit,
+        validation,
+        max_drop,
+        max_rel_error,
+        min_speedup,
+        time_limit,
+        accept_best,
+        no_budget,
+    )
+    if calibration is not None and precision != "int8":
+        raise OptionError(f"--calibration is for --precision int8, not {precision}")
+    samples = int8.calibration_for(source, name, shapes)
+    if samples is not None:
+        err().print(int8.describe(samples, source, shapes))
     start = time.perf_counter()
     with Engine.load(
-        source, device, backend=chosen, precision=precision_of(precision), shapes=build_shapes
+        source,
+        device,
+        backend=chosen,
+        precision=precision,
+        calibration=samples,
+        shapes=build_shapes,
     ) as engine:
         load_s = time.perf_counter() - start
         # Dimension names are the ONNX model's: a backend that compiled static shapes (OpenVINO

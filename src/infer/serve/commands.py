@@ -10,19 +10,49 @@ import typer
 
 from ..errors import InferError
 
+PREPROCESS_HELP = (
+    "Preprocessing fused into the model, e.g. image:letterbox,size=640: a resize mode and "
+    "Preprocess.image's keywords as key=value (lists split by /: mean=0.485/0.456/0.406; "
+    "size=640 or HxW); NAME=image:... for one input of several (repeat the option); or a "
+    ".json/.toml file of those keywords."
+)
+
+SERVE_HELP = """Serve a model through Triton Inference Server (HTTP and gRPC).
+
+Examples:
+
+$ infer serve model.onnx --device cpu
+
+$ infer serve yolo.onnx --preprocess image:letterbox,size=640
+
+$ infer serve model.onnx --preprocess preprocess.toml"""
+EXPORT_HELP = """Write a Triton model repository entry (config.pbtxt and the model).
+
+Examples:
+
+$ infer export triton model.onnx --repo models/ --precision fp16
+
+$ infer export triton yolo.onnx --repo models/ --preprocess image:letterbox,size=640"""
+
 log = logging.getLogger(__name__)
+
+
+def _preprocess(items: list[str] | None) -> Any:
+    """The --preprocess values as a spec for Engine.load (None: no preprocessing)."""
+    from ..transforms._preprocess_text import parse_many
+
+    return parse_many(items or [])
+
 
 EXIT_USAGE = 2  # what the CLI returns for any error the user caused
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve` and `export triton` to `app` (reusing its `export` group if it has one)."""
-    app.command("serve", help="Serve a model through Triton Inference Server (HTTP and gRPC).")(
-        serve
+    app.command("serve", help=SERVE_HELP, short_help=SERVE_HELP.split("\n")[0])(serve)
+    _export_group(app).command("triton", help=EXPORT_HELP, short_help=EXPORT_HELP.split("\n")[0])(
+        export_triton
     )
-    _export_group(app).command(
-        "triton", help="Write a Triton model repository entry (config.pbtxt and the model)."
-    )(export_triton)
 
 
 def _export_group(app: typer.Typer) -> typer.Typer:
@@ -42,7 +72,7 @@ def serve(
     ] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16, bf16 or int8.")] = "fp32",
     preprocess: Annotated[
-        str | None, typer.Option(help="Preprocessing spec, passed to Engine.load as given.")
+        list[str] | None, typer.Option(help=PREPROCESS_HELP, metavar="SPEC")
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="Model name for clients (default: the file's stem).")
@@ -68,9 +98,10 @@ def serve(
     load: dict[str, Any] = {"precision": precision}
     if backend is not None:
         load["backend"] = backend
-    if preprocess is not None:
-        load["preprocess"] = preprocess
     try:
+        spec = _preprocess(preprocess)
+        if spec is not None:
+            load["preprocess"] = spec
         server = triton(
             model,
             name=name,
@@ -118,7 +149,7 @@ def export_triton(
     ] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16, bf16 or int8.")] = "fp32",
     preprocess: Annotated[
-        str | None, typer.Option(help="Preprocessing spec, fused into the graph.")
+        list[str] | None, typer.Option(help=PREPROCESS_HELP, metavar="SPEC")
     ] = None,
     max_batch: Annotated[int, typer.Option(help="max_batch_size; 0: no batching.")] = 16,
     max_queue_delay_us: Annotated[int, typer.Option(help="Dynamic batcher queue delay.")] = 500,
@@ -133,6 +164,7 @@ def export_triton(
 
     _show_info_logs()
     try:
+        spec = _preprocess(preprocess)
         folder = export(
             model,
             repo,
@@ -140,7 +172,7 @@ def export_triton(
             backend=backend,
             device=device,
             precision=precision,
-            preprocess=preprocess,
+            preprocess=spec,
             max_batch=max_batch,
             max_queue_delay_us=max_queue_delay_us,
             instances=instances,

@@ -281,7 +281,7 @@ def _write_openvino(source: Model, version: Path, request: _Request) -> tuple[li
         import openvino as ov
     except ImportError as e:
         raise OptionError(
-            f'exporting for Triton\'s OpenVINO backend needs openvino: pip install "infer[openvino]" ({e})'
+            f'exporting for Triton\'s OpenVINO backend needs openvino: pip install "infer-engine[openvino]" ({e})'
         ) from e
     model = _graph(source, request)
     with tempfile.TemporaryDirectory(prefix="infer-export-") as tmp:

@@ -38,7 +38,9 @@ from . import _specs
 
 log = logging.getLogger(__name__)
 
-_INSTALL = 'pip install "infer[serve]" (nvidia-pytriton and tritonclient; Linux x86_64/aarch64)'
+_INSTALL = (
+    'pip install "infer-engine[serve]" (nvidia-pytriton and tritonclient; Linux x86_64/aarch64)'
+)
 _ACCESS_HEADER = "triton-access-token"  # pytriton's header for its restricted endpoints
 _ENV_LOCK = threading.Lock()
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -298,6 +300,7 @@ class TritonServer:
         """Stop Triton (requests in flight get `shutdown_timeout_s` to finish); idempotent."""
         triton, self._triton = self._triton, None
         if triton is not None:
+            self._unload(triton.get_access_token())
             try:
                 triton.stop()
             except Exception:  # the server may already be gone; stopping must not fail
@@ -308,6 +311,29 @@ class TritonServer:
         if self._logdir is not None:
             self._logdir.cleanup()
             self._logdir = None
+
+    def _unload(self, token: str | None) -> None:
+        """Unload the model while Triton still runs and wait until it is gone, so that the
+        SIGINT pytriton's stop sends finds no live model. Otherwise a client's open connection
+        holds Triton past its exit timeout (`shutdown_timeout_s`) with the model still live:
+        Triton exits with failure and kills its Python stubs ("Non-graceful termination",
+        leaked shared memory), where the CLI's SIGTERM, arriving after the clients left, did not."""
+        import tritonclient.http as httpclient
+
+        headers = {_ACCESS_HEADER: token} if token else None
+        deadline = time.monotonic() + self.shutdown_timeout_s + 5.0
+        try:
+            with httpclient.InferenceServerClient(
+                self.http_address, network_timeout=self.shutdown_timeout_s + 5.0
+            ) as client:
+                client.unload_model(self.name or "", headers=headers)
+            # The request returns as unloading starts, and readiness and the repository index
+            # say nothing of the stubs finalizing: Triton's log says when it is done.
+            done = f"successfully unloaded '{self.name}'"
+            while done not in self.log() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except Exception:  # Triton may be gone already; stopping must go on
+            log.debug("unloading %s before stopping Triton failed", self.name, exc_info=True)
 
     def serve_forever(self, poll_s: float = 0.5) -> None:
         """Block until Ctrl-C or SIGTERM, then stop cleanly; ServeError if Triton dies first."""

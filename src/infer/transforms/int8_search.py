@@ -300,7 +300,7 @@ class _Search:
         self,
         model: Model,
         options: Options,
-        calib: Calibration,
+        calib: Calibration | None,
         budget: Budget,
         validation: Calibration | None,
         quantizer: str,
@@ -637,6 +637,7 @@ class _Search:
 
     def _split(self) -> tuple[Calibration, list[dict[str, np.ndarray]], bool]:
         """(calibration to quantize with, validation feeds, whether they were held out)."""
+        assert self.calib is not None  # a search quantizes with calibration data
         inputs, cast = self.model.inputs, self.options.cast
         if self.validation is not None:
             feeds = list(self.validation.feeds(inputs, cast=cast))
@@ -696,3 +697,113 @@ def _described(report: Int8Report) -> str:
     if text.endswith(")"):
         return f"{text[:-1]}; {report.summary()})"
     return f"{text} ({report.summary()})"
+
+
+# -- int8 a runtime makes on the fly ------------------------------------------------------------
+
+RUNTIME_FEEDS = 8
+"""Random feeds the budget is measured on when no calibration data is given."""
+
+
+def runtime(
+    model: Model,
+    options: Options,
+    *,
+    how: str,
+    backend: _Backend,
+    device: Device,
+    variant: str | None,
+    label: str,
+) -> tuple[Model, Int8Report | None]:
+    """precision="int8" for a model whose weights are already int8, where the runtime quantizes
+    the activations on the fly (`Backend.runtime_int8`, described by `how`): the model as it is,
+    measured at int8 against itself at fp32 on `backend` under the budget (the Calibration's,
+    else `Budget()`), on the validation feeds (given, or held out of the calibration feeds; with
+    no calibration, seeded random feeds shaped as the model's inputs, what a sequence model
+    sees; a Calibration with budget=None: not measured, no report). Where the budget is missed (and the budget does not accept the best), the model
+    comes back marked `float_activations`: the runtime runs its int8 weights without
+    quantizing the activations, and `engine.precision` says why."""
+    from ..feeds import random_feeds, representative_shapes, roles_of
+
+    start = time.perf_counter()
+    calib = Calibration.of(options.calibration) if options.calibration is not None else None
+    if calib is not None and calib.budget is None:  # asked not to measure
+        return precision._as_is(model, f"int8 ({how}; not measured: budget=None)"), None
+    budget = calib.budget if calib is not None and calib.budget is not None else Budget()
+    search = _Search(
+        model,
+        options,
+        calib,
+        budget,
+        None,
+        "",
+        backend,
+        device,
+        variant,
+        label,
+    )
+    if calib is not None and budget.validation is not None:
+        search.validation = _validation(calib, budget)
+    if calib is not None:
+        _, feeds, held_out = search._split()
+        where = "held-out" if held_out else "validation"
+    else:
+        specs = model.inputs
+        shapes, _ = representative_shapes(specs, options.shapes or None, model=model)
+        roles = roles_of(specs, model)
+        feeds = [random_feeds(specs, shapes, seed=i, roles=roles) for i in range(RUNTIME_FEEDS)]
+        held_out, where = False, "random"
+    names = list(budget.outputs or [o.name for o in model.outputs])
+    search.names, search.feeds = names, feeds
+    search.scores = score_outputs(model.proto)
+    fp32 = backend.compile(model, device, search.fp32_options, variant)
+    try:
+        search.want = search._outputs(fp32, feeds)
+        int8 = backend.compile(model, device, search.int8_options, variant)
+        try:
+            got = search._outputs(int8, feeds)
+            result = measure(budget, got, search.want, search.scores, names)
+            speed = search._speed(fp32, int8)
+        finally:
+            int8.close()
+    finally:
+        fp32.close()
+    fast = budget.min_speedup is None or speed[0] >= budget.min_speedup
+    report = Int8Report(
+        met=result.met and fast,
+        budget=budget.describe(),
+        figures=result.figures,
+        kept=(),
+        speedup=speed[0],
+        fp32_ms=speed[1],
+        int8_ms=speed[2],
+        backend=label,
+        validation=len(feeds),
+        held_out=held_out,
+        search_s=time.perf_counter() - start,
+        bounded_s=0.0,
+        evaluations=1,
+        stopped="measured once: the runtime quantizes the activations, the graph is the model's",
+        quantized=how,
+        tried=(f"{how}: {result}, {speed[0]:.2f}x fp32",),
+    )
+    said = "held-out" if held_out else "validation"
+    summary = report.summary().replace(f" {said} feeds", f" {where} feeds")
+    summary = summary.replace(", 0 nodes kept in float", "")
+    # accept_best keeps a miss that is not slower than fp32 (as the search does)
+    if report.met or (budget.accept_best and speed[0] >= 1.0):
+        if not report.met:
+            log.warning("int8 for %r on %s misses its budget; using it:\n%s", model, label, report)
+        return precision._as_is(model, f"int8 ({how}; {summary})"), report
+    # Off, the model still runs its int8 weights: what int8 meant for it without the runtime's.
+    report = dataclasses.replace(
+        report, stopped=f"{report.stopped}; budget missed: activations stay float"
+    )
+    log.info("int8 for %r on %s: %s misses the budget; activations stay float", model, label, how)
+    out = precision._as_is(
+        model,
+        f"int8 (int8 weights from the model, float activations: {how} missed the budget: "
+        f"{summary.removeprefix('budget NOT met: ')})",
+    )
+    out.float_activations = True
+    return out, report

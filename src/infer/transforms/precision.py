@@ -215,8 +215,9 @@ def int8_source(model: Model, options: Options, current: str | None = None) -> M
         raise OptionError(
             "precision='int8' needs calibration data: pass calibration=infer.Calibration(feeds) "
             "(or a list of feeds: dicts of input name -> array, or arrays for a single-input "
-            "model), a few hundred inputs like the ones the model will see; or load a model "
-            "that already holds Q/DQ nodes"
+            "model), a few hundred inputs like the ones the model will see (on the command "
+            "line: --calibration FOLDER of .npy/.npz files or images); or load a model that "
+            "already holds Q/DQ nodes"
         )
     return None
 
@@ -305,7 +306,7 @@ def _pick_quantizer(calib: Calibration, backend_choice: str) -> str:
     if wanted == "nncf" and importlib.util.find_spec("nncf") is None:
         if calib.quantizer == "nncf":
             raise OptionError(
-                "Calibration(quantizer='nncf') needs NNCF: pip install nncf (or infer[nncf])"
+                "Calibration(quantizer='nncf') needs NNCF: pip install nncf (or infer-engine[nncf])"
             )
         log.info("this backend quantizes best with NNCF, which is not installed; using onnxruntime")
         return "onnxruntime"
@@ -719,7 +720,7 @@ def _import(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError as e:
         raise BackendUnavailable(
-            f"{what} uses {module}, which needs onnxruntime: pip install 'infer[cpu]' ({e})"
+            f"{what} uses {module}, which needs onnxruntime: pip install 'infer-engine[cpu]' ({e})"
         ) from e
 
 

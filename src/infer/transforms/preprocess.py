@@ -197,6 +197,15 @@ class Preprocess(abc.ABC):
             raise OptionError(f"preprocess spec is not valid JSON: {e}") from e
         return Preprocess.from_dict(data)
 
+    @staticmethod
+    def parse(text: str) -> Preprocess | dict[str, Preprocess]:
+        """A spec from the text `--preprocess` takes: "image:letterbox,size=640,mean=0.485/
+        0.456/0.406,std=0.229/0.224/0.225", "NAME=image:..." for one input of several, a JSON
+        object, or a path to a .json/.toml file of `Preprocess.image`'s keywords."""
+        from ._preprocess_text import parse
+
+        return parse(text, "preprocess")
+
     @property
     def digest(self) -> str:
         """sha256 of the canonical JSON form: equal specs, equal digests, on every machine."""
@@ -833,6 +842,8 @@ def resolve(
     (size and dtype filled in; a size the input leaves open from `model`'s metadata), in
     the model's input order."""
     inputs = {s.name: s for s in graph_inputs(proto.graph)}
+    if isinstance(preprocess, str):
+        preprocess = Preprocess.parse(preprocess)
     if isinstance(preprocess, Preprocess):
         if len(inputs) != 1:
             raise OptionError(
@@ -844,8 +855,9 @@ def resolve(
         given = dict(preprocess)
     else:
         raise OptionError(
-            "preprocess must be a Preprocess (Preprocess.image(...), Preprocess.tensor(...)) or "
-            f"a dict of input name -> Preprocess, got {type(preprocess).__name__}"
+            "preprocess must be a Preprocess (Preprocess.image(...), Preprocess.tensor(...)), "
+            "its text (Preprocess.parse) or a dict of input name -> Preprocess, got "
+            f"{type(preprocess).__name__}"
         )
     unknown = sorted(set(given) - set(inputs))
     if unknown:
