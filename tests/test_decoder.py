@@ -276,3 +276,75 @@ def test_dims_the_graph_leaves_open(model, expected):
         with pytest.raises(OptionError, match="positive int"):
             engine.decoder(dims={"kv_cache_dim": 0})
         assert engine.decoder(dims={"kv_cache_dim": 4}).generate(PROMPTS, NEW) == expected
+
+
+def _sdpa_decoder(path, vocab=VOCAB, hidden=16, heads=2, seed=0):
+    """An OpenVINO IR decoder with an attention op (ScaledDotProductAttention over
+    concat(past, new), an additive causal and padding mask), as optimum-intel exports them."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+
+    def w(*shape):
+        return ops.constant((rng.standard_normal(shape) * 0.5).astype(np.float32))
+
+    def i64(*values):
+        return ops.constant(np.array(values, np.int64))
+
+    ids = ops.parameter([-1, -1], ov.Type.i64, name="input_ids")
+    mask = ops.parameter([-1, -1], ov.Type.i64, name="attention_mask")
+    pk = ops.parameter([-1, heads, -1, size], ov.Type.f32, name="past_key_values.0.key")
+    pv = ops.parameter([-1, heads, -1, size], ov.Type.f32, name="past_key_values.0.value")
+    for p in (ids, mask, pk, pv):
+        p.output(0).get_tensor().set_names({p.get_friendly_name()})
+    x = ops.gather(w(vocab, hidden), ids, ops.constant(0))
+
+    def split(t):
+        flat = ops.matmul(t, w(hidden, hidden), False, False)
+        return ops.transpose(ops.reshape(flat, i64(0, 0, heads, size), True), i64(0, 2, 1, 3))
+
+    q, k, v = split(x), split(x), split(x)
+    keys, values = ops.concat([pk, k], 2), ops.concat([pv, v], 2)
+    total = ops.gather(ops.shape_of(mask), ops.constant(1), ops.constant(0))
+    new = ops.gather(ops.shape_of(ids), ops.constant(1), ops.constant(0))
+    one = ops.constant(np.int64(1))
+    q_pos = ops.unsqueeze(ops.range(ops.subtract(total, new), total, one, "i64"), i64(1))
+    causal = ops.less_equal(ops.range(ops.constant(np.int64(0)), total, one, "i64"), q_pos)
+    padding = ops.unsqueeze(ops.convert(mask, "boolean"), i64(1, 2))
+    allowed = ops.logical_and(padding, ops.unsqueeze(causal, i64(0, 1)))
+    bias = ops.select(allowed, ops.constant(np.float32(0)), ops.constant(np.float32(-1e9)))
+    attended = ops.scaled_dot_product_attention(q, keys, values, bias, causal=False)
+    merged = ops.reshape(ops.transpose(attended, i64(0, 2, 1, 3)), i64(0, 0, hidden), True)
+    h = ops.add(x, ops.matmul(merged, w(hidden, hidden), False, False))
+    logits = ops.matmul(h, w(hidden, vocab), False, False)
+    results = []
+    for node, name in ((logits, "logits"), (keys, "present.0.key"), (values, "present.0.value")):
+        node.output(0).get_tensor().set_names({name})
+        results.append(ops.result(node))
+    ov.save_model(ov.Model(results, [ids, mask, pk, pv]), path, compress_to_fp16=False)
+
+
+def test_openvino_fuses_the_stateful_cache_into_attention(tmp_path):
+    """The stateful compile has the pattern OpenVINO's CPU plugin fuses (beam_idx Gather,
+    initial states): its runtime model holds the attention over the state (measured with
+    2026.4), and greedy and sampled ids equal the host loop's on the same IR."""
+    import collections
+
+    xml = tmp_path / "sdpa.xml"
+    _sdpa_decoder(xml)
+    with infer.Engine.load(xml, backend="openvino", cache=False) as engine:
+        fused, host = engine.decoder(), engine.decoder(cache="host")
+        assert "OpenVINO state" in fused.cache and "host" in host.cache
+        compiled, _ = engine._session._stateful[tuple(p.past for p in engine.roles.kv)]
+        layers = collections.Counter(
+            op.get_rt_info()["layerType"].astype(str)
+            for op in compiled.get_runtime_model().get_ops()
+        )
+        assert layers["ScaledDotProductAttention"] == 1 and layers["MemoryInput"] == 2
+        assert fused.generate(PROMPTS, NEW) == host.generate(PROMPTS, NEW)
+        for prompt in PROMPTS:
+            assert fused.generate(prompt, NEW) == host.generate(prompt, NEW)
+        kw = dict(temperature=0.8, seed=5)
+        assert fused.generate(PROMPTS, NEW, **kw) == host.generate(PROMPTS, NEW, **kw)
