@@ -61,7 +61,10 @@ def test_greedy_tokens_through_the_chosen_backend_match_raw_onnxruntime(name, tm
     with infer.Engine.load(source, device="cpu", choose="measure", cache_dir=tmp_path) as engine:
         roles = engine.roles
         got = _greedy_through(engine, roles, prompt, 32)
+        with engine.decoder() as decoder:
+            generated = decoder.generate(prompt, max_new_tokens=32)
     assert got == list(want)
+    assert list(np.asarray(generated).reshape(-1)) == list(want)
 
 
 def _greedy_through(engine, roles, prompt, n):
