@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import weakref
 from collections import deque
@@ -558,26 +559,17 @@ class _PrecisionTransform:
         from .transforms import int8_search
 
         how = backend.runtime_int8(model, device, self.options, variant)
-        if how is not None:  # int8 weights already, the runtime quantizes activations
+        if how is not None or int8_search.guarded(self.options):
             label = selection.row_label(backend.name, variant)
             if label not in self._searched:
-                self._searched[label] = int8_search.runtime(
-                    model,
-                    self.options,
-                    how=how,
-                    backend=backend,
-                    device=device,
-                    variant=variant,
-                    label=label,
+                run = (  # int8 weights already: the runtime quantizes the activations
+                    functools.partial(int8_search.runtime, how=how)
+                    if how is not None
+                    else functools.partial(int8_search.search, quantizer=quantizer)
                 )
-            return self._searched[label][0]
-        if int8_search.guarded(self.options):
-            label = selection.row_label(backend.name, variant)
-            if label not in self._searched:
-                self._searched[label] = int8_search.search(
+                self._searched[label] = run(
                     model,
                     self.options,
-                    quantizer=quantizer,
                     backend=backend,
                     device=device,
                     variant=variant,
