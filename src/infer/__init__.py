@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import cache, convert  # infer.convert.to_coreml: cheap to import, runtimes load on use
+from . import cache, convert, sequence  # cheap to import: runtimes load on use
 from ._version import __version__ as __version__
 from .accuracy import AccuracyReport, accuracy
 from .backends.base import BackendInfo
@@ -16,6 +16,7 @@ from .batching import Batching, BatchingStats
 from .budget import Budget
 from .calibration import Calibration
 from .compare import compare
+from .decoder import Decoder
 from .device import Capabilities, Device
 from .engine import Engine
 from .errors import (
@@ -49,6 +50,7 @@ __all__ = [
     "Calibration",
     "Capabilities",
     "CompileError",
+    "Decoder",
     "Device",
     "Engine",
     "EngineClosed",
@@ -70,6 +72,7 @@ __all__ = [
     "convert",
     "devices",
     "inspect",
+    "sequence",
 ]
 
 # Library convention: silent unless the application configures logging.
