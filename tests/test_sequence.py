@@ -126,7 +126,7 @@ def test_genai_names_total_sequence_length():
     assert roles.total == "total_sequence_length"
     assert roles.vocab == 32000  # no embedding table in the graph: the logits say
     assert [p.layer for p in roles.kv] == [0, 0, 1, 1]
-    assert all(p.axis == 2 and not p.shared for p in roles.kv)
+    assert all(p.axis == 2 and not p.shared and not p.encoder for p in roles.kv)
     decode = sequence.phases(roles)[0]
     assert decode.sizes(roles)["total_sequence_length"] == decode.past + 1
 
@@ -204,9 +204,14 @@ def test_seq2seq_decoder_roles():
     assert roles.mask is None
     assert roles.cache_branch == "use_cache_branch"
     assert roles.encoder_sequence == "encoder_sequence_length"
-    pairs = {p.past: (p.present, p.axis) for p in roles.kv}
-    assert pairs["past_key_values.0.decoder.key"] == ("present.0.decoder.key", 2)
-    assert pairs["past_key_values.0.encoder.key"][0] == "present.0.encoder.key"
+    pairs = {p.past: p for p in roles.kv}
+    decoder, encoder = (
+        pairs["past_key_values.0.decoder.key"],
+        pairs["past_key_values.0.encoder.key"],
+    )
+    assert (decoder.present, decoder.axis, decoder.encoder) == ("present.0.decoder.key", 2, False)
+    assert (encoder.present, encoder.axis, encoder.encoder) == ("present.0.encoder.key", 2, True)
+    assert not encoder.shared  # a length by name: not one buffer of a fixed length
 
 
 def test_encoder_roles_and_no_roles():

@@ -18,7 +18,7 @@ import pytest
 
 from infer import InputError
 from infer import device_array as da
-from infer.backends.base import FeedCheck
+from infer.backends._feed_check import FeedCheck
 from infer.binding import device_shape, device_view
 from infer.cuda import CudaError
 from infer.device import probe_hardware

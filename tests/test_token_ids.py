@@ -100,7 +100,7 @@ def test_a_dequantized_table_bounds_its_ids(backend):
 
 
 def test_a_model_without_bounds_keeps_the_plain_check():
-    from infer.backends.base import BoundedFeedCheck
+    from infer.backends._feed_check import BoundedFeedCheck
 
     with infer.Engine.load(models.relu(), device="cpu", backend="onnxruntime") as engine:
         assert not isinstance(engine._session._feeds, BoundedFeedCheck)

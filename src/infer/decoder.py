@@ -26,7 +26,7 @@ from .errors import InferError, InputError, ModelError, OptionError
 
 if TYPE_CHECKING:
     from .backends.base import KVCache, Session
-    from .engine import Engine
+    from .model import Model
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +46,29 @@ class Decoder:
 
     def __init__(
         self,
-        engine: Engine,
+        session: Session,
+        roles: sequence.Roles,
+        model: Model,
         *,
         cache: str = "auto",
         max_length: int | None = None,
         dims: Mapping[str, int] | None = None,
+        owner: object = None,
     ):
-        """cache: "auto" (the backend's own place for the past) or "host" (the host loop).
+        """Made by `Engine.decoder()`: the engine's settled session, the model's roles and the
+        model (for messages); `owner` (the engine) is kept alive while the decoder is.
+
+        cache: "auto" (the backend's own place for the past) or "host" (the host loop).
         max_length: the longest sequence (prompt + new tokens) allowed; default: what the model
         bounds (its position table, or a fixed-length past buffer), else unbounded.
         dims: sizes of dimensions the pasts name that the graph leaves open, such as
         onnxruntime-genai's {"kv_cache_dim": head size}."""
         if cache not in CACHES:
             raise OptionError(f"decoder(cache={cache!r}): use one of {', '.join(CACHES)}")
-        engine.settle()  # a pending background race decides first: the session is final now
-        roles = engine.roles
-        _check_decoder(roles, engine)
-        self.engine = engine
+        _check_decoder(roles, model)
+        self._owner = owner
         self.roles = roles
-        self._session: Session = engine._session
+        self._session = session
         self._specs = {s.name: s for s in self._session.inputs}
         self.max_length = _max_length(roles, self._specs, max_length)
         for name, size in (dims or {}).items():
@@ -434,11 +438,11 @@ class Picker:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _check_decoder(roles: sequence.Roles, engine: Engine) -> None:
+def _check_decoder(roles: sequence.Roles, model: Model) -> None:
     """A model the loop can drive: ids in, logits out, every past paired with a present."""
     if not roles.is_decoder:
         raise ModelError(
-            f"{engine.model!r} has no past/present pairs (past key/value inputs that come back "
+            f"{model!r} has no past/present pairs (past key/value inputs that come back "
             "grown as present outputs): each step would recompute the whole sequence. Export "
             "the decoder with its cache (optimum: a '-with-past' task)"
         )
@@ -446,9 +450,9 @@ def _check_decoder(roles: sequence.Roles, engine: Engine) -> None:
     if unpaired:
         raise ModelError(f"past input(s) {unpaired} have no present output to feed them next step")
     if roles.ids is None:
-        raise ModelError(f"{engine.model!r} has no token ids input: the decoder feeds ids")
+        raise ModelError(f"{model!r} has no token ids input: the decoder feeds ids")
     if roles.logits is None:
-        raise ModelError(f"{engine.model!r} has no logits output (last dimension the vocabulary)")
+        raise ModelError(f"{model!r} has no logits output (last dimension the vocabulary)")
 
 
 def _max_length(roles: sequence.Roles, specs: Mapping[str, Any], given: int | None) -> int | None:

@@ -496,7 +496,16 @@ class Engine:
         """
         from .decoder import Decoder
 
-        return Decoder(self, cache=cache, max_length=max_length, dims=dims)
+        self.settle()  # a pending background race decides first: the session is final now
+        return Decoder(
+            self._session,
+            self.roles,
+            self._model,
+            cache=cache,
+            max_length=max_length,
+            dims=dims,
+            owner=self,
+        )
 
     # -- lifetime -----------------------------------------------------------------------------
 

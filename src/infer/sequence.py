@@ -146,8 +146,11 @@ class KVPair:
     axis: int
     """The sequence axis the cache grows along (2 in [batch, heads, past, head_dim])."""
     shared: bool = False
-    """Past and present declared with the same length: one buffer of the maximum length serves
+    """Past and present declared with one fixed length: one buffer of the maximum length serves
     both (onnxruntime-genai's GroupQueryAttention models)."""
+    encoder: bool = False
+    """Past and present of one length by name, not grown by the new tokens: a cache over the
+    encoder's sequence (a seq2seq decoder's cross-attention), computed once."""
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,15 @@ def _pairs(pasts: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> tuple[
 def _pair(past: TensorSpec, present: TensorSpec, axis: int, order: int) -> KVPair:
     numbers = re.findall(r"\d+", past.name)
     layer = int(numbers[0]) if numbers else order
-    return KVPair(past.name, present.name, layer, axis, shared=past.shape == present.shape)
+    length = past.shape[axis] if past.shape == present.shape and past.shape else None
+    return KVPair(
+        past.name,
+        present.name,
+        layer,
+        axis,
+        shared=isinstance(length, int),
+        encoder=isinstance(length, str),
+    )
 
 
 def _grown_axis(past: TensorSpec, present: TensorSpec, *, strict: bool = False) -> int | None:
@@ -701,6 +712,6 @@ def _past_length(roles: Roles, shapes: Mapping[str, Sequence[int]], phase: Phase
         return phase.past
     for pair in roles.kv:
         shape = shapes.get(pair.past)
-        if shape is not None and len(shape) > pair.axis:
+        if shape is not None and len(shape) > pair.axis and not pair.encoder:
             return 0 if pair.shared else int(shape[pair.axis])
     return 0
