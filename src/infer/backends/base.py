@@ -3,8 +3,8 @@ buffers across runs.
 
 The I/O edge is written once, here, for every backend. `Session.run`, `submit`, `bind` and
 `close`, and `Binding.run` and `close`, are final: they check feeds (host arrays and device
-arrays) against the specs fixed at compile time (`FeedCheck`, in _feed_check.py), parse `bind(outputs=...)` into
-one `OutputPlan`, and turn a runtime's own exception into a `RuntimeFailure` chained to it
+arrays) against the specs fixed at compile time (`FeedCheck`, _feed_check.py), parse
+`bind(outputs=...)` into one `OutputPlan`, and turn a runtime's own exception into a `RuntimeFailure` chained to it
 (`Session.failure`, the one seam). Backends implement only the hooks that move bytes: `_run`,
 and where their runtime does better than the defaults, `_submit`, `_bind` and `_close`.
 
