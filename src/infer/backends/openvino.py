@@ -26,20 +26,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _onnx, tensors, threads
+from .. import _onnx, threads
 from ..binding import target_mismatch
 from ..cache import Cache
 from ..device import Capabilities, Device, cpu
-from ..errors import CompileError, InputError, OptionError
+from ..errors import CompileError, OptionError
 from ..model import Model, ModelFormat, NativeSummary
 from ..options import Options
-from ..tensors import NUMPY_NATIVE, dtype_info
+from ..tensors import dtype_info
 from ._ov_onnx import deviation as _deviation
 from ._ov_onnx import miscomputed as _miscomputed
 from ._ov_onnx import specs as _specs
 from ._ov_onnx import string_io as _string_io
 from ._ov_onnx import version as _version
 from ._ov_requests import RequestPool
+from ._ov_state import OpenVinoKVCache, initial_states, reorder_input
+from ._ov_tensors import NUMPY_BRIDGE, from_tensor, shared, to_tensor
 from .base import (
     GRAPH,
     HINT,
@@ -118,9 +120,6 @@ _PINNING = "ENABLE_CPU_PINNING"
 
 # The KV-cache precision properties of a stateful model (the CPU plugin's default is u8).
 _KV_PRECISION = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")
-
-# Element types numpy and OpenVINO exchange directly; others cross as raw bytes.
-_NUMPY_BRIDGE = NUMPY_NATIVE
 
 
 @register
@@ -696,40 +695,6 @@ def _summary(d: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-# -- tensors across the numpy / OpenVINO boundary ---------------------------------------------
-
-
-def _to_tensor(ov: Any, arr: np.ndarray) -> Any:
-    """An ov.Tensor over `arr`'s memory (no copy) where the element type allows it.
-
-    A read-only array (np.frombuffer, a broadcast view, onnx.numpy_helper's arrays) is copied:
-    an ov.Tensor's memory is writable, so OpenVINO refuses to share it.
-    """
-    if arr.dtype in _NUMPY_BRIDGE:
-        return ov.Tensor(arr if arr.flags.writeable else arr.copy(), shared_memory=True)
-    if arr.dtype.kind == "O":
-        return ov.Tensor(arr.astype(str))
-    name = dtype_info(arr.dtype).openvino
-    if name is None:
-        raise InputError(f"OpenVINO has no element type for {dtype_info(arr.dtype).name}")
-    return ov.Tensor(tensors.pack(arr), list(arr.shape), getattr(ov.Type, name))
-
-
-def _shared(arr: np.ndarray) -> bool:
-    """Whether `_to_tensor` shares `arr`'s memory (so a change to `arr` reaches OpenVINO)."""
-    return arr.dtype in _NUMPY_BRIDGE and arr.flags.writeable
-
-
-def _from_tensor(tensor: Any, dtype: np.dtype) -> np.ndarray:
-    """A numpy copy of an output tensor's data (safe from the request's next inference)."""
-    if dtype in _NUMPY_BRIDGE:
-        return tensor.data.copy()
-    if dtype.kind == "O":
-        return np.array(tensor.str_data, dtype=object).reshape(tuple(tensor.shape))
-    raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
-    return tensors.unpack(raw, dtype, tuple(tensor.shape))
-
-
 class OpenVinoSession(Session):
     def __init__(
         self,
@@ -778,7 +743,7 @@ class OpenVinoSession(Session):
         ov = self._ov
         kept = []
         for i, name in self._ports:
-            tensor = _to_tensor(ov, feeds[name])
+            tensor = to_tensor(ov, feeds[name])
             req.set_input_tensor(i, tensor)
             kept.append(tensor)
         return kept
@@ -786,7 +751,7 @@ class OpenVinoSession(Session):
     def _read(self, req: Any, outputs: list[str] | None) -> dict[str, np.ndarray]:
         names = outputs or self._output_names
         index, dtypes = self._out_index, self._out_dtypes
-        return {n: _from_tensor(req.get_output_tensor(index[n]), dtypes[index[n]]) for n in names}
+        return {n: from_tensor(req.get_output_tensor(index[n]), dtypes[index[n]]) for n in names}
 
     def _run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None
@@ -837,7 +802,7 @@ class OpenVinoSession(Session):
         """A request of its own whose output tensors are numpy buffers (the binding's, or the
         arrays given in `outputs`) that OpenVINO writes into; inputs are shared zero-copy."""
         for name, arr in plan.given.items():
-            if arr.dtype not in _NUMPY_BRIDGE:
+            if arr.dtype not in NUMPY_BRIDGE:
                 raise OptionError(
                     f"bind(outputs={{{name!r}: ...}}): {dtype_info(arr.dtype).name} outputs "
                     "cannot be shared with OpenVINO; bind this output as 'host'"
@@ -857,7 +822,8 @@ class OpenVinoSession(Session):
             cache = HostKVCache(self, roles)
             cache.where = f"host arrays (no stateful model: {e})"
             return cache
-        return OpenVinoKVCache(self, roles, compiled, states)
+        precision = self.details.get("kv_cache_precision") or {}
+        return OpenVinoKVCache(self, roles, compiled, states, precision.get("KV_CACHE_PRECISION"))
 
     def _stateful_model(self, roles: Roles) -> tuple[Any, dict[str, str]]:
         """The stateful compiled model for these pairs (compiled once per session), and the
@@ -899,9 +865,9 @@ class OpenVinoSession(Session):
                 param.get_friendly_name() + result.get_friendly_name(): p.past
                 for (param, result), p in zip(pairs, roles.kv)
             }
-            _reorder_input(ov_model, cache)
+            reorder_input(ov_model, cache)
             apply_make_stateful_transformation(ov_model, pairs)
-            _initial_states(ov_model, cache, states)
+            initial_states(ov_model, cache, states)
         except Exception as e:
             raise CompileError(f"OpenVINO could not make {model!r} stateful: {_message(e)}") from e
         config = {k: v for k, v in config.items() if k != "CACHE_DIR"}
@@ -970,8 +936,8 @@ class OpenVinoBinding(Binding):
         for k, (i, name) in enumerate(s._ports):
             arr = feeds[name]
             fed = self._fed[k]
-            if fed is None or fed[0] is not arr or not _shared(arr):
-                tensor = _to_tensor(ov, arr)
+            if fed is None or fed[0] is not arr or not shared(arr):
+                tensor = to_tensor(ov, arr)
                 req.set_input_tensor(i, tensor)
                 self._fed[k] = (arr, tensor)
         try:
@@ -983,8 +949,8 @@ class OpenVinoBinding(Binding):
         out = {}
         for i, (name, buf) in enumerate(zip(s._output_names, self._outs)):
             tensor = req.get_output_tensor(i)
-            if buf.dtype not in _NUMPY_BRIDGE:  # packed types are not bound: copied out
-                out[name] = _from_tensor(tensor, buf.dtype)
+            if buf.dtype not in NUMPY_BRIDGE:  # packed types are not bound: copied out
+                out[name] = from_tensor(tensor, buf.dtype)
                 continue
             shape = tuple(tensor.shape)
             if shape != buf.shape:  # a data-dependent output, smaller than last time
@@ -1003,7 +969,7 @@ class OpenVinoBinding(Binding):
         outs = []
         for i, name in enumerate(s._output_names):
             tensor = self._learner.get_output_tensor(i)
-            produced = _from_tensor(tensor, s._out_dtypes[i])
+            produced = from_tensor(tensor, s._out_dtypes[i])
             if name in self._given:
                 buf = self._given[name]
                 if buf.shape != produced.shape:
@@ -1020,11 +986,11 @@ class OpenVinoBinding(Binding):
         ov = s._ov
         req = self._request
         for k, (i, name) in enumerate(s._ports):
-            tensor = _to_tensor(ov, feeds[name])
+            tensor = to_tensor(ov, feeds[name])
             req.set_input_tensor(i, tensor)
             self._fed[k] = (feeds[name], tensor)  # the tensor keeps what it reads alive
         for i, buf in enumerate(outs):
-            if buf.dtype in _NUMPY_BRIDGE:
+            if buf.dtype in NUMPY_BRIDGE:
                 req.set_output_tensor(i, ov.Tensor(buf, shared_memory=True))
         self._outs = outs
         self._signature = signature
@@ -1034,118 +1000,3 @@ class OpenVinoBinding(Binding):
         self._request = self._learner = None
         self._fed = []
         self._outs = []
-
-
-REORDER = "beam_idx"
-"""The input a stateful decoder takes to pick, per row, which past row it continues: what the
-CPU plugin's fusion of a stateful KV cache into its attention kernel looks for (the pattern
-optimum-intel exports: state -> Gather(beam_idx) -> Concat -> ScaledDotProductAttention)."""
-
-
-def _reorder_input(ov_model: Any, cache: KVCache) -> None:
-    """Put a Gather over the batch by `beam_idx` (int32 [batch]) in front of every past, so that
-    the stateful model has the pattern the CPU plugin fuses (measured, 2026.4: without it the
-    runtime model keeps Concat and no ScaledDotProductAttention; with it, fused). The decoder
-    feeds arange(batch): every row continues its own past."""
-    import openvino as ov
-    import openvino.opset13 as ops
-
-    if any(REORDER in port.get_names() for port in ov_model.inputs):
-        return
-    beam = ops.parameter([-1], ov.Type.i32, name=REORDER)
-    beam.output(0).get_tensor().set_names({REORDER})
-    for pair in cache.roles.kv:
-        axis = cache.batch_axis(pair)
-        if axis is None:
-            raise CompileError(f"past input {pair.past!r}: no batch axis to reorder")
-        param = ov_model.input(pair.past).get_node()
-        consumers = list(param.output(0).get_target_inputs())
-        gather = ops.gather(param, beam, ops.constant(np.int64(axis)))
-        for consumer in consumers:
-            consumer.replace_source_output(gather.output(0))
-    ov_model.add_parameters([beam])
-    ov_model.validate_nodes_and_infer_types()
-
-
-def _initial_states(ov_model: Any, cache: KVCache, states: Mapping[str, str]) -> None:
-    """Give each state (ReadValue) an initial value of zeros with the batch of the ids and an
-    empty past: the transformation leaves batch 0, and the CPU plugin's fused attention over a
-    state wants an initializer to read (measured, 2026.4: without one its compile fails)."""
-    import openvino.opset13 as ops
-
-    ids = ov_model.input(cache.roles.ids)
-    batch = ops.gather(ops.shape_of(ids, "i64"), ops.constant(np.array([0], np.int64)), 0)
-    by_past = {p.past: p for p in cache.roles.kv}
-    for op in ov_model.get_ops():
-        if op.get_type_name() != "ReadValue":
-            continue
-        name = op.get_variable_id()
-        past = next((past for prefix, past in states.items() if name.startswith(prefix)), None)
-        pair = by_past.get(past) if past is not None else None
-        if pair is None:
-            raise CompileError(f"the stateful model has a state {name!r} of no past")
-        axis = cache.batch_axis(pair)
-        shape = list(cache.past_shape(pair, 1))
-        parts = [
-            batch if i == axis else ops.constant(np.array([d], np.int64))
-            for i, d in enumerate(shape)
-        ]
-        zero = ops.constant(np.zeros((), cache.specs[pair.past].dtype))
-        op.set_arguments([ops.broadcast(zero, ops.concat(parts, 0))])
-    ov_model.validate_nodes_and_infer_types()
-
-
-class OpenVinoKVCache(KVCache):
-    """The past inside one infer request of the stateful compiled model: each step's presents
-    stay in its states, nothing crosses to numpy but the logits.
-
-    The transformation leaves each state's initial value with batch 0 (measured, 2026.4), so
-    `start` resets the states and sets each to an empty past of the batch.
-    """
-
-    def __init__(
-        self, session: OpenVinoSession, roles: Roles, compiled: Any, states: Mapping[str, str]
-    ) -> None:
-        """states: the name each state's variable starts with -> the past it holds."""
-        super().__init__(session, roles)
-        self._ov = session._ov
-        self._request = compiled.create_infer_request()
-        self._inputs = {n for port in compiled.inputs for n in port.get_names()}
-        self._logits = compiled.output(roles.logits)
-        by_past = {p.past: p for p in roles.kv}
-        self._pairs = [(prefix, by_past[past]) for prefix, past in states.items()]
-        self._kept: list[Any] = []
-        self._reorder: Any = None  # arange(batch) for the beam_idx input
-        precision = session.details.get("kv_cache_precision") or {}
-        kv = precision.get("KV_CACHE_PRECISION")
-        self.where = "OpenVINO state" + (f", KV {kv}" if kv else "")
-
-    def start(self, batch: int) -> None:
-        req = self._request
-        req.reset_state()
-        if REORDER in self._inputs:
-            self._reorder = self._ov.Tensor(np.arange(batch, dtype=np.int32))
-        for state in req.query_state():
-            pair = next((p for prefix, p in self._pairs if state.name.startswith(prefix)), None)
-            if pair is None:
-                raise CompileError(f"the stateful model has a state {state.name!r} of no pair")
-            dtype = self.specs[pair.past].dtype
-            state.state = self._ov.Tensor(np.zeros(self.past_shape(pair, batch), dtype))
-
-    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        self.session._check_open()
-        req = self._request
-        self._kept = []
-        for name, arr in feeds.items():
-            if name in self._inputs:
-                tensor = _to_tensor(self._ov, arr)
-                req.set_tensor(name, tensor)
-                self._kept.append(tensor)
-        if self._reorder is not None:
-            req.set_tensor(REORDER, self._reorder)
-        req.infer()
-        return req.get_tensor(self._logits).data.copy()
-
-    def close(self) -> None:
-        self._request = None
-        self._kept = []
