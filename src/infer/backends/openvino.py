@@ -870,28 +870,19 @@ class OpenVinoSession(Session):
             initial_states(ov_model, cache, states)
         except Exception as e:
             raise CompileError(f"OpenVINO could not make {model!r} stateful: {_message(e)}") from e
+        # The session's own config: at fp32 it already holds an fp32 KV cache (`_lowering`; the
+        # CPU plugin's default is u8), checked again on the stateful compile.
         config = {k: v for k, v in config.items() if k != "CACHE_DIR"}
-        # fp32 means an fp32 KV cache: the CPU plugin's default is u8 (measured: 2026.4).
-        want = config["INFERENCE_PRECISION_HINT"]
-        supported = _supported_properties(core, target)
-        kv_props = [k for k in _KV_PRECISION if not supported or k in supported]
-        for k in kv_props:
-            config[k] = want
         try:
             compiled = core.compile_model(ov_model, target, config)
         except Exception as e:
             raise CompileError(
                 f"OpenVINO could not compile the stateful {model!r} for {target}: {_message(e)}"
             ) from e
-        kept = {k: _compiled_property(compiled, k) for k in kv_props}
-        wrong = {
-            k: _type_name(v) for k, v in kept.items() if v is not None and _type_name(v) != want
+        kept = _check_lowering(compiled, config, f"the stateful {model!r} for {target}")
+        self.details["kv_cache_precision"] = {
+            k: _type_name(v) for k, v in kept.items() if k in _KV_PRECISION
         }
-        if wrong:
-            raise CompileError(
-                f"OpenVINO compiled the stateful {model!r} with {wrong} although {want} was set"
-            )
-        self.details["kv_cache_precision"] = {k: _type_name(v) for k, v in kept.items() if v}
         return compiled, states
 
     # -- lifetime -----------------------------------------------------------------------------
