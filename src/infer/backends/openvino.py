@@ -39,6 +39,16 @@ from ._ov_onnx import miscomputed as _miscomputed
 from ._ov_onnx import specs as _specs
 from ._ov_onnx import string_io as _string_io
 from ._ov_onnx import version as _version
+from ._ov_properties import KV_PRECISION as _KV_PRECISION
+from ._ov_properties import LOWERING as _LOWERING
+from ._ov_properties import capabilities as _capabilities
+from ._ov_properties import check_lowering as _check_lowering
+from ._ov_properties import compiled_property as _compiled_property
+from ._ov_properties import compiled_values as _compiled_values
+from ._ov_properties import lowering as _lowering
+from ._ov_properties import read as _property
+from ._ov_properties import supported_properties as _supported_properties
+from ._ov_properties import type_name as _type_name
 from ._ov_requests import RequestPool
 from ._ov_state import OpenVinoKVCache, initial_states, reorder_input
 from ._ov_tensors import NUMPY_BRIDGE, from_tensor, shared, to_tensor
@@ -89,19 +99,6 @@ _PRECISION_LABEL = {
     "fp16": "fp16 (OpenVINO hint)",
     "int8": "int8 (Q/DQ graph)",
 }
-# The plugins' precision-lowering defaults (2026.4's CPU plugin: bf16 inference on AMX/AVX512-bf16
-# CPUs; DYNAMIC_QUANTIZATION_GROUP_SIZE 32, int8 activations for MatMuls over int8/int4 weights,
-# measured 0.5-1% off on a weight-compressed encoder; a u8 KV cache; denormals as the calling
-# thread has them): set on every compile where the device lists the property, and read back from
-# the compiled model. `_lowering` gives the values for a precision.
-_LOWERING = (
-    "INFERENCE_PRECISION_HINT",
-    "DYNAMIC_QUANTIZATION_GROUP_SIZE",
-    "KV_CACHE_PRECISION",
-    "KEY_CACHE_PRECISION",
-    "VALUE_CACHE_PRECISION",
-    "CPU_DENORMALS_OPTIMIZATION",
-)
 # Properties infer sets from its own options; `properties` may not override them.
 _OWNED = {
     **{name: "precision=" for name in _LOWERING},
@@ -117,9 +114,6 @@ _EXECUTION_MODES = ("PERFORMANCE", "ACCURACY")
 # ocr_cls 3.8-10.5 ms vs 0.8-0.9 ms, cnn 15-16 vs 9-11 ms, ocr_det 170-201 vs 134-135 ms. So infer
 # turns pinning off unless backend_options {"cpu_pinning": True} asks for it.
 _PINNING = "ENABLE_CPU_PINNING"
-
-# The KV-cache precision properties of a stateful model (the CPU plugin's default is u8).
-_KV_PRECISION = ("KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")
 
 
 @register
@@ -570,93 +564,6 @@ def _reshape(ov: Any, ov_model: Any, shapes: Mapping[str, Any], model: Model) ->
             f"OpenVINO cannot reshape {model!r} to {dict(shapes)}: {_message(e)}"
         ) from e
     return {p.get_any_name(): str(p.get_partial_shape()) for p in ov_model.inputs}
-
-
-def _capabilities(core: Any, ov_name: str) -> frozenset[str]:
-    caps = _property(core, ov_name, "OPTIMIZATION_CAPABILITIES") or ()
-    return frozenset(str(c) for c in caps)
-
-
-def _property(obj: Any, device: str | None, name: str) -> Any:
-    """A property of a Core device (device given) or a compiled model; None if it has none."""
-    try:
-        return obj.get_property(device, name) if device is not None else obj.get_property(name)
-    except Exception:
-        return None
-
-
-def _compiled_property(compiled: Any, name: str) -> Any:
-    """A compiled model's property, or (AUTO) the first of its devices' values."""
-    value = _property(compiled, None, name)
-    if value is None:
-        nested = _property(compiled, None, "DEVICE_PROPERTIES") or {}
-        value = next(
-            (p[name] for p in nested.values() if isinstance(p, Mapping) and name in p), None
-        )
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)  # OpenVINO's enum-like ints (e.g. streams) as plain ints
-    return value
-
-
-def _supported_properties(core: Any, target: str) -> set[str]:
-    names = [target.split(":", 1)[0]]
-    if names[0] == "AUTO":  # AUTO hands the properties it does not know to its devices
-        names += [d for d in core.available_devices]
-    supported: set[str] = set()
-    for name in names:
-        supported |= set(_property(core, name, "SUPPORTED_PROPERTIES") or {})
-    return supported
-
-
-def _lowering(hint: str) -> dict[str, Any]:
-    """The precision-lowering properties at INFERENCE_PRECISION_HINT `hint`: nothing computed
-    below it (no dynamic activation quantization, the KV cache in `hint`, denormals kept)."""
-    return {
-        "INFERENCE_PRECISION_HINT": hint,
-        "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0,
-        "KV_CACHE_PRECISION": hint,
-        "KEY_CACHE_PRECISION": hint,
-        "VALUE_CACHE_PRECISION": hint,
-        "CPU_DENORMALS_OPTIMIZATION": False,
-    }
-
-
-def _check_lowering(compiled: Any, config: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """{property: value} of the precision-lowering properties set in `config`, read back from
-    the compiled model; raises CompileError where a device compiled another value."""
-    kept: dict[str, Any] = {}
-    for name in _LOWERING:
-        if name not in config:
-            continue
-        want = config[name]
-        seen = _compiled_values(compiled, name)
-        wrong = {d: v for d, v in seen.items() if str(v) != str(want)}
-        if wrong:
-            raise CompileError(
-                f"OpenVINO compiled {what} with {name} {wrong} although {want} was set; "
-                "refusing to run a precision not asked for"
-            )
-        kept[name] = want
-    return kept
-
-
-def _compiled_values(compiled: Any, name: str) -> dict[str, Any]:
-    """{device: value} of a compiled model's property (AUTO reports it per device); element
-    types by name ("f32")."""
-    direct = _property(compiled, None, name)
-    if direct is not None:
-        devices = _property(compiled, None, "EXECUTION_DEVICES") or ["?"]
-        return {str(devices[0]): _type_name(direct)}
-    nested = _property(compiled, None, "DEVICE_PROPERTIES") or {}
-    out = {}
-    for device, props in nested.items():
-        if isinstance(props, Mapping) and name in props:
-            out[str(device)] = _type_name(props[name])
-    return out
-
-
-def _type_name(value: Any) -> str:
-    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
 def _blobs(folder: Path | None) -> set[str]:
