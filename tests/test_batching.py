@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
-from infer import Batching, EngineClosed, InputError, OptionError, RuntimeFailure, batching
+from infer import Batching, EngineClosed, InputError, OptionError, RuntimeFailure, batcher
 from infer.backends._trt_profiles import Range
 
 from . import models
@@ -68,7 +68,7 @@ def _request(caller: int, k: int, rows: int, width: int = 4) -> np.ndarray:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eight_threads_by_two_hundred_mixed_requests_each_get_their_own_rows(backend):
-    config = Batching(max_batch=16, max_delay_ms=2.0)
+    config = Batching(max_batch=16, max_delay_ms=2.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend=backend, batching=config) as engine:
         wrong: list[tuple[int, int]] = []
         errors: list[BaseException] = []
@@ -114,7 +114,7 @@ def test_batched_outputs_equal_unbatched_runs_of_a_cnn(backend):
 
 
 def test_requests_of_different_trailing_shapes_batch_separately():
-    config = Batching(max_batch=64, max_delay_ms=20.0)
+    config = Batching(max_batch=64, max_delay_ms=20.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
         xs = [_request(i, 0, rows=2, width=3 + i % 3) for i in range(30)]
         futures = [e.submit({"x": x}) for x in xs]
@@ -126,7 +126,7 @@ def test_requests_of_different_trailing_shapes_batch_separately():
 def test_a_bad_feed_among_good_ones_fails_alone_and_at_once():
     """As Engine.submit promises on every backend: a mistake in the feeds is set on the Future
     at once (it never joins a batch); run raises it."""
-    config = Batching(max_batch=16, max_delay_ms=20.0)
+    config = Batching(max_batch=16, max_delay_ms=20.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
         good = [e.submit({"x": _request(i, 0, rows=1)}) for i in range(6)]
         wrong_rank = e.submit({"x": np.zeros((1, 4, 1), np.float32)})
@@ -146,7 +146,7 @@ def test_a_bad_feed_among_good_ones_fails_alone_and_at_once():
 
 
 def test_a_runtime_failure_of_a_merged_run_fails_only_the_request_that_causes_it():
-    config = Batching(max_batch=16, max_delay_ms=50.0)
+    config = Batching(max_batch=16, max_delay_ms=50.0, measure=False)
     with infer.Engine.load(gather(), device="cpu", backend="onnxruntime", batching=config) as e:
         feeds = [np.array([i % 4], np.int64) for i in range(7)]
         feeds.insert(3, np.array([99], np.int64))  # past the table: ONNX Runtime refuses it
@@ -162,7 +162,7 @@ def test_a_runtime_failure_of_a_merged_run_fails_only_the_request_that_causes_it
 
 
 def test_an_index_past_the_table_fails_only_its_request_in_words():
-    config = Batching(max_batch=16, max_delay_ms=50.0)
+    config = Batching(max_batch=16, max_delay_ms=50.0, measure=False)
     with infer.Engine.load(
         gather(computed=False), device="cpu", backend="onnxruntime", batching=config
     ) as e:
@@ -179,7 +179,9 @@ def test_an_index_past_the_table_fails_only_its_request_in_words():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_close_with_requests_queued_finishes_each_and_refuses_new_ones(backend):
-    config = Batching(max_batch=1000, max_delay_ms=60_000.0)  # nothing would go on its own
+    config = Batching(
+        max_batch=1000, max_delay_ms=60_000.0, measure=False
+    )  # nothing would go on its own
     engine = infer.Engine.load(affine(), device="cpu", backend=backend, batching=config)
     xs = [_request(i, 0, rows=1 + i % 2, width=2 + i % 3) for i in range(20)]
     futures = [engine.submit({"x": x}) for x in xs]
@@ -198,7 +200,7 @@ def test_close_with_requests_queued_finishes_each_and_refuses_new_ones(backend):
 
 
 def test_close_from_many_threads_while_they_submit_never_hangs():
-    config = Batching(max_batch=8, max_delay_ms=5.0)
+    config = Batching(max_batch=8, max_delay_ms=5.0, measure=False)
     engine = infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config)
     outcomes: list[str] = []
 
@@ -223,7 +225,7 @@ def test_close_from_many_threads_while_they_submit_never_hangs():
 
 
 def test_garbage_collection_runs_the_queued_requests():
-    config = Batching(max_batch=1000, max_delay_ms=60_000.0)
+    config = Batching(max_batch=1000, max_delay_ms=60_000.0, measure=False)
     engine = infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config)
     futures = [engine.submit({"x": _request(i, 0, rows=1)}) for i in range(5)]
     del engine
@@ -233,7 +235,7 @@ def test_garbage_collection_runs_the_queued_requests():
 
 
 def test_a_full_batch_goes_at_once_and_a_partial_one_after_max_delay():
-    config = Batching(max_batch=4, max_delay_ms=5_000.0)
+    config = Batching(max_batch=4, max_delay_ms=5_000.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
         start = time.perf_counter()
         futures = [e.submit({"x": _request(i, 0, rows=1)}) for i in range(4)]
@@ -241,7 +243,7 @@ def test_a_full_batch_goes_at_once_and_a_partial_one_after_max_delay():
             f.result(timeout=10)
         assert time.perf_counter() - start < 2.5  # well before max_delay
         assert e.batching_stats.full >= 1
-    config = Batching(max_batch=4, max_delay_ms=150.0)
+    config = Batching(max_batch=4, max_delay_ms=150.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
         start = time.perf_counter()
         e.run({"x": _request(0, 0, rows=1)})
@@ -263,7 +265,7 @@ def test_map_and_call_go_through_the_batcher_in_order():
 
 
 def test_asyncio_callers_batch_without_blocking_the_loop():
-    config = Batching(max_batch=4, max_delay_ms=300.0)
+    config = Batching(max_batch=4, max_delay_ms=300.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
         # Fill the queue to its bound with requests that each wait max_delay (one per width):
         # a blocking submit would now hold the event loop until the dispatcher takes one.
@@ -316,15 +318,15 @@ def test_batches_stay_within_the_widest_tensorrt_profile():
             profiles=[{"x": Range((1, 3), (1, 3), (m, 3))} for m in maxima],
         )
 
-    assert batching._profile_limit(session(8), 16) == 8  # type: ignore[arg-type]
-    assert batching._profile_limit(session(4, 32), 16) == 16  # type: ignore[arg-type]
-    assert batching._profile_limit(SimpleNamespace(), 16) == 16  # type: ignore[arg-type]
+    assert batcher._profile_limit(session(8), 16) == 8  # type: ignore[arg-type]
+    assert batcher._profile_limit(session(4, 32), 16) == 16  # type: ignore[arg-type]
+    assert batcher._profile_limit(SimpleNamespace(), 16) == 16  # type: ignore[arg-type]
 
 
 def test_the_ray_serve_deployment_batches_with_the_engines_batcher_where_it_can():
     from infer.serve import ray as infer_ray
 
-    config = Batching(max_batch=4, max_delay_ms=1.0)
+    config = Batching(max_batch=4, max_delay_ms=1.0, measure=False)
     with infer_ray._batched_engine(affine(), "cpu", config, {"backend": "onnxruntime"}) as e:
         assert e.batching_stats is not None and e.batching_stats.max_batch == 4
     with infer_ray._batched_engine(models.relu(batch=1), "cpu", config, {}) as e:
@@ -347,7 +349,7 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
         device="cpu",
         backends=["onnxruntime", "openvino"],
         concurrency=8,
-        batching=Batching(max_batch=8, max_delay_ms=2.0),
+        batching=Batching(max_batch=8, max_delay_ms=2.0, measure=False),
         shapes={"x": (1, 4)},
         duration=0.3,
         warmup=0.1,
@@ -358,7 +360,12 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
         assert m.batching is not None and m.batching.requests == m.runs
         assert m.batching.mean_batch > 1
     data = report.to_dict()
-    assert data["batching"] == {"max_batch": 8, "max_delay_ms": 2.0, "max_padding": 0.25}
+    assert data["batching"] == {
+        "max_batch": 8,
+        "max_delay_ms": 2.0,
+        "max_padding": 0.25,
+        "measure": False,
+    }
     assert "recent_delays_ms" not in data["results"][0]["batching"]
 
     path = tmp_path / "m.onnx"
@@ -375,7 +382,7 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
 
 
 def test_stats_since_an_earlier_snapshot_count_only_what_happened_between():
-    config = Batching(max_batch=2, max_delay_ms=1.0)
+    config = Batching(max_batch=2, max_delay_ms=1.0, measure=False)
     with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
         for i in range(3):
             e.run({"x": _request(i, 0, rows=1)})  # alone: each waits max_delay
@@ -396,7 +403,7 @@ def test_batching_follows_a_background_switch_of_backend():
     xs = [np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) for i in range(64)]
     with infer.Engine.load(model, device="cpu", backend="onnxruntime") as plain:
         want = [plain.run({"input": x})["logits"] for x in xs]
-    config = Batching(max_batch=8, max_delay_ms=2.0)
+    config = Batching(max_batch=8, max_delay_ms=2.0, measure=False)
     with infer.Engine.load(model, device="cpu", batching=config, cache=False) as e:
         futures = [e.submit({"input": x}) for x in xs[:32]]
         assert e.settle(timeout=120)

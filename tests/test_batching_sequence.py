@@ -129,7 +129,7 @@ def test_requests_of_mixed_lengths_share_runs_and_each_gets_its_run_alone(backen
     names = {i.name for i in model.graph.input}
     requests = [request(names, n, 1 + i % 2, seed=i) for i, n in enumerate(LENGTHS)]
     want = alone(model, backend, requests)
-    config = Batching(max_batch=64, max_delay_ms=100.0)
+    config = Batching(max_batch=64, max_delay_ms=100.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend=backend, batching=config) as engine:
         futures = [engine.submit(r) for r in requests]
         got = [f.result(timeout=60) for f in futures]
@@ -149,7 +149,7 @@ def test_a_model_without_a_mask_merges_only_requests_of_one_length(backend):
     model = encoder(mask=False)
     requests = [request({"input_ids"}, n, seed=i) for i, n in enumerate([6, 9, 6, 9, 6, 14])]
     want = alone(model, backend, requests)
-    config = Batching(max_batch=64, max_delay_ms=100.0)
+    config = Batching(max_batch=64, max_delay_ms=100.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend=backend, batching=config) as engine:
         assert engine._batcher.padding is None
         got = [f.result(timeout=60) for f in [engine.submit(r) for r in requests]]
@@ -164,7 +164,7 @@ def test_max_padding_zero_merges_only_equal_lengths():
     names = {"input_ids", "attention_mask"}
     requests = [request(names, n, seed=i) for i, n in enumerate([10, 11, 10, 12, 11, 10])]
     want = alone(model, "onnxruntime", requests)
-    config = Batching(max_batch=64, max_delay_ms=100.0, max_padding=0.0)
+    config = Batching(max_batch=64, max_delay_ms=100.0, max_padding=0.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend="onnxruntime", batching=config) as e:
         got = [f.result(timeout=60) for f in [e.submit(r) for r in requests]]
         stats = e.batching_stats
@@ -197,7 +197,7 @@ def test_mixed_lengths_from_eight_threads_each_get_their_own_rows(backend):
     want = dict(zip(keys, alone(model, backend, [requests[k] for k in keys])))
     wrong: list[tuple[int, int]] = []
     errors: list[BaseException] = []
-    config = Batching(max_batch=8, max_delay_ms=5.0)
+    config = Batching(max_batch=8, max_delay_ms=5.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend=backend, batching=config) as engine:
 
         def caller(c: int) -> None:
@@ -229,7 +229,7 @@ def test_mixed_lengths_from_eight_threads_each_get_their_own_rows(backend):
 def test_a_request_longer_than_the_position_table_fails_alone_with_input_error():
     model = encoder(positions=True, max_positions=32)
     names = {i.name for i in model.graph.input}
-    config = Batching(max_batch=16, max_delay_ms=50.0)
+    config = Batching(max_batch=16, max_delay_ms=50.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend="onnxruntime", batching=config) as e:
         good = [request(names, n, seed=n) for n in (5, 20, 32, 7)]
         futures = [e.submit(r) for r in good[:2]]
@@ -255,7 +255,7 @@ def test_a_request_longer_than_the_position_table_inside_the_graph_fails_alone(b
     names = {i.name for i in model.graph.input}
     good = [request(names, n, seed=n) for n in (5, 24, 13)]
     want = alone(model, backend, good)
-    config = Batching(max_batch=16, max_delay_ms=50.0)
+    config = Batching(max_batch=16, max_delay_ms=50.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend=backend, batching=config) as e:
         futures = [e.submit(r) for r in good]
         with pytest.raises(InputError, match=r"25 tokens; .* at most 24 \(the position table"):
@@ -270,7 +270,7 @@ def test_a_request_longer_than_a_fixed_length_fails_alone_with_input_error():
     for value in (*model.graph.input, model.graph.output[0]):
         value.type.tensor_type.shape.dim[1].dim_value = 16
     names = {"input_ids", "attention_mask"}
-    config = Batching(max_batch=16, max_delay_ms=50.0)
+    config = Batching(max_batch=16, max_delay_ms=50.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend="onnxruntime", batching=config) as e:
         futures = [e.submit(request(names, 16, seed=i)) for i in range(3)]
         with pytest.raises(InputError, match="input_ids"):
@@ -286,7 +286,7 @@ def test_close_with_ragged_requests_queued_finishes_each(backend):
     names = {i.name for i in model.graph.input}
     requests = [request(names, n, 1 + i % 3, seed=i) for i, n in enumerate(LENGTHS)]
     want = alone(model, backend, requests)
-    config = Batching(max_batch=1000, max_delay_ms=60_000.0)  # nothing would go on its own
+    config = Batching(max_batch=1000, max_delay_ms=60_000.0, measure=False)  # nothing would go on its own
     engine = infer.Engine.load(model, device="cpu", backend=backend, batching=config)
     futures = [engine.submit(r) for r in requests]
     time.sleep(0.05)
@@ -301,7 +301,7 @@ def test_close_with_ragged_requests_queued_finishes_each(backend):
 def test_stats_since_counts_the_tokens_and_padding_in_between():
     model = encoder()
     names = {"input_ids", "attention_mask"}
-    config = Batching(max_batch=16, max_delay_ms=200.0)
+    config = Batching(max_batch=16, max_delay_ms=200.0, measure=False)
     with infer.Engine.load(model, device="cpu", backend="onnxruntime", batching=config) as e:
         e.run(request(names, 10, seed=0))
         before = e.batching_stats
@@ -327,7 +327,7 @@ def test_optimums_bert_export_pads_exactly_and_refuses_more_than_its_positions(b
         for i, n in enumerate(LENGTHS)
     ]
     want = alone(BERT, backend, requests)
-    config = Batching(max_batch=64, max_delay_ms=100.0)
+    config = Batching(max_batch=64, max_delay_ms=100.0, measure=False)
     with infer.Engine.load(BERT, device="cpu", backend=backend, batching=config) as engine:
         assert engine._batcher.padding.longest[1] == 256  # max_position_embeddings
         futures = [engine.submit(r) for r in requests]

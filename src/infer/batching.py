@@ -14,28 +14,26 @@ id, mask and token types with 0, positions continued), and outputs along the seq
 cut back to each caller's length; pooled outputs come back as they are. The padding a run may
 hold is bounded (`Batching.max_padding`, and `pad_limit` per request), so requests are grouped
 by length rather than all padded to the longest.
+
+Merging is not always faster than running requests apart, so by default (`Batching.measure`)
+the batcher times both on the live traffic and passes requests straight through while that
+answers more of them (`infer.batching_trial`). The queue itself is `infer.batcher.Batcher`.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import CancelledError, Future
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from . import sequence
-from .errors import EngineClosed, InputError, OptionError, RuntimeFailure
-from .tensors import FeedValidator, TensorSpec, describe
+from .errors import InputError, OptionError, RuntimeFailure
+from .tensors import TensorSpec
 
 Feeds = Mapping[str, np.ndarray]
-
-_DELAYS_KEPT = 10_000  # queue delays kept for the percentiles (the most recent ones)
 
 
 class NoBatchAxis(OptionError):
@@ -55,11 +53,16 @@ class Batching:
         padded past `pad_limit` (twice its length, or 8 tokens for shorter ones), nor past
         what the model takes. Padding relies on the model honouring its mask (transformers'
         encoders do); for one that does not, set 0.
+    measure: time merged runs against requests passed straight to the session, each its own
+        run, on the live traffic, and pass requests through while that answers more of them
+        (`infer.batching_trial`; `batching_stats.merging` says which way is kept, and the
+        rates); False: always merge.
     """
 
     max_batch: int = 16
     max_delay_ms: float = 2.0
     max_padding: float = 0.25
+    measure: bool = True
 
     def __post_init__(self) -> None:
         if (
@@ -91,6 +94,8 @@ class Batching:
                 "Batching: max_padding must be a fraction of a run's tokens >= 0 (0.25: one "
                 f"padded token per 4 real ones), got {padding!r}"
             )
+        if not isinstance(self.measure, (bool, np.bool_)):
+            raise OptionError(f"Batching: measure must be True or False, got {self.measure!r}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,14 @@ class BatchingStats:
     """Sequence encoders: the tokens those runs' requests held (rows x length)."""
     padded_tokens: int = 0
     """Sequence encoders: the padding added to merge requests of different lengths."""
+    passed: int = 0
+    """Requests run on their own, unmerged, while passing them through was timed or kept
+    (`Batching.measure`): runs of one by the batcher, or `run()` in the caller's thread."""
+    merging: bool = True
+    """Whether merging is the way kept; False while passing requests through answers more."""
+    merged_rate: float = 0.0
+    passed_rate: float = 0.0
+    """Requests answered per busy second in the latest window of each way (0.0: not timed)."""
 
     @property
     def mean_batch(self) -> float:
@@ -140,23 +153,33 @@ class BatchingStats:
         recent = self.recent_delays_ms[
             len(self.recent_delays_ms) - min(new, len(self.recent_delays_ms)) :
         ]
-        counts = ("requests", "batches", "rows", "full", "failed", "tokens", "padded_tokens")
         return _stats(
-            {k: getattr(self, k) - getattr(earlier, k) for k in counts},
+            {k: getattr(self, k) - getattr(earlier, k) for k in _COUNTS},
             self.max_batch,
             recent,
             new,
+            (self.merging, self.merged_rate, self.passed_rate),
         )
 
     def __str__(self) -> str:
         padding = (
             f"; padding {self.padding_waste:.1%} of {self.tokens} tokens" if self.tokens else ""
         )
+        way = ""
+        if self.passed or not self.merging:
+            way = (
+                f"; {self.passed} passed through unmerged, "
+                f"{'merging' if self.merging else 'passing through'} kept "
+                f"({self.merged_rate:.0f} req/s merged, {self.passed_rate:.0f} passed through)"
+            )
         return (
             f"{self.requests} requests in {self.batches} runs (mean batch {self.mean_batch:.1f} "
             f"rows, {self.full} full, max {self.max_batch}); queued p50 {self.delay_p50_ms:.2f} "
-            f"ms, p99 {self.delay_p99_ms:.2f} ms{padding}; {self.failed} failed"
+            f"ms, p99 {self.delay_p99_ms:.2f} ms{padding}{way}; {self.failed} failed"
         )
+
+
+_COUNTS = ("requests", "batches", "rows", "full", "failed", "tokens", "padded_tokens", "passed")
 
 
 # -- merging and splitting ----------------------------------------------------------------------
@@ -452,380 +475,12 @@ class Padding:
         return parts
 
 
-# -- the engine's batcher -----------------------------------------------------------------------
-
-
-class Session(Protocol):
-    """What the batcher uses of a backend's session (infer.backends.base.Session)."""
-
-    backend: str
-    device: Any
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-    @property
-    def max_in_flight(self) -> int: ...
-
-    def submit(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None) -> Future: ...
-
-
-class _Request:
-    __slots__ = ("alone", "feeds", "future", "length", "outputs", "queued", "rows", "started")
-
-    def __init__(
-        self,
-        feeds: dict[str, np.ndarray],
-        outputs: tuple[str, ...] | None,
-        n: int,
-        length: int = 0,
-    ):
-        self.feeds = feeds
-        self.outputs = outputs
-        self.rows = n
-        self.length = length  # tokens, for a sequence encoder's padding (else 0)
-        self.future: Future = Future()
-        self.queued = time.perf_counter()
-        self.alone = False  # retried on its own after a merged run failed
-        self.started = False
-
-
-class Batcher:
-    """The queue behind an engine loaded with `batching=`: one dispatcher thread forms batches
-    and hands each to the session's `submit`, at most `session.max_in_flight` at a time.
-
-    `session` fixes the specs, the limits and the run slots; `current()` gives the session
-    to run on now (an engine's background race may switch it), `session` by default.
-    `roles`: the model's sequence roles; a masked encoder's requests of different lengths are
-    padded into one run (`Padding`).
-    """
-
-    def __init__(
-        self,
-        session: Session,
-        config: Batching,
-        *,
-        cast: bool = False,
-        current: Callable[[], Session] | None = None,
-        roles: sequence.Roles | None = None,
-    ) -> None:
-        if not has_batch_axis(session.inputs, session.outputs):
-            listing = ", ".join(
-                f"{s.name}: {describe(s.shape, s.dtype)}"
-                for s in (*session.inputs, *session.outputs)
-            )
-            raise NoBatchAxis(
-                f"batching= needs a model whose inputs and outputs all lead with one dynamic "
-                f"(batch) dimension; this one has {listing}. Load it without batching="
-            )
-        self.config = config
-        self.max_rows = _profile_limit(session, config.max_batch)
-        self._session = session
-        self._current = current or (lambda: session)
-        self._validate = FeedValidator(session.inputs, cast=cast)
-        self.padding = (
-            Padding.of(roles, session.inputs, session.outputs) if roles is not None else None
-        )
-        self._output_names = [o.name for o in session.outputs]
-        self._delay = config.max_delay_ms / 1000.0
-        self._slots = max(1, session.max_in_flight)
-        self._limit = 2 * config.max_batch  # queued requests before a blocking submit waits
-        self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)  # the dispatcher waits on it
-        self._room = threading.Condition(self._lock)  # blocking submits wait on it
-        self._queue: dict[tuple, deque[_Request]] = {}
-        self._group_rows: dict[tuple, int] = {}
-        self._queued = 0
-        self._busy = 0
-        self._closing = False
-        self._thread: threading.Thread | None = None
-        self._local = threading.local()
-        self._counts = dict.fromkeys(
-            ("requests", "batches", "rows", "full", "failed", "tokens", "padded_tokens"), 0
-        )
-        self._delays: deque[float] = deque(maxlen=_DELAYS_KEPT)
-        self._recorded = 0
-
-    @property
-    def window(self) -> int:
-        """Requests `map` keeps ahead of the one it yields: enough to fill every run in flight."""
-        return self.config.max_batch * (self._slots + 1)
-
-    # -- requests -----------------------------------------------------------------------------
-
-    def submit(
-        self, feeds: Mapping[str, Any], outputs: Sequence[str] | None = None, *, block: bool = True
-    ) -> Future:
-        """Queue one request; its Future gets its own rows of the merged run's outputs.
-
-        Feeds are checked here, so a bad one never joins a batch: its InputError is set on the
-        returned Future at once (as `Session.submit` does). Only a closed engine raises.
-        block: wait while the queue is full (False for asyncio callers, which bound their
-        requests themselves).
-        """
-        if self._closing:
-            raise EngineClosed(
-                f"{self._session.backend} engine on {self._session.device} is closed"
-            )
-        padding = self.padding
-        try:
-            checked = self._validate(feeds)
-            names = self._check_outputs(outputs)
-            length = padding.length(checked) if padding is not None else 0
-            request = _Request(checked, names, self._rows(checked), length)
-        except InputError as e:
-            failed: Future = Future()
-            failed.set_exception(e)
-            return failed
-        key = (names, signature(checked) if padding is None else padding.signature(checked))
-        with self._lock:
-            while block and self._queued >= self._limit and not self._closing:
-                self._room.wait()
-            if self._closing:
-                raise EngineClosed(
-                    f"{self._session.backend} engine on {self._session.device} is closed"
-                )
-            self._enqueue(key, request)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._dispatch,
-                    name=f"infer-batcher-{self._session.backend}",
-                    daemon=True,
-                )
-                self._thread.start()
-        return request.future
-
-    def _check_outputs(self, outputs: Sequence[str] | None) -> tuple[str, ...] | None:
-        if outputs is None:
-            return None
-        wanted = (outputs,) if isinstance(outputs, str) else tuple(outputs)
-        bad = [o for o in wanted if o not in self._output_names]
-        if bad:
-            raise InputError(
-                f"unknown output(s) {bad}; the model's outputs are {self._output_names}"
-            )
-        return wanted
-
-    def _rows(self, feeds: dict[str, np.ndarray]) -> int:
-        counts = {name: int(a.shape[0]) for name, a in feeds.items()}
-        if len(set(counts.values())) > 1:
-            raise InputError(
-                f"batching merges requests along the first axis, so every input must have the "
-                f"same number of rows; got {counts}"
-            )
-        return next(iter(counts.values()), 0)
-
-    def _enqueue(self, key: tuple, request: _Request) -> None:
-        """Add to the queue (lock held); wake the dispatcher only when that changes what it
-        waits for: a first request (its max_delay starts) or a group that is now full. A later
-        request never moves the oldest one's deadline."""
-        first = not self._queued
-        self._queue.setdefault(key, deque()).append(request)
-        rows = self._group_rows[key] = self._group_rows.get(key, 0) + request.rows
-        self._queued += 1
-        if first or rows >= self.max_rows or request.alone:
-            self._arrived.notify()
-
-    # -- the dispatcher -----------------------------------------------------------------------
-
-    def _dispatch(self) -> None:
-        while True:
-            with self._lock:
-                picked = self._next()
-                if picked is None:
-                    return
-                batch, full = picked
-                if not batch:
-                    continue
-                self._busy += 1
-            self._launch(batch, full)
-
-    def _next(self) -> tuple[list[_Request], bool] | None:
-        """Wait (lock held) for a batch to go: a full one at once, else the oldest request's
-        group once max_delay has passed. None: closed and nothing left."""
-        while True:
-            if not self._queued:
-                if self._closing and not self._busy:
-                    return None
-                self._arrived.wait()
-                continue
-            if self._busy >= self._slots:
-                self._arrived.wait()
-                continue
-            key, full = self._pick()
-            if full or self._closing:
-                return self._take(key), full
-            wait = self._queue[key][0].queued + self._delay - time.perf_counter()
-            if wait <= 0:
-                return self._take(key), False
-            self._arrived.wait(wait)
-
-    def _pick(self) -> tuple[tuple, bool]:
-        """The group to run next: the full one waiting longest, else the oldest request's."""
-        best_full = best = None
-        for key, group in self._queue.items():
-            head = group[0].queued
-            full = self._group_rows[key] >= self.max_rows or group[0].alone
-            if full and (best_full is None or head < self._queue[best_full][0].queued):
-                best_full = key
-            if best is None or head < self._queue[best][0].queued:
-                best = key
-        if best_full is not None:
-            return best_full, True
-        assert best is not None
-        return best, False
-
-    def _take(self, key: tuple) -> list[_Request]:
-        """Up to max_rows rows of the group's oldest requests (lock held); cancelled ones drop.
-        Requests of different lengths: the oldest and those `fit` pads into its run."""
-        group = self._queue[key]
-        picked: list[_Request] = []
-        if self.padding is not None and len(group) > 1 and not group[0].alone:
-            lengths = [r.length for r in group]
-            if min(lengths) != max(lengths):
-                chosen = fit(
-                    lengths, [r.rows for r in group], self.max_rows, self.config.max_padding
-                )
-                picked = [group[i] for i in chosen]
-                keep = set(chosen)
-                self._queue[key] = group = deque(r for i, r in enumerate(group) if i not in keep)
-        if not picked:
-            total = 0
-            while group and (
-                not picked or (total + group[0].rows <= self.max_rows and not group[0].alone)
-            ):
-                picked.append(group.popleft())
-                total += picked[-1].rows
-                if picked[-1].alone:
-                    break
-        taken: list[_Request] = []
-        for request in picked:
-            self._queued -= 1
-            self._group_rows[key] -= request.rows
-            if not request.started:
-                if not request.future.set_running_or_notify_cancel():
-                    continue
-                request.started = True
-            taken.append(request)
-        if not group:
-            del self._queue[key]
-            del self._group_rows[key]
-        self._room.notify_all()
-        return taken
-
-    def _launch(self, batch: list[_Request], full: bool) -> None:
-        now = time.perf_counter()
-        fresh = [now - r.queued for r in batch if not r.alone]
-        with self._lock:
-            self._delays.extend(fresh)
-            self._recorded += len(fresh)
-        try:
-            feeds = self._merge(batch)
-            outputs = list(batch[0].outputs) if batch[0].outputs is not None else None
-            session = self._current()
-            try:
-                run = session.submit(feeds, outputs)
-            except EngineClosed:
-                if self._current() is session:
-                    raise
-                run = self._current().submit(feeds, outputs)  # switched as the batch went
-        except BaseException as e:
-            self._finish(batch, full, None, e)
-            return
-        run.add_done_callback(lambda f: self._finish(batch, full, f, None))
-
-    def _padded(self, batch: list[_Request]) -> bool:
-        return self.padding is not None and len({r.length for r in batch}) > 1
-
-    def _merge(self, batch: list[_Request]) -> dict[str, np.ndarray]:
-        feeds = [r.feeds for r in batch]
-        if self._padded(batch):
-            assert self.padding is not None
-            return self.padding.merge(feeds, [r.length for r in batch])
-        return merge(feeds)
-
-    def _split(self, out: Mapping[str, np.ndarray], batch: list[_Request]) -> list[Any]:
-        feeds = [r.feeds for r in batch]
-        if self._padded(batch):
-            assert self.padding is not None
-            return self.padding.split(out, feeds, [r.length for r in batch])
-        return split(out, feeds)
-
-    def _finish(
-        self, batch: list[_Request], full: bool, run: Future | None, error: BaseException | None
-    ) -> None:
-        """Hand each request its rows, or the error; a merged run that failed is retried one
-        request at a time, so only the requests that fail alone get an error."""
-        self._local.finishing = True
-        try:
-            parts: list[Any] | None = None
-            if run is not None:
-                try:
-                    parts = self._split(run.result(), batch)
-                except CancelledError:
-                    error = EngineClosed(
-                        f"{self._session.backend} engine on {self._session.device} was closed"
-                    )
-                except BaseException as e:
-                    error = e
-            # A merged run's failure (the runtime's, or the session's own feed check: ids past
-            # the vocabulary, say) is retried request by request: only the culprit fails.
-            retry = (
-                len(batch) > 1 and isinstance(error, (RuntimeFailure, InputError)) and parts is None
-            )
-            with self._lock:
-                self._busy -= 1
-                self._counts["batches"] += 1
-                self._counts["rows"] += sum(r.rows for r in batch)
-                if self.padding is not None:
-                    longest = max(r.length for r in batch)
-                    self._counts["tokens"] += sum(r.rows * r.length for r in batch)
-                    self._counts["padded_tokens"] += sum(
-                        r.rows * (longest - r.length) for r in batch
-                    )
-                self._counts["full"] += full
-                if retry:
-                    for request in batch:
-                        request.alone = True
-                        self._enqueue((id(request),), request)
-                else:
-                    self._counts["requests"] += len(batch)
-                    self._counts["failed"] += len(batch) if parts is None else 0
-                self._arrived.notify()
-            if retry:
-                return
-            for i, request in enumerate(batch):
-                if parts is not None:
-                    request.future.set_result(parts[i])
-                else:
-                    request.future.set_exception(error)
-        finally:
-            self._local.finishing = False
-
-    # -- lifetime and counters ----------------------------------------------------------------
-
-    def close(self) -> None:
-        """Refuse new requests, run every queued one, and wait for the runs in flight."""
-        with self._lock:
-            self._closing = True
-            self._arrived.notify_all()
-            self._room.notify_all()
-            thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return
-        if getattr(self._local, "finishing", False):
-            return  # called from a request's callback: the dispatcher drains on its own
-        thread.join()
-
-    def stats(self) -> BatchingStats:
-        with self._lock:
-            counts = dict(self._counts)
-            delays = tuple(d * 1e3 for d in self._delays)
-            recorded = self._recorded
-        return _stats(counts, self.max_rows, delays, recorded)
-
-
 def _stats(
-    counts: Mapping[str, int], max_batch: int, delays: tuple[float, ...], recorded: int
+    counts: Mapping[str, int],
+    max_batch: int,
+    delays: tuple[float, ...],
+    recorded: int,
+    way: tuple[bool, float, float],
 ) -> BatchingStats:
     p50, p90, p99, worst = (
         np.percentile(np.array(delays), [50, 90, 99, 100]) if delays else (0.0, 0.0, 0.0, 0.0)
@@ -839,21 +494,7 @@ def _stats(
         delay_max_ms=float(worst),
         delays_recorded=recorded,
         recent_delays_ms=delays,
+        merging=way[0],
+        merged_rate=way[1],
+        passed_rate=way[2],
     )
-
-
-def _profile_limit(session: Session, max_batch: int) -> int:
-    """max_batch, or the largest batch a TensorRT profile takes where that is smaller.
-
-    A session with optimization profiles (`profiles`: one {input: Range} per profile) runs a
-    batch only within some profile's range; merged runs stay within the widest one.
-    """
-    profiles = getattr(session, "profiles", None)
-    if not profiles:
-        return max_batch
-    widest = 0
-    for profile in profiles:
-        if not profile:
-            continue
-        widest = max(widest, min(int(r.max[0]) for r in profile.values()))
-    return min(max_batch, widest) if widest else max_batch

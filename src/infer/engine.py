@@ -17,7 +17,8 @@ import numpy as np
 from . import selection, sequence
 from ._switch import Sessions, Watch
 from .backends.base import Backend, Binding, Session
-from .batching import Batcher, Batching, BatchingStats
+from .batcher import Batcher
+from .batching import Batching, BatchingStats
 from .cache import Cache
 from .device import Device
 from .errors import EngineClosed, InputError, OptionError
@@ -54,7 +55,8 @@ class Engine:
         self._options = options
         self._preprocess: dict[str, Any] | None = None
         self._precision_report: Int8Report | None = None  # set by load: the int8 search's outcome
-        self._async_slots: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = (
+        # per event loop: its runs in flight, and (batching=) its requests passed through
+        self._async_slots: weakref.WeakKeyDictionary[Any, tuple[asyncio.Semaphore, ...]] = (
             weakref.WeakKeyDictionary()
         )
         self._sessions = Sessions(session)
@@ -314,8 +316,11 @@ class Engine:
 
     def _run(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
         if self._batcher is not None:
-            self._session.check_values(feeds)  # before it joins a merged run
-            return self._batcher.submit(feeds, outputs).result()
+            return self._batcher.run(feeds, outputs, self._run_alone)
+        return self._run_alone(feeds, outputs)
+
+    def _run_alone(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> dict[str, Any]:
+        """One request, its own run, in this thread."""
         session = self._session
         try:
             return session.run(feeds, outputs)
@@ -370,12 +375,6 @@ class Engine:
         self, feeds: Mapping[str, Any], outputs: Sequence[str] | None, block: bool
     ) -> Future:
         if self._batcher is not None:
-            try:  # a bad id would fail every request merged with it: refused on its own
-                self._session.check_values(feeds)
-            except InputError as e:
-                failed: Future = Future()
-                failed.set_exception(e)
-                return failed
             future = self._batcher.submit(feeds, outputs, block=block)
         else:
             session = self._session
@@ -451,11 +450,20 @@ class Engine:
         so `submit` does not block the loop.
         """
         loop = asyncio.get_running_loop()
-        slots = self._async_slots.get(loop)
-        if slots is None:
+        held = self._async_slots.get(loop)
+        if held is None:
             size = self._batcher.window if self._batcher else self.max_in_flight
-            slots = self._async_slots[loop] = asyncio.Semaphore(size)
+            held = (asyncio.Semaphore(size), asyncio.Semaphore(self.max_in_flight))
+            self._async_slots[loop] = held
+        slots, passing = held
         async with slots:
+            batcher = self._batcher
+            if batcher is not None and batcher.passing:
+                # requests passed through go to the session as with no batching=: at most
+                # max_in_flight, so that its submit does not block the loop
+                async with passing:
+                    future = self._submit(feeds, outputs, block=False)
+                    return await asyncio.wrap_future(future, loop=loop)
             # block=False: the batcher's queue bound must not hold the loop (slots bound it)
             future = self._submit(feeds, outputs, block=False)
             return await asyncio.wrap_future(future, loop=loop)

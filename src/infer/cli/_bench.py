@@ -327,6 +327,7 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
                 "full",
                 "queued p50 ms",
                 "p99 ms",
+                "passed",
             ):
                 counters.add_column(col, justify="right")
             for m in batched:
@@ -341,9 +342,16 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
                     str(stats.full),
                     fmt_ms(stats.delay_p50_ms),
                     fmt_ms(stats.delay_p99_ms),
+                    f"{stats.passed}{'' if stats.merging else ' (kept)'}",
                 )
             console.print()
             console.print(counters)
+            if any(m.batching is not None and m.batching.passed for m in batched):
+                console.print(
+                    "passed: requests run unmerged while the batcher timed merging against "
+                    "passing them through (infer.Batching measure=True); (kept): passing "
+                    "through answered more, so it is the way kept"
+                )
         notes = []
         if r.auto and any(m.backend == r.auto for m in ok):
             notes.append(f"* what device={r.device!r} picks with no backend named: {r.auto_from}")
