@@ -267,13 +267,7 @@ class Batcher:
             if not held:
                 return None
         try:
-            session = self._current()
-            try:
-                future = session.submit(feeds, outputs)
-            except EngineClosed:
-                if self._current() is session:
-                    raise
-                future = self._current().submit(feeds, outputs)  # switched as the call began
+            future = self._on_current(feeds, outputs)
         except BaseException:
             if held:
                 self._pass_slots.release()
@@ -414,17 +408,22 @@ class Batcher:
         try:
             feeds = self._merge(batch)
             outputs = list(batch[0].outputs) if batch[0].outputs is not None else None
-            session = self._current()
-            try:
-                run = session.submit(feeds, outputs)
-            except EngineClosed:
-                if self._current() is session:
-                    raise
-                run = self._current().submit(feeds, outputs)  # switched as the batch went
+            run = self._on_current(feeds, outputs)
         except BaseException as e:
             self._finish(batch, full, None, e)
             return
         run.add_done_callback(lambda f: self._finish(batch, full, f, None))
+
+    def _on_current(self, feeds: Mapping[str, Any], outputs: Sequence[str] | None) -> Future:
+        """`submit` on the session current now; once more on the next one where a background
+        switch closed it as the call began."""
+        session = self._current()
+        try:
+            return session.submit(feeds, outputs)
+        except EngineClosed:
+            if self._current() is session:
+                raise
+            return self._current().submit(feeds, outputs)
 
     def _padded(self, batch: list[_Request]) -> bool:
         return self.padding is not None and len({r.length for r in batch}) > 1
