@@ -179,9 +179,8 @@ def test_an_index_past_the_table_fails_only_its_request_in_words():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_close_with_requests_queued_finishes_each_and_refuses_new_ones(backend):
-    config = Batching(
-        max_batch=1000, max_delay_ms=60_000.0, measure=False
-    )  # nothing would go on its own
+    # nothing would go on its own
+    config = Batching(max_batch=1000, max_delay_ms=60_000.0, measure=False)
     engine = infer.Engine.load(affine(), device="cpu", backend=backend, batching=config)
     xs = [_request(i, 0, rows=1 + i % 2, width=2 + i % 3) for i in range(20)]
     futures = [engine.submit({"x": x}) for x in xs]

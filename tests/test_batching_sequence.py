@@ -286,7 +286,8 @@ def test_close_with_ragged_requests_queued_finishes_each(backend):
     names = {i.name for i in model.graph.input}
     requests = [request(names, n, 1 + i % 3, seed=i) for i, n in enumerate(LENGTHS)]
     want = alone(model, backend, requests)
-    config = Batching(max_batch=1000, max_delay_ms=60_000.0, measure=False)  # nothing would go on its own
+    # nothing would go on its own
+    config = Batching(max_batch=1000, max_delay_ms=60_000.0, measure=False)
     engine = infer.Engine.load(model, device="cpu", backend=backend, batching=config)
     futures = [engine.submit(r) for r in requests]
     time.sleep(0.05)
