@@ -376,6 +376,7 @@ def test_bench_with_batching_reports_the_batchers_counters(tmp_path):
     assert result.exit_code == 0, result.output
     assert "batching up to 4 rows, 1 ms" in result.output and "mean batch" in result.output
     assert "queued p50 ms" in result.output  # the batcher's queue delays, with their unit
+    assert "passed" in result.output  # requests the batcher's trial ran unmerged
     bad = CliRunner().invoke(_app.app, ["bench", str(path), "--batching", "4,x"])
     assert bad.exit_code == 2 and "--batching takes MAX_BATCH" in bad.output
 

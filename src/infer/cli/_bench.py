@@ -342,14 +342,14 @@ def render(r: BenchReport, label: str, named: bool = False) -> None:
                     str(stats.full),
                     fmt_ms(stats.delay_p50_ms),
                     fmt_ms(stats.delay_p99_ms),
-                    f"{stats.passed}{'' if stats.merging else ' (kept)'}",
+                    f"{stats.passed}{'' if stats.merging else '*'}",
                 )
             console.print()
             console.print(counters)
             if any(m.batching is not None and m.batching.passed for m in batched):
                 console.print(
-                    "passed: requests run unmerged while the batcher timed merging against "
-                    "passing them through (infer.Batching measure=True); (kept): passing "
+                    "passed: requests run unmerged while the batcher timed passing them "
+                    "through against merging (infer.Batching measure=True); *: passing "
                     "through answered more, so it is the way kept"
                 )
         notes = []
