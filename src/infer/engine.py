@@ -129,7 +129,9 @@ class Engine:
             infer.threads).
         batching: infer.Batching(max_batch=16, max_delay_ms=2.0) merges concurrent calls into
             one run along the batch axis; a sequence encoder's requests of different lengths
-            are padded into one (max_padding; see infer.batching).
+            are padded into one (max_padding; see infer.batching). Where passing requests
+            straight through answers more of them, measured on the traffic, they pass
+            (measure; `batching_stats.merging`).
         backend_options: {backend name: {option: value}} for settings one backend has.
         progress: progress(stage, done, total) for long steps (calibration, engine builds).
         """
