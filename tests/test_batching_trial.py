@@ -218,3 +218,14 @@ def test_the_trial_logs_its_choice(caplog):
     with caplog.at_level("INFO", logger=batching_trial.__name__):
         drive(t, clock, {MERGE: 100.0, PASS: 300.0}, 50)
     assert "requests pass straight to the session" in caplog.text
+
+
+def test_a_refused_request_leaves_nothing_outstanding_in_the_trial():
+    config = Batching(max_batch=8, max_delay_ms=2.0)
+    with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
+        bad = e.submit({"x": np.zeros((1, 4), np.int64)})  # an integer feed for a float input
+        with pytest.raises(infer.InputError):
+            bad.result()
+        e.run({"x": np.zeros((1, 4), np.float32)})
+        trial = e._batcher._trial  # a request counted as outstanding forever would stall it
+        assert trial is not None and trial._fresh == 0 and trial._stale == 0

@@ -219,11 +219,13 @@ class Batcher:
             names = self._check_outputs(outputs)
             length = padding.length(checked) if padding is not None else 0
             request = _Request(checked, names, self._rows(checked), length)
-        except InputError as e:
+        except BaseException as e:
+            if trial is not None and ticket is not None:
+                trial.end(ticket)  # a request left outstanding would stall the trial
+            if not isinstance(e, InputError):
+                raise
             failed: Future = Future()
             failed.set_exception(e)
-            if trial is not None and ticket is not None:
-                trial.end(ticket)
             return failed
         if trial is not None and ticket is not None:
             request.direct = ticket.mode == PASS
