@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 import infer
-from infer import _race, selection
+from infer import _race, choice
 from infer.bench import benchmark
 from infer.cache import Cache
 from infer.device import Device
@@ -50,7 +50,7 @@ def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
 def _cache_verdict(model: Path, winner: str) -> None:
     """A race as `infer build` or an earlier load would have cached it for a plain load on the
     CPU, won by `winner` (set here, so that the test does not hang on this machine's timings)."""
-    pending = selection.Pending(Model.load(model), Device.parse("cpu"), Options(), None)
+    pending = choice.Pending(Model.load(model), Device.parse("cpu"), Options(), None)
     times = {"onnxruntime[cpu]": 2.0, "openvino": 1.5} if winner == "openvino" else {}
     entries = tuple(
         _race.Entry(label, "cpu:0", median_ms=ms, runs=10, difference=0.0, agrees=True)

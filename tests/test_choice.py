@@ -1,6 +1,6 @@
 """The measured default: race the backends that take the model, keep the fastest whose outputs
 agree with the table's first, cache the verdict; in the background, switch without losing or
-mixing a request (selection.choose, _race, _switch)."""
+mixing a request (choice.choose, _race, _switch)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import infer
-from infer import _race, _switch, selection
+from infer import _race, _switch, choice, selection
 from infer.backends import base
 from infer.cache import Cache
 
@@ -84,7 +84,7 @@ def test_a_verdict_whose_winner_no_longer_compiles_is_raced_again(tmp_path):
     from infer.model import Model
     from infer.options import Options
 
-    pending = selection.Pending(
+    pending = choice.Pending(
         Model.load(models.cnn()), Device.parse("cpu"), Options(cache_dir=tmp_path), None
     )
     gone = _race.Entry("coreml", "cpu", median_ms=0.1, runs=1, difference=0.0, agrees=True)
@@ -251,7 +251,7 @@ def test_a_switch_under_threads_loses_no_request_and_mixes_no_outputs():
         t.start()
     go.wait()
     attempts = [infer.Attempt("openvino", "cpu:0", "selected", "switched by the test")]
-    engine._chosen(selection.Chosen(newcomer, attempts))
+    engine._chosen(choice.Chosen(newcomer, attempts))
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors

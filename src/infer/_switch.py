@@ -27,7 +27,7 @@ from .backends.base import Binding, Session
 from .errors import InferError
 
 if TYPE_CHECKING:
-    from .selection import Chosen, Pending
+    from .choice import Chosen, Pending
 
 log = logging.getLogger("infer.selection")
 

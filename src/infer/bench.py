@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _race, selection, sequence
+from . import _race, choice, selection, sequence
 from ._diff import diff
 from .batching import Batching, BatchingStats
 from .device import Device, cpu
@@ -351,7 +351,7 @@ def _default_pick(
     rows timed here (the fastest of the raced rows whose outputs agree with the baseline's);
     else the table's first row that takes the model (nothing here is raced)."""
     try:
-        verdict = selection.cached_verdict(model, request, Options(precision=precision))
+        verdict = choice.cached_verdict(model, request, Options(precision=precision))
     except InferError:
         verdict = None
     if verdict is not None:
@@ -363,7 +363,7 @@ def _default_pick(
         for a in selection.preflight(model, request, Options(precision=precision))
         if a.eligible
     }
-    raced = [label for label in selection.raced(request) if label in eligible]
+    raced = [label for label in choice.raced(request) if label in eligible]
     timed: dict[str, Measurement] = {}
     for m in results:  # each row's first batch
         if m.ok and m.latency is not None and m.backend in raced:

@@ -14,17 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import selection, sequence
+from . import choice, selection, sequence
 from ._switch import Sessions, Watch
 from .backends.base import Backend, Binding, Session
 from .batcher import Batcher
 from .batching import Batching, BatchingStats
 from .cache import Cache
+from .choice import Chosen, Pending
 from .device import Device
 from .errors import EngineClosed, InputError, OptionError
 from .model import Model, ModelSource
 from .options import Options
-from .selection import Attempt, Chosen, Pending, Selection
+from .selection import Attempt, Selection
 from .tensors import TensorSpec, describe_specs
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class Engine:
                 source, options.preprocess, Cache(options.cache_dir) if options.cache else None
             )
         transform = _PrecisionTransform(options)
-        chosen = selection.choose(source, request, options, backend, transform=transform)
+        chosen = choice.choose(source, request, options, backend, transform=transform)
         engine = cls(chosen.session, chosen.attempts, source, options, chosen.pending)
         engine._precision_report = transform.report_for(chosen.attempts)
         log.info("loaded %s on %s with %s", source, chosen.session.device, chosen.session.backend)

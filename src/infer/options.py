@@ -14,7 +14,7 @@ from .errors import OptionError
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 HINTS = ("latency", "throughput")
 CHOICES = ("background", "measure", "first")
-"""How the default picks a backend (see selection.choose): race the candidates in the
+"""How the default picks a backend (see choice.choose): race the candidates in the
 background after the engine has been busy a while, race them at load, or take the table's
 first that compiles."""
 
