@@ -229,3 +229,28 @@ def test_a_refused_request_leaves_nothing_outstanding_in_the_trial():
         e.run({"x": np.zeros((1, 4), np.float32)})
         trial = e._batcher._trial  # a request counted as outstanding forever would stall it
         assert trial is not None and trial._fresh == 0 and trial._stale == 0
+
+
+def test_asyncio_callers_are_answered_while_requests_pass_through():
+    import asyncio
+
+    config = Batching(max_batch=8, max_delay_ms=2.0)
+    with infer.Engine.load(affine(), device="cpu", backend="onnxruntime", batching=config) as e:
+        batcher = e._batcher
+        assert batcher is not None
+        assert not _traffic(e, lambda s: not s.merging, 20.0)
+        for k in range(10_000):  # a probe of merged runs may be under way: until it ends
+            if batcher.passing:
+                break
+            e.run({"x": _request(9, k, 1)})
+        assert batcher.passing
+        xs = [_request(c, 0, 1) for c in range(32)]
+
+        async def main() -> list[dict[str, np.ndarray]]:
+            return await asyncio.gather(*(e.arun({"x": x}) for x in xs))
+
+        before = e.batching_stats.passed
+        outs = asyncio.run(main())
+        assert e.batching_stats.passed > before  # at least the first went through arun's gate
+    for x, out in zip(xs, outs):
+        np.testing.assert_array_equal(out["y"], 2 * x + 1)

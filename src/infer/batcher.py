@@ -167,9 +167,7 @@ class Batcher:
         if trial is None or trial.mode != PASS:
             return self.submit(feeds, outputs).result()
         if self._closing:
-            raise EngineClosed(
-                f"{self._session.backend} engine on {self._session.device} is closed"
-            )
+            raise self._closed()
         ticket = trial.begin()
         if ticket.mode != PASS:  # the trial turned as this call came in
             return self._submit(feeds, outputs, True, ticket).result()
@@ -201,9 +199,7 @@ class Batcher:
         ticket: Ticket | None,
     ) -> Future:
         if self._closing:
-            raise EngineClosed(
-                f"{self._session.backend} engine on {self._session.device} is closed"
-            )
+            raise self._closed()
         trial = self._trial
         if trial is not None:
             if ticket is None:
@@ -239,9 +235,7 @@ class Batcher:
                 self._room.wait()
             if self._closing:
                 request.future.cancel()  # answers its ticket
-                raise EngineClosed(
-                    f"{self._session.backend} engine on {self._session.device} is closed"
-                )
+                raise self._closed()
             self._enqueue(key, request)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -251,6 +245,9 @@ class Batcher:
                 )
                 self._thread.start()
         return request.future
+
+    def _closed(self) -> EngineClosed:
+        return EngineClosed(f"{self._session.backend} engine on {self._session.device} is closed")
 
     def _pass(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import weakref
@@ -459,14 +460,10 @@ class Engine:
             held = (asyncio.Semaphore(size), asyncio.Semaphore(self.max_in_flight))
             self._async_slots[loop] = held
         slots, passing = held
-        async with slots:
-            batcher = self._batcher
-            if batcher is not None and batcher.passing:
-                # requests passed through go to the session as with no batching=: at most
-                # max_in_flight, so that its submit does not block the loop
-                async with passing:
-                    future = self._submit(feeds, outputs, block=False)
-                    return await asyncio.wrap_future(future, loop=loop)
+        # requests the batcher passes through go to the session as with no batching=: at most
+        # max_in_flight, so that the session's submit does not block the loop
+        passes = self._batcher is not None and self._batcher.passing
+        async with slots, passing if passes else contextlib.nullcontext():
             # block=False: the batcher's queue bound must not hold the loop (slots bound it)
             future = self._submit(feeds, outputs, block=False)
             return await asyncio.wrap_future(future, loop=loop)
